@@ -1,0 +1,167 @@
+/* Linux primitives: the only file that issues mmap/mprotect/madvise/munmap. */
+#include "os/os.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA           0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
+
+static size_t page_size_cache;
+
+size_t os_page_size(void) {
+  size_t ps = __atomic_load_n(&page_size_cache, __ATOMIC_RELAXED);
+  if (__builtin_expect(ps == 0, 0)) {
+    long v = sysconf(_SC_PAGESIZE);
+    ps = v > 0 ? (size_t)v : 4096;
+    __atomic_store_n(&page_size_cache, ps, __ATOMIC_RELAXED);
+  }
+  return ps;
+}
+
+static int native_prot(unsigned prot) {
+  int p = PROT_NONE;
+  if (prot & MA_PROT_READ) p |= PROT_READ;
+  if (prot & MA_PROT_WRITE) p |= PROT_WRITE;
+  if (prot & MA_PROT_EXEC) p |= PROT_EXEC;
+  return p;
+}
+
+/* Maps with mmap, then trims the misaligned head and the tail so the start is a multiple
+ * of `align`. On failure nothing stays mapped. */
+static void *map_aligned(size_t len, size_t align, void *hint, int prot, int flags) {
+  size_t ps = os_page_size();
+  if (align <= ps) {
+    void *p = mmap(hint, len, prot, flags, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+  }
+  /* Try the hint (or a plain map) first: often already aligned. */
+  void *p = mmap(hint, len, prot, flags, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  if (((uintptr_t)p & (align - 1)) == 0) return p;
+  munmap(p, len);
+  size_t over = len + align - ps;
+  if (over < len) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  p = mmap(NULL, over, prot, flags, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+  size_t head = start - (uintptr_t)p;
+  size_t tail = over - head - len;
+  if (head) munmap(p, head);
+  if (tail) munmap((void *)(start + len), tail);
+  return (void *)start;
+}
+
+void *os_reserve(size_t len, size_t align, void *hint) {
+  return map_aligned(len, align, hint, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+}
+
+void *os_alloc(size_t len, size_t align, bool populate) {
+  void *p = map_aligned(len, align, NULL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  if (p && populate) os_populate(p, len);
+  return p;
+}
+
+int os_release(void *addr, size_t len) {
+  return munmap(addr, len) == 0 ? 0 : -errno;
+}
+
+int os_commit(void *addr, size_t len, unsigned prot) {
+  return mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
+}
+
+int os_decommit(void *addr, size_t len) {
+  void *p =
+      mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  return p == MAP_FAILED ? -errno : 0;
+}
+
+int os_reset(void *addr, size_t len) {
+  return madvise(addr, len, MADV_DONTNEED) == 0 ? 0 : -errno;
+}
+
+int os_populate(void *addr, size_t len) {
+  if (madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
+  if (errno != EINVAL) return -errno;
+  /* Older kernel: touch one byte per page (a read-modify-write keeps contents). */
+  size_t ps = os_page_size();
+  for (size_t i = 0; i < len; i += ps) {
+    volatile char *c = (volatile char *)addr + i;
+    *c = *c;
+  }
+  return 0;
+}
+
+int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, uint64_t off) {
+  int f = MAP_FIXED | ((flags & MA_MAP_SHARED) ? MAP_SHARED : MAP_PRIVATE);
+  if (fd < 0) f |= MAP_ANONYMOUS;
+  if (flags & MA_MAP_NORESERVE) f |= MAP_NORESERVE;
+  if (flags & MA_MAP_POPULATE) f |= MAP_POPULATE;
+  void *p = mmap(addr, len, native_prot(prot), f, fd, (off_t)off);
+  if (p == MAP_FAILED) return -errno;
+  if (flags & MA_MAP_DONTDUMP) madvise(addr, len, MADV_DONTDUMP);
+  if (flags & MA_MAP_DONTFORK) madvise(addr, len, MADV_DONTFORK);
+  if (flags & MA_MAP_HUGE_TRY) madvise(addr, len, MADV_HUGEPAGE);
+  if (flags & MA_MAP_LOCKED) {
+    if (mlock(addr, len) != 0) {
+      int e = errno;
+      os_decommit(addr, len);
+      return -e;
+    }
+  }
+  return 0;
+}
+
+int os_protect(void *addr, size_t len, unsigned prot) {
+  return mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
+}
+
+static int native_advice(enum ma_advice adv) {
+  switch (adv) {
+  case MA_ADV_WILLNEED:
+    return MADV_WILLNEED;
+  case MA_ADV_DONTNEED:
+    return MADV_DONTNEED;
+  case MA_ADV_FREE:
+    return MADV_FREE;
+  case MA_ADV_REMOVE:
+    return MADV_REMOVE;
+  case MA_ADV_HUGEPAGE:
+    return MADV_HUGEPAGE;
+  case MA_ADV_NOHUGEPAGE:
+    return MADV_NOHUGEPAGE;
+  case MA_ADV_DONTDUMP:
+    return MADV_DONTDUMP;
+  case MA_ADV_DODUMP:
+    return MADV_DODUMP;
+  case MA_ADV_DONTFORK:
+    return MADV_DONTFORK;
+  case MA_ADV_DOFORK:
+    return MADV_DOFORK;
+  case MA_ADV_PAGEOUT:
+    return MADV_PAGEOUT;
+  }
+  return -1;
+}
+
+int os_advise(void *addr, size_t len, enum ma_advice adv) {
+  int a = native_advice(adv);
+  if (a < 0) return -EINVAL;
+  return madvise(addr, len, a) == 0 ? 0 : -errno;
+}
+
+void os_name(void *addr, size_t len, const char *name) {
+  int saved = errno;
+  (void)prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len, (unsigned long)name);
+  errno = saved;
+}
