@@ -165,3 +165,7 @@ void os_name(void *addr, size_t len, const char *name) {
   (void)prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len, (unsigned long)name);
   errno = saved;
 }
+
+int os_flush(void *addr, size_t len, bool async) {
+  return msync(addr, len, async ? MS_ASYNC : MS_SYNC) == 0 ? 0 : -errno;
+}

@@ -1,0 +1,153 @@
+/* mapalloc mapping arena: one reserved range of address space in which file-backed
+ * (memfd) and anonymous mappings are added and removed at page-aligned sub-ranges.
+ *
+ * The use it is made for: a virtual machine monitor's guest memory. The VMM reserves the
+ * guest-physical layout once, maps RAM regions (memfds it can share with device backends)
+ * and device windows into it, balloons pages out, and never lets another thread's mmap land
+ * inside the range: every change replaces part of the arena's own reservation in place
+ * (MAP_FIXED over our reservation), and a removed range becomes reserved again, never a
+ * hole.
+ *
+ * Conventions (see DESIGN.md and pages.h):
+ * - Functions that can fail return 0 or a negative errno; on failure nothing has changed.
+ * - `off` and `len` are byte offsets/lengths relative to the arena base, multiples of
+ *   ma_page_size(), `len` > 0, and [off, off+len) inside the arena (checked without
+ *   overflow), else -EINVAL.
+ * - "Mapped" below means covered by mappings added with ma_arena_add_*_mapping and not
+ *   removed since. Every other page of the arena is reserved: inaccessible (SIGSEGV on
+ *   access), no memory, no swap reservation.
+ * - The arena does not own the descriptors given to it and keeps none open: the kernel's
+ *   mapping holds its own reference to the file, so the caller may close its fd right after
+ *   ma_arena_add_fd_mapping. The fd number is recorded only to be reported by foreach/find.
+ * - Thread-safety: every function may be called from any thread. Operations on one arena
+ *   are serialized by an internal mutex; the memory itself is accessed without any lock.
+ *   A callback of ma_arena_foreach runs with the lock held: it may call the read-only
+ *   functions (find, count, foreach) on the same arena; any other call on that arena
+ *   returns -EDEADLK instead of deadlocking.
+ */
+#ifndef MAPALLOC_ARENA_H
+#define MAPALLOC_ARENA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mapalloc/pages.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ma_arena ma_arena;
+
+/* One mapping as reported by ma_arena_foreach and ma_arena_find. */
+typedef struct ma_arena_mapping {
+  size_t off, len; /* [off, off+len) relative to the arena base */
+  int fd;          /* the descriptor number given when added (not owned; it may since have
+                      been closed or reused), or -1 for an anonymous mapping */
+  uint64_t fd_off; /* file offset mapped at `off` (0 for anonymous) */
+  unsigned prot;   /* MA_PROT_* in effect */
+} ma_arena_mapping;
+
+/* Reserves `len` bytes of address space, inaccessible and without swap reservation (an
+ * arena far larger than RAM + swap is fine: 1 TiB works on a 24 GiB machine), and returns
+ * the arena in *out. The base is aligned to 1 GiB when len >= 1 GiB, else to 2 MiB when
+ * len >= 2 MiB (so huge pages can back mappings), else to the page size.
+ * `map_flags` are MA_MAP_* applied to every mapping added later: MA_MAP_DONTDUMP,
+ * MA_MAP_DONTFORK, MA_MAP_HUGE_TRY (transparent huge pages advised), MA_MAP_LOCKED (each
+ * mapping is locked in memory when added; adding fails with -ENOMEM/-EAGAIN/-EPERM beyond
+ * RLIMIT_MEMLOCK).
+ * Errors: -EINVAL (out NULL, len 0 or not a page multiple, any other flag), -ENOMEM (no
+ * address space or memory for the bookkeeping). Thread-safe. */
+MA_API int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out);
+
+/* The first byte of the arena (NULL for a NULL arena). Constant for the arena's life.
+ * Thread-safe, lock-free. */
+MA_API void *ma_arena_base(const ma_arena *a);
+
+/* The arena's length in bytes (0 for a NULL arena). Thread-safe, lock-free. */
+MA_API size_t ma_arena_len(const ma_arena *a);
+
+/* Maps [fd_off, fd_off+len) of `fd` shared (writes reach the file, and every other process
+ * mapping it) at [off, off+len) of the arena with protection `prot`, replacing the
+ * reservation in place. The arena's create flags apply.
+ * Checks, in this order, before anything changes:
+ * -EINVAL: a NULL, off/len/fd_off not page multiples, len 0, range outside the arena,
+ *          fd_off + len beyond the largest file offset, unknown prot bits;
+ * -EPERM:  prot READ|WRITE|EXEC at once (W^X);
+ * -EBADF:  fd is not an open descriptor (or is an O_PATH descriptor);
+ * -EACCES: fd not open for reading, or prot has WRITE and fd is not open read-write;
+ * -EPERM:  prot has WRITE and the memfd is sealed with F_SEAL_WRITE/F_SEAL_FUTURE_WRITE;
+ * -EEXIST: any page of the range is already mapped (never a silent replace).
+ * Then errors from the system: -ENODEV (file cannot be mapped), -ENOMEM (memory, map
+ * count, RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment);
+ * the range is still reserved afterwards. Mapping past the end of the file succeeds but
+ * accessing those pages raises SIGBUS (as with mmap). Thread-safe. */
+MA_API int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
+                                   unsigned prot);
+
+/* Maps private anonymous memory at [off, off+len) (zero-filled, charged as committed
+ * memory, not shared with fork children beyond copy-on-write). Errors as
+ * ma_arena_add_fd_mapping without the fd ones: -EINVAL, -EPERM (RWX), -EEXIST, -ENOMEM.
+ * Thread-safe. */
+MA_API int ma_arena_add_anon_mapping(ma_arena *a, size_t off, size_t len, unsigned prot);
+
+/* Puts [off, off+len) back to reserved: the pages are unmapped (an anonymous mapping's
+ * memory is freed; a file's pages stay in the file), later accesses fault (SIGSEGV) and
+ * never see stale data, and the range can be mapped again. A mapping only partly covered
+ * is split: the parts outside the range stay mapped, unchanged. Reserved pages inside the
+ * range are fine (they stay reserved), so one call can remove several mappings.
+ * Errors: -EINVAL (range rules), -ENOENT (no page of the range is mapped; nothing
+ * changes), -ENOMEM (bookkeeping for a split, or the kernel's map count limit).
+ * Thread-safe. */
+MA_API int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len);
+
+/* Changes the protection of [off, off+len), which must be entirely mapped (possibly by
+ * several mappings); the record is split where the range ends inside a mapping.
+ * MA_PROT_NONE keeps the memory but makes accesses fault.
+ * Errors: -EINVAL (range rules, unknown prot bits), -EPERM (RWX), -EACCES (WRITE on a mapping
+ * of a descriptor not opened read-write: the kernel's refusal), -ENOENT (some page of the range is
+ * not mapped; nothing changes), -ENOMEM. Thread-safe. */
+MA_API int ma_arena_protect(ma_arena *a, size_t off, size_t len, unsigned prot);
+
+/* Gives the kernel advice on [off, off+len), which must be entirely mapped. To free a
+ * memfd's (shmem's) pages under a shared mapping use MA_ADV_REMOVE: MA_ADV_DONTNEED only
+ * drops this process's page table entries and the file keeps its memory. MA_ADV_REMOVE
+ * frees the file's blocks (the range then reads as zeros); it fails with -EINVAL on an
+ * anonymous private mapping (use MA_ADV_DONTNEED there).
+ * Errors: -EINVAL (range rules, unknown advice, advice invalid for the mapping), -ENOENT
+ * (some page not mapped), -EPERM/-ENOMEM/-EAGAIN from the kernel. Thread-safe. */
+MA_API int ma_arena_advise(ma_arena *a, size_t off, size_t len, enum ma_advice adv);
+
+/* Writes the dirty pages of [off, off+len), which must be entirely mapped, back to their
+ * files (msync MS_SYNC, or MS_ASYNC when `async`); anonymous and memfd pages have nowhere
+ * to go and succeed at once. Errors: -EINVAL (range rules), -ENOENT (some page not
+ * mapped), -EIO, -ENOMEM. Thread-safe. */
+MA_API int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async);
+
+/* Copies the mapping that contains byte `off` into *out. Errors: -EINVAL (a or out NULL,
+ * off outside the arena), -ENOENT (off is not mapped). O(log n). Thread-safe. */
+MA_API int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out);
+
+/* The number of mappings currently recorded (a split mapping counts as its pieces).
+ * 0 for a NULL arena. Thread-safe. */
+MA_API size_t ma_arena_count(const ma_arena *a);
+
+/* Calls fn for every mapping in increasing offset order (adjacent pieces are reported
+ * separately, as added or split). fn returns non-zero to stop; that value is returned, else
+ * 0. fn runs with the arena's lock held, so it should be short; on this arena it may call
+ * only find, count and foreach (changes return -EDEADLK). Errors: -EINVAL (a or fn NULL).
+ * Thread-safe. */
+MA_API int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void *),
+                            void *ctx);
+
+/* Unmaps the whole arena (every mapping and the reservation) and frees its bookkeeping.
+ * NULL is a no-op. The caller must ensure no other thread uses the arena any more.
+ * Descriptors given to the arena are not touched. */
+MA_API void ma_arena_destroy(ma_arena *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAPALLOC_ARENA_H */

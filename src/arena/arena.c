@@ -1,0 +1,390 @@
+/* The mapping arena (include/mapalloc/arena.h): a reservation plus an ordered record of
+ * the mappings placed inside it.
+ *
+ * Invariants, all under `lock`:
+ * - every byte of [base, base+len) is either covered by exactly one record node (and then
+ *   mapped as the node says) or reserved (PROT_NONE private anonymous NORESERVE);
+ * - record nodes never overlap; a node's fd_off advances with its off when it is split.
+ * Every change is checked and its bookkeeping allocated before the system call that makes
+ * it, so a failing call leaves both the record and the address space as they were. Mappings
+ * and removals replace the range in place with MAP_FIXED (os_map_fixed, os_decommit): the
+ * range is never unmapped, so no other thread's mmap can land inside the arena.
+ */
+#include "mapalloc/arena.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "arena/arena_tree.h"
+#include "os/os.h"
+
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+
+struct ma_arena {
+  char *base;
+  size_t len;
+  unsigned flags; /* MA_MAP_* applied to every mapping */
+  pthread_mutex_t lock;
+  arena_tree tree;
+  arena_node_pool nodes;
+};
+
+#define ARENA_FLAGS (MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_HUGE_TRY | MA_MAP_LOCKED)
+#define PROT_ALL    (MA_PROT_READ | MA_PROT_WRITE | MA_PROT_EXEC)
+
+/* ---- Argument checks (no lock needed: base and len never change) ------------------------- */
+
+static int check_range(const ma_arena *a, size_t off, size_t len) {
+  size_t mask = os_page_size() - 1;
+  if (!a || len == 0 || ((off | len) & mask)) return -EINVAL;
+  if (off > a->len || len > a->len - off) return -EINVAL;
+  return 0;
+}
+
+static int check_prot(unsigned prot) {
+  if (prot & ~(unsigned)PROT_ALL) return -EINVAL;
+  if (prot == PROT_ALL) return -EPERM; /* W^X: the arena offers no JIT flag */
+  return 0;
+}
+
+/* Checks what mmap would refuse about the descriptor, before the range is touched. */
+static int check_fd(int fd, unsigned prot) {
+  if (fd < 0) return -EBADF;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  if (fl & O_PATH) return -EBADF;
+  int acc = fl & O_ACCMODE;
+  if (acc == O_WRONLY) return -EACCES;
+  if ((prot & MA_PROT_WRITE) && acc != O_RDWR) return -EACCES;
+  if (prot & MA_PROT_WRITE) {
+    int seals = fcntl(fd, F_GET_SEALS); /* EINVAL for files that cannot be sealed */
+    if (seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))) return -EPERM;
+  }
+  return 0;
+}
+
+/* ---- Locking -------------------------------------------------------------------------------- */
+
+/* For changes: the error-checking mutex turns a call from inside a foreach callback into
+ * -EDEADLK. */
+static int lock_rw(ma_arena *a) {
+  int r = pthread_mutex_lock(&a->lock);
+  return r ? -r : 0;
+}
+
+/* For reads: a thread that already holds the lock (inside a foreach callback) may read.
+ * Sets *held when this call took the lock and must release it. */
+static int lock_ro(const ma_arena *a, int *held) {
+  int r = pthread_mutex_lock((pthread_mutex_t *)&a->lock);
+  *held = (r == 0);
+  return (r == 0 || r == EDEADLK) ? 0 : -r;
+}
+
+static void unlock(const ma_arena *a) {
+  pthread_mutex_unlock((pthread_mutex_t *)&a->lock);
+}
+
+/* ---- Record helpers ---------------------------------------------------------------------------
+ */
+
+static inline size_t node_end(const arena_node *n) {
+  return n->off + n->len;
+}
+
+/* The first node intersecting [off, end), or NULL. */
+static arena_node *first_overlap(const ma_arena *a, size_t off, size_t end) {
+  arena_node *n = arena_tree_floor(&a->tree, off);
+  if (!n || node_end(n) <= off) n = arena_tree_next(&a->tree, off);
+  return (n && n->off < end) ? n : NULL;
+}
+
+/* The first node of [off, end) when the nodes cover every byte of it, else NULL. */
+static arena_node *covering(const ma_arena *a, size_t off, size_t end) {
+  arena_node *first = arena_tree_floor(&a->tree, off);
+  if (!first || node_end(first) <= off) return NULL;
+  for (arena_node *n = first; node_end(n) < end;) {
+    arena_node *next = arena_tree_next(&a->tree, n->off);
+    if (!next || next->off != node_end(n)) return NULL;
+    n = next;
+  }
+  return first;
+}
+
+/* Cuts n at `at` (n->off < at < end of n): n keeps the head, `piece` becomes the tail and
+ * is inserted. */
+static void split_node(ma_arena *a, arena_node *n, size_t at, arena_node *piece) {
+  piece->off = at;
+  piece->len = node_end(n) - at;
+  piece->fd = n->fd;
+  piece->fd_off = n->fd >= 0 ? n->fd_off + (at - n->off) : 0;
+  piece->prot = n->prot;
+  n->len = at - n->off;
+  arena_tree_insert(&a->tree, piece);
+}
+
+/* ---- Create, destroy, inspect ------------------------------------------------------------------
+ */
+
+static size_t round_up(size_t x, size_t to) {
+  return (x + to - 1) & ~(to - 1);
+}
+
+int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out) {
+  if (!out || len == 0 || (len & (os_page_size() - 1))) return -EINVAL;
+  if (map_flags & ~(unsigned)ARENA_FLAGS) return -EINVAL;
+  size_t align = len >= ((size_t)1 << 30)   ? (size_t)1 << 30
+                 : len >= ((size_t)2 << 20) ? (size_t)2 << 20
+                                            : 0;
+  size_t hdr = round_up(sizeof(ma_arena), os_page_size());
+
+  ma_arena *a = os_alloc(hdr, 0, false);
+  if (!a) return -ENOMEM;
+  char *base = os_reserve(len, align, NULL);
+  if (!base) goto fail_release_header;
+
+  pthread_mutexattr_t attr;
+  if (pthread_mutexattr_init(&attr) != 0) goto fail_release_base;
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+  int r = pthread_mutex_init(&a->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (r != 0) goto fail_release_base;
+
+  a->base = base;
+  a->len = len;
+  a->flags = map_flags;
+  a->tree = (arena_tree){0};
+  a->nodes = (arena_node_pool){0};
+  *out = a;
+  return 0;
+
+fail_release_base:
+  os_release(base, len);
+fail_release_header:
+  os_release(a, hdr);
+  return -ENOMEM;
+}
+
+void ma_arena_destroy(ma_arena *a) {
+  if (!a) return;
+  os_release(a->base, a->len);
+  arena_node_pool_release(&a->nodes);
+  pthread_mutex_destroy(&a->lock);
+  os_release(a, round_up(sizeof(ma_arena), os_page_size()));
+}
+
+void *ma_arena_base(const ma_arena *a) {
+  return a ? a->base : NULL;
+}
+
+size_t ma_arena_len(const ma_arena *a) {
+  return a ? a->len : 0;
+}
+
+static void to_mapping(const arena_node *n, ma_arena_mapping *m) {
+  *m = (ma_arena_mapping){
+      .off = n->off, .len = n->len, .fd = n->fd, .fd_off = n->fd_off, .prot = n->prot};
+}
+
+int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out) {
+  if (!a || !out || off >= a->len) return -EINVAL;
+  int held, r = lock_ro(a, &held);
+  if (r) return r;
+  const arena_node *n = arena_tree_floor(&a->tree, off);
+  if (n && node_end(n) > off)
+    to_mapping(n, out);
+  else
+    r = -ENOENT;
+  if (held) unlock(a);
+  return r;
+}
+
+size_t ma_arena_count(const ma_arena *a) {
+  if (!a) return 0;
+  int held;
+  if (lock_ro(a, &held)) return 0;
+  size_t c = a->tree.count;
+  if (held) unlock(a);
+  return c;
+}
+
+struct walk_ctx {
+  int (*fn)(const ma_arena_mapping *, void *);
+  void *ctx;
+};
+
+static int walk_one(const arena_node *n, void *p) {
+  const struct walk_ctx *w = p;
+  ma_arena_mapping m;
+  to_mapping(n, &m);
+  return w->fn(&m, w->ctx);
+}
+
+int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void *), void *ctx) {
+  if (!a || !fn) return -EINVAL;
+  int held, r = lock_ro(a, &held);
+  if (r) return r;
+  struct walk_ctx w = {fn, ctx};
+  r = arena_tree_walk(&a->tree, walk_one, &w);
+  if (held) unlock(a);
+  return r;
+}
+
+/* ---- Add and remove
+ * ------------------------------------------------------------------------------ */
+
+/* Maps [off, off+len) (fd >= 0: shared file mapping; else private anonymous) and records
+ * it. Arguments are already checked. */
+static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
+                       unsigned prot) {
+  int r = lock_rw(a);
+  if (r) return r;
+  const arena_node *prev = arena_tree_floor(&a->tree, off + len - 1);
+  if (prev && node_end(prev) > off) {
+    r = -EEXIST;
+    goto out_unlock;
+  }
+  arena_node *n = arena_node_alloc(&a->nodes);
+  if (!n) {
+    r = -ENOMEM;
+    goto out_unlock;
+  }
+  unsigned flags = a->flags | (fd >= 0 ? MA_MAP_SHARED : 0);
+  r = os_map_fixed(a->base + off, len, prot, flags, fd, fd_off);
+  if (r) {
+    arena_node_free(&a->nodes, n);
+    goto out_unlock;
+  }
+  n->off = off;
+  n->len = len;
+  n->fd = fd;
+  n->fd_off = fd >= 0 ? fd_off : 0;
+  n->prot = prot;
+  arena_tree_insert(&a->tree, n);
+out_unlock:
+  unlock(a);
+  return r;
+}
+
+int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
+                            unsigned prot) {
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if (fd_off & (os_page_size() - 1)) return -EINVAL;
+  if (fd_off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - fd_off) return -EINVAL;
+  if ((r = check_prot(prot)) || (r = check_fd(fd, prot))) return r;
+  return add_mapping(a, off, len, fd, fd_off, prot);
+}
+
+int ma_arena_add_anon_mapping(ma_arena *a, size_t off, size_t len, unsigned prot) {
+  int r = check_range(a, off, len);
+  if (r || (r = check_prot(prot))) return r;
+  return add_mapping(a, off, len, -1, 0, prot);
+}
+
+int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
+  int r = check_range(a, off, len);
+  if (r || (r = lock_rw(a))) return r;
+  size_t end = off + len;
+  arena_node *n = first_overlap(a, off, end), *piece = NULL;
+  if (!n) {
+    r = -ENOENT;
+    goto out_unlock;
+  }
+  /* Only a node reaching past both ends of the range needs a second node. */
+  if (n->off < off && node_end(n) > end && !(piece = arena_node_alloc(&a->nodes))) {
+    r = -ENOMEM;
+    goto out_unlock;
+  }
+  r = os_decommit(a->base + off, len);
+  if (r) {
+    if (piece) arena_node_free(&a->nodes, piece);
+    goto out_unlock;
+  }
+  while (n && n->off < end) {
+    size_t key = n->off, nend = node_end(n);
+    if (n->off < off) { /* keeps its head (and maybe a tail) */
+      if (nend > end) split_node(a, n, end, piece);
+      n->len = off - n->off;
+    } else if (nend > end) { /* keeps its tail: the key changes */
+      arena_tree_remove(&a->tree, key);
+      if (n->fd >= 0) n->fd_off += end - n->off;
+      n->len = nend - end;
+      n->off = end;
+      arena_tree_insert(&a->tree, n);
+    } else {
+      arena_tree_remove(&a->tree, key);
+      arena_node_free(&a->nodes, n);
+    }
+    n = arena_tree_next(&a->tree, key);
+  }
+out_unlock:
+  unlock(a);
+  return r;
+}
+
+/* ---- Protect, advise, flush
+ * ------------------------------------------------------------------------ */
+
+int ma_arena_protect(ma_arena *a, size_t off, size_t len, unsigned prot) {
+  int r = check_range(a, off, len);
+  if (r || (r = check_prot(prot)) || (r = lock_rw(a))) return r;
+  size_t end = off + len;
+  arena_node *first = covering(a, off, end), *head = NULL, *tail = NULL;
+  if (!first) {
+    r = -ENOENT;
+    goto out_unlock;
+  }
+  arena_node *last = arena_tree_floor(&a->tree, end - 1);
+  bool cut_head = first->off < off && first->prot != prot;
+  bool cut_tail = node_end(last) > end && last->prot != prot;
+  if ((cut_head && !(head = arena_node_alloc(&a->nodes))) ||
+      (cut_tail && !(tail = arena_node_alloc(&a->nodes)))) {
+    r = -ENOMEM;
+    goto out_free;
+  }
+  r = os_protect(a->base + off, len, prot);
+  if (r) {
+    /* mprotect may have changed a prefix before failing: put back what the record says. */
+    for (arena_node *n = first; n && n->off < end; n = arena_tree_next(&a->tree, n->off)) {
+      size_t s = n->off > off ? n->off : off, e = node_end(n) < end ? node_end(n) : end;
+      os_protect(a->base + s, e - s, n->prot);
+    }
+    goto out_free;
+  }
+  /* Cut the tail first: `last` may be `first`, and cutting the head moves the range start. */
+  if (cut_tail) split_node(a, last, end, tail);
+  if (cut_head) split_node(a, first, off, head);
+  for (arena_node *n = arena_tree_floor(&a->tree, off); n && n->off < end;
+       n = arena_tree_next(&a->tree, n->off)) {
+    if (n->off >= off && node_end(n) <= end) n->prot = prot;
+  }
+  goto out_unlock;
+out_free:
+  if (head) arena_node_free(&a->nodes, head);
+  if (tail) arena_node_free(&a->nodes, tail);
+out_unlock:
+  unlock(a);
+  return r;
+}
+
+int ma_arena_advise(ma_arena *a, size_t off, size_t len, enum ma_advice adv) {
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if ((unsigned)adv > (unsigned)MA_ADV_PAGEOUT) return -EINVAL;
+  if ((r = lock_rw(a))) return r;
+  r = covering(a, off, off + len) ? os_advise(a->base + off, len, adv) : -ENOENT;
+  unlock(a);
+  return r;
+}
+
+int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async) {
+  int r = check_range(a, off, len);
+  if (r || (r = lock_rw(a))) return r;
+  r = covering(a, off, off + len) ? os_flush(a->base + off, len, async) : -ENOENT;
+  unlock(a);
+  return r;
+}
