@@ -1,0 +1,871 @@
+/* Tests of the mapping arena (include/mapalloc/arena.h, src/arena/arena.c). */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mapalloc/arena.h"
+
+#define RW (MA_PROT_READ | MA_PROT_WRITE)
+
+static size_t ps;
+
+static void setup(void) {
+  ps = (size_t)sysconf(_SC_PAGESIZE);
+}
+
+TestSuite(arena, .init = setup);
+
+/* ---- Helpers -------------------------------------------------------------------------------- */
+
+/* A memfd of `pages` pages; page i is filled with byte (seed + i). */
+static int memfd_pattern(size_t pages, int seed) {
+  int fd = memfd_create("test_arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(ftruncate(fd, (off_t)(pages * ps)), 0);
+  char *buf = malloc(ps);
+  for (size_t i = 0; i < pages; i++) {
+    memset(buf, (char)(seed + (int)i), ps);
+    cr_assert_eq(pwrite(fd, buf, ps, (off_t)(i * ps)), (ssize_t)ps);
+  }
+  free(buf);
+  return fd;
+}
+
+/* Does touching `p` (read, or write when `write`) kill a child with SIGSEGV? */
+static bool faults(volatile char *p, bool write) {
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    if (write)
+      p[0] = 1;
+    else
+      (void)p[0];
+    _exit(0);
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+}
+
+static ma_arena *make(size_t pages) {
+  ma_arena *a = NULL;
+  cr_assert_eq(ma_arena_create(pages * ps, 0, &a), 0);
+  cr_assert_not_null(a);
+  return a;
+}
+
+#define MAX_SEEN 64
+struct seen {
+  ma_arena_mapping m[MAX_SEEN];
+  size_t n;
+};
+
+static int seen_fn(const ma_arena_mapping *m, void *p) {
+  struct seen *s = p;
+  if (s->n < MAX_SEEN) s->m[s->n] = *m;
+  s->n++;
+  return 0;
+}
+
+static struct seen list(const ma_arena *a) {
+  struct seen s = {.n = 0};
+  cr_assert_eq(ma_arena_foreach(a, seen_fn, &s), 0);
+  return s;
+}
+
+/* Counts open descriptors of this process. */
+static int open_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  cr_assert_not_null(d);
+  int n = 0;
+  while (readdir(d)) n++;
+  closedir(d);
+  return n;
+}
+
+/* The VmFlags line of the /proc/self/smaps entry containing addr (empty if none). */
+static void vmflags(const void *addr, char *out, size_t outlen) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  cr_assert_not_null(f);
+  char line[512];
+  bool in = false;
+  out[0] = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+    } else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+      size_t n = strlen(line + 8);
+      if (n >= outlen) n = outlen - 1;
+      memcpy(out, line + 8, n);
+      out[n] = 0;
+      break;
+    }
+  }
+  fclose(f);
+}
+
+static bool has_vmflag(const void *addr, const char *flag) {
+  char fl[512], pat[8];
+  vmflags(addr, fl, sizeof fl);
+  snprintf(pat, sizeof pat, " %s", flag);
+  return strstr(fl, pat) != NULL;
+}
+
+/* ---- Create ---------------------------------------------------------------------------------- */
+
+Test(arena, create_rejects_bad_arguments) {
+  ma_arena *a = (ma_arena *)0x1;
+  cr_assert_eq(ma_arena_create(ps, 0, NULL), -EINVAL);
+  cr_assert_eq(ma_arena_create(0, 0, &a), -EINVAL);
+  cr_assert_eq(ma_arena_create(ps + 1, 0, &a), -EINVAL);
+  cr_assert_eq(ma_arena_create(ps, MA_MAP_SHARED, &a), -EINVAL);
+  cr_assert_eq(ma_arena_create(ps, MA_MAP_POPULATE, &a), -EINVAL);
+  cr_assert_eq(ma_arena_create(ps, MA_MAP_JIT, &a), -EINVAL);
+  cr_assert_eq(ma_arena_create(ps, 1u << 20, &a), -EINVAL);
+  cr_assert_eq(a, (ma_arena *)0x1, "*out untouched on failure");
+  cr_assert_eq(ma_arena_create(SIZE_MAX & ~(ps - 1), 0, &a), -ENOMEM);
+}
+
+Test(arena, create_accessors_and_alignment) {
+  ma_arena *a = make(1024); /* 4 MiB: 2 MiB aligned */
+  cr_assert_eq(ma_arena_len(a), 1024 * ps);
+  cr_assert_eq((uintptr_t)ma_arena_base(a) % (2u << 20), 0);
+  cr_assert_eq(ma_arena_count(a), 0);
+  cr_assert_null(ma_arena_base(NULL));
+  cr_assert_eq(ma_arena_len(NULL), 0);
+  cr_assert_eq(ma_arena_count(NULL), 0);
+  ma_arena_destroy(a);
+  ma_arena_destroy(NULL);
+}
+
+Test(arena, fresh_arena_faults, .signal = SIGSEGV) {
+  ma_arena *a = make(4);
+  volatile char *p = ma_arena_base(a);
+  (void)p[ps];
+}
+
+Test(arena, one_tib_arena_is_not_charged) {
+  /* overcommit heuristics refuse a charged 1 TiB mapping on this machine: this only works
+   * because the reservation is NORESERVE and PROT_NONE. Two at once to be sure. */
+  size_t tib = (size_t)1 << 40;
+  ma_arena *a = NULL, *b = NULL;
+  cr_assert_eq(ma_arena_create(tib, 0, &a), 0);
+  cr_assert_eq(ma_arena_create(tib, MA_MAP_DONTDUMP, &b), 0);
+  cr_assert_eq((uintptr_t)ma_arena_base(a) % ((size_t)1 << 30), 0, "1 GiB aligned");
+  int fd = memfd_pattern(2, 0x30);
+  char *base = ma_arena_base(a);
+  size_t mid = tib / 2, last = tib - ps;
+  cr_assert_eq(ma_arena_add_fd_mapping(a, mid, 2 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, last, ps, fd, ps, RW), 0);
+  cr_assert_eq(base[mid], 0x30);
+  cr_assert_eq(base[last + ps - 1], 0x31);
+  base[mid + ps] = 0x55;
+  cr_assert_eq(base[last], 0x55, "both mappings share the file page");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, last, 2 * ps, fd, 0, RW), -EINVAL, "past the end");
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, tib), 0, "one call removes everything");
+  cr_assert_eq(ma_arena_count(a), 0);
+  cr_assert(faults(base + mid, false));
+  close(fd);
+  ma_arena_destroy(a);
+  ma_arena_destroy(b);
+}
+
+Test(arena, destroy_returns_the_whole_range) {
+  ma_arena *a = make(64);
+  int fd = memfd_pattern(4, 1);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 8 * ps, 4 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 20 * ps, 4 * ps, RW), 0);
+  ma_arena_destroy(a);
+  unsigned char vec[64];
+  errno = 0;
+  cr_assert_eq(mincore(base, 64 * ps, vec), -1);
+  cr_assert_eq(errno, ENOMEM, "nothing is mapped at the old arena range");
+  close(fd);
+}
+
+/* ---- Add ------------------------------------------------------------------------------------- */
+
+Test(arena, fd_mapping_is_shared_with_the_file) {
+  ma_arena *a = make(16);
+  int fd = memfd_pattern(8, 0x10);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 4 * ps, 3 * ps, fd, 2 * ps, RW), 0);
+  cr_assert_eq(base[4 * ps], 0x12, "fd_off 2 pages");
+  cr_assert_eq(base[6 * ps + ps - 1], 0x14);
+  base[5 * ps + 7] = 'x';
+  char c = 0;
+  cr_assert_eq(pread(fd, &c, 1, (off_t)(3 * ps + 7)), 1);
+  cr_assert_eq(c, 'x', "writes reach the file");
+  cr_assert_eq(pwrite(fd, "y", 1, (off_t)(2 * ps)), 1);
+  cr_assert_eq(base[4 * ps], 'y', "file writes are seen through the mapping");
+  cr_assert(faults(base + 3 * ps, false), "the page before is still reserved");
+  cr_assert(faults(base + 7 * ps, false), "the page after is still reserved");
+  ma_arena_mapping m;
+  cr_assert_eq(ma_arena_find(a, 5 * ps + 1, &m), 0);
+  cr_assert_eq(m.off, 4 * ps);
+  cr_assert_eq(m.len, 3 * ps);
+  cr_assert_eq(m.fd, fd);
+  cr_assert_eq(m.fd_off, 2 * ps);
+  cr_assert_eq(m.prot, RW);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, fd_is_not_kept_open) {
+  ma_arena *a = make(64);
+  int before = open_fds();
+  int fd = memfd_pattern(1, 0x40);
+  for (size_t i = 0; i < 10; i++)
+    cr_assert_eq(ma_arena_add_fd_mapping(a, 2 * i * ps, ps, fd, 0, MA_PROT_READ), 0);
+  cr_assert_eq(open_fds(), before + 1, "no dup per mapping");
+  close(fd);
+  cr_assert_eq(open_fds(), before);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(base[18 * ps], 0x40, "mapping outlives the caller's descriptor");
+  ma_arena_destroy(a);
+}
+
+Test(arena, add_range_errors) {
+  ma_arena *a = make(16);
+  int fd = memfd_pattern(16, 0);
+  size_t len = 16 * ps;
+  cr_assert_eq(ma_arena_add_fd_mapping(NULL, 0, ps, fd, 0, RW), -EINVAL);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 1, ps, fd, 0, RW), -EINVAL, "unaligned off");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps + 1, fd, 0, RW), -EINVAL, "unaligned len");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 7, RW), -EINVAL, "unaligned fd_off");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 0, fd, 0, RW), -EINVAL, "len 0");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, len, ps, fd, 0, RW), -EINVAL, "starts at the end");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, len - ps, 2 * ps, fd, 0, RW), -EINVAL, "runs past");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, ps, SIZE_MAX - ps + 1, fd, 0, RW), -EINVAL,
+               "off+len wraps around");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, SIZE_MAX - ps + 1, ps, fd, 0, RW), -EINVAL);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, UINT64_MAX - ps + 1, RW), -EINVAL,
+               "fd_off+len past the largest file offset");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, 8), -EINVAL, "unknown prot bit");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, RW | MA_PROT_EXEC), -EPERM, "W^X");
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, ps, RW | MA_PROT_EXEC), -EPERM, "W^X");
+  cr_assert_eq(ma_arena_add_anon_mapping(a, ps, 0, RW), -EINVAL);
+  cr_assert_eq(ma_arena_add_anon_mapping(NULL, 0, ps, RW), -EINVAL);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, ps, 16), -EINVAL);
+  cr_assert_eq(ma_arena_count(a), 0, "nothing recorded");
+  cr_assert(faults(ma_arena_base(a), false), "nothing mapped");
+  /* The exact boundary is fine. */
+  cr_assert_eq(ma_arena_add_fd_mapping(a, len - ps, ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, MA_PROT_READ | MA_PROT_EXEC), 0);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, add_fd_errors) {
+  ma_arena *a = make(16);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, -1, 0, RW), -EBADF);
+  int closed = memfd_pattern(1, 0);
+  close(closed);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, closed, 0, RW), -EBADF, "closed fd");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, 1 << 20, 0, RW), -EBADF);
+
+  char path[] = "/tmp/test_arena_XXXXXX";
+  int rw = mkstemp(path);
+  cr_assert_geq(rw, 0);
+  cr_assert_eq(ftruncate(rw, (off_t)ps), 0);
+  int rdonly = open(path, O_RDONLY | O_CLOEXEC), wronly = open(path, O_WRONLY | O_CLOEXEC);
+  int opath = open(path, O_PATH | O_CLOEXEC);
+  unlink(path);
+  cr_assert(rdonly >= 0 && wronly >= 0 && opath >= 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, opath, 0, MA_PROT_READ), -EBADF, "O_PATH");
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, wronly, 0, MA_PROT_WRITE), -EACCES);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, rdonly, 0, RW), -EACCES);
+  cr_assert_eq(ma_arena_count(a), 0);
+  cr_assert(faults(base, false));
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, rdonly, 0, MA_PROT_READ), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, ps, ps, rw, 0, RW), 0, "a regular file works too");
+
+  /* Directory: mmap itself refuses (-ENODEV); the range stays reserved. */
+  int dir = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 4 * ps, ps, dir, 0, MA_PROT_READ), -ENODEV);
+  cr_assert(faults(base + 4 * ps, false));
+  cr_assert_eq(ma_arena_count(a), 2);
+  close(dir);
+  close(rw);
+  close(rdonly);
+  close(wronly);
+  close(opath);
+  ma_arena_destroy(a);
+}
+
+Test(arena, sealed_memfd) {
+  ma_arena *a = make(16);
+  int fd = memfd_pattern(4, 0x20);
+  cr_assert_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 4 * ps, fd, 0, RW), 0, "shrink seal allows RW");
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 4 * ps), 0);
+  cr_assert_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, RW), -EPERM, "write-sealed");
+  cr_assert(faults(ma_arena_base(a), false));
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, MA_PROT_READ), 0);
+  cr_assert_eq(((char *)ma_arena_base(a))[0], 0x20);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, overlap_is_refused) {
+  ma_arena *a = make(32);
+  int fd = memfd_pattern(8, 0x50);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 8 * ps, 4 * ps, fd, 0, RW), 0);
+  size_t cases[][2] = {{8, 4}, {8, 1}, {11, 1}, {6, 3}, {11, 3}, {4, 16}, {9, 2}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cr_assert_eq(ma_arena_add_fd_mapping(a, cases[i][0] * ps, cases[i][1] * ps, fd, 4 * ps, RW),
+                 -EEXIST, "case %zu", i);
+    cr_assert_eq(ma_arena_add_anon_mapping(a, cases[i][0] * ps, cases[i][1] * ps, RW), -EEXIST);
+  }
+  cr_assert_eq(base[8 * ps], 0x50, "the original mapping is untouched");
+  cr_assert_eq(base[11 * ps], 0x53);
+  cr_assert_eq(ma_arena_count(a), 1);
+  cr_assert(faults(base + 6 * ps, false), "neighbours stay reserved");
+  /* Adjacent on both sides is not an overlap. */
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 7 * ps, ps, fd, 4 * ps, RW), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 12 * ps, ps, RW), 0);
+  cr_assert_eq(ma_arena_count(a), 3);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, anon_mapping_is_zeroed_and_private) {
+  ma_arena *a = make(16);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 2 * ps, 2 * ps, RW), 0);
+  for (size_t i = 0; i < 2 * ps; i += 512) cr_assert_eq(base[2 * ps + i], 0);
+  memset(base + 2 * ps, 0x77, 2 * ps);
+  ma_arena_mapping m;
+  cr_assert_eq(ma_arena_find(a, 3 * ps, &m), 0);
+  cr_assert_eq(m.fd, -1);
+  cr_assert_eq(m.fd_off, 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    base[2 * ps] = 1; /* copy-on-write: the parent must not see it */
+    _exit(base[3 * ps] == 0x77 ? 0 : 1);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  cr_assert_eq(base[2 * ps], 0x77);
+  ma_arena_destroy(a);
+}
+
+/* ---- Remove ---------------------------------------------------------------------------------- */
+
+Test(arena, removed_range_faults, .signal = SIGSEGV) {
+  ma_arena *a = make(8);
+  int fd = memfd_pattern(2, 0x60);
+  volatile char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 2 * ps, fd, 0, RW), 0);
+  cr_assert_eq(base[ps], 0x61);
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 2 * ps), 0);
+  (void)base[ps];
+}
+
+Test(arena, remove_then_readd_sees_no_stale_data) {
+  ma_arena *a = make(8);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  memset(base, 0x99, 4 * ps);
+  unsigned char vec[4];
+  cr_assert_eq(mincore(base, 4 * ps, vec), 0);
+  cr_assert(vec[0] & 1, "resident before removal");
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 4 * ps), 0);
+  cr_assert_eq(mincore(base, 4 * ps, vec), 0);
+  for (int i = 0; i < 4; i++) cr_assert_eq(vec[i] & 1, 0, "memory freed");
+  cr_assert_eq(ma_arena_count(a), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  cr_assert_eq(base[0], 0);
+  cr_assert_eq(base[4 * ps - 1], 0);
+  ma_arena_destroy(a);
+}
+
+Test(arena, remove_where_nothing_is_mapped_is_enoent) {
+  ma_arena *a = make(16);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 16 * ps), -ENOENT);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 4 * ps, 2 * ps, RW), 0);
+  base[4 * ps] = 3;
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 4 * ps), -ENOENT, "just before");
+  cr_assert_eq(ma_arena_remove_mapping(a, 6 * ps, 10 * ps), -ENOENT, "just after");
+  cr_assert_eq(base[4 * ps], 3, "nothing changed");
+  cr_assert_eq(ma_arena_count(a), 1);
+  cr_assert(faults(base + 3 * ps, false));
+  /* A range reaching into the mapping removes that part; the gaps stay reserved. */
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 5 * ps), 0);
+  cr_assert(faults(base + 4 * ps, false));
+  cr_assert_eq(base[5 * ps], 0, "the rest is still mapped");
+  cr_assert_eq(ma_arena_remove_mapping(a, 4 * ps, ps), -ENOENT, "already removed");
+  ma_arena_destroy(a);
+}
+
+Test(arena, remove_range_errors) {
+  ma_arena *a = make(16);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 16 * ps, RW), 0);
+  cr_assert_eq(ma_arena_remove_mapping(NULL, 0, ps), -EINVAL);
+  cr_assert_eq(ma_arena_remove_mapping(a, 1, ps), -EINVAL);
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, ps - 1), -EINVAL);
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 0), -EINVAL);
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, 17 * ps), -EINVAL);
+  cr_assert_eq(ma_arena_remove_mapping(a, 2 * ps, SIZE_MAX - ps + 1), -EINVAL);
+  cr_assert_eq(ma_arena_count(a), 1);
+  ((char *)ma_arena_base(a))[15 * ps] = 1;
+  ma_arena_destroy(a);
+}
+
+Test(arena, partial_removal_splits) {
+  ma_arena *a = make(32);
+  int fd = memfd_pattern(16, 0x10);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 8 * ps, 16 * ps, fd, 0, RW), 0);
+  /* Middle: [8,24) -> [8,12) + [14,24). */
+  cr_assert_eq(ma_arena_remove_mapping(a, 12 * ps, 2 * ps), 0);
+  struct seen s = list(a);
+  cr_assert_eq(s.n, 2);
+  cr_assert_eq(s.m[0].off, 8 * ps);
+  cr_assert_eq(s.m[0].len, 4 * ps);
+  cr_assert_eq(s.m[0].fd_off, 0);
+  cr_assert_eq(s.m[1].off, 14 * ps);
+  cr_assert_eq(s.m[1].len, 10 * ps);
+  cr_assert_eq(s.m[1].fd_off, 6 * ps);
+  cr_assert_eq(s.m[1].fd, fd);
+  cr_assert_eq(base[11 * ps], 0x13);
+  cr_assert_eq(base[14 * ps], 0x16);
+  cr_assert(faults(base + 12 * ps, false));
+  cr_assert(faults(base + 13 * ps, true));
+  /* Head of the second piece: [14,24) -> [16,24). */
+  cr_assert_eq(ma_arena_remove_mapping(a, 14 * ps, 2 * ps), 0);
+  /* Tail of the first piece: [8,12) -> [8,10). */
+  cr_assert_eq(ma_arena_remove_mapping(a, 10 * ps, 2 * ps), 0);
+  s = list(a);
+  cr_assert_eq(s.n, 2);
+  cr_assert_eq(s.m[0].off, 8 * ps);
+  cr_assert_eq(s.m[0].len, 2 * ps);
+  cr_assert_eq(s.m[1].off, 16 * ps);
+  cr_assert_eq(s.m[1].len, 8 * ps);
+  cr_assert_eq(s.m[1].fd_off, 8 * ps);
+  cr_assert_eq(base[16 * ps], 0x18);
+  cr_assert(faults(base + 15 * ps, false));
+  cr_assert(faults(base + 10 * ps, false));
+  /* The freed ranges can be mapped again, with something else. */
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 10 * ps, 6 * ps, RW), 0);
+  cr_assert_eq(base[12 * ps], 0);
+  cr_assert_eq(ma_arena_count(a), 3);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, one_remove_spans_several_mappings_and_gaps) {
+  ma_arena *a = make(64);
+  int fd = memfd_pattern(32, 0);
+  char *base = ma_arena_base(a);
+  for (size_t i = 0; i < 8; i++) /* [0,3) [4,7) ... [28,31) with one-page gaps */
+    cr_assert_eq(ma_arena_add_fd_mapping(a, 4 * i * ps, 3 * ps, fd, 4 * i * ps, RW), 0);
+  cr_assert_eq(ma_arena_remove_mapping(a, 5 * ps, 20 * ps), 0); /* [5,25) */
+  struct seen s = list(a);
+  cr_assert_eq(s.n, 4);
+  cr_assert_eq(s.m[0].off, 0);
+  cr_assert_eq(s.m[1].off, 4 * ps);
+  cr_assert_eq(s.m[1].len, ps);
+  cr_assert_eq(s.m[2].off, 25 * ps);
+  cr_assert_eq(s.m[2].len, 2 * ps);
+  cr_assert_eq(s.m[2].fd_off, 25 * ps);
+  cr_assert_eq(s.m[3].off, 28 * ps);
+  cr_assert_eq(base[25 * ps], 25);
+  cr_assert_eq(base[4 * ps], 4);
+  for (size_t p = 5; p < 25; p += 3) cr_assert(faults(base + p * ps, false), "page %zu", p);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+/* ---- Protect --------------------------------------------------------------------------------- */
+
+Test(arena, protected_read_only_faults_on_write, .signal = SIGSEGV) {
+  ma_arena *a = make(8);
+  volatile char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  base[ps] = 5;
+  cr_assert_eq(ma_arena_protect(a, ps, ps, MA_PROT_READ), 0);
+  cr_assert_eq(base[ps], 5, "still readable");
+  base[ps] = 6;
+}
+
+Test(arena, protected_none_faults_on_read, .signal = SIGSEGV) {
+  ma_arena *a = make(8);
+  int fd = memfd_pattern(4, 1);
+  volatile char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 4 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_protect(a, 2 * ps, 2 * ps, MA_PROT_NONE), 0);
+  cr_assert_eq(base[ps], 2);
+  (void)base[3 * ps];
+}
+
+Test(arena, protect_splits_the_record) {
+  ma_arena *a = make(32);
+  int fd = memfd_pattern(16, 0x30);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 16 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_protect(a, 4 * ps, 4 * ps, MA_PROT_READ), 0);
+  struct seen s = list(a);
+  cr_assert_eq(s.n, 3);
+  cr_assert_eq(s.m[0].len, 4 * ps);
+  cr_assert_eq(s.m[0].prot, RW);
+  cr_assert_eq(s.m[1].off, 4 * ps);
+  cr_assert_eq(s.m[1].fd_off, 4 * ps);
+  cr_assert_eq(s.m[1].prot, MA_PROT_READ);
+  cr_assert_eq(s.m[2].off, 8 * ps);
+  cr_assert_eq(s.m[2].fd_off, 8 * ps);
+  cr_assert_eq(s.m[2].prot, RW);
+  cr_assert(faults(base + 5 * ps, true));
+  cr_assert_not(faults(base + 8 * ps, true));
+  cr_assert_not(faults(base + 3 * ps, true));
+  /* Same prot again: no further split. Across two pieces: both change. */
+  cr_assert_eq(ma_arena_protect(a, 4 * ps, 2 * ps, MA_PROT_READ), 0);
+  cr_assert_eq(ma_arena_count(a), 3);
+  cr_assert_eq(ma_arena_protect(a, 0, 8 * ps, MA_PROT_NONE), 0);
+  s = list(a);
+  cr_assert_eq(s.n, 3);
+  cr_assert_eq(s.m[0].prot, MA_PROT_NONE);
+  cr_assert_eq(s.m[1].prot, MA_PROT_NONE);
+  cr_assert(faults(base, false));
+  cr_assert(faults(base + 7 * ps, false));
+  cr_assert_eq(base[9 * ps], 0x39);
+  /* Removing a protected part works as any other. */
+  cr_assert_eq(ma_arena_remove_mapping(a, 2 * ps, 4 * ps), 0);
+  s = list(a); /* [0,2) NONE, [6,8) NONE, [8,16) RW */
+  cr_assert_eq(s.n, 3);
+  cr_assert_eq(s.m[1].off, 6 * ps);
+  cr_assert_eq(s.m[1].fd_off, 6 * ps);
+  cr_assert_eq(s.m[1].prot, MA_PROT_NONE);
+  cr_assert(faults(base + 6 * ps, false));
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, protect_errors_change_nothing) {
+  ma_arena *a = make(32);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 5 * ps, 4 * ps, RW), 0);
+  cr_assert_eq(ma_arena_protect(a, 2 * ps, 4 * ps, MA_PROT_READ), -ENOENT, "crosses a gap");
+  cr_assert_eq(ma_arena_protect(a, 4 * ps, ps, MA_PROT_READ), -ENOENT, "only the gap");
+  cr_assert_eq(ma_arena_protect(a, 20 * ps, ps, MA_PROT_READ), -ENOENT);
+  cr_assert(faults(base + 4 * ps, false), "the gap was not made accessible");
+  cr_assert_eq(ma_arena_protect(a, 0, 4 * ps, RW | MA_PROT_EXEC), -EPERM);
+  cr_assert_eq(ma_arena_protect(a, 0, 4 * ps, 9), -EINVAL);
+  cr_assert_eq(ma_arena_protect(a, 1, ps, MA_PROT_READ), -EINVAL);
+  cr_assert_eq(ma_arena_protect(a, 0, 33 * ps, MA_PROT_READ), -EINVAL);
+  cr_assert_eq(ma_arena_protect(NULL, 0, ps, MA_PROT_READ), -EINVAL);
+  base[3 * ps] = 1; /* still writable */
+  base[5 * ps] = 1;
+  cr_assert_eq(ma_arena_count(a), 2);
+
+  /* The kernel refuses WRITE on a read-only descriptor's shared mapping: record unchanged. */
+  char path[] = "/tmp/test_arena_XXXXXX";
+  int rw = mkstemp(path);
+  cr_assert_eq(ftruncate(rw, (off_t)(4 * ps)), 0);
+  int ro = open(path, O_RDONLY | O_CLOEXEC);
+  unlink(path);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 12 * ps, 4 * ps, ro, 0, MA_PROT_READ), 0);
+  cr_assert_eq(ma_arena_protect(a, 13 * ps, ps, RW), -EACCES);
+  struct seen s = list(a);
+  cr_assert_eq(s.n, 3);
+  cr_assert_eq(s.m[2].prot, MA_PROT_READ);
+  cr_assert(faults(base + 13 * ps, true));
+  close(ro);
+  close(rw);
+  ma_arena_destroy(a);
+}
+
+Test(arena, protect_across_adjacent_mappings) {
+  ma_arena *a = make(16);
+  char *base = ma_arena_base(a);
+  int fd = memfd_pattern(4, 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 4 * ps, 4 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_protect(a, 2 * ps, 4 * ps, MA_PROT_READ), 0);
+  cr_assert_eq(ma_arena_count(a), 4);
+  cr_assert(faults(base + 2 * ps, true));
+  cr_assert(faults(base + 5 * ps, true));
+  cr_assert_not(faults(base + 6 * ps, true));
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+/* ---- Advise, flush --------------------------------------------------------------------------- */
+
+Test(arena, advise_remove_frees_memfd_blocks) {
+  ma_arena *a = make(512);
+  int fd = memfd_pattern(256, 1); /* 1 MiB written: allocated */
+  char *base = ma_arena_base(a);
+  struct stat st0, st1, st2;
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 256 * ps, fd, 0, RW), 0);
+  cr_assert_eq(fstat(fd, &st0), 0);
+  cr_assert_geq((size_t)st0.st_blocks * 512, 256 * ps);
+  cr_assert_eq(ma_arena_advise(a, 0, 128 * ps, MA_ADV_DONTNEED), 0);
+  cr_assert_eq(fstat(fd, &st1), 0);
+  cr_assert_eq(st1.st_blocks, st0.st_blocks, "DONTNEED keeps shared memfd memory");
+  cr_assert_eq(base[ps], 2, "and the data");
+  cr_assert_eq(ma_arena_advise(a, 0, 128 * ps, MA_ADV_REMOVE), 0);
+  cr_assert_eq(fstat(fd, &st2), 0);
+  cr_assert_leq((size_t)st2.st_blocks * 512, st0.st_blocks * 512 - 128 * ps, "REMOVE frees");
+  cr_assert_eq(base[ps], 0, "a removed page reads as zero");
+  cr_assert_eq(base[128 * ps], (char)129, "the rest is intact");
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+Test(arena, advise_errors) {
+  ma_arena *a = make(16);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 4 * ps, RW), 0);
+  cr_assert_eq(ma_arena_advise(a, 0, 8 * ps, MA_ADV_WILLNEED), -ENOENT, "past the mapping");
+  cr_assert_eq(ma_arena_advise(a, 8 * ps, ps, MA_ADV_DONTNEED), -ENOENT);
+  cr_assert_eq(ma_arena_advise(a, 0, ps, (enum ma_advice)99), -EINVAL);
+  cr_assert_eq(ma_arena_advise(a, 0, ps, (enum ma_advice) - 1), -EINVAL);
+  cr_assert_eq(ma_arena_advise(a, 0, 0, MA_ADV_DONTNEED), -EINVAL);
+  cr_assert_eq(ma_arena_advise(NULL, 0, ps, MA_ADV_DONTNEED), -EINVAL);
+  cr_assert_eq(ma_arena_advise(a, 0, ps, MA_ADV_REMOVE), -EINVAL, "private anon: kernel says no");
+  cr_assert_eq(ma_arena_advise(a, 0, 4 * ps, MA_ADV_WILLNEED), 0);
+  ma_arena_destroy(a);
+}
+
+Test(arena, flush_writes_a_file) {
+  ma_arena *a = make(16);
+  char path[] = "/tmp/test_arena_XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_eq(ftruncate(fd, (off_t)(4 * ps)), 0);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 4 * ps, fd, 0, RW), 0);
+  memcpy(base + ps, "flushed", 8);
+  cr_assert_eq(ma_arena_flush(a, 0, 4 * ps, false), 0);
+  cr_assert_eq(ma_arena_flush(a, ps, ps, true), 0);
+  int fd2 = open(path, O_RDONLY | O_CLOEXEC);
+  unlink(path);
+  char buf[8];
+  cr_assert_eq(pread(fd2, buf, 8, (off_t)ps), 8);
+  cr_assert_str_eq(buf, "flushed");
+  cr_assert_eq(ma_arena_flush(a, 0, 5 * ps, false), -ENOENT);
+  cr_assert_eq(ma_arena_flush(a, 8 * ps, ps, false), -ENOENT);
+  cr_assert_eq(ma_arena_flush(a, 0, ps / 2, false), -EINVAL);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 4 * ps, ps, RW), 0);
+  cr_assert_eq(ma_arena_flush(a, 0, 5 * ps, false), 0, "anonymous pages flush trivially");
+  close(fd);
+  close(fd2);
+  ma_arena_destroy(a);
+}
+
+/* ---- Foreach and find ------------------------------------------------------------------------ */
+
+struct reenter {
+  ma_arena *a;
+  int add, find, stop_at, calls;
+};
+
+static int reenter_fn(const ma_arena_mapping *m, void *p) {
+  struct reenter *r = p;
+  ma_arena_mapping m2;
+  r->add = ma_arena_add_anon_mapping(r->a, 30 * (size_t)sysconf(_SC_PAGESIZE),
+                                     (size_t)sysconf(_SC_PAGESIZE), RW);
+  r->find = ma_arena_find(r->a, m->off, &m2);
+  if (r->find == 0 && m2.off != m->off) r->find = -1000;
+  return ++r->calls == r->stop_at ? 42 : 0;
+}
+
+Test(arena, foreach_order_stop_and_reentry) {
+  ma_arena *a = make(32);
+  size_t order[] = {20, 3, 11, 0, 7};
+  for (size_t i = 0; i < 5; i++)
+    cr_assert_eq(ma_arena_add_anon_mapping(a, order[i] * ps, ps, RW), 0);
+  struct seen s = list(a);
+  cr_assert_eq(s.n, 5);
+  for (size_t i = 1; i < 5; i++) cr_assert_gt(s.m[i].off, s.m[i - 1].off, "increasing order");
+  cr_assert_eq(ma_arena_foreach(a, NULL, NULL), -EINVAL);
+  cr_assert_eq(ma_arena_foreach(NULL, seen_fn, &s), -EINVAL);
+  struct reenter r = {.a = a, .stop_at = 3};
+  cr_assert_eq(ma_arena_foreach(a, reenter_fn, &r), 42, "the callback's value stops the walk");
+  cr_assert_eq(r.calls, 3);
+  cr_assert_eq(r.add, -EDEADLK, "changes from inside the callback are refused");
+  cr_assert_eq(r.find, 0, "reads from inside the callback work");
+  cr_assert_eq(ma_arena_count(a), 5);
+  ma_arena_destroy(a);
+}
+
+Test(arena, find_errors) {
+  ma_arena *a = make(8);
+  ma_arena_mapping m;
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 2 * ps, ps, RW), 0);
+  cr_assert_eq(ma_arena_find(a, 2 * ps + ps - 1, &m), 0);
+  cr_assert_eq(ma_arena_find(a, 3 * ps, &m), -ENOENT);
+  cr_assert_eq(ma_arena_find(a, 0, &m), -ENOENT);
+  cr_assert_eq(ma_arena_find(a, 8 * ps, &m), -EINVAL);
+  cr_assert_eq(ma_arena_find(a, 0, NULL), -EINVAL);
+  cr_assert_eq(ma_arena_find(NULL, 0, &m), -EINVAL);
+  ma_arena_destroy(a);
+}
+
+/* ---- Create flags ---------------------------------------------------------------------------- */
+
+Test(arena, flags_apply_to_every_mapping) {
+  ma_arena *a = NULL;
+  cr_assert_eq(ma_arena_create(64 * ps, MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_HUGE_TRY, &a),
+               0);
+  int fd = memfd_pattern(4, 0x70);
+  char *base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, 4 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 8 * ps, 4 * ps, RW), 0);
+  for (size_t off = 0; off <= 8 * ps; off += 8 * ps) {
+    cr_assert(has_vmflag(base + off, "dd"), "DONTDUMP at %zu", off);
+    cr_assert(has_vmflag(base + off, "dc"), "DONTFORK (dc = don't copy) at %zu", off);
+    cr_assert(has_vmflag(base + off, "hg"), "HUGE_TRY advises huge pages at %zu", off);
+  }
+  cr_assert(faults(base, false), "a fork child has no copy of a DONTFORK mapping");
+  cr_assert_eq(base[0], 0x70, "the parent still has it");
+  close(fd);
+  ma_arena_destroy(a);
+
+  cr_assert_eq(ma_arena_create(64 * ps, 0, &a), 0);
+  base = ma_arena_base(a);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, ps, RW), 0);
+  cr_assert_not(has_vmflag(base, "dd"));
+  cr_assert_not(has_vmflag(base, "dc"));
+  cr_assert_not(faults(base, false), "without DONTFORK the child sees it");
+  ma_arena_destroy(a);
+}
+
+Test(arena, locked_flag) {
+  struct rlimit rl;
+  cr_assert_eq(getrlimit(RLIMIT_MEMLOCK, &rl), 0);
+  ma_arena *a = NULL;
+  cr_assert_eq(ma_arena_create(64 * ps, MA_MAP_LOCKED, &a), 0);
+  char *base = ma_arena_base(a);
+  int fd = memfd_pattern(4, 0);
+  int r = ma_arena_add_fd_mapping(a, 0, 4 * ps, fd, 0, RW);
+  if (rl.rlim_cur >= 4 * ps || rl.rlim_cur == RLIM_INFINITY) {
+    cr_assert_eq(r, 0);
+    cr_assert(has_vmflag(base, "lo"), "locked");
+    unsigned char vec[4];
+    cr_assert_eq(mincore(base, 4 * ps, vec), 0);
+    for (int i = 0; i < 4; i++) cr_assert(vec[i] & 1, "resident");
+  }
+  /* Beyond the limit the add fails and the range is left reserved. */
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 48 * ps) {
+    cr_assert_lt(ma_arena_add_anon_mapping(a, 8 * ps, 56 * ps, RW), 0);
+    cr_assert(faults(base + 8 * ps, false));
+    cr_assert_eq(ma_arena_count(a), r == 0 ? 1 : 0);
+  }
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+/* ---- Scale and threads ----------------------------------------------------------------------- */
+
+static int count_fn(const ma_arena_mapping *m, void *p) {
+  size_t *prev_end = p;
+  if (m->off < *prev_end) return -1; /* out of order or overlapping */
+  *prev_end = m->off + m->len;
+  return 0;
+}
+
+Test(arena, ten_thousand_mappings) {
+  enum { N = 10000 };
+  ma_arena *a = make(2 * N + 2);
+  int fd = memfd_pattern(64, 0);
+  char *base = ma_arena_base(a);
+  /* Every other page, in a scattered order so the tree sees random inserts. */
+  for (size_t i = 0; i < N; i++) {
+    size_t k = (i * 7919) % N;
+    cr_assert_eq(ma_arena_add_fd_mapping(a, 2 * k * ps, ps, fd, (k % 64) * ps, MA_PROT_READ), 0,
+                 "mapping %zu", k);
+  }
+  cr_assert_eq(ma_arena_count(a), N);
+  size_t prev_end = 0;
+  cr_assert_eq(ma_arena_foreach(a, count_fn, &prev_end), 0);
+  for (size_t k = 0; k < N; k += 997) {
+    ma_arena_mapping m;
+    cr_assert_eq(ma_arena_find(a, 2 * k * ps + 5, &m), 0);
+    cr_assert_eq(m.off, 2 * k * ps);
+    cr_assert_eq(m.fd_off, (k % 64) * ps);
+    cr_assert_eq(base[2 * k * ps], (char)(k % 64));
+    cr_assert_eq(ma_arena_find(a, (2 * k + 1) * ps, &m), -ENOENT);
+  }
+  /* Remove every third, then everything in one call. */
+  for (size_t k = 0; k < N; k += 3) cr_assert_eq(ma_arena_remove_mapping(a, 2 * k * ps, ps), 0);
+  cr_assert_eq(ma_arena_count(a), N - (N + 2) / 3);
+  cr_assert(faults(base + 6 * ps, false));
+  cr_assert_eq(ma_arena_remove_mapping(a, 0, (2 * N + 2) * ps), 0);
+  cr_assert_eq(ma_arena_count(a), 0);
+  close(fd);
+  ma_arena_destroy(a);
+}
+
+enum { THREADS = 4, SLOTS = 16, ROUNDS = 150 };
+
+struct worker {
+  ma_arena *a;
+  int fd;
+  size_t first_slot;
+  int errors;
+};
+
+static void *worker_fn(void *p) {
+  struct worker *w = p;
+
+  char *base = ma_arena_base(w->a);
+  for (int r = 0; r < ROUNDS; r++) {
+    size_t slot = w->first_slot + (size_t)r % SLOTS, off = 2 * slot * ps;
+    bool anon = r & 1;
+    int e = anon ? ma_arena_add_anon_mapping(w->a, off, 2 * ps, RW)
+                 : ma_arena_add_fd_mapping(w->a, off, 2 * ps, w->fd, 0, RW);
+    if (e) w->errors++;
+    base[off + ps] = (char)r; /* our own range: no lock needed */
+    if (base[off + ps] != (char)r) w->errors++;
+    if (ma_arena_remove_mapping(w->a, off, ps) != 0) w->errors++; /* split */
+    if (ma_arena_remove_mapping(w->a, off, 2 * ps) != 0) w->errors++;
+  }
+  return NULL;
+}
+
+static void *walker_fn(void *p) {
+  struct worker *w = p;
+  for (int r = 0; r < ROUNDS; r++) {
+    size_t prev_end = 0;
+    if (ma_arena_foreach(w->a, count_fn, &prev_end) != 0) w->errors++;
+  }
+  return NULL;
+}
+
+Test(arena, threads_add_and_remove_disjoint_ranges) {
+  ma_arena *a = make(2 * SLOTS * THREADS);
+  int fd = memfd_pattern(2, 0);
+  pthread_t t[THREADS + 1];
+  struct worker w[THREADS + 1];
+  for (int i = 0; i <= THREADS; i++) {
+    w[i] = (struct worker){.a = a, .fd = fd, .first_slot = (size_t)i * SLOTS};
+    cr_assert_eq(pthread_create(&t[i], NULL, i < THREADS ? worker_fn : walker_fn, &w[i]), 0);
+  }
+  for (int i = 0; i <= THREADS; i++) {
+    pthread_join(t[i], NULL);
+    cr_assert_eq(w[i].errors, 0, "thread %d", i);
+  }
+  cr_assert_eq(ma_arena_count(a), 0);
+  cr_assert(faults(ma_arena_base(a), false));
+  close(fd);
+  ma_arena_destroy(a);
+}
