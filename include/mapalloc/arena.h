@@ -75,14 +75,16 @@ MA_API size_t ma_arena_len(const ma_arena *a);
  * -EINVAL: a NULL, off/len/fd_off not page multiples, len 0, range outside the arena,
  *          fd_off + len beyond the largest file offset, unknown prot bits;
  * -EPERM:  prot READ|WRITE|EXEC at once (W^X);
- * -EBADF:  fd is not an open descriptor (or is an O_PATH descriptor);
- * -EACCES: fd not open for reading, or prot has WRITE and fd is not open read-write;
+ * -EBADF:  fd is not an open descriptor (checked with fcntl);
  * -EPERM:  prot has WRITE and the memfd is sealed with F_SEAL_WRITE/F_SEAL_FUTURE_WRITE;
  * -EEXIST: any page of the range is already mapped (never a silent replace).
- * Then errors from the system: -ENODEV (file cannot be mapped), -ENOMEM (memory, map
- * count, RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment);
- * the range is still reserved afterwards. Mapping past the end of the file succeeds but
- * accessing those pages raises SIGBUS (as with mmap). Thread-safe. */
+ * Then mmap's own refusals, which also leave the range reserved and unchanged: -EBADF (an
+ * O_PATH descriptor), -EACCES (fd not open for reading, or prot has WRITE and fd is not
+ * open read-write), -ENODEV (file cannot be mapped), -ENOMEM (memory, map count,
+ * RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment).
+ * Mapping past the end of the file succeeds but accessing those pages raises SIGBUS (as
+ * with mmap). One fcntl per call (F_GETFD, or F_GET_SEALS when prot has WRITE).
+ * Thread-safe. */
 MA_API int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
                                    unsigned prot);
 

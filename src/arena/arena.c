@@ -51,20 +51,18 @@ static int check_prot(unsigned prot) {
   return 0;
 }
 
-/* Checks what mmap would refuse about the descriptor, before the range is touched. */
+/* Checks the descriptor before the range is touched, with one fcntl: F_GETFD for a
+ * read-only mapping, F_GET_SEALS for a writable one (it fails with EBADF just the same, and
+ * tells whether a memfd is write-sealed). The kernel refuses a write seal only after it has
+ * begun to replace the range on older kernels, so that case is caught here. Descriptors
+ * open in the wrong mode and O_PATH descriptors are refused by mmap itself before it
+ * changes anything (-EACCES, -EBADF). */
 static int check_fd(int fd, unsigned prot) {
   if (fd < 0) return -EBADF;
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0) return -errno;
-  if (fl & O_PATH) return -EBADF;
-  int acc = fl & O_ACCMODE;
-  if (acc == O_WRONLY) return -EACCES;
-  if ((prot & MA_PROT_WRITE) && acc != O_RDWR) return -EACCES;
-  if (prot & MA_PROT_WRITE) {
-    int seals = fcntl(fd, F_GET_SEALS); /* EINVAL for files that cannot be sealed */
-    if (seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))) return -EPERM;
-  }
-  return 0;
+  if (!(prot & MA_PROT_WRITE)) return fcntl(fd, F_GETFD) < 0 ? -errno : 0;
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return errno == EINVAL ? 0 : -errno; /* EINVAL: not a sealable file */
+  return (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) ? -EPERM : 0;
 }
 
 /* ---- Locking -------------------------------------------------------------------------------- */
