@@ -34,8 +34,8 @@ typedef struct arena_tree {
 /* Inserts `n` (its off must not already be present; left/right/height are set here). */
 void arena_tree_insert(arena_tree *t, arena_node *n);
 
-/* Unlinks the node whose off equals `n->off` (which must be in the tree; it may be `n`
- * itself or not: the key decides). Returns the unlinked node, NULL if absent. */
+/* Unlinks the node whose off equals `off` and returns it; NULL (tree unchanged) if there
+ * is none. The node's memory is the caller's to free or reinsert. */
 arena_node *arena_tree_remove(arena_tree *t, size_t off);
 
 /* The node with the greatest off <= key, or NULL. */
