@@ -382,7 +382,7 @@ int ma_arena_advise(ma_arena *a, size_t off, size_t len, enum ma_advice adv) {
 int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async) {
   int r = check_range(a, off, len);
   if (r || (r = lock_rw(a))) return r;
-  r = covering(a, off, off + len) ? os_flush(a->base + off, len, async) : -ENOENT;
+  r = covering(a, off, off + len) ? os_sync(a->base + off, len, async) : -ENOENT;
   unlock(a);
   return r;
 }

@@ -61,9 +61,8 @@ int os_advise(void *addr, size_t len, enum ma_advice adv);
  * silently does nothing elsewhere. */
 void os_name(void *addr, size_t len, const char *name);
 
-/* Writes the dirty pages of a shared file mapping in [addr, addr+len) back to the file:
- * msync MS_SYNC, or MS_ASYNC when `async`. Anonymous ranges succeed at once. (Added by the
- * arena layer for ma_arena_flush.) */
-int os_flush(void *addr, size_t len, bool async);
+/* Writes dirty file pages back: msync MS_SYNC, or MS_ASYNC when `async`. (Added by the
+ * arena layer for ma_arena_flush; the same primitive as the page layer's os_sync.) */
+int os_sync(void *addr, size_t len, bool async);
 
 #endif /* MAPALLOC_OS_H */

@@ -166,6 +166,6 @@ void os_name(void *addr, size_t len, const char *name) {
   errno = saved;
 }
 
-int os_flush(void *addr, size_t len, bool async) {
+int os_sync(void *addr, size_t len, bool async) {
   return msync(addr, len, async ? MS_ASYNC : MS_SYNC) == 0 ? 0 : -errno;
 }
