@@ -903,3 +903,59 @@ Test(arena, threads_add_and_remove_disjoint_ranges) {
   close(fd);
   ma_arena_destroy(a);
 }
+
+/* Threads racing to add the same range: exactly one wins each round, the others get
+ * -EEXIST, and the winner's mapping is the one in place. */
+struct racer {
+  ma_arena *a;
+  int fd, id, errors;
+  pthread_barrier_t *bar;
+  int *round_wins;
+};
+
+static void *racer_fn(void *p) {
+  struct racer *r = p;
+  char *base = ma_arena_base(r->a);
+  for (int round = 0; round < 100; round++) {
+    pthread_barrier_wait(r->bar);
+    int e = (r->id & 1) ? ma_arena_add_anon_mapping(r->a, ps, 2 * ps, RW)
+                        : ma_arena_add_fd_mapping(r->a, 0, 2 * ps, r->fd, 0, RW);
+    if (e == 0)
+      __atomic_fetch_add(r->round_wins, 1, __ATOMIC_RELAXED);
+    else if (e != -EEXIST)
+      r->errors++;
+    pthread_barrier_wait(r->bar);
+    if (r->id == 0) {
+      if (__atomic_load_n(r->round_wins, __ATOMIC_RELAXED) != 1) r->errors++;
+      ma_arena_mapping m;
+      if (ma_arena_find(r->a, ps, &m) != 0) r->errors++;
+      if (m.fd >= 0 && base[ps] != 0x11) r->errors++; /* the memfd's second page */
+      if (m.fd < 0 && base[ps] != 0) r->errors++;
+      if (ma_arena_remove_mapping(r->a, 0, 3 * ps) != 0 || ma_arena_count(r->a) != 0) r->errors++;
+      __atomic_store_n(r->round_wins, 0, __ATOMIC_RELAXED);
+    }
+  }
+  return NULL;
+}
+
+Test(arena, racing_adds_one_winner) {
+  enum { N = 4 };
+  ma_arena *a = make(8);
+  int fd = memfd_pattern(2, 0x10);
+  pthread_barrier_t bar;
+  pthread_barrier_init(&bar, NULL, N);
+  int round_wins = 0;
+  pthread_t t[N];
+  struct racer r[N];
+  for (int i = 0; i < N; i++) {
+    r[i] = (struct racer){.a = a, .fd = fd, .id = i, .bar = &bar, .round_wins = &round_wins};
+    cr_assert_eq(pthread_create(&t[i], NULL, racer_fn, &r[i]), 0);
+  }
+  for (int i = 0; i < N; i++) {
+    pthread_join(t[i], NULL);
+    cr_assert_eq(r[i].errors, 0, "thread %d", i);
+  }
+  pthread_barrier_destroy(&bar);
+  close(fd);
+  ma_arena_destroy(a);
+}
