@@ -66,13 +66,17 @@ typedef struct ma_map_opts {
 
 /* A mapping made by ma_map_create. The fields describe it; treat them as read-only.
  * `flags` holds the MA_MAP_* flags actually in effect (MA_MAP_HUGE_TRY becomes MA_MAP_HUGE
- * when explicit huge pages were obtained). `fd` is the caller's descriptor (not owned). */
+ * when explicit huge pages were obtained). `fd` is the caller's descriptor (not owned).
+ * `offset` is the file offset of `addr` (0 for anonymous maps); `page_shift` is log2 of
+ * the explicit huge page size backing the map, 0 for base pages. */
 typedef struct ma_map {
   void *addr;
   size_t len;
   unsigned prot;
   unsigned flags;
   int fd;
+  uint64_t offset;
+  unsigned page_shift;
 } ma_map;
 
 /* ---- System facts -------------------------------------------------------------------- */

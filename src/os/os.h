@@ -65,4 +65,39 @@ void os_name(void *addr, size_t len, const char *name);
  * arena layer for ma_arena_flush; the same primitive as the page layer's os_sync.) */
 int os_sync(void *addr, size_t len, bool async);
 
+/* ---- Added for the public page layer (src/os/pages.c) ------------------------------- */
+
+/* Where os_map places a mapping: `hint` is a hint, or exactly there without replacing
+ * anything (-EEXIST if taken, also on kernels that treat the request as a hint), or
+ * exactly there replacing what is mapped (MAP_FIXED). */
+enum os_place { OS_PLACE_HINT, OS_PLACE_NOREPLACE, OS_PLACE_FIXED };
+
+/* The general mmap: `flags` are MA_MAP_* of which SHARED, NORESERVE, POPULATE and STACK
+ * are honoured here (the caller applies LOCKED, DONTDUMP, DONTFORK afterwards); fd < 0 is
+ * anonymous; huge_shift != 0 asks for explicit huge pages of 1 << huge_shift. Stores the
+ * address in *out and returns 0, or a negative errno with nothing mapped. */
+int os_map(void *hint, size_t len, unsigned prot, unsigned flags, int fd, uint64_t off,
+           unsigned huge_shift, enum os_place place, void **out);
+
+/* Locks [addr, addr+len) in memory: now (mlock) or as pages are faulted in (mlock2
+ * MLOCK_ONFAULT; -ENOTSUP where the kernel lacks it). */
+int os_lock(void *addr, size_t len, bool on_fault);
+
+/* Unlocks [addr, addr+len). */
+int os_unlock(void *addr, size_t len);
+
+/* Prefaults [addr, addr+len), best effort: for writing when `write` (commits private
+ * pages), else for reading. Never faults the caller; errors are ignored. */
+void os_prefault(void *addr, size_t len, bool write);
+
+/* Writes up to `max` supported huge page sizes (ascending) to `out`; returns how many the
+ * system has. Never calls malloc. */
+size_t os_huge_page_sizes(size_t *out, size_t max);
+
+/* Calls fn for each area of /proc/PID/maps (pid 0 = self) intersecting [start, end), in
+ * address order, without calling malloc. Returns 0, fn's non-zero value, or a negative
+ * errno (-ESRCH no such process, -EACCES, ...). Implemented in areas_linux.c. */
+int os_areas_query(int pid, uintptr_t start, uintptr_t end, int (*fn)(const ma_area *, void *ctx),
+                   void *ctx);
+
 #endif /* MAPALLOC_OS_H */

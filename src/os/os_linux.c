@@ -1,7 +1,10 @@
-/* Linux primitives: the only file that issues mmap/mprotect/madvise/munmap. */
+/* Linux primitives: with areas_linux.c the only code that issues mmap/mprotect/madvise/
+ * munmap/mlock/msync, always through the wrappers of sys_linux.h. */
 #include "os/os.h"
+#include "os/sys_linux.h"
 
 #include <errno.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -39,26 +42,26 @@ static int native_prot(unsigned prot) {
 static void *map_aligned(size_t len, size_t align, void *hint, int prot, int flags) {
   size_t ps = os_page_size();
   if (align <= ps) {
-    void *p = mmap(hint, len, prot, flags, -1, 0);
+    void *p = sys_mmap(hint, len, prot, flags, -1, 0);
     return p == MAP_FAILED ? NULL : p;
   }
   /* Try the hint (or a plain map) first: often already aligned. */
-  void *p = mmap(hint, len, prot, flags, -1, 0);
+  void *p = sys_mmap(hint, len, prot, flags, -1, 0);
   if (p == MAP_FAILED) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
-  munmap(p, len);
+  sys_munmap(p, len);
   size_t over = len + align - ps;
   if (over < len) {
     errno = ENOMEM;
     return NULL;
   }
-  p = mmap(NULL, over, prot, flags, -1, 0);
+  p = sys_mmap(NULL, over, prot, flags, -1, 0);
   if (p == MAP_FAILED) return NULL;
   uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - (uintptr_t)p;
   size_t tail = over - head - len;
-  if (head) munmap(p, head);
-  if (tail) munmap((void *)(start + len), tail);
+  if (head) sys_munmap(p, head);
+  if (tail) sys_munmap((void *)(start + len), tail);
   return (void *)start;
 }
 
@@ -73,25 +76,25 @@ void *os_alloc(size_t len, size_t align, bool populate) {
 }
 
 int os_release(void *addr, size_t len) {
-  return munmap(addr, len) == 0 ? 0 : -errno;
+  return sys_munmap(addr, len) == 0 ? 0 : -errno;
 }
 
 int os_commit(void *addr, size_t len, unsigned prot) {
-  return mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
+  return sys_mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
 }
 
 int os_decommit(void *addr, size_t len) {
-  void *p =
-      mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  void *p = sys_mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+                     -1, 0);
   return p == MAP_FAILED ? -errno : 0;
 }
 
 int os_reset(void *addr, size_t len) {
-  return madvise(addr, len, MADV_DONTNEED) == 0 ? 0 : -errno;
+  return sys_madvise(addr, len, MADV_DONTNEED) == 0 ? 0 : -errno;
 }
 
 int os_populate(void *addr, size_t len) {
-  if (madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
+  if (sys_madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
   if (errno != EINVAL) return -errno;
   /* Older kernel: touch one byte per page (a read-modify-write keeps contents). */
   size_t ps = os_page_size();
@@ -107,13 +110,13 @@ int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, 
   if (fd < 0) f |= MAP_ANONYMOUS;
   if (flags & MA_MAP_NORESERVE) f |= MAP_NORESERVE;
   if (flags & MA_MAP_POPULATE) f |= MAP_POPULATE;
-  void *p = mmap(addr, len, native_prot(prot), f, fd, (off_t)off);
+  void *p = sys_mmap(addr, len, native_prot(prot), f, fd, (off_t)off);
   if (p == MAP_FAILED) return -errno;
-  if (flags & MA_MAP_DONTDUMP) madvise(addr, len, MADV_DONTDUMP);
-  if (flags & MA_MAP_DONTFORK) madvise(addr, len, MADV_DONTFORK);
-  if (flags & MA_MAP_HUGE_TRY) madvise(addr, len, MADV_HUGEPAGE);
+  if (flags & MA_MAP_DONTDUMP) sys_madvise(addr, len, MADV_DONTDUMP);
+  if (flags & MA_MAP_DONTFORK) sys_madvise(addr, len, MADV_DONTFORK);
+  if (flags & MA_MAP_HUGE_TRY) sys_madvise(addr, len, MADV_HUGEPAGE);
   if (flags & MA_MAP_LOCKED) {
-    if (mlock(addr, len) != 0) {
+    if (sys_mlock(addr, len) != 0) {
       int e = errno;
       os_decommit(addr, len);
       return -e;
@@ -123,7 +126,7 @@ int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, 
 }
 
 int os_protect(void *addr, size_t len, unsigned prot) {
-  return mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
+  return sys_mprotect(addr, len, native_prot(prot)) == 0 ? 0 : -errno;
 }
 
 static int native_advice(enum ma_advice adv) {
@@ -157,15 +160,107 @@ static int native_advice(enum ma_advice adv) {
 int os_advise(void *addr, size_t len, enum ma_advice adv) {
   int a = native_advice(adv);
   if (a < 0) return -EINVAL;
-  return madvise(addr, len, a) == 0 ? 0 : -errno;
+  return sys_madvise(addr, len, a) == 0 ? 0 : -errno;
 }
 
 void os_name(void *addr, size_t len, const char *name) {
   int saved = errno;
-  (void)prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len, (unsigned long)name);
+  (void)sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len, (unsigned long)name);
   errno = saved;
 }
 
 int os_sync(void *addr, size_t len, bool async) {
-  return msync(addr, len, async ? MS_ASYNC : MS_SYNC) == 0 ? 0 : -errno;
+  return sys_msync(addr, len, async ? MS_ASYNC : MS_SYNC) == 0 ? 0 : -errno;
+}
+
+/* ---- Added for the public page layer -------------------------------------------------- */
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+int os_map(void *hint, size_t len, unsigned prot, unsigned flags, int fd, uint64_t off,
+           unsigned huge_shift, enum os_place place, void **out) {
+  int f = (flags & MA_MAP_SHARED) ? MAP_SHARED : MAP_PRIVATE;
+  if (fd < 0) f |= MAP_ANONYMOUS;
+  if (flags & MA_MAP_NORESERVE) f |= MAP_NORESERVE;
+  if (flags & MA_MAP_POPULATE) f |= MAP_POPULATE;
+  if (flags & MA_MAP_STACK) f |= MAP_STACK;
+  if (huge_shift) f |= MAP_HUGETLB | (int)(huge_shift << MAP_HUGE_SHIFT);
+  if (place == OS_PLACE_NOREPLACE) f |= MAP_FIXED_NOREPLACE;
+  if (place == OS_PLACE_FIXED) f |= MAP_FIXED;
+  void *p = sys_mmap(hint, len, native_prot(prot), f, fd < 0 ? -1 : fd, (off_t)off);
+  if (p == MAP_FAILED) return -errno;
+  if (place == OS_PLACE_NOREPLACE && p != hint) {
+    /* A kernel older than 4.17 took MAP_FIXED_NOREPLACE as a plain hint. */
+    sys_munmap(p, len);
+    return -EEXIST;
+  }
+  *out = p;
+  return 0;
+}
+
+int os_lock(void *addr, size_t len, bool on_fault) {
+  if (!on_fault) return sys_mlock(addr, len) == 0 ? 0 : -errno;
+  if (sys_mlock2(addr, len, MLOCK_ONFAULT) == 0) return 0;
+  return errno == ENOSYS ? -ENOTSUP : -errno;
+}
+
+int os_unlock(void *addr, size_t len) {
+  return sys_munlock(addr, len) == 0 ? 0 : -errno;
+}
+
+void os_prefault(void *addr, size_t len, bool write) {
+  int saved = errno;
+  (void)sys_madvise(addr, len, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+  errno = saved;
+}
+
+/* Parses "hugepages-<n>kB"; returns the size in bytes or 0. */
+static size_t huge_dir_size(const char *name) {
+  static const char prefix[] = "hugepages-";
+  if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
+  const char *s = name + sizeof prefix - 1;
+  size_t kb = 0;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    if (kb > (SIZE_MAX / 1024 - 9) / 10) return 0;
+    kb = kb * 10 + (size_t)(*s - '0');
+  }
+  return strcmp(s, "kB") == 0 ? kb * 1024 : 0;
+}
+
+size_t os_huge_page_sizes(size_t *out, size_t max) {
+  enum { MAXSIZES = 16 };
+  size_t sizes[MAXSIZES], n = 0;
+  int fd = sys_open("/sys/kernel/mm/hugepages", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024] __attribute__((aligned(8)));
+  long got;
+  while ((got = sys_getdents64(fd, buf, sizeof buf)) > 0) {
+    for (long pos = 0; pos < got;) {
+      /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, char name[]. */
+      unsigned short reclen;
+      memcpy(&reclen, buf + pos + 16, sizeof reclen);
+      size_t sz = huge_dir_size(buf + pos + 19);
+      if (sz && n < MAXSIZES) {
+        size_t i = n++;
+        for (; i > 0 && sizes[i - 1] > sz; i--) sizes[i] = sizes[i - 1];
+        sizes[i] = sz;
+      }
+      if (reclen == 0) break;
+      pos += reclen;
+    }
+  }
+  sys_close(fd);
+  for (size_t i = 0; i < n && i < max; i++) out[i] = sizes[i];
+  return n;
 }
