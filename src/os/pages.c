@@ -156,7 +156,9 @@ static int create_with(const ma_map_opts *o, unsigned shift, size_t align, ma_ma
   }
   if (r != 0) return r;
 
-  if ((flags & MA_MAP_LOCKED) && (r = os_lock(p, len, false)) != 0) goto unmap;
+  /* A reserve-only map is locked range by range as it is committed. */
+  if ((flags & MA_MAP_LOCKED) && !(flags & MA_MAP_RESERVE) && (r = os_lock(p, len, false)) != 0)
+    goto unmap;
   if ((flags & MA_MAP_DONTDUMP) && (r = os_advise(p, len, MA_ADV_DONTDUMP)) != 0) goto unmap;
   if ((flags & MA_MAP_DONTFORK) && (r = os_advise(p, len, MA_ADV_DONTFORK)) != 0) goto unmap;
   if (private_anon(flags, o->fd, shift)) os_name(p, len, map_name);
@@ -251,10 +253,13 @@ int ma_map_commit(ma_map *m, size_t off, size_t len) {
   int r = check_range(m, off, len);
   if (r != 0) return r;
   void *p = at(m, off);
-  /* Lock first: mlock of an inaccessible range only charges RLIMIT_MEMLOCK, so a refusal
-   * comes before anything became accessible. */
-  if ((m->flags & MA_MAP_LOCKED) && (r = os_lock(p, len, false)) != 0) return r;
   if ((r = os_protect(p, len, m->prot)) != 0) return r;
+  /* A locked map's committed pages are locked (mlock cannot lock an inaccessible range, so
+   * this comes second); if that is refused, the range goes back to inaccessible. */
+  if ((m->flags & MA_MAP_LOCKED) && (r = os_lock(p, len, false)) != 0) {
+    (void)os_protect(p, len, MA_PROT_NONE);
+    return r;
+  }
   if ((m->flags & MA_MAP_POPULATE) && m->prot != MA_PROT_NONE)
     os_prefault(p, len, (m->prot & MA_PROT_WRITE) && !(m->fd >= 0 && !(m->flags & MA_MAP_SHARED)));
   return 0;
