@@ -163,9 +163,21 @@ int os_advise(void *addr, size_t len, enum ma_advice adv) {
   return sys_madvise(addr, len, a) == 0 ? 0 : -errno;
 }
 
+/* 1: the kernel names anonymous VMAs, -1: it does not (CONFIG_ANON_VMA_NAME unset or a
+ * kernel before 5.17), 0: not probed yet. Probed once with an empty range, which such a
+ * kernel accepts and any other refuses, so later calls cost no failing system call. */
+static int name_support;
+
 void os_name(void *addr, size_t len, const char *name) {
   int saved = errno;
-  (void)sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len, (unsigned long)name);
+  int s = __atomic_load_n(&name_support, __ATOMIC_RELAXED);
+  if (s == 0) {
+    s = sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, 0, 0, (unsigned long)name) == 0 ? 1 : -1;
+    __atomic_store_n(&name_support, s, __ATOMIC_RELAXED);
+  }
+  if (s > 0)
+    (void)sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len,
+                     (unsigned long)name);
   errno = saved;
 }
 
