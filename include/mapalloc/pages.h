@@ -38,15 +38,15 @@ enum {                               /* ma_map_opts.flags */
        MA_MAP_SHARED = 1u << 0,      /* shared; default private (private file map = COW) */
        MA_MAP_RESERVE = 1u << 1,     /* reserve address space only (inaccessible) */
        MA_MAP_POPULATE = 1u << 2,    /* commit-on-alloc: prefault every page now */
-       MA_MAP_NORESERVE = 1u << 3,   /* no swap reservation */
+       MA_MAP_NORESERVE = 1u << 3,   /* no swap reservation (ignored with MA_MAP_HUGE) */
        MA_MAP_STRICT_HINT = 1u << 4, /* fail with -EEXIST unless placed exactly at hint */
        MA_MAP_HUGE = 1u << 5,        /* huge pages of page_shift (default: system huge size) */
        MA_MAP_HUGE_TRY = 1u << 6,    /* huge pages if available, else fall back silently */
        MA_MAP_LOCKED = 1u << 7,      /* lock in physical memory */
        MA_MAP_DONTDUMP = 1u << 8,    /* exclude from core dumps */
        MA_MAP_DONTFORK = 1u << 9,    /* not inherited by fork() children */
-       MA_MAP_STACK = 1u << 10,      /* a thread stack */
-       MA_MAP_JIT = 1u << 11,        /* permit READ|WRITE|EXEC at once (refused otherwise) */
+       MA_MAP_STACK = 1u << 10,      /* a thread stack: MAP_STACK, fixed size (no GROWSDOWN) */
+       MA_MAP_JIT = 1u << 11,        /* permit WRITE|EXEC at once (refused otherwise) */
 };
 
 /* Options of ma_map_create. Start from MA_MAP_OPTS_DEFAULT and set what you need. */
@@ -104,26 +104,42 @@ MA_API size_t ma_huge_page_sizes(size_t *out, size_t max);
  *   is the length mapped.
  * - `hint`: a preferred address; with MA_MAP_STRICT_HINT the map is placed exactly there or
  *   the call fails with -EEXIST. `align`: the start is a multiple of it.
- * - MA_MAP_HUGE: explicit huge pages of 1 << page_shift (default size if 0); when the
- *   pool of huge pages cannot back the whole length the call fails with -ENOMEM (never a
- *   SIGBUS on first touch). MA_MAP_HUGE_TRY: explicit huge pages, else transparent huge
- *   pages, else normal pages.
- * Errors: -EINVAL (zero len, len overflow, bad align, unaligned offset, unknown flags or
- * prot, both HUGE and HUGE_TRY, RESERVE with a file), -EPERM (READ|WRITE|EXEC without
- * MA_MAP_JIT), -EEXIST (strict hint taken), -ENOMEM, -EBADF/-EACCES/-ENODEV from the file,
- * -ENOTSUP (a page_shift this system does not support).
- * Thread-safe. On failure nothing is left mapped. */
+ * - MA_MAP_HUGE: explicit huge pages of 1 << page_shift (0: the smallest size the system
+ *   has, 2 MiB on x86-64), anonymous maps only. The kernel reserves the huge pages at
+ *   create time (MA_MAP_NORESERVE is ignored for them), so when the pool cannot back the
+ *   whole length the call fails with -ENOMEM, never with a SIGBUS on first touch.
+ *   Offsets and lengths given to the other functions are then multiples of the huge size.
+ * - MA_MAP_HUGE_TRY: explicit huge pages if the pool has them (out->flags then says
+ *   MA_MAP_HUGE), else base pages advised for transparent huge pages (MADV_HUGEPAGE,
+ *   aligned to the huge size when len allows), else plain base pages.
+ * - MA_MAP_LOCKED locks the map now (a reserve-only map: each range as it is committed);
+ *   MA_MAP_DONTDUMP / MA_MAP_DONTFORK apply madvise to the whole map; MA_MAP_POPULATE
+ *   prefaults (MAP_POPULATE; on a reserve-only map, each committed range).
+ * - Private anonymous maps are named "mapalloc" ([anon:mapalloc] in /proc/PID/maps) where
+ *   the kernel supports PR_SET_VMA_ANON_NAME; elsewhere they stay unnamed.
+ * Errors: -EINVAL (NULL, zero len, len overflow, bad align, strict hint NULL or not a
+ * multiple of the alignment, unaligned or too large offset, unknown flags or prot, both
+ * HUGE and HUGE_TRY, RESERVE or HUGE with a file, page_shift without a huge flag or out of
+ * range), -EPERM (WRITE|EXEC without MA_MAP_JIT), -EEXIST (strict hint taken), -ENOMEM,
+ * -EBADF/-EACCES/-ENODEV from the file, -ENOTSUP (a page_shift this system does not
+ * support, or no huge pages at all with MA_MAP_HUGE), -EPERM/-ENOMEM from MA_MAP_LOCKED.
+ * Thread-safe. On failure nothing is left mapped and *out is untouched. */
 MA_API int ma_map_create(const ma_map_opts *opts, ma_map *out);
 
-/* Unmaps the whole map and clears `*m`. Errors: -EINVAL (NULL or empty map).
+/* Unmaps the whole map and clears `*m` (addr NULL, len 0, fd -1). Errors: -EINVAL (NULL
+ * or empty map), or the munmap error with *m unchanged.
  * Thread-safe with respect to other maps. */
 MA_API int ma_map_destroy(ma_map *m);
 
 /* ---- Protection ------------------------------------------------------------------------ */
 
-/* Changes the protection of the whole map and records it in m->prot. W^X: READ|WRITE|EXEC
- * at once is -EPERM unless the map was created with MA_MAP_JIT. On a reserve-only map the
- * new prot applies to ranges committed from now on. Errors: -EINVAL, -EPERM, -ENOMEM. */
+/* Changes the protection of the whole map and records it in m->prot. W^X: WRITE and EXEC
+ * at once (with or without READ) is -EPERM unless the map was created with MA_MAP_JIT.
+ * On a reserve-only map (MA_MAP_RESERVE) only m->prot changes: it applies to ranges
+ * committed from now on, and ranges already committed keep theirs (change them with
+ * ma_map_protect_range); no reserved range becomes accessible.
+ * Errors: -EINVAL (NULL map, unknown prot), -EPERM (W^X), -EACCES (the file's open mode
+ * forbids it), -ENOMEM; on error the map is unchanged. */
 MA_API int ma_map_protect(ma_map *m, unsigned prot);
 
 /* Changes the protection of [off, off+len) only; m->prot is unchanged. Errors as
@@ -132,16 +148,20 @@ MA_API int ma_map_protect_range(ma_map *m, size_t off, size_t len, unsigned prot
 
 /* ---- Commit and decommit --------------------------------------------------------------- */
 
-/* Makes [off, off+len) accessible with m->prot (and charged as committed memory).
- * Committing an already committed range is allowed and keeps its contents.
- * Errors: -EINVAL, -ENOMEM (commit limit). */
+/* Makes [off, off+len) accessible with m->prot (and charged as committed memory where the
+ * kernel accounts commit, vm.overcommit_memory=2). Committing an already committed range is
+ * allowed and keeps its contents. With MA_MAP_LOCKED the range is locked too (if that is
+ * refused the range is made inaccessible again); with MA_MAP_POPULATE it is prefaulted.
+ * Errors: -EINVAL, -ENOMEM (commit limit), -EACCES, -EPERM/-ENOMEM (lock refused). */
 MA_API int ma_map_commit(ma_map *m, size_t off, size_t len);
 
 /* Returns the physical memory of [off, off+len) to the system and makes the range
  * inaccessible again, keeping the address range reserved: an access faults (SIGSEGV) until
- * ma_map_commit, after which an anonymous private range reads as zeros. On a shared or
- * file map the pages are dropped from this mapping only (a shared file keeps its data).
- * Errors: -EINVAL, -ENOMEM. */
+ * ma_map_commit, after which an anonymous private range reads as zeros (it drops from RSS
+ * and mincore, and its commit charge is returned: the range is replaced by a fresh
+ * reservation). On a shared, file or huge page map the pages are dropped from this mapping
+ * only (MADV_DONTNEED): a shared file or shared memory keeps its data, a private file map
+ * reads the file again. Errors: -EINVAL, -ENOMEM. */
 MA_API int ma_map_decommit(ma_map *m, size_t off, size_t len);
 
 /* ---- Locking and flushing -------------------------------------------------------------- */
@@ -150,8 +170,8 @@ MA_API int ma_map_decommit(ma_map *m, size_t off, size_t len);
  * Errors: -EINVAL, -ENOMEM (RLIMIT_MEMLOCK), -EPERM. */
 MA_API int ma_map_lock(ma_map *m, size_t off, size_t len);
 
-/* Locks pages of [off, off+len) as they are faulted in (mlock2 MLOCK_ONFAULT).
- * Errors: as ma_map_lock, -ENOTSUP where the kernel lacks mlock2. */
+/* Locks pages of [off, off+len) as they are faulted in (mlock2 MLOCK_ONFAULT): nothing is
+ * faulted in now. Errors: as ma_map_lock, -ENOTSUP where the kernel lacks mlock2. */
 MA_API int ma_map_lock_on_fault(ma_map *m, size_t off, size_t len);
 
 /* Unlocks [off, off+len). Errors: -EINVAL, -ENOMEM. */
@@ -187,13 +207,17 @@ MA_API int ma_map_advise(ma_map *m, size_t off, size_t len, enum ma_advice adv);
 
 /* ---- Split and merge -------------------------------------------------------------------- */
 
-/* Splits a map at `off` (0 < off < len): m keeps [0, off), *tail gets [off, len). No system
- * call is made. Errors: -EINVAL. */
+/* Splits a map at `off` (0 < off < len, a multiple of the map's page size): m keeps
+ * [0, off), *tail gets [off, len) with the same prot, flags and fd (a file tail's offset
+ * advanced by off); each half can then be destroyed or changed on its own. No system call
+ * is made. Errors: -EINVAL (NULL, tail == m, off out of range or unaligned); nothing
+ * changes. */
 MA_API int ma_map_split(ma_map *m, size_t off, ma_map *tail);
 
 /* Joins `next` onto the end of `m` when next starts where m ends, with the same prot,
- * flags and fd (and, for files, the continuing file offset). *next is cleared.
- * Errors: -EINVAL (not adjacent, or different); nothing changes. */
+ * flags, fd and page size (and, for files, the continuing file offset). *next is cleared.
+ * No system call is made. Errors: -EINVAL (NULL, the same map, not adjacent, or differently
+ * backed); nothing changes. */
 MA_API int ma_map_merge(ma_map *m, ma_map *next);
 
 /* ---- Process memory areas --------------------------------------------------------------- */
@@ -203,13 +227,16 @@ typedef struct ma_area {
   unsigned prot; /* MA_PROT_* */
   bool shared;
   uint64_t offset;
-  char path[256]; /* file path, or [heap], [stack], [anon:name]...; "" for anonymous */
+  char path[256]; /* file path (with " (deleted)" once unlinked; truncated to 255 bytes),
+                     [heap], [stack], [vdso], [anon:name]...; "" for plain anonymous */
 } ma_area;
 
 /* Calls fn for each memory area of process pid (0 = self) intersecting [start, end), in
  * address order; fn returns non-zero to stop (that value is returned). Reads
- * /proc/PID/maps without calling malloc. Errors: -ESRCH/-ENOENT (no such process),
- * -EACCES, -EINVAL (start >= end or fn NULL). Thread-safe. */
+ * /proc/PID/maps with read(2) into a stack buffer, without calling malloc (usable inside
+ * an allocator or a forked child); fn may map and unmap memory. Errors: -ESRCH (no such
+ * process), -EACCES (not allowed to read its maps), -EINVAL (pid < 0, start >= end or fn
+ * NULL), or the read error. Thread-safe. */
 MA_API int ma_areas_query(int pid, uintptr_t start, uintptr_t end,
                           int (*fn)(const ma_area *, void *ctx), void *ctx);
 
