@@ -1028,3 +1028,118 @@ Test(pages, areas_query_errors_stop_and_other_process) {
   close(go[0]);
   close(go[1]);
 }
+
+/* ---- ma_areas_query against the raw file, and without malloc
+ * ------------------------------------- */
+
+/* Counts calls into the allocator of this test program (glibc's, underneath). */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static size_t malloc_calls;
+void *malloc(size_t n) {
+  __atomic_add_fetch(&malloc_calls, 1, __ATOMIC_RELAXED);
+  return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t s) {
+  __atomic_add_fetch(&malloc_calls, 1, __ATOMIC_RELAXED);
+  return __libc_calloc(n, s);
+}
+void *realloc(void *p, size_t n) {
+  __atomic_add_fetch(&malloc_calls, 1, __ATOMIC_RELAXED);
+  return __libc_realloc(p, n);
+}
+
+enum { MAX_AREAS = 4096 };
+static ma_area snapshot[MAX_AREAS];
+static size_t snapshot_n;
+static int snapshot_cb(const ma_area *a, void *ctx) {
+  (void)ctx;
+  if (snapshot_n < MAX_AREAS) snapshot[snapshot_n] = *a;
+  snapshot_n++;
+  return 0;
+}
+static char raw_maps[1 << 20];
+
+Test(pages, areas_query_matches_proc_maps_and_never_mallocs) {
+  /* Some variety: a shared memfd with spaces, a deleted file, a reserve, a JIT map. */
+  int fd = memfd_with("cross check", ps, 0);
+  ma_map a = make_file(fd, ps, 0, MA_PROT_READ, MA_MAP_SHARED);
+  ma_map b = make(4 * ps, RW, MA_MAP_RESERVE);
+  ma_map c = make(ps, RWX, MA_MAP_JIT);
+  size_t sizes[4];
+
+  /* Read the file raw, then query at once: nothing in between changes the maps. */
+  int mf = open("/proc/self/maps", O_RDONLY);
+  cr_assert_geq(mf, 0);
+  size_t have = 0;
+  for (ssize_t got; (got = read(mf, raw_maps + have, sizeof raw_maps - 1 - have)) > 0;)
+    have += (size_t)got;
+  raw_maps[have] = 0;
+  close(mf);
+  size_t before = __atomic_load_n(&malloc_calls, __ATOMIC_RELAXED);
+  snapshot_n = 0;
+  cr_assert_eq(ma_areas_query(0, 0, UINTPTR_MAX, snapshot_cb, NULL), 0);
+  (void)ma_huge_page_sizes(sizes, 4);
+  size_t after = __atomic_load_n(&malloc_calls, __ATOMIC_RELAXED);
+  cr_assert_eq(after, before, "ma_areas_query/ma_huge_page_sizes called malloc");
+  void *volatile probe = malloc(16); /* the counter does count */
+  free(probe);
+  cr_assert_gt(__atomic_load_n(&malloc_calls, __ATOMIC_RELAXED), after);
+  cr_assert_leq(snapshot_n, MAX_AREAS);
+
+  size_t i = 0;
+  bool vsyscall = false;
+  for (char *line = strtok(raw_maps, "\n"); line; line = strtok(NULL, "\n"), i++) {
+    unsigned long s, e, off;
+    char perms[5];
+    int pathpos = 0;
+    cr_assert_eq(sscanf(line, "%lx-%lx %4s %lx %*s %*s %n", &s, &e, perms, &off, &pathpos), 4);
+    cr_assert_lt(i, snapshot_n);
+    const ma_area *ar = &snapshot[i];
+    cr_assert_eq(ar->start, s, "line %zu: %s", i, line);
+    cr_assert_eq(ar->end, e);
+    cr_assert_eq(ar->offset, off);
+    cr_assert_eq(ar->shared, perms[3] == 's');
+    unsigned prot = (perms[0] == 'r' ? MA_PROT_READ : 0) | (perms[1] == 'w' ? MA_PROT_WRITE : 0) |
+                    (perms[2] == 'x' ? MA_PROT_EXEC : 0);
+    cr_assert_eq(ar->prot, prot, "%s", line);
+    const char *path = pathpos ? line + pathpos : "";
+    cr_assert_eq(strncmp(ar->path, path, sizeof ar->path - 1), 0, "'%s' vs '%s'", ar->path, path);
+    vsyscall |= strcmp(ar->path, "[vsyscall]") == 0;
+  }
+  cr_assert_eq(i, snapshot_n, "as many areas as lines");
+  cr_assert(vsyscall || strstr(raw_maps, "[vsyscall]") == NULL);
+  cr_assert_eq(ma_map_destroy(&a), 0);
+  cr_assert_eq(ma_map_destroy(&b), 0);
+  cr_assert_eq(ma_map_destroy(&c), 0);
+  close(fd);
+}
+
+Test(pages, huge_flag_combinations) {
+  size_t huge;
+  if (ma_huge_page_sizes(&huge, 1) == 0) return; /* asserted by system_facts */
+  ma_map_opts o = MA_MAP_OPTS_DEFAULT;
+  ma_map m = {0};
+  o.len = ps;
+  o.flags = MA_MAP_HUGE | MA_MAP_RESERVE | MA_MAP_NORESERVE;
+  int r = ma_map_create(&o, &m);
+  if (free_huge(huge >> 10) == 0)
+    cr_assert_eq(r, -ENOMEM, "NORESERVE cannot bypass the check");
+  else {
+    cr_assert_eq(r, 0);
+    cr_assert_eq(ma_map_destroy(&m), 0);
+  }
+  /* HUGE_TRY with a strict hint: falls back, still exactly at the hint. */
+  ma_map probe = make(2 * huge, RW, 0);
+  void *hint = (void *)(((uintptr_t)probe.addr + huge - 1) & ~(uintptr_t)(huge - 1));
+  cr_assert_eq(ma_map_destroy(&probe), 0);
+  o.flags = MA_MAP_HUGE_TRY | MA_MAP_STRICT_HINT;
+  o.hint = hint;
+  o.len = huge;
+  cr_assert_eq(ma_map_create(&o, &m), 0);
+  cr_assert_eq(m.addr, hint);
+  ma_map again;
+  cr_assert_eq(ma_map_create(&o, &again), -EEXIST);
+  cr_assert_eq(ma_map_destroy(&m), 0);
+}
