@@ -380,13 +380,45 @@ Test(pages, reserve_commit_decommit_cycle) {
   cr_assert_eq(ma_map_commit(&m, 4 * ps, 2 * ps), 0);
   cr_assert_eq(p[4 * ps], 0, "decommitted anonymous memory reads as zero");
   cr_assert_eq(p[6 * ps - 1], 0);
-  /* prot set on a reserve map applies to later commits */
+  /* protect on a reserve map: committed ranges change, reserved ones stay closed, and the
+   * prot applies to later commits. */
+  cr_assert_eq(ma_map_commit(&m, 10 * ps, ps), 0);
   cr_assert_eq(ma_map_protect(&m, MA_PROT_READ), 0);
   cr_assert_eq(m.prot, MA_PROT_READ);
   cr_assert_eq(area_at(0, p).prot, MA_PROT_NONE, "reserved range not opened by protect");
+  cr_assert_eq(area_at(0, p + 8 * ps).prot, MA_PROT_NONE);
+  cr_assert_eq(area_at(0, p + 4 * ps).prot, MA_PROT_READ, "committed range changed");
+  cr_assert_eq(area_at(0, p + 10 * ps).prot, MA_PROT_READ);
+  cr_assert_eq(p[4 * ps], 0, "contents kept");
   cr_assert_eq(ma_map_commit(&m, 0, ps), 0);
   cr_assert_eq(area_at(0, p).prot, MA_PROT_READ);
+  cr_assert_eq(ma_map_protect(&m, RWX), -EPERM);
+  cr_assert_eq(area_at(0, p + 4 * ps).prot, MA_PROT_READ);
   cr_assert_eq(ma_map_destroy(&m), 0);
+}
+
+Test(pages, reserve_protect_many_committed_ranges) {
+  /* More committed pieces than one batch of the /proc scan. */
+  enum { N = 150 };
+  ma_map m = make(2 * N * ps, RW, MA_MAP_RESERVE);
+  char *p = m.addr;
+  for (size_t i = 0; i < N; i++) {
+    cr_assert_eq(ma_map_commit(&m, 2 * i * ps, ps), 0);
+    p[2 * i * ps] = (char)i;
+  }
+  cr_assert_eq(ma_map_protect(&m, MA_PROT_READ), 0);
+  for (size_t i = 0; i < 2 * N; i++)
+    cr_assert_eq(area_at(0, p + i * ps).prot, i % 2 ? MA_PROT_NONE : MA_PROT_READ, "page %zu", i);
+  for (size_t i = 0; i < N; i++) cr_assert_eq(p[2 * i * ps], (char)i);
+  cr_assert_eq(ma_map_destroy(&m), 0);
+}
+
+Test(pages, reserve_protect_read_only_faults_on_write, .signal = SIGSEGV) {
+  ma_map m = make(4 * ps, RW, MA_MAP_RESERVE);
+  cr_assert_eq(ma_map_commit(&m, ps, ps), 0);
+  ((volatile char *)m.addr)[ps] = 1;
+  cr_assert_eq(ma_map_protect(&m, MA_PROT_READ), 0);
+  ((volatile char *)m.addr)[ps] = 2;
 }
 
 Test(pages, decommitted_range_faults, .signal = SIGSEGV) {

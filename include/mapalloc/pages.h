@@ -135,9 +135,10 @@ MA_API int ma_map_destroy(ma_map *m);
 
 /* Changes the protection of the whole map and records it in m->prot. W^X: WRITE and EXEC
  * at once (with or without READ) is -EPERM unless the map was created with MA_MAP_JIT.
- * On a reserve-only map (MA_MAP_RESERVE) only m->prot changes: it applies to ranges
- * committed from now on, and ranges already committed keep theirs (change them with
- * ma_map_protect_range); no reserved range becomes accessible.
+ * On a reserve-only map (MA_MAP_RESERVE) the committed ranges (those not MA_PROT_NONE, as
+ * /proc/self/maps shows them) get `prot`, reserved ranges stay inaccessible, and ranges
+ * committed later get `prot` too (this reads /proc/self/maps: use ma_map_protect_range
+ * where that matters). With MA_PROT_NONE every range counts as reserved afterwards.
  * Errors: -EINVAL (NULL map, unknown prot), -EPERM (W^X), -EACCES (the file's open mode
  * forbids it), -ENOMEM; on error the map is unchanged. */
 MA_API int ma_map_protect(ma_map *m, unsigned prot);

@@ -228,13 +228,62 @@ int ma_map_destroy(ma_map *m) {
 
 /* ---- Protection -------------------------------------------------------------------------- */
 
+/* The committed parts of a reserve-only map, found in /proc/self/maps (committed = not
+ * PROT_NONE), a batch at a time. */
+enum { COMMITTED_BATCH = 64 };
+struct committed {
+  uintptr_t lo, hi, next; /* the map; where the next batch starts */
+  size_t n;
+  struct {
+    uintptr_t start, end;
+    unsigned prot;
+  } r[COMMITTED_BATCH];
+};
+
+static int committed_cb(const ma_area *a, void *ctx) {
+  struct committed *c = ctx;
+  if (a->prot == MA_PROT_NONE) return 0;
+  if (c->n == COMMITTED_BATCH) {
+    c->next = a->start > c->lo ? a->start : c->lo;
+    return 1;
+  }
+  c->r[c->n].start = a->start > c->lo ? a->start : c->lo;
+  c->r[c->n].end = a->end < c->hi ? a->end : c->hi;
+  c->r[c->n].prot = a->prot;
+  c->n++;
+  return 0;
+}
+
+/* Gives every committed range of a reserve-only map `prot`; reserved ranges stay
+ * inaccessible. If the kernel refuses part-way, the ranges of the current batch are put
+ * back (the batch holds COMMITTED_BATCH ranges: all of them for any usual map). */
+static int protect_committed(ma_map *m, unsigned prot) {
+  struct committed c;
+  c.lo = (uintptr_t)m->addr;
+  c.hi = c.lo + m->len;
+  for (uintptr_t from = c.lo; from < c.hi;) {
+    c.n = 0;
+    c.next = c.hi;
+    int r = ma_areas_query(0, from, c.hi, committed_cb, &c);
+    if (r < 0) return r;
+    for (size_t i = 0; i < c.n; i++) {
+      r = os_protect((void *)c.r[i].start, c.r[i].end - c.r[i].start, prot);
+      if (r != 0) {
+        while (i--) (void)os_protect((void *)c.r[i].start, c.r[i].end - c.r[i].start, c.r[i].prot);
+        return r;
+      }
+    }
+    from = c.next;
+  }
+  return 0;
+}
+
 int ma_map_protect(ma_map *m, unsigned prot) {
   if (!map_valid(m) || (prot & ~PROT_ALL)) return -EINVAL;
   if (!wx_allowed(prot, m->flags)) return -EPERM;
-  if (!(m->flags & MA_MAP_RESERVE)) {
-    int r = os_protect(m->addr, m->len, prot);
-    if (r != 0) return r;
-  }
+  int r =
+      (m->flags & MA_MAP_RESERVE) ? protect_committed(m, prot) : os_protect(m->addr, m->len, prot);
+  if (r != 0) return r;
   m->prot = prot;
   return 0;
 }
