@@ -168,7 +168,8 @@ MA_API int ma_map_decommit(ma_map *m, size_t off, size_t len);
 /* ---- Locking and flushing -------------------------------------------------------------- */
 
 /* Locks [off, off+len) in physical memory (mlock), faulting it all in now.
- * Errors: -EINVAL, -ENOMEM (RLIMIT_MEMLOCK), -EPERM. */
+ * Errors: -EINVAL, -ENOMEM (RLIMIT_MEMLOCK, or part of the range is not committed),
+ * -EPERM (no RLIMIT_MEMLOCK allowance at all). */
 MA_API int ma_map_lock(ma_map *m, size_t off, size_t len);
 
 /* Locks pages of [off, off+len) as they are faulted in (mlock2 MLOCK_ONFAULT): nothing is
