@@ -146,6 +146,12 @@ static int print_area(const ma_area *a, void *p) {
   return 0;
 }
 
+static int no_area(const ma_area *a, void *ctx) {
+  (void)a;
+  (void)ctx;
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int pid = 0;
   if (argc > 2 || (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0))) {
@@ -163,6 +169,13 @@ int main(int argc, char **argv) {
     }
     pid = (int)v;
   }
+  /* Fail before printing anything when the process is gone or its maps are closed to us. */
+  int r = ma_areas_query(pid, 0, 1, no_area, NULL);
+  if (r < 0) {
+    fprintf(stderr, "mapalloc-maps: cannot read the areas of %s: %s\n",
+            argc == 2 ? argv[1] : "self", strerror(-r));
+    return 1;
+  }
   struct smaps sm = {0};
   struct ctx c = {.smaps = &sm};
   c.have_smaps = read_smaps(pid, &sm);
@@ -173,7 +186,7 @@ int main(int argc, char **argv) {
     printf("memory areas of process self (mapalloc-maps)\n");
   printf("%-25s %7s %s %c %9s %7s %6s %6s %6s %-14s %s\n", "range", "size", "prt", 'S', "offset",
          "rss", "swap", "thp", "locked", "flags", "path");
-  int r = ma_areas_query(pid, 0, UINTPTR_MAX, print_area, &c);
+  r = ma_areas_query(pid, 0, UINTPTR_MAX, print_area, &c);
   if (r < 0) {
     fprintf(stderr, "mapalloc-maps: cannot read the areas of %s: %s\n",
             argc == 2 ? argv[1] : "self", strerror(-r));
