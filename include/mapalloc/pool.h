@@ -1,0 +1,80 @@
+/* mapalloc object pools: thread-safe allocators of fixed-size objects.
+ *
+ * A pool hands out objects of one size carved from slabs of pages it takes from the page
+ * layer with its own protection and map flags. Allocation and free by the same thread take
+ * no lock, no atomic read-modify-write and no system call (a per-thread cache); a free from
+ * another thread is one atomic push onto the owning slab's remote list. Empty slabs go
+ * back to the operating system on ma_pool_trim and, beyond a small per-thread retention
+ * (1 MiB), as soon as they empty.
+ *
+ * Conventions (DESIGN.md): functions that can fail return 0 or a negative errno; nothing
+ * changes on failure. Misuse that is cheap to detect (a double free, a pointer into the
+ * middle of an object, another pool's object, a pointer that no pool handed out) aborts
+ * the process with a message naming it, e.g. "mapalloc: double free of 0x...".
+ */
+#ifndef MAPALLOC_POOL_H
+#define MAPALLOC_POOL_H
+
+#include "mapalloc/pages.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ma_pool ma_pool;
+
+typedef struct ma_pool_opts {
+  size_t obj_size;    /* required, 1 .. 1 GiB */
+  size_t align;       /* 0 = natural: 16 when obj_size is a multiple of 16, else the largest
+                         power of two dividing obj_size, at least 8; else a power of two up
+                         to 4 MiB */
+  unsigned prot;      /* 0 = READ|WRITE; READ|WRITE|EXEC needs MA_MAP_JIT in map_flags */
+  unsigned map_flags; /* MA_MAP_HUGE_TRY, LOCKED, DONTDUMP, DONTFORK, NORESERVE, JIT,
+                         POPULATE (= commit) */
+  bool commit;        /* true: objects come from populated pages (no fault on first touch) */
+  bool zero;          /* true: every object is returned zeroed */
+  size_t max_bytes;   /* 0 = unlimited; else the committed footprint (slabs and their
+                         headers) never exceeds it: ma_pool_alloc fails with ENOMEM */
+} ma_pool_opts;
+
+typedef struct ma_pool_stats {
+  size_t obj_size;        /* as created */
+  size_t live;            /* objects allocated and not freed */
+  size_t capacity;        /* objects the active slabs can hold */
+  size_t committed_bytes; /* memory made accessible (a bound on resident memory) */
+  size_t reserved_bytes;  /* address space reserved */
+  size_t allocs, frees;   /* successful calls since creation */
+} ma_pool_stats;
+
+/* Creates a pool. Errors: -EINVAL (opts or out NULL, obj_size 0 or > 1 GiB, align not a
+ * power of two or > 4 MiB, prot without READ|WRITE or with other bits, map_flags outside
+ * the list above), -EPERM (EXEC without MA_MAP_JIT), -ENOMEM. Thread-safe. */
+MA_API int ma_pool_create(const ma_pool_opts *opts, ma_pool **out);
+
+/* Returns an object of obj_size bytes aligned as requested (zeroed with opts.zero), or
+ * NULL with errno = ENOMEM (max_bytes reached or the system is out of memory) or EINVAL
+ * (p NULL). Thread-safe; lock-free on the fast path. */
+MA_API void *ma_pool_alloc(ma_pool *p);
+
+/* Returns obj to its pool; NULL is a no-op. Thread-safe, from any thread. Aborts with a
+ * message on a double free, an interior pointer, an object of another pool or a pointer
+ * that is not a pool object. */
+MA_API void ma_pool_free(ma_pool *p, void *obj);
+
+/* Gives empty slabs back to the OS now: those of the calling thread and of exited threads,
+ * and asks other threads to do the same at their next slow path (each retains at most
+ * 1 MiB of empty slabs anyway). Returns 0, or -EINVAL for NULL. Thread-safe. */
+MA_API int ma_pool_trim(ma_pool *p);
+
+/* Fills *out with the pool's counters (summed over threads; a consistent snapshot only
+ * when no thread is using the pool). Thread-safe. No-op if p or out is NULL. */
+MA_API void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out);
+
+/* Releases every slab, live objects included, and the pool. No thread may use the pool or
+ * its objects any more. NULL is a no-op. */
+MA_API void ma_pool_destroy(ma_pool *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MAPALLOC_POOL_H */

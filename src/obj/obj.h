@@ -1,0 +1,312 @@
+/* Object layer: aligned segments carved into slabs of fixed-size blocks, with per-thread
+ * caches (obj_bins). Used by ma_pool (src/obj/pool.c) and by the heap (src/malloc/).
+ *
+ * HOW THE HEAP USES THIS LAYER
+ * ----------------------------
+ * 1. One obj_space per family of memory (the heap: one, prot READ|WRITE): obj_space_init().
+ *    The space owns the accounting (committed/reserved bytes, max_bytes), the list of
+ *    segments abandoned by exited threads, and every obj_bins created for it.
+ * 2. One obj_bins per thread: obj_bins_get(space, nbins, strides, aligns) hands back a
+ *    recycled or new one (metadata from the page layer, never from malloc). Bin i serves
+ *    blocks of strides[i] bytes (a multiple of 8, >= 16; the size class). Keep the pointer in
+ *    an initial-exec TLS variable.
+ * 3. Fast paths (inline, no lock, no atomic RMW, no division, no syscall):
+ *      void *p = obj_bin_alloc(bins, &bins->bins[cls]);     NULL + errno=ENOMEM on failure
+ *      void *p = obj_bin_alloc_zero(bins, &bins->bins[cls]);  calloc: memset only if dirty
+ *      obj_segment *seg = obj_segment_of(p);   NULL: not our pointer ("invalid free")
+ *      obj_slab *s = obj_slab_of(seg, p);
+ *      obj_block_index(s, p, &idx) -> false: not the start of a handed-out block
+ *      obj_free(seg, s, p);                      local push or atomic remote push
+ *    (obj_free_local(s, p) when obj_is_local(s), to count frees on the owner's bins)
+ *    obj_free() aborts with "mapalloc: double free of 0x..." on a block already free
+ *    (a keyed tag in the block's second word). s->stride is the usable size.
+ * 4. Thread exit: obj_bins_abandon(bins) from the pthread_key destructor. Live slabs are
+ *    parked on the space; other threads adopt them in their slow path (their remote frees
+ *    are collected), obj_space_trim() purges what nobody adopted. Nothing leaks.
+ * 5. Purging: an emptied slab stays committed while the thread retains less than
+ *    OBJ_RETAIN_BYTES of empty slabs, beyond that it is decommitted at once; empty segments
+ *    are unmapped. obj_bins_trim(bins) (owner thread) decommits every retained slab now;
+ *    obj_space_trim(space) does the abandoned segments.
+ * 6. Valgrind/ASan: call obj_track_alloc/obj_track_free around user-visible blocks when
+ *    obj_tracking (valgrind detected at run time) or OBJ_ASAN; the inline paths are only
+ *    valid for !obj_tracking (check it once per call, it is a predictable branch).
+ *
+ * Threading rules: a slab has one owner thread (s->owner_tid); only the owner touches
+ * free/local_free/used and the bin lists. Other threads only push onto s->remote (CAS) and
+ * set a bit in seg->remote_mask and bins->has_remote; the owner collects in its slow path.
+ */
+#ifndef MAPALLOC_OBJ_H
+#define MAPALLOC_OBJ_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "os/os.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define OBJ_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OBJ_ASAN 1
+#endif
+#endif
+#ifndef OBJ_ASAN
+#define OBJ_ASAN 0
+#endif
+
+#define obj_likely(x)   __builtin_expect(!!(x), 1)
+#define obj_unlikely(x) __builtin_expect(!!(x), 0)
+
+#define OBJ_SEG_SHIFT    22 /* 4 MiB segments, aligned to their size */
+#define OBJ_SEG_SIZE     ((size_t)1 << OBJ_SEG_SHIFT)
+#define OBJ_SLAB_MIN     16                /* smallest slab: 64 KiB */
+#define OBJ_SHIFT_HUGE   63                /* slab_shift of a one-slab segment (any size) */
+#define OBJ_NSHIFTS      8                 /* segment kinds: shifts 16..22, then huge */
+#define OBJ_RETAIN_BYTES ((size_t)1 << 20) /* empty slabs kept committed per bins */
+#define OBJ_MAX_STRIDE   ((size_t)1 << 30)
+
+typedef struct obj_block {
+  struct obj_block *next;
+  uintptr_t key; /* == slab->key while free: cheap double-free detection */
+} obj_block;
+
+struct obj_bins;
+struct obj_segment;
+
+/* A slab: a run of pages carved into blocks of one stride. Lives in the segment header. */
+typedef struct obj_slab {
+  /* hot: touched by the owner's fast paths */
+  obj_block *free;       /* pop here */
+  obj_block *local_free; /* owner frees push here */
+  int32_t used;          /* blocks out, including remote frees not yet collected */
+  int32_t notify;        /* free slow path when --used <= notify (-1 cur, 0 listed, MAX full) */
+  uintptr_t key;         /* double-free tag: cookie ^ address */
+  _Atomic uintptr_t owner_tid;
+  char *start;       /* first block */
+  uint64_t mul;      /* ceil(2^64 / stride): index = mulhi(offset, mul) */
+  uint32_t stride;   /* block size */
+  uint32_t capacity; /* blocks that fit */
+  uint32_t carved;   /* blocks carved so far (the rest was never touched) */
+  uint16_t bin_idx;  /* bin of the owner */
+  uint8_t active;    /* handed to a bin */
+  uint8_t free_zero; /* every block on `free` is zero beyond its link word */
+  uint8_t fresh;     /* the slab's pages are untouched since commit (zero) */
+  uint8_t committed; /* pages accessible */
+  uint8_t pad_[2];
+  _Atomic(obj_block *) remote;  /* other threads push here */
+  struct obj_slab *next, *prev; /* bin partial list */
+} obj_slab;
+
+typedef struct obj_space obj_space;
+
+/* A segment: OBJ_SEG_SIZE aligned (a multiple of it for huge ones); header then slabs. */
+typedef struct obj_segment {
+  uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
+  obj_space *space;
+  _Atomic(struct obj_bins *) owner; /* NULL while abandoned */
+  _Atomic uint64_t remote_mask;     /* slabs with remote frees pending */
+  struct obj_segment *next, *prev;  /* owner's list, or the abandoned list */
+  size_t size;                      /* bytes reserved */
+  size_t hdr_size;                  /* bytes of header (committed) */
+  uint64_t free_mask;               /* slabs not active */
+  uint32_t nslabs;
+  uint32_t nactive;
+  uint8_t slab_shift;
+  uint8_t kind; /* index in bins->segs */
+  obj_slab slabs[];
+} obj_segment;
+
+typedef struct obj_bin {
+  obj_slab *cur;     /* never NULL: &obj_empty_slab when none */
+  obj_slab *partial; /* slabs with free blocks, doubly linked */
+  uint32_t stride;
+  uint32_t align;
+  uint8_t slab_shift;
+  uint8_t kind;
+  uint16_t idx;
+} obj_bin;
+
+/* A thread's cache for one space. */
+typedef struct obj_bins {
+  obj_space *space;
+  uintptr_t tid;
+  _Atomic int has_remote;
+  bool in_use;
+  obj_segment *segs[OBJ_NSHIFTS];
+  size_t retained;        /* committed bytes of empty slabs in own segments */
+  uint64_t allocs, frees; /* stats, written by the owner only */
+  struct obj_bins *next_all;
+  size_t alloc_size;
+  unsigned trim_seen;
+  uint32_t nbins;
+  obj_bin bins[];
+} obj_bins;
+
+struct obj_space {
+  unsigned prot;
+  unsigned map_flags; /* MA_MAP_* for os_map_fixed */
+  bool populate;      /* commit-on-alloc */
+  size_t max_bytes;   /* 0 = unlimited, caps `committed` */
+  _Atomic size_t committed, reserved, capacity, remote_frees;
+  pthread_mutex_t lock;   /* abandoned, all_bins */
+  obj_segment *abandoned; /* via seg->next */
+  obj_bins *all_bins;
+  const char *name;
+  _Atomic unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
+};
+
+extern obj_slab obj_empty_slab;
+extern uint32_t *obj_segmap; /* chunk number of the segment start, per 4 MiB of address */
+extern bool obj_tracking;    /* running under valgrind */
+#define OBJ_MAP_BITS 26      /* covers 2^48 bytes of address space */
+
+static inline uintptr_t obj_tid(void) {
+  uintptr_t t;
+  __asm__("movq %%fs:0, %0" : "=r"(t));
+  return t;
+}
+
+/* ---- pointer -> metadata: O(1), lock-free ---------------------------------------- */
+
+/* The segment holding p, or NULL when p is not inside a live segment of ours. */
+static inline obj_segment *obj_segment_of(const void *p) {
+  uintptr_t a = (uintptr_t)p;
+  uint32_t e = obj_segmap ? obj_segmap[(a >> OBJ_SEG_SHIFT) & ((1u << OBJ_MAP_BITS) - 1)] : 0;
+  if (obj_unlikely(e == 0)) return NULL;
+  obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
+  if (obj_unlikely(a - (uintptr_t)seg >= seg->size)) return NULL;
+  return seg;
+}
+
+static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
+  return &seg->slabs[((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift];
+}
+
+/* Index of the block starting at p; false when p is not the start of a carved block. */
+static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *idx) {
+  uint64_t off = (uintptr_t)p - (uintptr_t)s->start;
+  uint64_t i = (uint64_t)(((unsigned __int128)off * s->mul) >> 64);
+  *idx = (uint32_t)i;
+  return obj_likely(i * s->stride == off && i < s->carved);
+}
+
+/* ---- instrumentation ---------------------------------------------------------------
+ * Under ASan (compile time) a free block is poisoned; the inline paths open its link words
+ * while they touch them. Under valgrind (run time, obj_tracking) the pool takes the
+ * obj_*_tracked paths, which do the same with memcheck client requests. */
+#if OBJ_ASAN
+void obj_link_open(obj_block *b);
+void obj_link_close(obj_block *b);
+void obj_poison(void *p, size_t n);
+void obj_unpoison(void *p, size_t n);
+#else
+static inline void obj_link_open(obj_block *b) {
+  (void)b;
+}
+static inline void obj_link_close(obj_block *b) {
+  (void)b;
+}
+static inline void obj_poison(void *p, size_t n) {
+  (void)p, (void)n;
+}
+static inline void obj_unpoison(void *p, size_t n) {
+  (void)p, (void)n;
+}
+#endif
+/* Memcheck client requests (no-ops unless obj_tracking). */
+void obj_track_alloc(void *p, size_t size, bool zero);
+void obj_track_free(void *p, size_t size);
+/* Tracked (valgrind) versions of obj_bin_alloc/obj_free: `size` is the user-visible size. */
+void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero);
+void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size);
+
+/* ---- slow paths (obj.c) ------------------------------------------------------------- */
+void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin);
+void obj_slab_notify(obj_slab *s);
+void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b);
+__attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
+
+/* ---- fast paths --------------------------------------------------------------------- */
+
+static inline void *obj_bin_alloc(obj_bins *bs, obj_bin *bin) {
+  obj_slab *s = bin->cur;
+  obj_block *b = s->free;
+  if (obj_unlikely(b == NULL)) return obj_bin_alloc_slow(bs, bin);
+  obj_link_open(b);
+  s->free = b->next;
+  obj_unpoison(b, s->stride);
+  b->key = 0;
+  s->used++;
+  return b;
+}
+
+/* As obj_bin_alloc, the whole stride zeroed; no memset when the block is fresh. */
+static inline void *obj_bin_alloc_zero(obj_bins *bs, obj_bin *bin) {
+  obj_block *b = obj_bin_alloc(bs, bin);
+  if (obj_likely(b != NULL)) {
+    if (bin->cur->free_zero)
+      b->next = NULL;
+    else
+      memset(b, 0, bin->stride);
+  }
+  return b;
+}
+
+/* Frees p, a validated block of slab s, from the slab's owner thread (s->owner_tid ==
+ * obj_tid()). */
+static inline void obj_free_local(obj_slab *s, void *p) {
+  obj_block *b = (obj_block *)p;
+  if (obj_unlikely(b->key == s->key)) obj_fatal("double free", p);
+  obj_poison(b, s->stride);
+  obj_link_open(b);
+  b->next = s->local_free;
+  b->key = s->key;
+  obj_link_close(b);
+  s->local_free = b;
+  if (obj_unlikely(--s->used <= s->notify)) obj_slab_notify(s);
+}
+
+static inline bool obj_is_local(const obj_slab *s) {
+  return __atomic_load_n(&s->owner_tid, __ATOMIC_RELAXED) == obj_tid();
+}
+
+/* Frees p (validated as a block of slab s in seg) from any thread. */
+static inline void obj_free(obj_segment *seg, obj_slab *s, void *p) {
+  if (obj_likely(obj_is_local(s)))
+    obj_free_local(s, p);
+  else
+    obj_free_remote(seg, s, (obj_block *)p);
+}
+
+/* ---- spaces and bins ---------------------------------------------------------------- */
+
+/* Initialises a space. prot must include READ|WRITE. Returns 0 or -errno. */
+int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool populate,
+                   size_t max_bytes, const char *name);
+/* Releases every segment and every bins of the space (no thread may use it any more). */
+void obj_space_destroy(obj_space *sp);
+/* Purges abandoned segments (collects their remote frees, frees empty slabs). */
+void obj_space_trim(obj_space *sp);
+
+/* Slab shift suited to a stride (>= 16 blocks a slab), OBJ_SHIFT_HUGE for big strides. */
+uint8_t obj_slab_shift_for(size_t stride, size_t align);
+
+/* A bins for the calling thread: recycled from an exited thread or new. NULL on ENOMEM. */
+obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
+                       const uint32_t *aligns);
+/* The calling thread (the owner) gives up its bins: live slabs go to the space's abandoned
+ * list, empty ones back to the OS, the bins becomes reusable by obj_bins_get. */
+void obj_bins_abandon(obj_bins *bs);
+/* Owner thread: decommits every retained empty slab, unmaps empty segments, collects
+ * remote frees. */
+void obj_bins_trim(obj_bins *bs);
+
+/* Pre-fork/post-fork helpers: in a fork child, bins owned by threads that no longer exist
+ * are abandoned so their slabs can be adopted. Caller holds no lock. */
+void obj_space_fork_child(obj_space *sp);
+
+#endif /* MAPALLOC_OBJ_H */

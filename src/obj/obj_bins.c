@@ -1,0 +1,600 @@
+/* Object layer, part 2: per-thread bins, the slow paths, remote frees, abandonment and
+ * adoption, trimming. See obj.h for the model and the threading rules. */
+#include "obj/obj.h"
+
+#include <limits.h>
+
+#include "obj/obj_internal.h"
+
+/* ---- bin lists ------------------------------------------------------------------------ */
+
+static void partial_push(obj_bin *bin, obj_slab *s) {
+  s->notify = 0;
+  s->prev = NULL;
+  s->next = bin->partial;
+  if (bin->partial) bin->partial->prev = s;
+  bin->partial = s;
+}
+
+static void partial_unlink(obj_bin *bin, obj_slab *s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    bin->partial = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->next = s->prev = NULL;
+}
+
+static void seg_link(obj_segment **head, obj_segment *seg) {
+  seg->prev = NULL;
+  seg->next = *head;
+  if (*head) (*head)->prev = seg;
+  *head = seg;
+}
+
+static void seg_unlink(obj_segment **head, obj_segment *seg) {
+  if (seg->prev)
+    seg->prev->next = seg->next;
+  else
+    *head = seg->next;
+  if (seg->next) seg->next->prev = seg->prev;
+  seg->next = seg->prev = NULL;
+}
+
+/* ---- slabs ---------------------------------------------------------------------------- */
+
+static size_t slab_len(const obj_segment *seg, const obj_slab *s) {
+  char *lo, *hi;
+  obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
+  return (size_t)(hi - lo);
+}
+
+static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t i) {
+  obj_slab *s = &seg->slabs[i];
+  char *lo, *hi;
+  obj_slab_range(seg, i, &lo, &hi);
+  uintptr_t a = bin->align;
+  char *start = (char *)(((uintptr_t)lo + a - 1) & ~(a - 1));
+  s->start = start;
+  s->stride = bin->stride;
+  s->capacity = (uint32_t)((size_t)(hi - start) / bin->stride);
+  s->mul = ~(uint64_t)0 / bin->stride + 1;
+  s->carved = 0;
+  s->free = s->local_free = NULL;
+  __atomic_store_n(&s->remote, NULL, __ATOMIC_RELAXED);
+  s->used = 0;
+  s->notify = -1;
+  s->key = obj_cookie ^ (uintptr_t)s;
+  s->bin_idx = bin->idx;
+  s->active = 1;
+  s->next = s->prev = NULL;
+  __atomic_store_n(&s->owner_tid, bs->tid, __ATOMIC_RELAXED);
+  seg->free_mask &= ~((uint64_t)1 << i);
+  seg->nactive++;
+  __atomic_add_fetch(&bs->space->capacity, s->capacity, __ATOMIC_RELAXED);
+}
+
+static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
+  for (uint32_t i = 0; i < seg->nslabs; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (!s->active && s->committed) bs->retained -= slab_len(seg, s);
+  }
+  seg_unlink(&bs->segs[seg->kind], seg);
+  obj_segment_release(seg);
+}
+
+/* An active slab of bs with no block out goes back to its segment. Returns true when
+ * that emptied and released the whole segment. */
+static bool slab_retire(obj_bins *bs, obj_slab *s) {
+  obj_segment *seg = obj_segment_of_slab(s);
+  obj_bin *bin = &bs->bins[s->bin_idx];
+  if (s->notify == 0) partial_unlink(bin, s);
+  if (bin->cur == s) bin->cur = &obj_empty_slab;
+  __atomic_sub_fetch(&bs->space->capacity, s->capacity, __ATOMIC_RELAXED);
+  s->active = 0;
+  s->carved = 0; /* no pointer into it passes obj_block_index any more */
+  s->free = s->local_free = NULL;
+  s->fresh = 0;
+  __atomic_store_n(&s->owner_tid, 0, __ATOMIC_RELAXED);
+  seg->free_mask |= (uint64_t)1 << (s - seg->slabs);
+  seg->nactive--;
+  if (seg->kind == OBJ_NSHIFTS - 1) {
+    bins_release_segment(bs, seg);
+    return true;
+  }
+  size_t len = slab_len(seg, s);
+  if (bs->retained + len <= OBJ_RETAIN_BYTES)
+    bs->retained += len;
+  else
+    obj_slab_decommit(seg, s);
+  /* An empty segment goes back unless it is the only one of its kind. */
+  if (seg->nactive == 0 && (seg->next || seg->prev)) {
+    bins_release_segment(bs, seg);
+    return true;
+  }
+  return false;
+}
+
+/* Moves the remote list into local_free; returns the number of blocks collected. */
+static uint32_t slab_collect(obj_slab *s) {
+  if (__atomic_load_n(&s->remote, __ATOMIC_RELAXED) == NULL) return 0;
+  obj_block *r = __atomic_exchange_n(&s->remote, NULL, __ATOMIC_ACQUIRE);
+  if (!r) return 0;
+  uint32_t n = 1;
+  obj_block *t = r;
+  for (;;) {
+    obj_link_open_rt(t);
+    obj_block *nx = t->next;
+    if (!nx) break;
+    obj_link_close_rt(t);
+    t = nx;
+    n++;
+  }
+  t->next = s->local_free;
+  obj_link_close_rt(t);
+  s->local_free = r;
+  s->used -= (int32_t)n;
+  return n;
+}
+
+static void slab_carve(obj_slab *s) {
+  uint32_t rem = s->capacity - s->carved;
+  uint32_t n = (uint32_t)(os_page_size() / s->stride);
+  if (n < 16) n = 16;
+  if (n > rem) n = rem;
+  char *p = s->start + (size_t)s->carved * s->stride;
+  obj_block *head = (obj_block *)p;
+  for (uint32_t i = 0; i < n; i++, p += s->stride) {
+    obj_block *b = (obj_block *)p;
+    obj_link_open_rt(b);
+    b->next = i + 1 < n ? (obj_block *)(p + s->stride) : NULL;
+    obj_link_close_rt(b);
+  }
+  s->carved += n;
+  s->free = head;
+  s->free_zero = s->fresh;
+}
+
+/* Owner: gives s a non-empty free list if it has any block available. */
+static bool slab_refill(obj_slab *s) {
+  if (s->free) return true;
+  if (!s->local_free) slab_collect(s);
+  if (s->local_free) {
+    s->free = s->local_free;
+    s->local_free = NULL;
+    s->free_zero = 0;
+    return true;
+  }
+  if (s->carved < s->capacity) {
+    slab_carve(s);
+    return true;
+  }
+  return false;
+}
+
+static bool slab_has_room(const obj_slab *s) {
+  return s->free || s->local_free || s->carved < s->capacity;
+}
+
+/* After a collection on a slab that is not the current one; true if its segment went. */
+static bool slab_after_collect(obj_bins *bs, obj_slab *s) {
+  if (s->notify == -1) return false; /* current slab: stays */
+  if (s->notify == INT32_MAX && slab_has_room(s)) partial_push(&bs->bins[s->bin_idx], s);
+  if (s->used == 0) return slab_retire(bs, s);
+  return false;
+}
+
+static void collect_remote_all(obj_bins *bs) {
+  __atomic_store_n(&bs->has_remote, 0, __ATOMIC_SEQ_CST);
+  for (int k = 0; k < OBJ_NSHIFTS; k++) {
+    obj_segment *seg = bs->segs[k];
+    while (seg) {
+      obj_segment *next = seg->next; /* seg may be released below */
+      uint64_t m = __atomic_exchange_n(&seg->remote_mask, 0, __ATOMIC_SEQ_CST);
+      while (m) {
+        uint32_t i = (uint32_t)__builtin_ctzll(m);
+        m &= m - 1;
+        obj_slab *s = &seg->slabs[i];
+        if (s->active && slab_collect(s) && slab_after_collect(bs, s)) break;
+      }
+      seg = next;
+    }
+  }
+}
+
+/* ---- adoption ------------------------------------------------------------------------- */
+
+static void adopt_segment(obj_bins *bs, obj_segment *seg) {
+  seg_link(&bs->segs[seg->kind], seg);
+  __atomic_store_n(&seg->owner, bs, __ATOMIC_SEQ_CST);
+  for (uint32_t i = 0; i < seg->nslabs; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (!s->active) continue;
+    __atomic_store_n(&s->owner_tid, bs->tid, __ATOMIC_SEQ_CST);
+    s->notify = INT32_MAX;
+    s->next = s->prev = NULL;
+  }
+  __atomic_store_n(&seg->remote_mask, 0, __ATOMIC_SEQ_CST);
+  for (uint32_t i = 0; i < seg->nslabs && seg->nactive; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (!s->active) continue;
+    slab_collect(s);
+    if (s->bin_idx >= bs->nbins || bs->bins[s->bin_idx].stride != s->stride)
+      obj_fatal("corrupt abandoned slab", s);
+    if (slab_after_collect(bs, s)) return; /* the segment is gone */
+  }
+}
+
+/* Adopts one abandoned segment of `kind` (any kind if kind < 0). */
+static bool adopt_one(obj_bins *bs, int kind) {
+  obj_space *sp = bs->space;
+  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return false;
+  pthread_mutex_lock(&sp->lock);
+  obj_segment *seg = sp->abandoned;
+  while (seg && kind >= 0 && seg->kind != kind) seg = seg->next;
+  if (seg) seg_unlink(&sp->abandoned, seg);
+  pthread_mutex_unlock(&sp->lock);
+  if (!seg) return false;
+  adopt_segment(bs, seg);
+  return true;
+}
+
+/* ---- the allocation slow path ------------------------------------------------------- */
+
+static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
+  obj_segment *seg;
+  if (bin->kind != OBJ_NSHIFTS - 1) {
+    for (seg = bs->segs[bin->kind]; seg; seg = seg->next) {
+      if (!seg->free_mask) continue;
+      uint64_t m = seg->free_mask;
+      uint32_t pick = (uint32_t)__builtin_ctzll(m);
+      for (uint64_t c = m; c; c &= c - 1) { /* prefer a retained, committed slab */
+        uint32_t i = (uint32_t)__builtin_ctzll(c);
+        if (seg->slabs[i].committed) {
+          pick = i;
+          break;
+        }
+      }
+      obj_slab *s = &seg->slabs[pick];
+      if (s->committed)
+        bs->retained -= slab_len(seg, s);
+      else if (obj_slab_commit(seg, s) != 0)
+        return NULL;
+      slab_activate(bs, bin, seg, pick);
+      return s;
+    }
+  }
+  seg = obj_segment_create(bs->space, bin->slab_shift, (size_t)bin->stride + bin->align);
+  if (!seg) return NULL;
+  if (obj_slab_commit(seg, &seg->slabs[0]) != 0) {
+    obj_segment_release(seg);
+    errno = ENOMEM;
+    return NULL;
+  }
+  seg_link(&bs->segs[seg->kind], seg);
+  __atomic_store_n(&seg->owner, bs, __ATOMIC_SEQ_CST);
+  slab_activate(bs, bin, seg, 0);
+  return &seg->slabs[0];
+}
+
+/* Makes bin->cur a slab with a non-empty free list; false on ENOMEM. */
+static bool bin_refill(obj_bins *bs, obj_bin *bin) {
+  unsigned epoch = __atomic_load_n(&bs->space->trim_epoch, __ATOMIC_RELAXED);
+  if (obj_unlikely(epoch != bs->trim_seen)) {
+    bs->trim_seen = epoch;
+    obj_bins_trim(bs);
+  }
+  obj_slab *s = bin->cur;
+  if (s != &obj_empty_slab) {
+    if (slab_refill(s)) return true;
+    s->notify = INT32_MAX; /* full: unlisted until a free arrives */
+    bin->cur = &obj_empty_slab;
+  }
+  if (__atomic_load_n(&bs->has_remote, __ATOMIC_RELAXED)) collect_remote_all(bs);
+  for (int round = 0; round < 2; round++) {
+    while ((s = bin->partial) != NULL) {
+      partial_unlink(bin, s);
+      s->notify = -1;
+      bin->cur = s;
+      if (slab_refill(s)) return true;
+      s->notify = INT32_MAX;
+      bin->cur = &obj_empty_slab;
+    }
+    if (round == 0 && !adopt_one(bs, bin->kind)) break;
+  }
+  s = slab_acquire(bs, bin);
+  if (!s) {
+    /* Out of budget: give back what this thread retains and try once more. */
+    obj_space_trim(bs->space);
+    if (bs->retained) obj_bins_trim(bs);
+    s = slab_acquire(bs, bin);
+    if (!s) {
+      errno = ENOMEM;
+      return false;
+    }
+  }
+  bin->cur = s;
+  return slab_refill(s);
+}
+
+void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
+  if (!bin_refill(bs, bin)) return NULL;
+  return obj_bin_alloc(bs, bin);
+}
+
+void obj_slab_notify(obj_slab *s) {
+  if (s->used < 0) obj_fatal("double free", s->local_free);
+  obj_segment *seg = obj_segment_of_slab(s);
+  obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+  if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
+  if (s->notify == 0 && s->used == 0) (void)slab_retire(bs, s);
+}
+
+void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b) {
+  obj_space *sp = seg->space;
+  uintptr_t key = s->key;
+  obj_link_open_rt(b);
+  if (b->key == key) obj_fatal("double free", b);
+  obj_poison(b, s->stride);
+  obj_block *head = __atomic_load_n(&s->remote, __ATOMIC_RELAXED);
+  bool marked = false;
+  for (;;) {
+    if (!head && !marked) {
+      /* Tell the owner before the block is visible (see obj.h): the block is live, so
+       * the segment cannot go away under us. */
+      uint64_t bit = (uint64_t)1 << (s - seg->slabs);
+      uint64_t old = __atomic_fetch_or(&seg->remote_mask, bit, __ATOMIC_SEQ_CST);
+      if (!(old & bit)) {
+        obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_SEQ_CST);
+        if (o) __atomic_store_n(&o->has_remote, 1, __ATOMIC_SEQ_CST);
+      }
+      marked = true;
+    }
+    obj_link_open_rt(b);
+    b->next = head;
+    b->key = key;
+    obj_link_close_rt(b);
+    if (__atomic_compare_exchange_n(&s->remote, &head, b, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+      break;
+  }
+  __atomic_add_fetch(&sp->remote_frees, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- tracked (valgrind) paths ----------------------------------------------------------- */
+
+void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) {
+  obj_slab *s = bin->cur;
+  if (!s->free && !bin_refill(bs, bin)) return NULL;
+  s = bin->cur;
+  obj_block *b = s->free;
+  obj_link_open_rt(b);
+  s->free = b->next;
+  bool fz = s->free_zero;
+  obj_unpoison(b, s->stride);
+  obj_track_alloc(b, size, zero);
+  if (zero) {
+    if (fz)
+      b->next = NULL;
+    else
+      memset(b, 0, s->stride);
+  }
+  b->key = 0;
+  s->used++;
+  return b;
+}
+
+void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
+  obj_block *b = p;
+  if (b->key == s->key) obj_fatal("double free", p);
+  obj_track_free(p, size);
+  if (__atomic_load_n(&s->owner_tid, __ATOMIC_RELAXED) == obj_tid()) {
+    obj_poison(b, s->stride);
+    obj_link_open_rt(b);
+    b->next = s->local_free;
+    b->key = s->key;
+    obj_link_close_rt(b);
+    s->local_free = b;
+    if (--s->used <= s->notify) obj_slab_notify(s);
+  } else {
+    obj_free_remote(seg, s, b);
+  }
+}
+
+/* ---- bins ------------------------------------------------------------------------------- */
+
+obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
+                       const uint32_t *aligns) {
+  pthread_mutex_lock(&sp->lock);
+  obj_bins *bs;
+  for (bs = sp->all_bins; bs; bs = bs->next_all) {
+    if (bs->in_use || bs->nbins != nbins) continue;
+    uint32_t i = 0;
+    while (i < nbins && bs->bins[i].stride == strides[i]) i++;
+    if (i == nbins) break;
+  }
+  if (!bs) {
+    size_t ps = os_page_size();
+    size_t sz = (sizeof(obj_bins) + nbins * sizeof(obj_bin) + ps - 1) & ~(ps - 1);
+    bs = os_alloc(sz, 0, false);
+    if (!bs) {
+      pthread_mutex_unlock(&sp->lock);
+      errno = ENOMEM;
+      return NULL;
+    }
+    bs->space = sp;
+    bs->alloc_size = sz;
+    bs->nbins = nbins;
+    for (uint32_t i = 0; i < nbins; i++) {
+      obj_bin *b = &bs->bins[i];
+      uint32_t a = aligns && aligns[i] > 8 ? aligns[i] : 8;
+      b->cur = &obj_empty_slab;
+      b->stride = strides[i];
+      b->align = a;
+      b->slab_shift = obj_slab_shift_for(strides[i], a);
+      b->kind = b->slab_shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1
+                                                : (uint8_t)(b->slab_shift - OBJ_SLAB_MIN);
+      b->idx = (uint16_t)i;
+    }
+    bs->next_all = sp->all_bins;
+    sp->all_bins = bs;
+  }
+  bs->in_use = true;
+  bs->tid = obj_tid();
+  bs->trim_seen = __atomic_load_n(&sp->trim_epoch, __ATOMIC_RELAXED);
+  __atomic_store_n(&bs->has_remote, 0, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&sp->lock);
+  return bs;
+}
+
+void obj_bins_trim(obj_bins *bs) {
+  __atomic_store_n(&bs->has_remote, 1, __ATOMIC_RELAXED);
+  collect_remote_all(bs);
+  for (uint32_t i = 0; i < bs->nbins; i++) {
+    obj_bin *bin = &bs->bins[i];
+    obj_slab *s = bin->cur;
+    if (s == &obj_empty_slab) continue;
+    slab_collect(s);
+    if (s->used == 0) (void)slab_retire(bs, s); /* notify == -1: not on a list */
+  }
+  for (int k = 0; k < OBJ_NSHIFTS; k++) {
+    obj_segment *seg = bs->segs[k];
+    while (seg) {
+      obj_segment *next = seg->next;
+      for (uint32_t i = 0; i < seg->nslabs; i++) {
+        obj_slab *s = &seg->slabs[i];
+        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
+      }
+      if (seg->nactive == 0) bins_release_segment(bs, seg);
+      seg = next;
+    }
+  }
+}
+
+void obj_bins_abandon(obj_bins *bs) {
+  obj_space *sp = bs->space;
+  for (uint32_t i = 0; i < bs->nbins; i++) {
+    obj_bin *bin = &bs->bins[i];
+    obj_slab *s = bin->cur;
+    if (s != &obj_empty_slab) {
+      slab_collect(s);
+      if (s->used == 0) (void)slab_retire(bs, s);
+    }
+    bin->cur = &obj_empty_slab;
+    bin->partial = NULL;
+  }
+  obj_segment *list = NULL;
+  for (int k = 0; k < OBJ_NSHIFTS; k++) {
+    obj_segment *seg = bs->segs[k];
+    while (seg) {
+      obj_segment *next = seg->next;
+      for (uint32_t i = 0; i < seg->nslabs; i++) {
+        obj_slab *s = &seg->slabs[i];
+        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
+      }
+      if (seg->nactive == 0) {
+        bins_release_segment(bs, seg);
+      } else {
+        seg_unlink(&bs->segs[k], seg);
+        for (uint32_t i = 0; i < seg->nslabs; i++)
+          if (seg->slabs[i].active) __atomic_store_n(&seg->slabs[i].owner_tid, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&seg->owner, NULL, __ATOMIC_SEQ_CST);
+        seg_link(&list, seg);
+      }
+      seg = next;
+    }
+  }
+  pthread_mutex_lock(&sp->lock);
+  while (list) {
+    obj_segment *seg = list;
+    seg_unlink(&list, seg);
+    seg_link(&sp->abandoned, seg);
+  }
+  bs->retained = 0;
+  bs->tid = 0;
+  bs->in_use = false;
+  pthread_mutex_unlock(&sp->lock);
+}
+
+/* ---- spaces ----------------------------------------------------------------------------- */
+
+int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool populate,
+                   size_t max_bytes, const char *name) {
+  int rc = obj_global_init();
+  if (rc) return rc;
+  memset(sp, 0, sizeof *sp);
+  sp->prot = prot;
+  sp->map_flags = map_flags;
+  sp->populate = populate;
+  sp->max_bytes = max_bytes;
+  sp->name = name;
+  if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
+  return 0;
+}
+
+/* Abandoned segments: collect their remote frees, drop empty slabs and segments. */
+void obj_space_trim(obj_space *sp) {
+  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return;
+  pthread_mutex_lock(&sp->lock);
+  obj_segment *list = sp->abandoned;
+  sp->abandoned = NULL;
+  pthread_mutex_unlock(&sp->lock);
+  obj_segment *keep = NULL;
+  while (list) {
+    obj_segment *seg = list;
+    seg_unlink(&list, seg);
+    for (uint32_t i = 0; i < seg->nslabs; i++) {
+      obj_slab *s = &seg->slabs[i];
+      if (!s->active) continue;
+      slab_collect(s);
+      if (s->used != 0) continue;
+      __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
+      s->active = 0;
+      s->carved = 0;
+      s->free = s->local_free = NULL;
+      seg->free_mask |= (uint64_t)1 << i;
+      seg->nactive--;
+      obj_slab_decommit(seg, s);
+    }
+    if (seg->nactive == 0)
+      obj_segment_release(seg);
+    else
+      seg_link(&keep, seg);
+  }
+  pthread_mutex_lock(&sp->lock);
+  while (keep) {
+    obj_segment *seg = keep;
+    seg_unlink(&keep, seg);
+    seg_link(&sp->abandoned, seg);
+  }
+  pthread_mutex_unlock(&sp->lock);
+}
+
+void obj_space_destroy(obj_space *sp) {
+  obj_bins *bs = sp->all_bins;
+  while (bs) {
+    obj_bins *next = bs->next_all;
+    for (int k = 0; k < OBJ_NSHIFTS; k++) {
+      while (bs->segs[k]) {
+        obj_segment *seg = bs->segs[k];
+        seg_unlink(&bs->segs[k], seg);
+        obj_segment_release(seg);
+      }
+    }
+    os_release(bs, bs->alloc_size);
+    bs = next;
+  }
+  while (sp->abandoned) {
+    obj_segment *seg = sp->abandoned;
+    seg_unlink(&sp->abandoned, seg);
+    obj_segment_release(seg);
+  }
+  sp->all_bins = NULL;
+  pthread_mutex_destroy(&sp->lock);
+}
+
+void obj_space_fork_child(obj_space *sp) {
+  pthread_mutex_init(&sp->lock, NULL);
+  uintptr_t self = obj_tid();
+  for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
+    if (bs->in_use && bs->tid != self) obj_bins_abandon(bs);
+}

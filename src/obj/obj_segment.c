@@ -1,0 +1,235 @@
+/* Object layer, part 1: the segment map, segments, slab commit/decommit, instrumentation.
+ * See obj.h for the model. */
+#include "obj/obj.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "obj/obj_internal.h"
+
+#if OBJ_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+#ifdef MA_HAVE_VALGRIND
+#include <valgrind/memcheck.h>
+#endif
+
+obj_slab obj_empty_slab = {.notify = -1};
+uint32_t *obj_segmap;
+bool obj_tracking;
+uintptr_t obj_cookie;
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_err;
+
+static void obj_init(void) {
+  size_t len = sizeof(uint32_t) << OBJ_MAP_BITS;
+  void *m = os_reserve(len, 0, NULL);
+  if (!m || os_commit(m, len, MA_PROT_READ | MA_PROT_WRITE) != 0) {
+    init_err = -ENOMEM;
+    return;
+  }
+  os_name(m, len, "mapalloc-segmap");
+  uintptr_t c = 0;
+  if (getrandom(&c, sizeof c, GRND_NONBLOCK) != (ssize_t)sizeof c)
+    c = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)m;
+  obj_cookie = c | 1;
+#ifdef MA_HAVE_VALGRIND
+  obj_tracking = RUNNING_ON_VALGRIND != 0;
+#endif
+  __atomic_store_n(&obj_segmap, (uint32_t *)m, __ATOMIC_RELEASE);
+}
+
+int obj_global_init(void) {
+  pthread_once(&init_once, obj_init);
+  return init_err;
+}
+
+void obj_fatal(const char *what, const void *p) {
+  char buf[96];
+  int n = snprintf(buf, sizeof buf, "mapalloc: %s of %p\n", what, p);
+  if (n > 0) {
+    ssize_t w = write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    (void)w;
+  }
+  abort();
+}
+
+/* ---- instrumentation ---------------------------------------------------------------- */
+
+#if OBJ_ASAN
+void obj_link_open(obj_block *b) {
+  ASAN_UNPOISON_MEMORY_REGION(b, sizeof *b);
+}
+void obj_link_close(obj_block *b) {
+  ASAN_POISON_MEMORY_REGION(b, sizeof *b);
+}
+void obj_poison(void *p, size_t n) {
+  ASAN_POISON_MEMORY_REGION(p, n);
+}
+void obj_unpoison(void *p, size_t n) {
+  ASAN_UNPOISON_MEMORY_REGION(p, n);
+}
+#endif
+
+void obj_link_open_rt(obj_block *b) {
+  obj_link_open(b);
+#ifdef MA_HAVE_VALGRIND
+  if (obj_tracking) VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+#endif
+}
+
+void obj_link_close_rt(obj_block *b) {
+  obj_link_close(b);
+#ifdef MA_HAVE_VALGRIND
+  if (obj_tracking) VALGRIND_MAKE_MEM_NOACCESS(b, sizeof *b);
+#endif
+}
+
+void obj_track_alloc(void *p, size_t size, bool zero) {
+#ifdef MA_HAVE_VALGRIND
+  if (obj_tracking) VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, zero);
+#endif
+  (void)p, (void)size, (void)zero;
+}
+
+void obj_track_free(void *p, size_t size) {
+#ifdef MA_HAVE_VALGRIND
+  if (obj_tracking) VALGRIND_FREELIKE_BLOCK(p, 0);
+#endif
+  (void)p, (void)size;
+}
+
+/* ---- accounting ---------------------------------------------------------------------- */
+
+bool obj_account_commit(obj_space *sp, size_t len) {
+  size_t now = __atomic_add_fetch(&sp->committed, len, __ATOMIC_RELAXED);
+  if (sp->max_bytes && now > sp->max_bytes) {
+    __atomic_sub_fetch(&sp->committed, len, __ATOMIC_RELAXED);
+    return false;
+  }
+  return true;
+}
+
+void obj_account_decommit(obj_space *sp, size_t len) {
+  __atomic_sub_fetch(&sp->committed, len, __ATOMIC_RELAXED);
+}
+
+/* ---- segments ------------------------------------------------------------------------ */
+
+static size_t header_size(uint32_t nslabs) {
+  size_t ps = os_page_size();
+  size_t h = sizeof(obj_segment) + (size_t)nslabs * sizeof(obj_slab);
+  return (h + ps - 1) & ~(ps - 1);
+}
+
+uint8_t obj_slab_shift_for(size_t stride, size_t align) {
+  if (align < 8) align = 8;
+  for (unsigned sh = OBJ_SLAB_MIN; sh <= OBJ_SEG_SHIFT; sh++) {
+    size_t slab = (size_t)1 << sh;
+    size_t hdr = header_size(1u << (OBJ_SEG_SHIFT - sh));
+    if (slab >= 16 * stride + align && slab - hdr >= stride + align) return (uint8_t)sh;
+  }
+  return OBJ_SHIFT_HUGE;
+}
+
+void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi) {
+  char *base = (char *)seg;
+  if (seg->slab_shift == OBJ_SHIFT_HUGE) {
+    *lo = base + seg->hdr_size;
+    *hi = base + seg->size;
+    return;
+  }
+  *lo = i == 0 ? base + seg->hdr_size : base + ((size_t)i << seg->slab_shift);
+  *hi = base + ((size_t)(i + 1) << seg->slab_shift);
+}
+
+obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) {
+  uint32_t nslabs = shift == OBJ_SHIFT_HUGE ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
+  size_t hdr = header_size(nslabs);
+  size_t size = OBJ_SEG_SIZE;
+  if (shift == OBJ_SHIFT_HUGE) {
+    if (huge_need > OBJ_MAX_STRIDE * 2) goto nomem;
+    size = (hdr + huge_need + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
+  }
+  if (!obj_account_commit(sp, hdr)) goto nomem;
+  char *m = os_reserve(size, OBJ_SEG_SIZE, NULL);
+  if (!m) goto unaccount;
+  if ((uintptr_t)m + size > ((uintptr_t)1 << (OBJ_MAP_BITS + OBJ_SEG_SHIFT))) goto unmap;
+  unsigned hflags = sp->map_flags & (MA_MAP_LOCKED | MA_MAP_DONTDUMP | MA_MAP_DONTFORK);
+  if (os_map_fixed(m, hdr, MA_PROT_READ | MA_PROT_WRITE, hflags, -1, 0) != 0) goto unmap;
+  if (sp->name) os_name(m, size, sp->name);
+  obj_segment *seg = (obj_segment *)m; /* fresh pages: every field starts zero */
+  seg->magic = OBJ_SEG_MAGIC ^ (uintptr_t)seg;
+  seg->space = sp;
+  seg->size = size;
+  seg->hdr_size = hdr;
+  seg->nslabs = nslabs;
+  seg->slab_shift = shift;
+  seg->kind = shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
+  seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
+  uint32_t chunk0 = (uint32_t)((uintptr_t)m >> OBJ_SEG_SHIFT);
+  for (size_t c = 0; c < size >> OBJ_SEG_SHIFT; c++)
+    __atomic_store_n(&obj_segmap[chunk0 + c], chunk0, __ATOMIC_RELEASE);
+  __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
+  return seg;
+unmap:
+  os_release(m, size);
+unaccount:
+  obj_account_decommit(sp, hdr);
+nomem:
+  errno = ENOMEM;
+  return NULL;
+}
+
+/* Unmaps a segment; the caller has unlinked it. Active slabs are dropped with it. */
+void obj_segment_release(obj_segment *seg) {
+  obj_space *sp = seg->space;
+  size_t committed = seg->hdr_size;
+  for (uint32_t i = 0; i < seg->nslabs; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (s->active) __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
+    if (s->committed) {
+      char *lo, *hi;
+      obj_slab_range(seg, i, &lo, &hi);
+      committed += (size_t)(hi - lo);
+    }
+  }
+  uint32_t chunk0 = (uint32_t)((uintptr_t)seg >> OBJ_SEG_SHIFT);
+  size_t size = seg->size;
+  for (size_t c = 0; c < size >> OBJ_SEG_SHIFT; c++)
+    __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
+  obj_account_decommit(sp, committed);
+  __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
+  os_release(seg, size);
+}
+
+int obj_slab_commit(obj_segment *seg, obj_slab *s) {
+  obj_space *sp = seg->space;
+  char *lo, *hi;
+  obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
+  size_t len = (size_t)(hi - lo);
+  if (!obj_account_commit(sp, len)) return -ENOMEM;
+  unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
+  int rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
+  if (rc != 0) {
+    obj_account_decommit(sp, len);
+    return rc;
+  }
+  s->committed = 1;
+  s->fresh = 1;
+  return 0;
+}
+
+size_t obj_slab_decommit(obj_segment *seg, obj_slab *s) {
+  char *lo, *hi;
+  obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
+  size_t len = (size_t)(hi - lo);
+  if (os_decommit(lo, len) != 0) return 0; /* keep it committed; retry later */
+  obj_account_decommit(seg->space, len);
+  s->committed = 0;
+  s->fresh = 0;
+  return len;
+}

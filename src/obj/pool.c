@@ -1,0 +1,299 @@
+/* ma_pool: fixed-size object pools on the object layer (obj.h).
+ *
+ * A pool is an obj_space (its prot/map_flags/max_bytes) plus, per thread, a one-bin
+ * obj_bins. A thread finds its bins through a TLS array indexed by the pool's slot (one of
+ * POOL_SLOTS) and checked against the pool's unique id, so a destroyed pool's stale entry
+ * is never used. Pools beyond POOL_SLOTS live at once take a locked lookup instead.
+ */
+#include "mapalloc/pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "obj/obj.h"
+
+#define POOL_SLOTS 256
+#define POOL_NONE  UINT32_MAX
+
+struct ma_pool {
+  obj_space space; /* first: seg->space == &p->space */
+  size_t obj_size;
+  uint32_t stride;
+  uint32_t align;
+  bool zero;
+  uint32_t slot;
+  uint64_t uid;
+  struct ma_pool *next, *prev;
+};
+
+typedef struct pool_tld {
+  uint64_t uid[POOL_SLOTS];
+  obj_bins *bins[POOL_SLOTS];
+} pool_tld;
+
+static __thread pool_tld *tls_tld __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static ma_pool *pools;
+static uint64_t slots_used[POOL_SLOTS / 64];
+static uint64_t next_uid = 1;
+static pthread_key_t tld_key;
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+static int key_err;
+
+/* ---- thread exit and fork ------------------------------------------------------------ */
+
+/* Hands every cache of the exiting thread back to its pool. */
+static void tld_destroy(void *arg) {
+  pool_tld *t = arg;
+  uintptr_t self = obj_tid();
+  pthread_mutex_lock(&pools_lock);
+  for (ma_pool *p = pools; p; p = p->next) {
+    obj_bins *mine = NULL;
+    pthread_mutex_lock(&p->space.lock);
+    for (obj_bins *bs = p->space.all_bins; bs; bs = bs->next_all)
+      if (bs->in_use && bs->tid == self) mine = bs;
+    pthread_mutex_unlock(&p->space.lock);
+    if (mine) obj_bins_abandon(mine);
+  }
+  pthread_mutex_unlock(&pools_lock);
+  if (tls_tld == t) tls_tld = NULL;
+  os_release(t, sizeof *t);
+}
+
+static void fork_prepare(void) {
+  pthread_mutex_lock(&pools_lock);
+  for (ma_pool *p = pools; p; p = p->next) pthread_mutex_lock(&p->space.lock);
+}
+
+static void fork_parent(void) {
+  for (ma_pool *p = pools; p; p = p->next) pthread_mutex_unlock(&p->space.lock);
+  pthread_mutex_unlock(&pools_lock);
+}
+
+static void fork_child(void) {
+  pthread_mutex_init(&pools_lock, NULL);
+  for (ma_pool *p = pools; p; p = p->next) obj_space_fork_child(&p->space);
+}
+
+static void key_init(void) {
+  key_err = pthread_key_create(&tld_key, tld_destroy);
+  if (!key_err) key_err = pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* ---- per-thread cache lookup -------------------------------------------------------- */
+
+static __attribute__((noinline)) obj_bins *pool_bins_slow(ma_pool *p) {
+  pool_tld *t = tls_tld;
+  if (!t) {
+    pthread_once(&key_once, key_init);
+    if (key_err) goto nomem;
+    t = os_alloc(sizeof *t, 0, false);
+    if (!t) goto nomem;
+    if (pthread_setspecific(tld_key, t) != 0) {
+      os_release(t, sizeof *t);
+      goto nomem;
+    }
+    tls_tld = t;
+  }
+  if (p->slot != POOL_NONE && t->uid[p->slot] == p->uid) return t->bins[p->slot];
+  obj_bins *bs = NULL;
+  if (p->slot == POOL_NONE) { /* more than POOL_SLOTS pools: a locked lookup */
+    uintptr_t self = obj_tid();
+    pthread_mutex_lock(&p->space.lock);
+    for (obj_bins *b = p->space.all_bins; b; b = b->next_all)
+      if (b->in_use && b->tid == self) bs = b;
+    pthread_mutex_unlock(&p->space.lock);
+  }
+  if (!bs) bs = obj_bins_get(&p->space, 1, &p->stride, &p->align);
+  if (!bs) return NULL;
+  if (p->slot != POOL_NONE) {
+    t->uid[p->slot] = p->uid;
+    t->bins[p->slot] = bs;
+  }
+  return bs;
+nomem:
+  errno = ENOMEM;
+  return NULL;
+}
+
+static inline obj_bins *pool_bins(ma_pool *p) {
+  pool_tld *t = tls_tld;
+  uint32_t slot = p->slot;
+  if (obj_likely(t != NULL && slot < POOL_SLOTS && t->uid[slot] == p->uid)) return t->bins[slot];
+  return pool_bins_slow(p);
+}
+
+/* The calling thread's cache if it has one (no creation). */
+static obj_bins *pool_bins_peek(ma_pool *p) {
+  pool_tld *t = tls_tld;
+  if (t && p->slot < POOL_SLOTS && t->uid[p->slot] == p->uid) return t->bins[p->slot];
+  if (p->slot != POOL_NONE) return NULL;
+  obj_bins *bs = NULL;
+  uintptr_t self = obj_tid();
+  pthread_mutex_lock(&p->space.lock);
+  for (obj_bins *b = p->space.all_bins; b; b = b->next_all)
+    if (b->in_use && b->tid == self) bs = b;
+  pthread_mutex_unlock(&p->space.lock);
+  return bs;
+}
+
+static inline void count(uint64_t *c) {
+  __atomic_store_n(c, *c + 1, __ATOMIC_RELAXED);
+}
+
+/* ---- the API ------------------------------------------------------------------------- */
+
+#define POOL_FLAGS                                                                                 \
+  (MA_MAP_HUGE_TRY | MA_MAP_LOCKED | MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_NORESERVE |        \
+   MA_MAP_JIT | MA_MAP_POPULATE)
+
+int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
+  if (!opts || !out) return -EINVAL;
+  size_t size = opts->obj_size, align = opts->align;
+  if (size == 0 || size > OBJ_MAX_STRIDE) return -EINVAL;
+  if (align == 0) {
+    align = size & -size; /* largest power of two dividing size */
+    if (align > 16) align = 16;
+    if (align < 8) align = 8;
+  } else if ((align & (align - 1)) != 0 || align > OBJ_SEG_SIZE) {
+    return -EINVAL;
+  }
+  unsigned prot = opts->prot ? opts->prot : MA_PROT_READ | MA_PROT_WRITE;
+  if (prot & ~(unsigned)(MA_PROT_READ | MA_PROT_WRITE | MA_PROT_EXEC)) return -EINVAL;
+  if ((prot & (MA_PROT_READ | MA_PROT_WRITE)) != (MA_PROT_READ | MA_PROT_WRITE)) return -EINVAL;
+  if (opts->map_flags & ~(unsigned)POOL_FLAGS) return -EINVAL;
+  if ((prot & MA_PROT_EXEC) && !(opts->map_flags & MA_MAP_JIT)) return -EPERM;
+  size_t stride = size < 16 ? 16 : size;
+  stride = (stride + align - 1) & ~(align - 1);
+
+  pthread_once(&key_once, key_init);
+  if (key_err) return -ENOMEM;
+  ma_pool *p = os_alloc(sizeof *p, 0, false);
+  if (!p) return -ENOMEM;
+  bool populate = opts->commit || (opts->map_flags & MA_MAP_POPULATE);
+  int rc = obj_space_init(&p->space, prot, opts->map_flags & ~(unsigned)MA_MAP_POPULATE, populate,
+                          opts->max_bytes, "mapalloc-pool");
+  if (rc) {
+    os_release(p, sizeof *p);
+    return rc;
+  }
+  p->obj_size = size;
+  p->stride = (uint32_t)stride;
+  p->align = (uint32_t)align;
+  p->zero = opts->zero;
+  p->slot = POOL_NONE;
+  pthread_mutex_lock(&pools_lock);
+  for (uint32_t w = 0; w < POOL_SLOTS / 64 && p->slot == POOL_NONE; w++) {
+    if (~slots_used[w]) {
+      uint32_t b = (uint32_t)__builtin_ctzll(~slots_used[w]);
+      slots_used[w] |= (uint64_t)1 << b;
+      p->slot = w * 64 + b;
+    }
+  }
+  p->uid = next_uid++;
+  p->prev = NULL;
+  p->next = pools;
+  if (pools) pools->prev = p;
+  pools = p;
+  pthread_mutex_unlock(&pools_lock);
+  *out = p;
+  return 0;
+}
+
+void *ma_pool_alloc(ma_pool *p) {
+  if (obj_unlikely(p == NULL)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  obj_bins *bs = pool_bins(p);
+  if (obj_unlikely(bs == NULL)) return NULL;
+  void *o;
+  if (obj_unlikely(obj_tracking))
+    o = obj_bin_alloc_tracked(bs, bs->bins, p->obj_size, p->zero);
+  else if (p->zero)
+    o = obj_bin_alloc_zero(bs, bs->bins);
+  else
+    o = obj_bin_alloc(bs, bs->bins);
+  if (obj_likely(o != NULL)) count(&bs->allocs);
+  return o;
+}
+
+static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment *seg, void *obj) {
+  if (!seg) obj_fatal("invalid free (not a pool object)", obj);
+  if (seg->space != &p->space) obj_fatal("free of another pool's object", obj);
+  obj_slab *s = obj_slab_of(seg, obj);
+  if (!s->active || (uintptr_t)obj < (uintptr_t)s->start ||
+      (uintptr_t)obj >= (uintptr_t)s->start + (size_t)s->carved * s->stride)
+    obj_fatal("invalid free (not a live object)", obj);
+  obj_fatal("invalid free (interior pointer)", obj);
+}
+
+void ma_pool_free(ma_pool *p, void *obj) {
+  if (obj_unlikely(obj == NULL)) return;
+  if (obj_unlikely(p == NULL)) obj_fatal("invalid free (NULL pool)", obj);
+  obj_segment *seg = obj_segment_of(obj);
+  if (obj_unlikely(seg == NULL || seg->space != &p->space)) bad_free(p, seg, obj);
+  obj_slab *s = obj_slab_of(seg, obj);
+  uint32_t idx;
+  if (obj_unlikely(!obj_block_index(s, obj, &idx))) bad_free(p, seg, obj);
+  if (obj_unlikely(obj_tracking)) {
+    if (obj_is_local(s)) count(&__atomic_load_n(&seg->owner, __ATOMIC_RELAXED)->frees);
+    obj_free_tracked(seg, s, obj, p->obj_size);
+    return;
+  }
+  if (obj_likely(obj_is_local(s))) {
+    obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+    count(&bs->frees); /* before the free: it may release the segment */
+    obj_free_local(s, obj);
+  } else {
+    obj_free_remote(seg, s, (obj_block *)obj);
+  }
+}
+
+int ma_pool_trim(ma_pool *p) {
+  if (!p) return -EINVAL;
+  __atomic_add_fetch(&p->space.trim_epoch, 1, __ATOMIC_RELAXED);
+  obj_space_trim(&p->space);
+  obj_bins *bs = pool_bins_peek(p);
+  if (bs) {
+    bs->trim_seen = __atomic_load_n(&p->space.trim_epoch, __ATOMIC_RELAXED);
+    obj_bins_trim(bs);
+  }
+  return 0;
+}
+
+void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out) {
+  if (!p || !out) return;
+  size_t allocs = 0, frees = __atomic_load_n(&p->space.remote_frees, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&p->space.lock);
+  for (obj_bins *bs = p->space.all_bins; bs; bs = bs->next_all) {
+    allocs += __atomic_load_n(&bs->allocs, __ATOMIC_RELAXED);
+    frees += __atomic_load_n(&bs->frees, __ATOMIC_RELAXED);
+  }
+  pthread_mutex_unlock(&p->space.lock);
+  memset(out, 0, sizeof *out);
+  out->obj_size = p->obj_size;
+  out->allocs = allocs;
+  out->frees = frees;
+  out->live = allocs >= frees ? allocs - frees : 0;
+  out->capacity = __atomic_load_n(&p->space.capacity, __ATOMIC_RELAXED);
+  out->committed_bytes = __atomic_load_n(&p->space.committed, __ATOMIC_RELAXED);
+  out->reserved_bytes = __atomic_load_n(&p->space.reserved, __ATOMIC_RELAXED);
+}
+
+void ma_pool_destroy(ma_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&pools_lock);
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    pools = p->next;
+  if (p->next) p->next->prev = p->prev;
+  if (p->slot != POOL_NONE) slots_used[p->slot / 64] &= ~((uint64_t)1 << (p->slot % 64));
+  pthread_mutex_unlock(&pools_lock);
+  obj_space_destroy(&p->space);
+  os_release(p, sizeof *p);
+}
