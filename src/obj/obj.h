@@ -85,7 +85,7 @@ typedef struct obj_slab {
   int32_t used;          /* blocks out, including remote frees not yet collected */
   int32_t notify;        /* free slow path when --used <= notify (-1 cur, 0 listed, MAX full) */
   uintptr_t key;         /* double-free tag: cookie ^ address */
-  _Atomic uintptr_t owner_tid;
+  uintptr_t owner_tid;
   char *start;       /* first block */
   uint64_t mul;      /* ceil(2^64 / stride): index = mulhi(offset, mul) */
   uint32_t stride;   /* block size */
@@ -97,7 +97,7 @@ typedef struct obj_slab {
   uint8_t fresh;     /* the slab's pages are untouched since commit (zero) */
   uint8_t committed; /* pages accessible */
   uint8_t pad_[2];
-  _Atomic(obj_block *) remote;  /* other threads push here */
+  obj_block *remote;            /* other threads push here */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
 
@@ -107,12 +107,12 @@ typedef struct obj_space obj_space;
 typedef struct obj_segment {
   uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
   obj_space *space;
-  _Atomic(struct obj_bins *) owner; /* NULL while abandoned */
-  _Atomic uint64_t remote_mask;     /* slabs with remote frees pending */
-  struct obj_segment *next, *prev;  /* owner's list, or the abandoned list */
-  size_t size;                      /* bytes reserved */
-  size_t hdr_size;                  /* bytes of header (committed) */
-  uint64_t free_mask;               /* slabs not active */
+  struct obj_bins *owner;          /* NULL while abandoned */
+  uint64_t remote_mask;            /* slabs with remote frees pending */
+  struct obj_segment *next, *prev; /* owner's list, or the abandoned list */
+  size_t size;                     /* bytes reserved */
+  size_t hdr_size;                 /* bytes of header (committed) */
+  uint64_t free_mask;              /* slabs not active */
   uint32_t nslabs;
   uint32_t nactive;
   uint8_t slab_shift;
@@ -134,7 +134,7 @@ typedef struct obj_bin {
 typedef struct obj_bins {
   obj_space *space;
   uintptr_t tid;
-  _Atomic int has_remote;
+  int has_remote;
   bool in_use;
   obj_segment *segs[OBJ_NSHIFTS];
   size_t retained;        /* committed bytes of empty slabs in own segments */
@@ -151,12 +151,12 @@ struct obj_space {
   unsigned map_flags; /* MA_MAP_* for os_map_fixed */
   bool populate;      /* commit-on-alloc */
   size_t max_bytes;   /* 0 = unlimited, caps `committed` */
-  _Atomic size_t committed, reserved, capacity, remote_frees;
+  size_t committed, reserved, capacity, remote_frees;
   pthread_mutex_t lock;   /* abandoned, all_bins */
   obj_segment *abandoned; /* via seg->next */
   obj_bins *all_bins;
   const char *name;
-  _Atomic unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
+  unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
 };
 
 extern obj_slab obj_empty_slab;
@@ -260,6 +260,7 @@ static inline void *obj_bin_alloc_zero(obj_bins *bs, obj_bin *bin) {
  * obj_tid()). */
 static inline void obj_free_local(obj_slab *s, void *p) {
   obj_block *b = (obj_block *)p;
+  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
   if (obj_unlikely(b->key == s->key)) obj_fatal("double free", p);
   obj_poison(b, s->stride);
   obj_link_open(b);

@@ -1,0 +1,390 @@
+/* Benchmark: ma_pool against malloc/free of the same size under glibc, jemalloc, mimalloc
+ * and tcmalloc, in the same run.
+ *
+ *   build/dev/bench/bench_pool [--reps N] [--scale F]     the table (runs itself as children)
+ *   bench_pool --child pool|malloc [--only NAME] [--scale F]   one child: "name ns" lines
+ *
+ * The runner re-executes itself once per allocator and repetition, interleaved
+ * (pool, glibc, jemalloc, mimalloc, tcmalloc, pool, ...), the peers through LD_PRELOAD of
+ * Debian's libraries; it prints medians of ns per alloc+free pair and the ratio of the
+ * pool to each malloc, then the memory used by 1M live 64-byte objects.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mapalloc/pool.h"
+
+#define escape(p) __asm__ volatile("" : : "r"(p) : "memory")
+
+static double scale = 1.0;
+static bool use_pool;
+static const char *only;
+
+static double now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* One allocator interface for both sides: a pool of `size`, or malloc. */
+typedef struct {
+  ma_pool *pool;
+  size_t size;
+} alloc_t;
+
+static alloc_t mk(size_t size) {
+  alloc_t a = {NULL, size};
+  if (use_pool) {
+    ma_pool_opts o = {.obj_size = size};
+    if (ma_pool_create(&o, &a.pool) != 0) {
+      perror("ma_pool_create");
+      exit(1);
+    }
+  }
+  return a;
+}
+
+static inline void *al(alloc_t *a) {
+  return use_pool ? ma_pool_alloc(a->pool) : malloc(a->size);
+}
+static inline void fr(alloc_t *a, void *p) {
+  if (use_pool)
+    ma_pool_free(a->pool, p);
+  else
+    free(p);
+}
+static void done(alloc_t *a) {
+  if (a->pool) ma_pool_destroy(a->pool);
+}
+
+static size_t iters(size_t base) {
+  return (size_t)((double)base * scale) + 1;
+}
+
+/* ---- workloads: each returns ns per alloc+free pair ------------------------------------ */
+
+static double pair(size_t size) {
+  alloc_t a = mk(size);
+  size_t n = iters(5000000);
+  for (size_t i = 0; i < 1000; i++) fr(&a, al(&a)); /* warm */
+  double t = now_ns();
+  for (size_t i = 0; i < n; i++) {
+    void *p = al(&a);
+    *(volatile char *)p = 1;
+    escape(p);
+    fr(&a, p);
+  }
+  t = now_ns() - t;
+  done(&a);
+  return t / (double)n;
+}
+
+static double window(size_t size, size_t live, size_t base) {
+  alloc_t a = mk(size);
+  void **ring = calloc(live, sizeof *ring);
+  for (size_t i = 0; i < live; i++) {
+    ring[i] = al(&a);
+    *(volatile char *)ring[i] = 1;
+  }
+  size_t n = iters(base);
+  double t = now_ns();
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    fr(&a, ring[k]);
+    void *p = al(&a);
+    *(volatile char *)p = 1;
+    ring[k] = p;
+    k = k + 1 == live ? 0 : k + 1;
+  }
+  t = now_ns() - t;
+  for (size_t i = 0; i < live; i++) fr(&a, ring[i]);
+  free(ring);
+  done(&a);
+  return t / (double)n;
+}
+
+typedef struct {
+  alloc_t *a;
+  size_t n;
+} targ_t;
+
+static void *pair_thread(void *arg) {
+  targ_t *t = arg;
+  for (size_t i = 0; i < t->n; i++) {
+    void *p = al(t->a);
+    *(volatile char *)p = 1;
+    escape(p);
+    fr(t->a, p);
+  }
+  return NULL;
+}
+
+static double pair_2threads(size_t size) {
+  alloc_t a = mk(size);
+  targ_t t = {&a, iters(3000000)};
+  pthread_t th[2];
+  double t0 = now_ns();
+  for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, pair_thread, &t);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  double el = now_ns() - t0;
+  done(&a);
+  return el / (double)t.n; /* wall time per pair per thread */
+}
+
+#define RING 4096
+typedef struct {
+  alloc_t *a;
+  size_t n;
+  void *_Atomic ring[RING];
+  atomic_size_t head, tail;
+} pc_t;
+
+static void *produce(void *arg) {
+  pc_t *q = arg;
+  for (size_t i = 0; i < q->n; i++) {
+    void *p = al(q->a);
+    *(volatile char *)p = 1;
+    size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+    while (h - atomic_load_explicit(&q->tail, memory_order_acquire) >= RING) sched_yield();
+    atomic_store_explicit(&q->ring[h % RING], p, memory_order_relaxed);
+    atomic_store_explicit(&q->head, h + 1, memory_order_release);
+  }
+  return NULL;
+}
+
+static void *consume(void *arg) {
+  pc_t *q = arg;
+  for (size_t i = 0; i < q->n; i++) {
+    size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    while (atomic_load_explicit(&q->head, memory_order_acquire) == t) sched_yield();
+    void *p = atomic_load_explicit(&q->ring[t % RING], memory_order_relaxed);
+    atomic_store_explicit(&q->tail, t + 1, memory_order_release);
+    fr(q->a, p);
+  }
+  return NULL;
+}
+
+static double prodcons(size_t size) {
+  alloc_t a = mk(size);
+  pc_t *q = calloc(1, sizeof *q);
+  q->a = &a;
+  q->n = iters(2000000);
+  pthread_t p, c;
+  double t0 = now_ns();
+  pthread_create(&p, NULL, produce, q);
+  pthread_create(&c, NULL, consume, q);
+  pthread_join(p, NULL);
+  pthread_join(c, NULL);
+  double el = now_ns() - t0;
+  size_t n = q->n;
+  free(q);
+  done(&a);
+  return el / (double)n;
+}
+
+static size_t rss_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  unsigned long size = 0, res = 0;
+  if (f) {
+    if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+    fclose(f);
+  }
+  return res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* RSS growth for 1M live 64-byte objects, in bytes (the pointer array is excluded). */
+static double mem_1m(void) {
+  size_t n = 1000000;
+  void **v = malloc(n * sizeof *v);
+  for (size_t i = 0; i < n; i++) ((void *volatile *)v)[i] = NULL;
+  alloc_t a = mk(64);
+  void *warm = al(&a);
+  fr(&a, warm);
+  size_t before = rss_bytes();
+  for (size_t i = 0; i < n; i++) {
+    v[i] = al(&a);
+    memset(v[i], 1, 64);
+    escape(v[i]);
+  }
+  size_t after = rss_bytes();
+  for (size_t i = 0; i < n; i++) fr(&a, v[i]);
+  done(&a);
+  free(v);
+  return (double)(after - before);
+}
+
+typedef struct {
+  const char *name;
+  double (*fn)(void);
+} work_t;
+
+static double w_p16(void) {
+  return pair(16);
+}
+static double w_p64(void) {
+  return pair(64);
+}
+static double w_p256(void) {
+  return pair(256);
+}
+static double w_p4096(void) {
+  return pair(4096);
+}
+static double w_win1k(void) {
+  return window(64, 1000, 5000000);
+}
+static double w_win1m(void) {
+  return window(64, 1000000, 3000000);
+}
+static double w_t2(void) {
+  return pair_2threads(64);
+}
+static double w_pc(void) {
+  return prodcons(64);
+}
+
+static const work_t works[] = {
+    {"pair16", w_p16},     {"pair64", w_p64},     {"pair256", w_p256},
+    {"pair4096", w_p4096}, {"win1k_64", w_win1k}, {"win1M_64", w_win1m},
+    {"2thr_pair64", w_t2}, {"prodcons64", w_pc},  {"mem1M_64", mem_1m},
+};
+#define NWORK (sizeof works / sizeof works[0])
+
+static int child(void) {
+  for (size_t i = 0; i < NWORK; i++) {
+    if (only && strcmp(only, works[i].name) != 0) continue;
+    printf("%s %.3f\n", works[i].name, works[i].fn());
+    fflush(stdout);
+  }
+  return 0;
+}
+
+/* ---- runner ----------------------------------------------------------------------------- */
+
+#define LIBDIR "/usr/lib/x86_64-linux-gnu/"
+static const struct {
+  const char *name, *preload;
+} peers[] = {{"pool", NULL},
+             {"glibc", NULL},
+             {"jemalloc", LIBDIR "libjemalloc.so.2"},
+             {"mimalloc", LIBDIR "libmimalloc.so.2"},
+             {"tcmalloc", LIBDIR "libtcmalloc_minimal.so.4"}};
+#define NPEER  (sizeof peers / sizeof peers[0])
+#define MAXREP 64
+
+static double res[NPEER][NWORK][MAXREP];
+
+static int run_child(const char *self, size_t k, int rep) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    if (peers[k].preload)
+      setenv("LD_PRELOAD", peers[k].preload, 1);
+    else
+      unsetenv("LD_PRELOAD");
+    char sc[32];
+    snprintf(sc, sizeof sc, "%g", scale);
+    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  FILE *f = fdopen(fds[0], "r");
+  char name[64];
+  double v;
+  while (fscanf(f, "%63s %lf", name, &v) == 2)
+    for (size_t w = 0; w < NWORK; w++)
+      if (strcmp(name, works[w].name) == 0) res[k][w][rep] = v;
+  fclose(f);
+  int st;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  double t[MAXREP];
+  memcpy(t, v, (size_t)n * sizeof *t);
+  qsort(t, (size_t)n, sizeof *t, cmp);
+  return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+}
+
+int main(int argc, char **argv) {
+  int reps = 5;
+  const char *mode = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--child") && i + 1 < argc)
+      mode = argv[++i];
+    else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+      reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--scale") && i + 1 < argc)
+      scale = atof(argv[++i]);
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+      only = argv[++i];
+    else {
+      fprintf(stderr, "usage: %s [--reps N] [--scale F] | --child pool|malloc [--only W]\n",
+              argv[0]);
+      return 2;
+    }
+  }
+  if (mode) {
+    use_pool = !strcmp(mode, "pool");
+    return child();
+  }
+  if (reps < 1) reps = 1;
+  if (reps > MAXREP) reps = MAXREP;
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return 1;
+  self[n] = 0;
+  bool have[NPEER];
+  for (size_t k = 0; k < NPEER; k++) have[k] = !peers[k].preload || !access(peers[k].preload, R_OK);
+  for (int r = 0; r < reps; r++) {
+    for (size_t k = 0; k < NPEER; k++) {
+      if (!have[k]) continue;
+      if (run_child(self, k, r) != 0) {
+        fprintf(stderr, "bench_pool: child %s failed\n", peers[k].name);
+        have[k] = false;
+      }
+    }
+    fprintf(stderr, "\rbench_pool: repetition %d/%d done", r + 1, reps);
+  }
+  fprintf(stderr, "\n");
+  printf("ns per alloc+free pair, median of %d interleaved runs (scale %g)\n", reps, scale);
+  printf("%-12s", "workload");
+  for (size_t k = 0; k < NPEER; k++) printf(" %9s", peers[k].name);
+  for (size_t k = 1; k < NPEER; k++) printf("  pool/%-4.4s", peers[k].name);
+  printf("\n");
+  for (size_t w = 0; w + 1 < NWORK; w++) {
+    double m[NPEER];
+    printf("%-12s", works[w].name);
+    for (size_t k = 0; k < NPEER; k++) {
+      m[k] = have[k] ? median(res[k][w], reps) : 0;
+      printf(" %9.2f", m[k]);
+    }
+    for (size_t k = 1; k < NPEER; k++) printf("  %9.2fx", m[k] > 0 ? m[0] / m[k] : 0);
+    printf("\n");
+  }
+  size_t w = NWORK - 1;
+  printf("\nRSS growth for 1M live 64-byte objects (64,000,000 bytes of payload)\n");
+  for (size_t k = 0; k < NPEER; k++) {
+    if (!have[k]) continue;
+    double b = median(res[k][w], reps);
+    printf("%-10s %12.0f bytes  overhead %+6.2f%%\n", peers[k].name, b, (b / 64e6 - 1) * 100);
+  }
+  return 0;
+}
