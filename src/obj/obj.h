@@ -78,28 +78,41 @@ struct obj_bins;
 struct obj_segment;
 
 /* A slab: a run of pages carved into blocks of one stride. Lives in the segment header. */
-typedef struct obj_slab {
-  /* hot: touched by the owner's fast paths */
+typedef struct __attribute__((aligned(64))) obj_slab {
+  /* first cache line: everything the owner's fast paths touch */
   obj_block *free;       /* pop here */
   obj_block *local_free; /* owner frees push here */
-  int32_t used;          /* blocks out, including remote frees not yet collected */
-  int32_t notify;        /* free slow path when --used <= notify (-1 cur, 0 listed, MAX full) */
+  int32_t cnt;           /* used - notify: a free takes the slow path when --cnt <= 0 */
+  int32_t notify;        /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
+                            (blocks out, incl. remote frees not collected) is cnt + notify */
   uintptr_t key;         /* double-free tag: cookie ^ address */
-  uintptr_t owner_tid;
-  char *start;       /* first block */
-  uint64_t mul;      /* ceil(2^64 / stride): index = mulhi(offset, mul) */
-  uint32_t stride;   /* block size */
-  uint32_t capacity; /* blocks that fit */
-  uint32_t carved;   /* blocks carved so far (the rest was never touched) */
-  uint16_t bin_idx;  /* bin of the owner */
-  uint8_t active;    /* handed to a bin */
-  uint8_t free_zero; /* every block on `free` is zero beyond its link word */
-  uint8_t fresh;     /* the slab's pages are untouched since commit (zero) */
-  uint8_t committed; /* pages accessible */
-  uint8_t pad_[2];
-  obj_block *remote;            /* other threads push here */
+  uintptr_t owner_tid;   /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
+  char *start;           /* first block */
+  uint64_t inv;          /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
+  uint32_t stride;       /* block size */
+  uint32_t carved;       /* blocks carved so far (the rest was never touched) */
+  /* second line */
+  uint32_t capacity;            /* blocks that fit */
+  uint16_t bin_idx;             /* bin of the owner */
+  uint8_t inv_shift;            /* stride = odd << inv_shift */
+  uint8_t active;               /* handed to a bin */
+  uint8_t free_zero;            /* every block on `free` is zero beyond its link word */
+  uint8_t fresh;                /* the slab's pages are untouched since commit (zero) */
+  uint8_t committed;            /* pages accessible */
+  obj_block *remote;            /* other threads push here (atomic) */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
+
+static inline int32_t obj_slab_used(const obj_slab *s) {
+  return (int32_t)((int64_t)s->cnt + s->notify);
+}
+static inline void obj_slab_set_notify(obj_slab *s, int32_t n) {
+  s->cnt = (int32_t)((int64_t)s->cnt + s->notify - n);
+  s->notify = n;
+}
+
+#define OBJ_SLAB_DESC_SHIFT 7 /* sizeof(obj_slab) == 128 */
+_Static_assert(sizeof(obj_slab) == 1u << OBJ_SLAB_DESC_SHIFT, "slab descriptor size");
 
 typedef struct obj_space obj_space;
 
@@ -151,7 +164,7 @@ struct obj_space {
   unsigned map_flags; /* MA_MAP_* for os_map_fixed */
   bool populate;      /* commit-on-alloc */
   size_t max_bytes;   /* 0 = unlimited, caps `committed` */
-  size_t committed, reserved, capacity, remote_frees;
+  size_t committed, reserved, capacity;
   pthread_mutex_t lock;   /* abandoned, all_bins */
   obj_segment *abandoned; /* via seg->next */
   obj_bins *all_bins;
@@ -159,10 +172,12 @@ struct obj_space {
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
 };
 
-extern obj_slab obj_empty_slab;
-extern uint32_t *obj_segmap; /* chunk number of the segment start, per 4 MiB of address */
-extern bool obj_tracking;    /* running under valgrind */
-#define OBJ_MAP_BITS 26      /* covers 2^48 bytes of address space */
+#define OBJ_HIDDEN __attribute__((visibility("hidden")))
+extern OBJ_HIDDEN obj_slab obj_empty_slab;
+extern OBJ_HIDDEN uint32_t
+    *obj_segmap;                     /* chunk number of the segment start, per 4 MiB of address */
+extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
+#define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
 
 static inline uintptr_t obj_tid(void) {
   uintptr_t t;
@@ -176,7 +191,7 @@ static inline uintptr_t obj_tid(void) {
 static inline obj_segment *obj_segment_of(const void *p) {
   uintptr_t a = (uintptr_t)p;
   uint32_t e = obj_segmap ? obj_segmap[(a >> OBJ_SEG_SHIFT) & ((1u << OBJ_MAP_BITS) - 1)] : 0;
-  if (obj_unlikely(e == 0)) return NULL;
+  if (obj_unlikely(e <= 1)) return NULL; /* 1: the sentinel of chunk 0 */
   obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
   if (obj_unlikely(a - (uintptr_t)seg >= seg->size)) return NULL;
   return seg;
@@ -186,12 +201,29 @@ static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
   return &seg->slabs[((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift];
 }
 
-/* Index of the block starting at p; false when p is not the start of a carved block. */
+/* Fast segment check for a pointer in the first 4 MiB of a segment (every segment but the
+ * huge ones): segmap[chunk] == chunk. NULL fails too (chunk 0 holds a sentinel). */
+static inline obj_segment *obj_segment_of_fast(const void *p) {
+  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
+  if (obj_likely(obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == (uint32_t)c))
+    return (obj_segment *)(c << OBJ_SEG_SHIFT);
+  return NULL;
+}
+
+/* Index of the block starting at p; false when p is not the start of a carved block.
+ * No division: with stride = odd << k and inv = odd^-1 mod 2^64, rotr(off * inv, k) is
+ * off / stride when stride divides off, and larger than any block index otherwise
+ * (Granlund-Montgomery), so one compare checks both alignment and range. */
+static inline uint64_t obj_block_q(const obj_slab *s, uintptr_t p) {
+  uint64_t x = (p - (uintptr_t)s->start) * s->inv;
+  unsigned k = s->inv_shift;
+  return (x >> k) | (x << ((64 - k) & 63));
+}
+
 static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *idx) {
-  uint64_t off = (uintptr_t)p - (uintptr_t)s->start;
-  uint64_t i = (uint64_t)(((unsigned __int128)off * s->mul) >> 64);
-  *idx = (uint32_t)i;
-  return obj_likely(i * s->stride == off && i < s->carved);
+  uint64_t q = obj_block_q(s, (uintptr_t)p);
+  *idx = (uint32_t)q;
+  return obj_likely(q < s->carved);
 }
 
 /* ---- instrumentation ---------------------------------------------------------------
@@ -240,7 +272,7 @@ static inline void *obj_bin_alloc(obj_bins *bs, obj_bin *bin) {
   s->free = b->next;
   obj_unpoison(b, s->stride);
   b->key = 0;
-  s->used++;
+  s->cnt++;
   return b;
 }
 
@@ -268,7 +300,7 @@ static inline void obj_free_local(obj_slab *s, void *p) {
   b->key = s->key;
   obj_link_close(b);
   s->local_free = b;
-  if (obj_unlikely(--s->used <= s->notify)) obj_slab_notify(s);
+  if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
 }
 
 static inline bool obj_is_local(const obj_slab *s) {

@@ -9,7 +9,7 @@
 /* ---- bin lists ------------------------------------------------------------------------ */
 
 static void partial_push(obj_bin *bin, obj_slab *s) {
-  s->notify = 0;
+  obj_slab_set_notify(s, 0);
   s->prev = NULL;
   s->next = bin->partial;
   if (bin->partial) bin->partial->prev = s;
@@ -58,17 +58,21 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   s->start = start;
   s->stride = bin->stride;
   s->capacity = (uint32_t)((size_t)(hi - start) / bin->stride);
-  s->mul = ~(uint64_t)0 / bin->stride + 1;
+  unsigned k = (unsigned)__builtin_ctz(bin->stride);
+  uint64_t odd = bin->stride >> k, inv = odd; /* Newton: 5 steps give 64 correct bits */
+  for (int i = 0; i < 5; i++) inv *= 2 - odd * inv;
+  s->inv = inv;
+  s->inv_shift = (uint8_t)k;
   s->carved = 0;
   s->free = s->local_free = NULL;
   __atomic_store_n(&s->remote, NULL, __ATOMIC_RELAXED);
-  s->used = 0;
   s->notify = -1;
+  s->cnt = 1; /* used 0 */
   s->key = obj_cookie ^ (uintptr_t)s;
   s->bin_idx = bin->idx;
   s->active = 1;
   s->next = s->prev = NULL;
-  __atomic_store_n(&s->owner_tid, bs->tid, __ATOMIC_RELAXED);
+  __atomic_store_n(&s->owner_tid, obj_slab_tid(bs), __ATOMIC_RELAXED);
   seg->free_mask &= ~((uint64_t)1 << i);
   seg->nactive++;
   __atomic_add_fetch(&bs->space->capacity, s->capacity, __ATOMIC_RELAXED);
@@ -116,10 +120,40 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
 }
 
 /* Moves the remote list into local_free; returns the number of blocks collected. */
+/* Remote frees, the protocol (see obj.h):
+ * - a push onto a non-empty list is one CAS; the list keeps the BUSY bit of its head;
+ * - a push onto an empty list installs the block with OBJ_REMOTE_BUSY, then announces it
+ *   (sets the slab's bit in seg->remote_mask and, on a 0->1 change, bins->has_remote), then
+ *   clears BUSY. While BUSY is set the owner does not take the list, so the slab (and the
+ *   segment) cannot be retired under the announcing thread;
+ * - the owner clears a slab's mask bit before it takes the list, so a push onto the emptied
+ *   list announces again. No remote free is ever left unannounced. */
+#define OBJ_REMOTE_BUSY ((uintptr_t)1)
+
+static void announce(obj_segment *seg, obj_slab *s) {
+  uint64_t bit = (uint64_t)1 << (s - seg->slabs);
+  uint64_t old = __atomic_fetch_or(&seg->remote_mask, bit, __ATOMIC_SEQ_CST);
+  if (!(old & bit)) {
+    obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_SEQ_CST);
+    if (o) __atomic_store_n(&o->has_remote, 1, __ATOMIC_SEQ_CST);
+  }
+}
+
+/* Owner: moves the remote list into local_free; returns the number of blocks collected. */
 static uint32_t slab_collect(obj_slab *s) {
-  if (__atomic_load_n(&s->remote, __ATOMIC_RELAXED) == NULL) return 0;
+  uintptr_t w = (uintptr_t)__atomic_load_n(&s->remote, __ATOMIC_ACQUIRE);
+  if (w == 0) return 0;
+  obj_segment *seg = obj_segment_of_slab(s);
+  if (w & OBJ_REMOTE_BUSY) { /* being announced: make sure we come back */
+    announce(seg, s);
+    return 0;
+  }
+  uint64_t bit = (uint64_t)1 << (s - seg->slabs);
+  if (__atomic_load_n(&seg->remote_mask, __ATOMIC_RELAXED) & bit)
+    __atomic_fetch_and(&seg->remote_mask, ~bit, __ATOMIC_SEQ_CST);
   obj_block *r = __atomic_exchange_n(&s->remote, NULL, __ATOMIC_ACQUIRE);
-  if (!r) return 0;
+  /* Only the owner empties the list and BUSY only appears on an empty one: r is the
+   * non-empty, non-busy list we saw, maybe longer. */
   uint32_t n = 1;
   obj_block *t = r;
   for (;;) {
@@ -133,7 +167,7 @@ static uint32_t slab_collect(obj_slab *s) {
   t->next = s->local_free;
   obj_link_close_rt(t);
   s->local_free = r;
-  s->used -= (int32_t)n;
+  s->cnt -= (int32_t)n; /* used -= n */
   return n;
 }
 
@@ -158,15 +192,19 @@ static void slab_carve(obj_slab *s) {
 /* Owner: gives s a non-empty free list if it has any block available. */
 static bool slab_refill(obj_slab *s) {
   if (s->free) return true;
-  if (!s->local_free) slab_collect(s);
+  /* Own frees first, then untouched blocks, and only then the remote list: collecting it
+   * costs atomics on lines the freeing threads are writing. */
+  if (!s->local_free) {
+    if (s->carved < s->capacity) {
+      slab_carve(s);
+      return true;
+    }
+    slab_collect(s);
+  }
   if (s->local_free) {
     s->free = s->local_free;
     s->local_free = NULL;
     s->free_zero = 0;
-    return true;
-  }
-  if (s->carved < s->capacity) {
-    slab_carve(s);
     return true;
   }
   return false;
@@ -180,7 +218,7 @@ static bool slab_has_room(const obj_slab *s) {
 static bool slab_after_collect(obj_bins *bs, obj_slab *s) {
   if (s->notify == -1) return false; /* current slab: stays */
   if (s->notify == INT32_MAX && slab_has_room(s)) partial_push(&bs->bins[s->bin_idx], s);
-  if (s->used == 0) return slab_retire(bs, s);
+  if (obj_slab_used(s) == 0) return slab_retire(bs, s);
   return false;
 }
 
@@ -210,8 +248,8 @@ static void adopt_segment(obj_bins *bs, obj_segment *seg) {
   for (uint32_t i = 0; i < seg->nslabs; i++) {
     obj_slab *s = &seg->slabs[i];
     if (!s->active) continue;
-    __atomic_store_n(&s->owner_tid, bs->tid, __ATOMIC_SEQ_CST);
-    s->notify = INT32_MAX;
+    __atomic_store_n(&s->owner_tid, obj_slab_tid(bs), __ATOMIC_SEQ_CST);
+    obj_slab_set_notify(s, INT32_MAX);
     s->next = s->prev = NULL;
   }
   __atomic_store_n(&seg->remote_mask, 0, __ATOMIC_SEQ_CST);
@@ -287,17 +325,17 @@ static bool bin_refill(obj_bins *bs, obj_bin *bin) {
   obj_slab *s = bin->cur;
   if (s != &obj_empty_slab) {
     if (slab_refill(s)) return true;
-    s->notify = INT32_MAX; /* full: unlisted until a free arrives */
+    obj_slab_set_notify(s, INT32_MAX); /* full: unlisted until a free arrives */
     bin->cur = &obj_empty_slab;
   }
   if (__atomic_load_n(&bs->has_remote, __ATOMIC_RELAXED)) collect_remote_all(bs);
   for (int round = 0; round < 2; round++) {
     while ((s = bin->partial) != NULL) {
       partial_unlink(bin, s);
-      s->notify = -1;
+      obj_slab_set_notify(s, -1);
       bin->cur = s;
       if (slab_refill(s)) return true;
-      s->notify = INT32_MAX;
+      obj_slab_set_notify(s, INT32_MAX);
       bin->cur = &obj_empty_slab;
     }
     if (round == 0 && !adopt_one(bs, bin->kind)) break;
@@ -323,41 +361,33 @@ void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
 }
 
 void obj_slab_notify(obj_slab *s) {
-  if (s->used < 0) obj_fatal("double free", s->local_free);
+  if (obj_slab_used(s) < 0) obj_fatal("double free", s->local_free);
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
-  if (s->notify == 0 && s->used == 0) (void)slab_retire(bs, s);
+  if (s->notify == 0 && obj_slab_used(s) == 0) (void)slab_retire(bs, s);
 }
 
 void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b) {
-  obj_space *sp = seg->space;
   uintptr_t key = s->key;
   obj_link_open_rt(b);
   if (b->key == key) obj_fatal("double free", b);
   obj_poison(b, s->stride);
-  obj_block *head = __atomic_load_n(&s->remote, __ATOMIC_RELAXED);
-  bool marked = false;
+  uintptr_t head = (uintptr_t)__atomic_load_n(&s->remote, __ATOMIC_RELAXED);
   for (;;) {
-    if (!head && !marked) {
-      /* Tell the owner before the block is visible (see obj.h): the block is live, so
-       * the segment cannot go away under us. */
-      uint64_t bit = (uint64_t)1 << (s - seg->slabs);
-      uint64_t old = __atomic_fetch_or(&seg->remote_mask, bit, __ATOMIC_SEQ_CST);
-      if (!(old & bit)) {
-        obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_SEQ_CST);
-        if (o) __atomic_store_n(&o->has_remote, 1, __ATOMIC_SEQ_CST);
-      }
-      marked = true;
-    }
     obj_link_open_rt(b);
-    b->next = head;
+    b->next = (obj_block *)(head & ~OBJ_REMOTE_BUSY);
     b->key = key;
     obj_link_close_rt(b);
-    if (__atomic_compare_exchange_n(&s->remote, &head, b, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+    uintptr_t nw = (uintptr_t)b | (head ? (head & OBJ_REMOTE_BUSY) : OBJ_REMOTE_BUSY);
+    if (__atomic_compare_exchange_n((uintptr_t *)&s->remote, &head, nw, true, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED))
       break;
   }
-  __atomic_add_fetch(&sp->remote_frees, 1, __ATOMIC_RELAXED);
+  if (head == 0) { /* we made the list non-empty: announce, then let the owner take it */
+    announce(seg, s);
+    __atomic_fetch_and((uintptr_t *)&s->remote, ~OBJ_REMOTE_BUSY, __ATOMIC_RELEASE);
+  }
 }
 
 /* ---- tracked (valgrind) paths ----------------------------------------------------------- */
@@ -379,7 +409,7 @@ void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) 
       memset(b, 0, s->stride);
   }
   b->key = 0;
-  s->used++;
+  s->cnt++;
   return b;
 }
 
@@ -387,14 +417,15 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   obj_block *b = p;
   if (b->key == s->key) obj_fatal("double free", p);
   obj_track_free(p, size);
-  if (__atomic_load_n(&s->owner_tid, __ATOMIC_RELAXED) == obj_tid()) {
+  obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+  if (o && o->tid == obj_tid() && s->owner_tid == 1) {
     obj_poison(b, s->stride);
     obj_link_open_rt(b);
     b->next = s->local_free;
     b->key = s->key;
     obj_link_close_rt(b);
     s->local_free = b;
-    if (--s->used <= s->notify) obj_slab_notify(s);
+    if (--s->cnt <= 0) obj_slab_notify(s);
   } else {
     obj_free_remote(seg, s, b);
   }
@@ -454,7 +485,7 @@ void obj_bins_trim(obj_bins *bs) {
     obj_slab *s = bin->cur;
     if (s == &obj_empty_slab) continue;
     slab_collect(s);
-    if (s->used == 0) (void)slab_retire(bs, s); /* notify == -1: not on a list */
+    if (obj_slab_used(s) == 0) (void)slab_retire(bs, s); /* notify == -1: not on a list */
   }
   for (int k = 0; k < OBJ_NSHIFTS; k++) {
     obj_segment *seg = bs->segs[k];
@@ -477,7 +508,7 @@ void obj_bins_abandon(obj_bins *bs) {
     obj_slab *s = bin->cur;
     if (s != &obj_empty_slab) {
       slab_collect(s);
-      if (s->used == 0) (void)slab_retire(bs, s);
+      if (obj_slab_used(s) == 0) (void)slab_retire(bs, s);
     }
     bin->cur = &obj_empty_slab;
     bin->partial = NULL;
@@ -546,7 +577,7 @@ void obj_space_trim(obj_space *sp) {
       obj_slab *s = &seg->slabs[i];
       if (!s->active) continue;
       slab_collect(s);
-      if (s->used != 0) continue;
+      if (obj_slab_used(s) != 0) continue;
       __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
       s->active = 0;
       s->carved = 0;

@@ -6,11 +6,21 @@
 
 #define OBJ_SEG_MAGIC 0x6d61706f626a7367ull
 
-extern uintptr_t obj_cookie;
+extern OBJ_HIDDEN uintptr_t obj_cookie;
 
 int obj_global_init(void);
-void obj_link_open_rt(obj_block *b);
-void obj_link_close_rt(obj_block *b);
+void obj_link_open_vg(obj_block *b);
+void obj_link_close_vg(obj_block *b);
+
+/* Link access in the slow paths: ASan (compile time) and valgrind (run time) aware. */
+static inline void obj_link_open_rt(obj_block *b) {
+  obj_link_open(b);
+  if (obj_unlikely(obj_tracking)) obj_link_open_vg(b);
+}
+static inline void obj_link_close_rt(obj_block *b) {
+  obj_link_close(b);
+  if (obj_unlikely(obj_tracking)) obj_link_close_vg(b);
+}
 bool obj_account_commit(obj_space *sp, size_t len);
 void obj_account_decommit(obj_space *sp, size_t len);
 void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi);
@@ -18,6 +28,12 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need);
 void obj_segment_release(obj_segment *seg);
 int obj_slab_commit(obj_segment *seg, obj_slab *s);
 size_t obj_slab_decommit(obj_segment *seg, obj_slab *s);
+
+/* The owner_tid a slab of bs gets: the thread id, or 1 under valgrind so that every free
+ * takes the (tracked) slow path. */
+static inline uintptr_t obj_slab_tid(const obj_bins *bs) {
+  return obj_tracking ? 1 : bs->tid;
+}
 
 static inline obj_segment *obj_segment_of_slab(const obj_slab *s) {
   return (obj_segment *)((uintptr_t)s & ~(OBJ_SEG_SIZE - 1));

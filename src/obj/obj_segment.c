@@ -32,12 +32,15 @@ static void obj_init(void) {
     return;
   }
   os_name(m, len, "mapalloc-segmap");
+  ((uint32_t *)m)[0] = 1; /* chunk 0 never holds a segment: NULL fails the fast check */
   uintptr_t c = 0;
   if (getrandom(&c, sizeof c, GRND_NONBLOCK) != (ssize_t)sizeof c)
     c = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)m;
   obj_cookie = c | 1;
 #ifdef MA_HAVE_VALGRIND
-  obj_tracking = RUNNING_ON_VALGRIND != 0;
+  /* MAPALLOC_TRACK=0 turns the client requests off (for callgrind/cachegrind runs). */
+  const char *e = getenv("MAPALLOC_TRACK");
+  obj_tracking = RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0');
 #endif
   __atomic_store_n(&obj_segmap, (uint32_t *)m, __ATOMIC_RELEASE);
 }
@@ -74,18 +77,18 @@ void obj_unpoison(void *p, size_t n) {
 }
 #endif
 
-void obj_link_open_rt(obj_block *b) {
-  obj_link_open(b);
+void obj_link_open_vg(obj_block *b) {
 #ifdef MA_HAVE_VALGRIND
-  if (obj_tracking) VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
+  VALGRIND_MAKE_MEM_DEFINED(b, sizeof *b);
 #endif
+  (void)b;
 }
 
-void obj_link_close_rt(obj_block *b) {
-  obj_link_close(b);
+void obj_link_close_vg(obj_block *b) {
 #ifdef MA_HAVE_VALGRIND
-  if (obj_tracking) VALGRIND_MAKE_MEM_NOACCESS(b, sizeof *b);
+  VALGRIND_MAKE_MEM_NOACCESS(b, sizeof *b);
 #endif
+  (void)b;
 }
 
 void obj_track_alloc(void *p, size_t size, bool zero) {

@@ -23,7 +23,9 @@ struct ma_pool {
   uint32_t stride;
   uint32_t align;
   bool zero;
-  uint32_t slot;
+  uint32_t slot;     /* TLS cache slot, or POOL_NONE */
+  uint32_t fslot;    /* slot for the fast path (0 for POOL_NONE pools) */
+  uint64_t uid_fast; /* uid, or ~0 (never in a TLS entry) to force the slow paths */
   uint64_t uid;
   struct ma_pool *next, *prev;
 };
@@ -34,6 +36,13 @@ typedef struct pool_tld {
 } pool_tld;
 
 static __thread pool_tld *tls_tld __attribute__((tls_model("initial-exec")));
+
+/* The pool this thread used last: the alloc fast path is one compare away from its bins. */
+typedef struct {
+  uint64_t uid;
+  obj_bins *bins;
+} pool_last;
+static __thread pool_last tls_last __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 static ma_pool *pools;
@@ -60,6 +69,8 @@ static void tld_destroy(void *arg) {
   }
   pthread_mutex_unlock(&pools_lock);
   if (tls_tld == t) tls_tld = NULL;
+  tls_last.uid = 0; /* those bins may go to another thread now */
+  tls_last.bins = NULL;
   os_release(t, sizeof *t);
 }
 
@@ -126,6 +137,17 @@ static inline obj_bins *pool_bins(ma_pool *p) {
   return pool_bins_slow(p);
 }
 
+/* pool_bins through the one-entry cache, which it refreshes (fast-path pools only). */
+static obj_bins *pool_bins_last(ma_pool *p) {
+  if (tls_last.uid == p->uid) return tls_last.bins;
+  obj_bins *bs = pool_bins(p);
+  if (bs && p->uid_fast == p->uid) {
+    tls_last.uid = p->uid;
+    tls_last.bins = bs;
+  }
+  return bs;
+}
+
 /* The calling thread's cache if it has one (no creation). */
 static obj_bins *pool_bins_peek(ma_pool *p) {
   pool_tld *t = tls_tld;
@@ -138,10 +160,6 @@ static obj_bins *pool_bins_peek(ma_pool *p) {
     if (b->in_use && b->tid == self) bs = b;
   pthread_mutex_unlock(&p->space.lock);
   return bs;
-}
-
-static inline void count(uint64_t *c) {
-  __atomic_store_n(c, *c + 1, __ATOMIC_RELAXED);
 }
 
 /* ---- the API ------------------------------------------------------------------------- */
@@ -186,6 +204,7 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
   p->zero = opts->zero;
   p->slot = POOL_NONE;
   pthread_mutex_lock(&pools_lock);
+  p->uid = next_uid++;
   for (uint32_t w = 0; w < POOL_SLOTS / 64 && p->slot == POOL_NONE; w++) {
     if (~slots_used[w]) {
       uint32_t b = (uint32_t)__builtin_ctzll(~slots_used[w]);
@@ -193,7 +212,9 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
       p->slot = w * 64 + b;
     }
   }
-  p->uid = next_uid++;
+  bool fast = !p->zero && !obj_tracking && p->slot != POOL_NONE;
+  p->fslot = p->slot == POOL_NONE ? 0 : p->slot;
+  p->uid_fast = fast ? p->uid : ~(uint64_t)0;
   p->prev = NULL;
   p->next = pools;
   if (pools) pools->prev = p;
@@ -203,12 +224,17 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
   return 0;
 }
 
-void *ma_pool_alloc(ma_pool *p) {
-  if (obj_unlikely(p == NULL)) {
+/* The fast paths below are written out by hand (no spills, one exit to a noinline slow
+ * path): a TLS slot lookup and a pop; a map check, a slab lookup, an exact-block check and
+ * a push. Everything else (zero pools, valgrind, foreign pointers, remote frees, misuse)
+ * goes to the slow paths. */
+
+static __attribute__((noinline)) void *pool_alloc_slow(ma_pool *p) {
+  if (p == NULL) {
     errno = EINVAL;
     return NULL;
   }
-  obj_bins *bs = pool_bins(p);
+  obj_bins *bs = pool_bins_last(p);
   if (obj_unlikely(bs == NULL)) return NULL;
   void *o;
   if (obj_unlikely(obj_tracking))
@@ -217,8 +243,26 @@ void *ma_pool_alloc(ma_pool *p) {
     o = obj_bin_alloc_zero(bs, bs->bins);
   else
     o = obj_bin_alloc(bs, bs->bins);
-  if (obj_likely(o != NULL)) count(&bs->allocs);
+  if (obj_likely(o != NULL)) bs->allocs++;
   return o;
+}
+
+void *ma_pool_alloc(ma_pool *p) {
+  if (obj_likely(p != NULL && tls_last.uid == p->uid_fast)) {
+    obj_bins *bs = tls_last.bins;
+    obj_slab *s = bs->bins[0].cur;
+    obj_block *b = s->free;
+    if (obj_likely(b != NULL)) {
+      obj_link_open(b);
+      s->free = b->next;
+      obj_unpoison(b, s->stride);
+      b->key = 0;
+      s->cnt++;
+      bs->allocs++; /* plain: stats readers tolerate a torn view */
+      return b;
+    }
+  }
+  return pool_alloc_slow(p);
 }
 
 static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment *seg, void *obj) {
@@ -231,26 +275,73 @@ static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment
   obj_fatal("invalid free (interior pointer)", obj);
 }
 
-void ma_pool_free(ma_pool *p, void *obj) {
-  if (obj_unlikely(obj == NULL)) return;
-  if (obj_unlikely(p == NULL)) obj_fatal("invalid free (NULL pool)", obj);
+static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
+  if (obj == NULL) return;
+  if (p == NULL) obj_fatal("invalid free (NULL pool)", obj);
   obj_segment *seg = obj_segment_of(obj);
-  if (obj_unlikely(seg == NULL || seg->space != &p->space)) bad_free(p, seg, obj);
+  if (seg == NULL || seg->space != &p->space) bad_free(p, seg, obj);
   obj_slab *s = obj_slab_of(seg, obj);
   uint32_t idx;
-  if (obj_unlikely(!obj_block_index(s, obj, &idx))) bad_free(p, seg, obj);
-  if (obj_unlikely(obj_tracking)) {
-    if (obj_is_local(s)) count(&__atomic_load_n(&seg->owner, __ATOMIC_RELAXED)->frees);
+  if (!obj_block_index(s, obj, &idx)) bad_free(p, seg, obj);
+  /* Count the free on this thread's cache (made if need be) before the block goes: the
+   * free may release the segment. Without a cache (ENOMEM) the count is lost. */
+  obj_bins *mine = pool_bins_last(p);
+  if (mine) mine->frees++;
+  if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
-    return;
-  }
-  if (obj_likely(obj_is_local(s))) {
-    obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
-    count(&bs->frees); /* before the free: it may release the segment */
+  else if (obj_is_local(s))
     obj_free_local(s, obj);
-  } else {
+  else
     obj_free_remote(seg, s, (obj_block *)obj);
+}
+
+/* A validated object whose slab another thread owns (or valgrind tracks). */
+static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *seg, obj_slab *s,
+                                                      void *obj) {
+  obj_bins *mine = pool_bins_last(p);
+  if (mine) mine->frees++;
+  if (obj_tracking)
+    obj_free_tracked(seg, s, obj, p->obj_size);
+  else
+    obj_free_remote(seg, s, (obj_block *)obj);
+}
+
+void ma_pool_free(ma_pool *p, void *obj) {
+  uintptr_t a = (uintptr_t)obj, c = a >> OBJ_SEG_SHIFT;
+  /* p != NULL implies the segment map exists; NULL obj fails the map check (sentinel). */
+  if (obj_likely(p != NULL && obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == (uint32_t)c)) {
+    obj_segment *seg = (obj_segment *)(a & ~(OBJ_SEG_SIZE - 1));
+    if (obj_likely(seg->space == &p->space)) {
+      obj_slab *s = (obj_slab *)((char *)seg->slabs + (((a & (OBJ_SEG_SIZE - 1)) >> seg->slab_shift)
+                                                       << OBJ_SLAB_DESC_SHIFT));
+      obj_block *b = obj;
+      if (obj_unlikely(obj_block_q(s, a) >= s->carved)) goto slow;
+      if (obj_unlikely(s->owner_tid != obj_tid())) {
+        pool_free_other(p, seg, s, obj);
+        return;
+      }
+      {
+        obj_link_open(b);
+        if (obj_likely(b->key != s->key)) {
+          obj_poison(b, s->stride);
+          obj_link_open(b);
+          b->next = s->local_free;
+          b->key = s->key;
+          obj_link_close(b);
+          s->local_free = b;
+          seg->owner->frees++;
+          /* --cnt, slow path at <= 0, as one instruction pair */
+          __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
+          return;
+        notify:
+          obj_slab_notify(s);
+          return;
+        }
+      }
+    }
   }
+slow:
+  pool_free_slow(p, obj);
 }
 
 int ma_pool_trim(ma_pool *p) {
@@ -267,7 +358,7 @@ int ma_pool_trim(ma_pool *p) {
 
 void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out) {
   if (!p || !out) return;
-  size_t allocs = 0, frees = __atomic_load_n(&p->space.remote_frees, __ATOMIC_RELAXED);
+  size_t allocs = 0, frees = 0;
   pthread_mutex_lock(&p->space.lock);
   for (obj_bins *bs = p->space.all_bins; bs; bs = bs->next_all) {
     allocs += __atomic_load_n(&bs->allocs, __ATOMIC_RELAXED);
