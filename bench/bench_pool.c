@@ -304,20 +304,20 @@ static const struct {
 
 static double res[NPEER][NWORK][MAXREP];
 
-static int run_child(const char *self, size_t k, int rep) {
+/* Runs workload w of peer k in a fresh process (so no workload inherits another's heap). */
+static int run_child(const char *self, size_t k, size_t w, int rep) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
   if (pid == 0) {
     dup2(fds[1], 1);
     close(fds[0]);
-    if (peers[k].preload)
-      setenv("LD_PRELOAD", peers[k].preload, 1);
-    else
-      unsetenv("LD_PRELOAD");
+    if (peers[k].preload) setenv("LD_PRELOAD", peers[k].preload, 1);
+    else unsetenv("LD_PRELOAD");
     char sc[32];
     snprintf(sc, sizeof sc, "%g", scale);
-    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, (char *)NULL);
+    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, "--only",
+          works[w].name, (char *)NULL);
     _exit(127);
   }
   close(fds[1]);
@@ -325,8 +325,7 @@ static int run_child(const char *self, size_t k, int rep) {
   char name[64];
   double v;
   while (fscanf(f, "%63s %lf", name, &v) == 2)
-    for (size_t w = 0; w < NWORK; w++)
-      if (strcmp(name, works[w].name) == 0) res[k][w][rep] = v;
+    if (strcmp(name, works[w].name) == 0) res[k][w][rep] = v;
   fclose(f);
   int st;
   waitpid(pid, &st, 0);
@@ -376,11 +375,13 @@ int main(int argc, char **argv) {
   bool have[NPEER];
   for (size_t k = 0; k < NPEER; k++) have[k] = !peers[k].preload || !access(peers[k].preload, R_OK);
   for (int r = 0; r < reps; r++) {
-    for (size_t k = 0; k < NPEER; k++) {
-      if (!have[k]) continue;
-      if (run_child(self, k, r) != 0) {
-        fprintf(stderr, "bench_pool: child %s failed\n", peers[k].name);
-        have[k] = false;
+    for (size_t w = 0; w < NWORK; w++) {
+      for (size_t k = 0; k < NPEER; k++) {
+        if (!have[k]) continue;
+        if (run_child(self, k, w, r) != 0) {
+          fprintf(stderr, "bench_pool: child %s %s failed\n", peers[k].name, works[w].name);
+          have[k] = false;
+        }
       }
     }
     fprintf(stderr, "\rbench_pool: repetition %d/%d done", r + 1, reps);
