@@ -80,26 +80,27 @@ struct obj_segment;
 /* A slab: a run of pages carved into blocks of one stride. Lives in the segment header. */
 typedef struct __attribute__((aligned(64))) obj_slab {
   /* first cache line: everything the owner's fast paths touch */
-  obj_block *free;       /* pop here */
-  obj_block *local_free; /* owner frees push here */
-  int32_t cnt;           /* used - notify: a free takes the slow path when --cnt <= 0 */
-  int32_t notify;        /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
-                            (blocks out, incl. remote frees not collected) is cnt + notify */
-  uintptr_t key;         /* double-free tag: cookie ^ address */
-  uintptr_t owner_tid;   /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
-  char *start;           /* first block */
-  uint64_t inv;          /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
-  uint32_t stride;       /* block size */
-  uint32_t carved;       /* blocks carved so far (the rest was never touched) */
-  /* second line */
+  obj_block *free;     /* pop here; the owner's frees push here too (LIFO: cache-warm) */
+  int32_t cnt;         /* used - notify: a free takes the slow path when --cnt <= 0 */
+  int32_t notify;      /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
+                          (blocks out, incl. remote frees not collected) is cnt + notify */
+  uintptr_t key;       /* double-free tag: cookie ^ address */
+  uintptr_t owner_tid; /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
+  char *start;         /* first block */
+  uint64_t inv;        /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
+  uint32_t stride;     /* block size */
+  uint32_t carved;     /* blocks carved so far (the rest was never touched) */
+  uint8_t inv_shift;   /* stride = odd << inv_shift */
+  uint8_t free_zero;   /* every block on `free` is zero beyond its link word */
+  uint8_t pad_[6];
+  /* second line: slow paths */
+  obj_block *local_free;        /* remote frees once collected */
   uint32_t capacity;            /* blocks that fit */
   uint16_t bin_idx;             /* bin of the owner */
-  uint8_t inv_shift;            /* stride = odd << inv_shift */
   uint8_t active;               /* handed to a bin */
-  uint8_t free_zero;            /* every block on `free` is zero beyond its link word */
   uint8_t fresh;                /* the slab's pages are untouched since commit (zero) */
   uint8_t committed;            /* pages accessible */
-  obj_block *remote;            /* other threads push here (atomic) */
+  obj_block *remote;            /* other threads push here (atomic, see obj_bins.c) */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
 
@@ -296,10 +297,11 @@ static inline void obj_free_local(obj_slab *s, void *p) {
   if (obj_unlikely(b->key == s->key)) obj_fatal("double free", p);
   obj_poison(b, s->stride);
   obj_link_open(b);
-  b->next = s->local_free;
+  b->next = s->free;
   b->key = s->key;
   obj_link_close(b);
-  s->local_free = b;
+  s->free = b;
+  s->free_zero = 0;
   if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
 }
 

@@ -361,7 +361,7 @@ void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
 }
 
 void obj_slab_notify(obj_slab *s) {
-  if (obj_slab_used(s) < 0) obj_fatal("double free", s->local_free);
+  if (obj_slab_used(s) < 0) obj_fatal("double free", s->free);
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
@@ -421,10 +421,11 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   if (o && o->tid == obj_tid() && s->owner_tid == 1) {
     obj_poison(b, s->stride);
     obj_link_open_rt(b);
-    b->next = s->local_free;
+    b->next = s->free;
     b->key = s->key;
     obj_link_close_rt(b);
-    s->local_free = b;
+    s->free = b;
+    s->free_zero = 0;
     if (--s->cnt <= 0) obj_slab_notify(s);
   } else {
     obj_free_remote(seg, s, b);
@@ -600,7 +601,42 @@ void obj_space_trim(obj_space *sp) {
   pthread_mutex_unlock(&sp->lock);
 }
 
+/* Under valgrind: tells memcheck that the live blocks of seg are gone (a destroyed pool
+ * frees its objects; they must not show up as leaks). */
+static void untrack_live(obj_segment *seg) {
+  for (uint32_t i = 0; i < seg->nslabs; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (!s->active || s->carved == 0) continue;
+    size_t words = (s->carved + 63) / 64, len = (words * 8 + 4095) & ~(size_t)4095;
+    uint64_t *freed = os_alloc(len, 0, false);
+    if (!freed) continue;
+    obj_block *lists[3] = {s->free, s->local_free,
+                           (obj_block *)((uintptr_t)s->remote & ~OBJ_REMOTE_BUSY)};
+    for (int l = 0; l < 3; l++) {
+      for (obj_block *b = lists[l]; b;) {
+        uint32_t idx;
+        if (!obj_block_index(s, b, &idx)) break;
+        freed[idx / 64] |= (uint64_t)1 << (idx % 64);
+        obj_link_open_rt(b);
+        obj_block *nx = b->next;
+        obj_link_close_rt(b);
+        b = nx;
+      }
+    }
+    for (uint32_t k = 0; k < s->carved; k++)
+      if (!(freed[k / 64] & ((uint64_t)1 << (k % 64))))
+        obj_track_free(s->start + (size_t)k * s->stride, s->stride);
+    os_release(freed, len);
+  }
+}
+
 void obj_space_destroy(obj_space *sp) {
+  if (obj_tracking) {
+    for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
+      for (int k = 0; k < OBJ_NSHIFTS; k++)
+        for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next) untrack_live(seg);
+    for (obj_segment *seg = sp->abandoned; seg; seg = seg->next) untrack_live(seg);
+  }
   obj_bins *bs = sp->all_bins;
   while (bs) {
     obj_bins *next = bs->next_all;

@@ -325,10 +325,11 @@ void ma_pool_free(ma_pool *p, void *obj) {
         if (obj_likely(b->key != s->key)) {
           obj_poison(b, s->stride);
           obj_link_open(b);
-          b->next = s->local_free;
+          b->next = s->free;
           b->key = s->key;
           obj_link_close(b);
-          s->local_free = b;
+          s->free = b;
+          s->free_zero = 0;
           seg->owner->frees++;
           /* --cnt, slow path at <= 0, as one instruction pair */
           __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
