@@ -1,39 +1,52 @@
 /* Object layer: aligned segments carved into slabs of fixed-size blocks, with per-thread
  * caches (obj_bins). Used by ma_pool (src/obj/pool.c) and by the heap (src/malloc/).
  *
+ * Model. A segment is OBJ_SEG_SIZE (4 MiB) aligned: a header (magic, space, owner bins, the
+ * slab descriptors) then 2^(22-shift) slabs of 2^shift bytes (shift 16..22; slab 0 starts
+ * after the header), or one slab for big strides ("huge", any multiple of 4 MiB). The
+ * global segment map (obj_segmap, 4 bytes per 4 MiB of address space, reserved lazily)
+ * says which chunks start one of our segments: pointer -> segment -> slab is O(1) and
+ * lock-free, and a pointer we did not hand out is recognised.
+ *
  * HOW THE HEAP USES THIS LAYER
  * ----------------------------
- * 1. One obj_space per family of memory (the heap: one, prot READ|WRITE): obj_space_init().
- *    The space owns the accounting (committed/reserved bytes, max_bytes), the list of
- *    segments abandoned by exited threads, and every obj_bins created for it.
- * 2. One obj_bins per thread: obj_bins_get(space, nbins, strides, aligns) hands back a
- *    recycled or new one (metadata from the page layer, never from malloc). Bin i serves
- *    blocks of strides[i] bytes (a multiple of 8, >= 16; the size class). Keep the pointer in
- *    an initial-exec TLS variable.
+ * 1. One obj_space for the heap: obj_space_init(&sp, READ|WRITE, 0, false, 0, "mapalloc-heap").
+ *    It owns the accounting (committed/reserved bytes, max_bytes), the segments abandoned
+ *    by exited threads and every obj_bins made for it. Never destroyed in the heap.
+ * 2. One obj_bins per thread: obj_bins_get(&sp, nbins, strides, aligns) returns a recycled
+ *    or new one (metadata from the page layer, never from malloc). Bin i serves blocks of
+ *    strides[i] bytes (>= 16, a multiple of 8: the size class; aligns[i] may be NULL = 8,
+ *    pass 16 for malloc). Slab size follows the stride (>= 16 blocks per slab). Keep the
+ *    pointer in an initial-exec TLS variable; all bins of one space must use the same
+ *    strides table (abandoned slabs are re-filed by bin index).
  * 3. Fast paths (inline, no lock, no atomic RMW, no division, no syscall):
- *      void *p = obj_bin_alloc(bins, &bins->bins[cls]);     NULL + errno=ENOMEM on failure
- *      void *p = obj_bin_alloc_zero(bins, &bins->bins[cls]);  calloc: memset only if dirty
- *      obj_segment *seg = obj_segment_of(p);   NULL: not our pointer ("invalid free")
- *      obj_slab *s = obj_slab_of(seg, p);
- *      obj_block_index(s, p, &idx) -> false: not the start of a handed-out block
- *      obj_free(seg, s, p);                      local push or atomic remote push
- *    (obj_free_local(s, p) when obj_is_local(s), to count frees on the owner's bins)
- *    obj_free() aborts with "mapalloc: double free of 0x..." on a block already free
- *    (a keyed tag in the block's second word). s->stride is the usable size.
- * 4. Thread exit: obj_bins_abandon(bins) from the pthread_key destructor. Live slabs are
- *    parked on the space; other threads adopt them in their slow path (their remote frees
- *    are collected), obj_space_trim() purges what nobody adopted. Nothing leaks.
+ *      p = obj_bin_alloc(bs, &bs->bins[cls]);       NULL + errno = ENOMEM on failure
+ *      p = obj_bin_alloc_zero(bs, &bs->bins[cls]);  calloc: no memset on fresh pages
+ *      seg = obj_segment_of(p);        NULL: not ours -> "invalid free"; then check
+ *                                      seg->space == &sp (a pool's segment is not yours)
+ *      s = obj_slab_of(seg, p);  obj_block_index(s, p, &i)  false: not a block start
+ *      obj_free(seg, s, p);            owner: LIFO push; other thread: atomic remote push
+ *    s->stride is the usable size. obj_free aborts "mapalloc: double free of 0x..." when
+ *    the block is already free (a keyed tag in its second word, cleared on alloc).
+ *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand
+ *    (~16 and ~40 instructions) with obj_segment_of_fast (one map compare).
+ * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor. Live segments are
+ *    parked on the space and adopted by other threads' slow paths (their remote frees are
+ *    collected); obj_space_trim() purges abandoned ones nobody adopted. Nothing leaks.
  * 5. Purging: an emptied slab stays committed while the thread retains less than
- *    OBJ_RETAIN_BYTES of empty slabs, beyond that it is decommitted at once; empty segments
- *    are unmapped. obj_bins_trim(bins) (owner thread) decommits every retained slab now;
- *    obj_space_trim(space) does the abandoned segments.
- * 6. Valgrind/ASan: call obj_track_alloc/obj_track_free around user-visible blocks when
- *    obj_tracking (valgrind detected at run time) or OBJ_ASAN; the inline paths are only
- *    valid for !obj_tracking (check it once per call, it is a predictable branch).
+ *    OBJ_RETAIN_BYTES (1 MiB) of empty slabs, else it is decommitted at once; a segment with
+ *    no active slab is unmapped unless it is the thread's only one of its kind.
+ *    obj_bins_trim(bs) (owner) decommits every retained slab now (malloc_trim); a bump of
+ *    sp->trim_epoch makes every thread do that at its next slow path.
+ * 6. Valgrind: when obj_tracking (valgrind detected at run time; MAPALLOC_TRACK=0 turns it
+ *    off) slabs get owner_tid 1, so every free misses the inline local path; route such
+ *    frees to obj_free_tracked and allocs to obj_bin_alloc_tracked (memcheck client
+ *    requests). ASan poisoning of free blocks is compiled into the inline paths.
  *
  * Threading rules: a slab has one owner thread (s->owner_tid); only the owner touches
- * free/local_free/used and the bin lists. Other threads only push onto s->remote (CAS) and
- * set a bit in seg->remote_mask and bins->has_remote; the owner collects in its slow path.
+ * free/local_free/cnt/notify and the bin lists. Other threads only push onto s->remote
+ * (CAS; the protocol is described in obj_bins.c) and announce the first push through a bit
+ * in seg->remote_mask and bins->has_remote; the owner collects in its slow path.
  */
 #ifndef MAPALLOC_OBJ_H
 #define MAPALLOC_OBJ_H
