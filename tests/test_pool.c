@@ -588,3 +588,84 @@ Test(pool, misuse_message_names_it) {
   cr_assert(strstr(buf, "mapalloc: double free of 0x") != NULL, "message: %s", buf);
   ma_pool_destroy(p);
 }
+
+/* ---- the object layer as the heap will use it (src/obj/obj.h) -------------------------- */
+
+static obj_space heap_sp;
+static const uint32_t heap_strides[] = {16,   32,   48,    64,    80,    112,   128,
+                                        1024, 4096, 12288, 65536, 262144, 1048576};
+#define NB (sizeof heap_strides / sizeof heap_strides[0])
+
+static void *heap_thread(void *arg) {
+  void **out = arg;
+  obj_bins *bs = obj_bins_get(&heap_sp, NB, heap_strides, NULL);
+  cr_assert_not_null(bs);
+  for (uint32_t i = 0; i < NB; i++) {
+    out[i] = obj_bin_alloc(bs, &bs->bins[i]);
+    cr_assert_not_null(out[i]);
+    memset(out[i], 0x33, heap_strides[i]);
+  }
+  obj_bins_abandon(bs); /* thread exit: live blocks stay valid */
+  return NULL;
+}
+
+Test(obj, multi_class_bins_for_the_heap) {
+  cr_assert_eq(obj_space_init(&heap_sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "test"), 0);
+  obj_bins *bs = obj_bins_get(&heap_sp, NB, heap_strides, NULL);
+  cr_assert_not_null(bs);
+  enum { N = 300 };
+  static void *v[NB][N];
+  for (uint32_t i = 0; i < NB; i++) {
+    uint32_t n = heap_strides[i] >= 65536 ? 20 : N;
+    for (uint32_t k = 0; k < n; k++) {
+      char *p = obj_bin_alloc(bs, &bs->bins[i]);
+      cr_assert_not_null(p);
+      cr_assert_eq((uintptr_t)p % 16, 0);
+      memset(p, (int)k, heap_strides[i]);
+      obj_segment *seg = obj_segment_of(p);
+      cr_assert_not_null(seg);
+      cr_assert_eq(seg->space, &heap_sp);
+      obj_slab *s = obj_slab_of(seg, p);
+      cr_assert_eq(s->stride, heap_strides[i]);
+      uint32_t idx;
+      cr_assert(obj_block_index(s, p, &idx));
+      cr_assert_eq(s->start + (size_t)idx * s->stride, p);
+      cr_assert_not(obj_block_index(s, p + 8, &idx), "interior pointer");
+      v[i][k] = p;
+    }
+  }
+  int local;
+  cr_assert_null(obj_segment_of(&local), "a stack address is not ours");
+  void *m = malloc(64);
+  cr_assert_null(obj_segment_of(m), "a malloc block is not ours");
+  free(m);
+  cr_assert_null(obj_segment_of(NULL));
+  /* calloc-like: a dirty block comes back zeroed */
+  obj_free(obj_segment_of(v[3][0]), obj_slab_of(obj_segment_of(v[3][0]), v[3][0]), v[3][0]);
+  unsigned char *z = obj_bin_alloc_zero(bs, &bs->bins[3]);
+  for (int j = 0; j < 64; j++) cr_assert_eq(z[j], 0);
+  v[3][0] = z;
+  /* a thread that exits with live blocks in every class */
+  void *orphan[NB];
+  pthread_t t;
+  pthread_create(&t, NULL, heap_thread, orphan);
+  pthread_join(t, NULL);
+  for (uint32_t i = 0; i < NB; i++) {
+    cr_assert_eq(((unsigned char *)orphan[i])[heap_strides[i] - 1], 0x33);
+    obj_segment *seg = obj_segment_of(orphan[i]);
+    obj_free(seg, obj_slab_of(seg, orphan[i]), orphan[i]);
+  }
+  for (uint32_t i = 0; i < NB; i++) {
+    uint32_t n = heap_strides[i] >= 65536 ? 20 : N;
+    for (uint32_t k = 0; k < n; k++) {
+      obj_segment *seg = obj_segment_of(v[i][k]);
+      obj_free(seg, obj_slab_of(seg, v[i][k]), v[i][k]);
+    }
+  }
+  obj_space_trim(&heap_sp);
+  obj_bins_trim(bs);
+  cr_assert_eq(heap_sp.capacity, 0, "every slab retired");
+  cr_assert_leq(heap_sp.committed, 8 * 64 * 1024, "committed %zu", heap_sp.committed);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&heap_sp);
+}
