@@ -319,12 +319,14 @@ static int run_child(const char *self, size_t k, size_t w, int rep) {
   if (pid == 0) {
     dup2(fds[1], 1);
     close(fds[0]);
-    if (peers[k].preload) setenv("LD_PRELOAD", peers[k].preload, 1);
-    else unsetenv("LD_PRELOAD");
+    if (peers[k].preload)
+      setenv("LD_PRELOAD", peers[k].preload, 1);
+    else
+      unsetenv("LD_PRELOAD");
     char sc[32];
     snprintf(sc, sizeof sc, "%g", scale);
-    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, "--only",
-          works[w].name, (char *)NULL);
+    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, "--only", works[w].name,
+          (char *)NULL);
     _exit(127);
   }
   close(fds[1]);

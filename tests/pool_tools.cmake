@@ -4,7 +4,8 @@ add_executable(pool_misuse ${CMAKE_CURRENT_SOURCE_DIR}/pool_misuse.c)
 target_link_libraries(pool_misuse PRIVATE mapalloc_static)
 
 find_program(MAPALLOC_VALGRIND valgrind)
-if(MAPALLOC_VALGRIND AND MAPALLOC_HAVE_VALGRIND_H)
+# (Not in sanitizer builds: those binaries do not run under valgrind.)
+if(MAPALLOC_VALGRIND AND MAPALLOC_HAVE_VALGRIND_H AND NOT MAPALLOC_SANITIZE)
   add_test(NAME pool_valgrind_uaf
     COMMAND ${MAPALLOC_VALGRIND} -q --error-exitcode=99 $<TARGET_FILE:pool_misuse> uaf)
   set_tests_properties(pool_valgrind_uaf PROPERTIES

@@ -592,7 +592,7 @@ Test(pool, misuse_message_names_it) {
 /* ---- the object layer as the heap will use it (src/obj/obj.h) -------------------------- */
 
 static obj_space heap_sp;
-static const uint32_t heap_strides[] = {16,   32,   48,    64,    80,    112,   128,
+static const uint32_t heap_strides[] = {16,   32,   48,    64,    80,     112,    128,
                                         1024, 4096, 12288, 65536, 262144, 1048576};
 #define NB (sizeof heap_strides / sizeof heap_strides[0])
 

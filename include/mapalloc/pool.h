@@ -11,6 +11,13 @@
  * changes on failure. Misuse that is cheap to detect (a double free, a pointer into the
  * middle of an object, another pool's object, a pointer that no pool handed out) aborts
  * the process with a message naming it, e.g. "mapalloc: double free of 0x...".
+ *
+ * Performance notes: a thread reaches its cache for the pool it used last in one compare,
+ * for up to 256 live pools through a TLS table, beyond that through a locked lookup.
+ * Pools with zero = true, and every pool under valgrind, take a slightly longer path.
+ * Under valgrind (memcheck) objects are reported as heap blocks (MALLOCLIKE/FREELIKE); with
+ * -fsanitize=address free objects are poisoned. MAPALLOC_TRACK=0 turns the valgrind client
+ * requests off (for callgrind runs).
  */
 #ifndef MAPALLOC_POOL_H
 #define MAPALLOC_POOL_H
