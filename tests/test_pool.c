@@ -669,3 +669,78 @@ Test(obj, multi_class_bins_for_the_heap) {
   obj_bins_abandon(bs);
   obj_space_destroy(&heap_sp);
 }
+
+/* Short-lived producers hand objects to long-lived consumers and exit while their objects
+ * are still being freed: remote frees race abandonment and adoption. */
+typedef struct {
+  ma_pool *p;
+  pthread_mutex_t mu;
+  uint64_t **q;
+  size_t head, tail, cap;
+  atomic_int producers_left;
+} exitq_t;
+
+static void *short_producer(void *arg) {
+  exitq_t *x = arg;
+  for (int i = 0; i < 10000; i++) {
+    uint64_t *o = ma_pool_alloc(x->p);
+    cr_assert_not_null(o);
+    o[0] = (uint64_t)(uintptr_t)o ^ 0x5555;
+    o[5] = ~o[0];
+    pthread_mutex_lock(&x->mu);
+    x->q[x->head++ % x->cap] = o;
+    pthread_mutex_unlock(&x->mu);
+    if (i % 7 == 0) ma_pool_free(x->p, ma_pool_alloc(x->p)); /* local churn too */
+  }
+  atomic_fetch_sub(&x->producers_left, 1);
+  return NULL;
+}
+
+static void *long_consumer(void *arg) {
+  exitq_t *x = arg;
+  for (;;) {
+    uint64_t *o = NULL;
+    pthread_mutex_lock(&x->mu);
+    if (x->tail < x->head) o = x->q[x->tail++ % x->cap];
+    pthread_mutex_unlock(&x->mu);
+    if (!o) {
+      if (atomic_load(&x->producers_left) == 0) {
+        pthread_mutex_lock(&x->mu);
+        bool empty = x->tail == x->head;
+        pthread_mutex_unlock(&x->mu);
+        if (empty) return NULL;
+      }
+      sched_yield();
+      continue;
+    }
+    if (o[0] != ((uint64_t)(uintptr_t)o ^ 0x5555) || o[5] != ~o[0])
+      cr_assert_fail("object %p corrupted", (void *)o);
+    ma_pool_free(x->p, o);
+  }
+}
+
+Test(pool, producers_exit_while_consumers_free) {
+  exitq_t *x = calloc(1, sizeof *x);
+  x->p = mk(48, 0, false, false, 0);
+  pthread_mutex_init(&x->mu, NULL);
+  x->cap = 8 * 10000;
+  x->q = calloc(x->cap, sizeof *x->q);
+  atomic_store(&x->producers_left, 8);
+  pthread_t c[2], pr[8];
+  for (int i = 0; i < 2; i++) pthread_create(&c[i], NULL, long_consumer, x);
+  for (int r = 0; r < 4; r++) { /* two at a time: threads come and go */
+    pthread_create(&pr[2 * r], NULL, short_producer, x);
+    pthread_create(&pr[2 * r + 1], NULL, short_producer, x);
+    pthread_join(pr[2 * r], NULL);
+    pthread_join(pr[2 * r + 1], NULL);
+  }
+  for (int i = 0; i < 2; i++) pthread_join(c[i], NULL);
+  ma_pool_stats s = st(x->p);
+  cr_assert_eq(s.live, 0, "live %zu", s.live);
+  cr_assert_eq(s.allocs, s.frees);
+  ma_pool_trim(x->p);
+  cr_assert_leq(st(x->p).committed_bytes, 64 * 1024, "committed %zu", st(x->p).committed_bytes);
+  ma_pool_destroy(x->p);
+  free(x->q);
+  free(x);
+}
