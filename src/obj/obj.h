@@ -234,10 +234,16 @@ static inline uint64_t obj_block_q(const obj_slab *s, uintptr_t p) {
   return (x >> k) | (x << ((64 - k) & 63));
 }
 
+/* carved only grows while a slab is active, and a thread holding one of its blocks saw a
+ * value covering that block: a relaxed read from any thread is enough. */
+static inline uint32_t obj_slab_carved(const obj_slab *s) {
+  return __atomic_load_n(&s->carved, __ATOMIC_RELAXED);
+}
+
 static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *idx) {
   uint64_t q = obj_block_q(s, (uintptr_t)p);
   *idx = (uint32_t)q;
-  return obj_likely(q < s->carved);
+  return obj_likely(q < obj_slab_carved(s));
 }
 
 /* ---- instrumentation ---------------------------------------------------------------

@@ -63,7 +63,7 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   for (int i = 0; i < 5; i++) inv *= 2 - odd * inv;
   s->inv = inv;
   s->inv_shift = (uint8_t)k;
-  s->carved = 0;
+  __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
   s->free = s->local_free = NULL;
   __atomic_store_n(&s->remote, NULL, __ATOMIC_RELAXED);
   s->notify = -1;
@@ -96,7 +96,7 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
   if (bin->cur == s) bin->cur = &obj_empty_slab;
   __atomic_sub_fetch(&bs->space->capacity, s->capacity, __ATOMIC_RELAXED);
   s->active = 0;
-  s->carved = 0; /* no pointer into it passes obj_block_index any more */
+  __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED); /* no pointer passes obj_block_index */
   s->free = s->local_free = NULL;
   s->fresh = 0;
   __atomic_store_n(&s->owner_tid, 0, __ATOMIC_RELAXED);
@@ -184,7 +184,7 @@ static void slab_carve(obj_slab *s) {
     b->next = i + 1 < n ? (obj_block *)(p + s->stride) : NULL;
     obj_link_close_rt(b);
   }
-  s->carved += n;
+  __atomic_store_n(&s->carved, s->carved + n, __ATOMIC_RELAXED);
   s->free = head;
   s->free_zero = s->fresh;
 }
@@ -581,7 +581,7 @@ void obj_space_trim(obj_space *sp) {
       if (obj_slab_used(s) != 0) continue;
       __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
       s->active = 0;
-      s->carved = 0;
+      __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
       s->free = s->local_free = NULL;
       seg->free_mask |= (uint64_t)1 << i;
       seg->nactive--;

@@ -270,7 +270,7 @@ static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment
   if (seg->space != &p->space) obj_fatal("free of another pool's object", obj);
   obj_slab *s = obj_slab_of(seg, obj);
   if (!s->active || (uintptr_t)obj < (uintptr_t)s->start ||
-      (uintptr_t)obj >= (uintptr_t)s->start + (size_t)s->carved * s->stride)
+      (uintptr_t)obj >= (uintptr_t)s->start + (size_t)obj_slab_carved(s) * s->stride)
     obj_fatal("invalid free (not a live object)", obj);
   obj_fatal("invalid free (interior pointer)", obj);
 }
@@ -315,8 +315,8 @@ void ma_pool_free(ma_pool *p, void *obj) {
       obj_slab *s = (obj_slab *)((char *)seg->slabs + (((a & (OBJ_SEG_SIZE - 1)) >> seg->slab_shift)
                                                        << OBJ_SLAB_DESC_SHIFT));
       obj_block *b = obj;
-      if (obj_unlikely(obj_block_q(s, a) >= s->carved)) goto slow;
-      if (obj_unlikely(s->owner_tid != obj_tid())) {
+      if (obj_unlikely(obj_block_q(s, a) >= obj_slab_carved(s))) goto slow;
+      if (obj_unlikely(!obj_is_local(s))) {
         pool_free_other(p, seg, s, obj);
         return;
       }
