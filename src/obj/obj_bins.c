@@ -25,22 +25,6 @@ static void partial_unlink(obj_bin *bin, obj_slab *s) {
   s->next = s->prev = NULL;
 }
 
-static void seg_link(obj_segment **head, obj_segment *seg) {
-  seg->prev = NULL;
-  seg->next = *head;
-  if (*head) (*head)->prev = seg;
-  *head = seg;
-}
-
-static void seg_unlink(obj_segment **head, obj_segment *seg) {
-  if (seg->prev)
-    seg->prev->next = seg->next;
-  else
-    *head = seg->next;
-  if (seg->next) seg->next->prev = seg->prev;
-  seg->next = seg->prev = NULL;
-}
-
 /* ---- slabs ---------------------------------------------------------------------------- */
 
 static size_t slab_len(const obj_segment *seg, const obj_slab *s) {
@@ -83,7 +67,7 @@ static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
     obj_slab *s = &seg->slabs[i];
     if (!s->active && s->committed) bs->retained -= slab_len(seg, s);
   }
-  seg_unlink(&bs->segs[seg->kind], seg);
+  obj_seg_unlink(&bs->segs[seg->kind], seg);
   obj_segment_release(seg);
 }
 
@@ -128,7 +112,6 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
  *   segment) cannot be retired under the announcing thread;
  * - the owner clears a slab's mask bit before it takes the list, so a push onto the emptied
  *   list announces again. No remote free is ever left unannounced. */
-#define OBJ_REMOTE_BUSY ((uintptr_t)1)
 
 static void announce(obj_segment *seg, obj_slab *s) {
   uint64_t bit = (uint64_t)1 << (s - seg->slabs);
@@ -140,7 +123,7 @@ static void announce(obj_segment *seg, obj_slab *s) {
 }
 
 /* Owner: moves the remote list into local_free; returns the number of blocks collected. */
-static uint32_t slab_collect(obj_slab *s) {
+uint32_t obj_slab_collect(obj_slab *s) {
   uintptr_t w = (uintptr_t)__atomic_load_n(&s->remote, __ATOMIC_ACQUIRE);
   if (w == 0) return 0;
   obj_segment *seg = obj_segment_of_slab(s);
@@ -199,7 +182,7 @@ static bool slab_refill(obj_slab *s) {
       slab_carve(s);
       return true;
     }
-    slab_collect(s);
+    obj_slab_collect(s);
   }
   if (s->local_free) {
     s->free = s->local_free;
@@ -233,7 +216,7 @@ static void collect_remote_all(obj_bins *bs) {
         uint32_t i = (uint32_t)__builtin_ctzll(m);
         m &= m - 1;
         obj_slab *s = &seg->slabs[i];
-        if (s->active && slab_collect(s) && slab_after_collect(bs, s)) break;
+        if (s->active && obj_slab_collect(s) && slab_after_collect(bs, s)) break;
       }
       seg = next;
     }
@@ -243,7 +226,7 @@ static void collect_remote_all(obj_bins *bs) {
 /* ---- adoption ------------------------------------------------------------------------- */
 
 static void adopt_segment(obj_bins *bs, obj_segment *seg) {
-  seg_link(&bs->segs[seg->kind], seg);
+  obj_seg_link(&bs->segs[seg->kind], seg);
   __atomic_store_n(&seg->owner, bs, __ATOMIC_SEQ_CST);
   for (uint32_t i = 0; i < seg->nslabs; i++) {
     obj_slab *s = &seg->slabs[i];
@@ -256,7 +239,7 @@ static void adopt_segment(obj_bins *bs, obj_segment *seg) {
   for (uint32_t i = 0; i < seg->nslabs && seg->nactive; i++) {
     obj_slab *s = &seg->slabs[i];
     if (!s->active) continue;
-    slab_collect(s);
+    obj_slab_collect(s);
     if (s->bin_idx >= bs->nbins || bs->bins[s->bin_idx].stride != s->stride)
       obj_fatal("corrupt abandoned slab", s);
     if (slab_after_collect(bs, s)) return; /* the segment is gone */
@@ -270,7 +253,7 @@ static bool adopt_one(obj_bins *bs, int kind) {
   pthread_mutex_lock(&sp->lock);
   obj_segment *seg = sp->abandoned;
   while (seg && kind >= 0 && seg->kind != kind) seg = seg->next;
-  if (seg) seg_unlink(&sp->abandoned, seg);
+  if (seg) obj_seg_unlink(&sp->abandoned, seg);
   pthread_mutex_unlock(&sp->lock);
   if (!seg) return false;
   adopt_segment(bs, seg);
@@ -309,14 +292,14 @@ static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
     errno = ENOMEM;
     return NULL;
   }
-  seg_link(&bs->segs[seg->kind], seg);
+  obj_seg_link(&bs->segs[seg->kind], seg);
   __atomic_store_n(&seg->owner, bs, __ATOMIC_SEQ_CST);
   slab_activate(bs, bin, seg, 0);
   return &seg->slabs[0];
 }
 
 /* Makes bin->cur a slab with a non-empty free list; false on ENOMEM. */
-static bool bin_refill(obj_bins *bs, obj_bin *bin) {
+bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
   unsigned epoch = __atomic_load_n(&bs->space->trim_epoch, __ATOMIC_RELAXED);
   if (obj_unlikely(epoch != bs->trim_seen)) {
     bs->trim_seen = epoch;
@@ -356,7 +339,7 @@ static bool bin_refill(obj_bins *bs, obj_bin *bin) {
 }
 
 void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
-  if (!bin_refill(bs, bin)) return NULL;
+  if (!obj_bin_refill(bs, bin)) return NULL;
   return obj_bin_alloc(bs, bin);
 }
 
@@ -387,48 +370,6 @@ void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b) {
   if (head == 0) { /* we made the list non-empty: announce, then let the owner take it */
     announce(seg, s);
     __atomic_fetch_and((uintptr_t *)&s->remote, ~OBJ_REMOTE_BUSY, __ATOMIC_RELEASE);
-  }
-}
-
-/* ---- tracked (valgrind) paths ----------------------------------------------------------- */
-
-void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) {
-  obj_slab *s = bin->cur;
-  if (!s->free && !bin_refill(bs, bin)) return NULL;
-  s = bin->cur;
-  obj_block *b = s->free;
-  obj_link_open_rt(b);
-  s->free = b->next;
-  bool fz = s->free_zero;
-  obj_unpoison(b, s->stride);
-  obj_track_alloc(b, size, zero);
-  if (zero) {
-    if (fz)
-      b->next = NULL;
-    else
-      memset(b, 0, s->stride);
-  }
-  b->key = 0;
-  s->cnt++;
-  return b;
-}
-
-void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
-  obj_block *b = p;
-  if (b->key == s->key) obj_fatal("double free", p);
-  obj_track_free(p, size);
-  obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
-  if (o && o->tid == obj_tid() && s->owner_tid == 1) {
-    obj_poison(b, s->stride);
-    obj_link_open_rt(b);
-    b->next = s->free;
-    b->key = s->key;
-    obj_link_close_rt(b);
-    s->free = b;
-    s->free_zero = 0;
-    if (--s->cnt <= 0) obj_slab_notify(s);
-  } else {
-    obj_free_remote(seg, s, b);
   }
 }
 
@@ -485,7 +426,7 @@ void obj_bins_trim(obj_bins *bs) {
     obj_bin *bin = &bs->bins[i];
     obj_slab *s = bin->cur;
     if (s == &obj_empty_slab) continue;
-    slab_collect(s);
+    obj_slab_collect(s);
     if (obj_slab_used(s) == 0) (void)slab_retire(bs, s); /* notify == -1: not on a list */
   }
   for (int k = 0; k < OBJ_NSHIFTS; k++) {
@@ -508,7 +449,7 @@ void obj_bins_abandon(obj_bins *bs) {
     obj_bin *bin = &bs->bins[i];
     obj_slab *s = bin->cur;
     if (s != &obj_empty_slab) {
-      slab_collect(s);
+      obj_slab_collect(s);
       if (obj_slab_used(s) == 0) (void)slab_retire(bs, s);
     }
     bin->cur = &obj_empty_slab;
@@ -526,11 +467,11 @@ void obj_bins_abandon(obj_bins *bs) {
       if (seg->nactive == 0) {
         bins_release_segment(bs, seg);
       } else {
-        seg_unlink(&bs->segs[k], seg);
+        obj_seg_unlink(&bs->segs[k], seg);
         for (uint32_t i = 0; i < seg->nslabs; i++)
           if (seg->slabs[i].active) __atomic_store_n(&seg->slabs[i].owner_tid, 0, __ATOMIC_SEQ_CST);
         __atomic_store_n(&seg->owner, NULL, __ATOMIC_SEQ_CST);
-        seg_link(&list, seg);
+        obj_seg_link(&list, seg);
       }
       seg = next;
     }
@@ -538,130 +479,11 @@ void obj_bins_abandon(obj_bins *bs) {
   pthread_mutex_lock(&sp->lock);
   while (list) {
     obj_segment *seg = list;
-    seg_unlink(&list, seg);
-    seg_link(&sp->abandoned, seg);
+    obj_seg_unlink(&list, seg);
+    obj_seg_link(&sp->abandoned, seg);
   }
   bs->retained = 0;
   bs->tid = 0;
   bs->in_use = false;
   pthread_mutex_unlock(&sp->lock);
-}
-
-/* ---- spaces ----------------------------------------------------------------------------- */
-
-int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool populate,
-                   size_t max_bytes, const char *name) {
-  int rc = obj_global_init();
-  if (rc) return rc;
-  memset(sp, 0, sizeof *sp);
-  sp->prot = prot;
-  sp->map_flags = map_flags;
-  sp->populate = populate;
-  sp->max_bytes = max_bytes;
-  sp->name = name;
-  if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
-  return 0;
-}
-
-/* Abandoned segments: collect their remote frees, drop empty slabs and segments. */
-void obj_space_trim(obj_space *sp) {
-  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return;
-  pthread_mutex_lock(&sp->lock);
-  obj_segment *list = sp->abandoned;
-  sp->abandoned = NULL;
-  pthread_mutex_unlock(&sp->lock);
-  obj_segment *keep = NULL;
-  while (list) {
-    obj_segment *seg = list;
-    seg_unlink(&list, seg);
-    for (uint32_t i = 0; i < seg->nslabs; i++) {
-      obj_slab *s = &seg->slabs[i];
-      if (!s->active) continue;
-      slab_collect(s);
-      if (obj_slab_used(s) != 0) continue;
-      __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
-      s->active = 0;
-      __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
-      s->free = s->local_free = NULL;
-      seg->free_mask |= (uint64_t)1 << i;
-      seg->nactive--;
-      obj_slab_decommit(seg, s);
-    }
-    if (seg->nactive == 0)
-      obj_segment_release(seg);
-    else
-      seg_link(&keep, seg);
-  }
-  pthread_mutex_lock(&sp->lock);
-  while (keep) {
-    obj_segment *seg = keep;
-    seg_unlink(&keep, seg);
-    seg_link(&sp->abandoned, seg);
-  }
-  pthread_mutex_unlock(&sp->lock);
-}
-
-/* Under valgrind: tells memcheck that the live blocks of seg are gone (a destroyed pool
- * frees its objects; they must not show up as leaks). */
-static void untrack_live(obj_segment *seg) {
-  for (uint32_t i = 0; i < seg->nslabs; i++) {
-    obj_slab *s = &seg->slabs[i];
-    if (!s->active || s->carved == 0) continue;
-    size_t words = (s->carved + 63) / 64, len = (words * 8 + 4095) & ~(size_t)4095;
-    uint64_t *freed = os_alloc(len, 0, false);
-    if (!freed) continue;
-    obj_block *lists[3] = {s->free, s->local_free,
-                           (obj_block *)((uintptr_t)s->remote & ~OBJ_REMOTE_BUSY)};
-    for (int l = 0; l < 3; l++) {
-      for (obj_block *b = lists[l]; b;) {
-        uint32_t idx;
-        if (!obj_block_index(s, b, &idx)) break;
-        freed[idx / 64] |= (uint64_t)1 << (idx % 64);
-        obj_link_open_rt(b);
-        obj_block *nx = b->next;
-        obj_link_close_rt(b);
-        b = nx;
-      }
-    }
-    for (uint32_t k = 0; k < s->carved; k++)
-      if (!(freed[k / 64] & ((uint64_t)1 << (k % 64))))
-        obj_track_free(s->start + (size_t)k * s->stride, s->stride);
-    os_release(freed, len);
-  }
-}
-
-void obj_space_destroy(obj_space *sp) {
-  if (obj_tracking) {
-    for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
-      for (int k = 0; k < OBJ_NSHIFTS; k++)
-        for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next) untrack_live(seg);
-    for (obj_segment *seg = sp->abandoned; seg; seg = seg->next) untrack_live(seg);
-  }
-  obj_bins *bs = sp->all_bins;
-  while (bs) {
-    obj_bins *next = bs->next_all;
-    for (int k = 0; k < OBJ_NSHIFTS; k++) {
-      while (bs->segs[k]) {
-        obj_segment *seg = bs->segs[k];
-        seg_unlink(&bs->segs[k], seg);
-        obj_segment_release(seg);
-      }
-    }
-    os_release(bs, bs->alloc_size);
-    bs = next;
-  }
-  while (sp->abandoned) {
-    obj_segment *seg = sp->abandoned;
-    seg_unlink(&sp->abandoned, seg);
-    obj_segment_release(seg);
-  }
-  sp->all_bins = NULL;
-  pthread_mutex_destroy(&sp->lock);
-}
-
-void obj_space_fork_child(obj_space *sp) {
-  pthread_mutex_init(&sp->lock, NULL);
-  uintptr_t self = obj_tid();
-  for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
-    if (bs->in_use && bs->tid != self) obj_bins_abandon(bs);
 }

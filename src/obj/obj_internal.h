@@ -35,6 +35,30 @@ static inline uintptr_t obj_slab_tid(const obj_bins *bs) {
   return obj_tracking ? 1 : bs->tid;
 }
 
+/* Tag bit on s->remote: the list was just made non-empty and is being announced. */
+#define OBJ_REMOTE_BUSY ((uintptr_t)1)
+
+/* Owner: moves the slab's remote list into local_free; returns the blocks collected. */
+uint32_t obj_slab_collect(obj_slab *s);
+/* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
+bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
+
+static inline void obj_seg_link(obj_segment **head, obj_segment *seg) {
+  seg->prev = NULL;
+  seg->next = *head;
+  if (*head) (*head)->prev = seg;
+  *head = seg;
+}
+
+static inline void obj_seg_unlink(obj_segment **head, obj_segment *seg) {
+  if (seg->prev)
+    seg->prev->next = seg->next;
+  else
+    *head = seg->next;
+  if (seg->next) seg->next->prev = seg->prev;
+  seg->next = seg->prev = NULL;
+}
+
 static inline obj_segment *obj_segment_of_slab(const obj_slab *s) {
   return (obj_segment *)((uintptr_t)s & ~(OBJ_SEG_SIZE - 1));
 }

@@ -1,0 +1,166 @@
+/* Object layer, part 3: spaces (init, trim of abandoned segments, destroy, fork) and the
+ * valgrind-tracked alloc/free paths. See obj.h. */
+#include "obj/obj.h"
+
+#include "obj/obj_internal.h"
+
+/* ---- tracked (valgrind) paths ----------------------------------------------------------- */
+
+void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) {
+  obj_slab *s = bin->cur;
+  if (!s->free && !obj_bin_refill(bs, bin)) return NULL;
+  s = bin->cur;
+  obj_block *b = s->free;
+  obj_link_open_rt(b);
+  s->free = b->next;
+  bool fz = s->free_zero;
+  obj_unpoison(b, s->stride);
+  obj_track_alloc(b, size, zero);
+  if (zero) {
+    if (fz)
+      b->next = NULL;
+    else
+      memset(b, 0, s->stride);
+  }
+  b->key = 0;
+  s->cnt++;
+  return b;
+}
+
+void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
+  obj_block *b = p;
+  if (b->key == s->key) obj_fatal("double free", p);
+  obj_track_free(p, size);
+  obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+  if (o && o->tid == obj_tid() && s->owner_tid == 1) {
+    obj_poison(b, s->stride);
+    obj_link_open_rt(b);
+    b->next = s->free;
+    b->key = s->key;
+    obj_link_close_rt(b);
+    s->free = b;
+    s->free_zero = 0;
+    if (--s->cnt <= 0) obj_slab_notify(s);
+  } else {
+    obj_free_remote(seg, s, b);
+  }
+}
+
+/* ---- spaces ----------------------------------------------------------------------------- */
+
+int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool populate,
+                   size_t max_bytes, const char *name) {
+  int rc = obj_global_init();
+  if (rc) return rc;
+  memset(sp, 0, sizeof *sp);
+  sp->prot = prot;
+  sp->map_flags = map_flags;
+  sp->populate = populate;
+  sp->max_bytes = max_bytes;
+  sp->name = name;
+  if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
+  return 0;
+}
+
+/* Abandoned segments: collect their remote frees, drop empty slabs and segments. */
+void obj_space_trim(obj_space *sp) {
+  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return;
+  pthread_mutex_lock(&sp->lock);
+  obj_segment *list = sp->abandoned;
+  sp->abandoned = NULL;
+  pthread_mutex_unlock(&sp->lock);
+  obj_segment *keep = NULL;
+  while (list) {
+    obj_segment *seg = list;
+    obj_seg_unlink(&list, seg);
+    for (uint32_t i = 0; i < seg->nslabs; i++) {
+      obj_slab *s = &seg->slabs[i];
+      if (!s->active) continue;
+      obj_slab_collect(s);
+      if (obj_slab_used(s) != 0) continue;
+      __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
+      s->active = 0;
+      __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
+      s->free = s->local_free = NULL;
+      seg->free_mask |= (uint64_t)1 << i;
+      seg->nactive--;
+      obj_slab_decommit(seg, s);
+    }
+    if (seg->nactive == 0)
+      obj_segment_release(seg);
+    else
+      obj_seg_link(&keep, seg);
+  }
+  pthread_mutex_lock(&sp->lock);
+  while (keep) {
+    obj_segment *seg = keep;
+    obj_seg_unlink(&keep, seg);
+    obj_seg_link(&sp->abandoned, seg);
+  }
+  pthread_mutex_unlock(&sp->lock);
+}
+
+/* Under valgrind: tells memcheck that the live blocks of seg are gone (a destroyed pool
+ * frees its objects; they must not show up as leaks). */
+static void untrack_live(obj_segment *seg) {
+  for (uint32_t i = 0; i < seg->nslabs; i++) {
+    obj_slab *s = &seg->slabs[i];
+    if (!s->active || s->carved == 0) continue;
+    size_t words = (s->carved + 63) / 64, len = (words * 8 + 4095) & ~(size_t)4095;
+    uint64_t *freed = os_alloc(len, 0, false);
+    if (!freed) continue;
+    obj_block *lists[3] = {s->free, s->local_free,
+                           (obj_block *)((uintptr_t)s->remote & ~OBJ_REMOTE_BUSY)};
+    for (int l = 0; l < 3; l++) {
+      for (obj_block *b = lists[l]; b;) {
+        uint32_t idx;
+        if (!obj_block_index(s, b, &idx)) break;
+        freed[idx / 64] |= (uint64_t)1 << (idx % 64);
+        obj_link_open_rt(b);
+        obj_block *nx = b->next;
+        obj_link_close_rt(b);
+        b = nx;
+      }
+    }
+    for (uint32_t k = 0; k < s->carved; k++)
+      if (!(freed[k / 64] & ((uint64_t)1 << (k % 64))))
+        obj_track_free(s->start + (size_t)k * s->stride, s->stride);
+    os_release(freed, len);
+  }
+}
+
+void obj_space_destroy(obj_space *sp) {
+  if (obj_tracking) {
+    for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
+      for (int k = 0; k < OBJ_NSHIFTS; k++)
+        for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next) untrack_live(seg);
+    for (obj_segment *seg = sp->abandoned; seg; seg = seg->next) untrack_live(seg);
+  }
+  obj_bins *bs = sp->all_bins;
+  while (bs) {
+    obj_bins *next = bs->next_all;
+    for (int k = 0; k < OBJ_NSHIFTS; k++) {
+      while (bs->segs[k]) {
+        obj_segment *seg = bs->segs[k];
+        obj_seg_unlink(&bs->segs[k], seg);
+        obj_segment_release(seg);
+      }
+    }
+    os_release(bs, bs->alloc_size);
+    bs = next;
+  }
+  while (sp->abandoned) {
+    obj_segment *seg = sp->abandoned;
+    obj_seg_unlink(&sp->abandoned, seg);
+    obj_segment_release(seg);
+  }
+  sp->all_bins = NULL;
+  pthread_mutex_destroy(&sp->lock);
+}
+
+void obj_space_fork_child(obj_space *sp) {
+  pthread_mutex_init(&sp->lock, NULL);
+  uintptr_t self = obj_tid();
+  for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
+    if (bs->in_use && bs->tid != self) obj_bins_abandon(bs);
+}
