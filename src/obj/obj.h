@@ -26,8 +26,10 @@
  *                                      seg->space == &sp (a pool's segment is not yours)
  *      s = obj_slab_of(seg, p);  obj_block_index(s, p, &i)  false: not a block start
  *      obj_free(seg, s, p);            owner: LIFO push; other thread: atomic remote push
- *    s->stride is the usable size. obj_free aborts "mapalloc: double free of 0x..." when
- *    the block is already free (a keyed tag in its second word, cleared on alloc).
+ *    s->stride is the usable size. Slab starts are page aligned, so a block of stride S is
+ *    aligned to the largest power of two dividing S (up to the page size): aligned_alloc
+ *    can pick a class whose stride the alignment divides. obj_free aborts "mapalloc: double free of
+ * 0x..." when the block is already free (a keyed tag in its second word, cleared on alloc).
  *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand
  *    (~16 and ~40 instructions) with obj_segment_of_fast (one map compare).
  * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor. Live segments are
