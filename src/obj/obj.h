@@ -195,10 +195,15 @@ extern OBJ_HIDDEN uint32_t
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 #define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
 
+/* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). */
 static inline uintptr_t obj_tid(void) {
+#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
   uintptr_t t;
   __asm__("movq %%fs:0, %0" : "=r"(t));
   return t;
+#else
+  return (uintptr_t)__builtin_thread_pointer();
+#endif
 }
 
 /* ---- pointer -> metadata: O(1), lock-free ---------------------------------------- */

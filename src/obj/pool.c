@@ -331,12 +331,17 @@ void ma_pool_free(ma_pool *p, void *obj) {
           s->free = b;
           s->free_zero = 0;
           seg->owner->frees++;
+#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
           /* --cnt, slow path at <= 0, as one instruction pair */
           __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
           return;
         notify:
           obj_slab_notify(s);
           return;
+#else
+          if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
+          return;
+#endif
         }
       }
     }
