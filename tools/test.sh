@@ -13,6 +13,7 @@ packages=(
   cmake make gcc g++ pkg-config libcriterion-dev   # build + unit tests
   valgrind                                         # memcheck client request headers
   util-linux                                       # fallocate etc. for page-layer tests
+  python3 perl git sqlite3                         # heap: real programs run preloaded
 )
 
 missing=()

@@ -100,4 +100,11 @@ size_t os_huge_page_sizes(size_t *out, size_t max);
 int os_areas_query(int pid, uintptr_t start, uintptr_t end, int (*fn)(const ma_area *, void *ctx),
                    void *ctx);
 
+/* ---- Added for the heap (src/malloc/huge.c) ------------------------------------------- */
+
+/* Resizes the private anonymous mapping [addr, addr+old_len) to new_len bytes (mremap).
+ * With may_move the kernel may move it (pages move without copying); *out gets the new
+ * address. Without it the resize happens in place or fails with -ENOMEM. */
+int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out);
+
 #endif /* MAPALLOC_OS_H */

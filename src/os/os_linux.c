@@ -277,3 +277,12 @@ size_t os_huge_page_sizes(size_t *out, size_t max) {
   for (size_t i = 0; i < n && i < max; i++) out[i] = sizes[i];
   return n;
 }
+
+/* ---- Added for the heap (src/malloc/huge.c) ------------------------------------------- */
+
+int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out) {
+  void *p = mremap(addr, old_len, new_len, may_move ? MREMAP_MAYMOVE : 0);
+  if (p == MAP_FAILED) return -errno;
+  *out = p;
+  return 0;
+}

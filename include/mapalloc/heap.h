@@ -1,0 +1,106 @@
+/* mapalloc heap: a malloc-compatible allocator (ma_ prefix), its statistics and controls.
+ *
+ * Small and medium blocks (up to 128 KiB) come from size classes with at most 12.5%
+ * internal waste above 128 bytes (8 classes per power of two; 16-byte steps below), carved
+ * from slabs inside 4 MiB aligned segments; each thread allocates from its own heap without
+ * locks. Larger blocks are mapped straight from the page layer and grow in place with
+ * mremap. Freed pages go back to the OS after MAPALLOC_PURGE_DELAY_MS.
+ *
+ * The functions follow C and POSIX malloc semantics exactly (see each comment): every block
+ * is at least 16-byte aligned; on failure NULL is returned with errno = ENOMEM; free(NULL)
+ * is a no-op; free never changes errno. libmapalloc-preload.so exports the standard names
+ * (malloc, free, ...) on top of these.
+ *
+ * Thread-safety: every function may be called from any thread at any time; a block may be
+ * freed by a thread other than the one that allocated it.
+ *
+ * Misuse is detected where it costs (almost) nothing: freeing a pointer that is not the
+ * start of a live block of this heap (a stack address, p + 16, a pointer from another
+ * allocator) prints "mapalloc: invalid free of 0x..." and aborts; an immediate double free
+ * prints "mapalloc: double free of 0x..." and aborts.
+ */
+#ifndef MAPALLOC_HEAP_H
+#define MAPALLOC_HEAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "mapalloc/pages.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Allocates `size` bytes (16-byte aligned, uninitialised). size 0 gives a unique minimal
+ * block. Errors: NULL with errno = ENOMEM when memory or address space runs out or size is
+ * larger than PTRDIFF_MAX. */
+MA_API void *ma_malloc(size_t size);
+
+/* Allocates n * size zeroed bytes. Errors: NULL + ENOMEM on overflow of n * size or lack of
+ * memory. Memory fresh from the OS is not cleared again. */
+MA_API void *ma_calloc(size_t n, size_t size);
+
+/* Resizes the block p to `size` bytes, keeping its contents up to the smaller size; may move
+ * it. p == NULL is ma_malloc(size). size == 0 with p != NULL frees p and returns NULL (as
+ * glibc does). Errors: NULL + ENOMEM, and p is left untouched and still owned by the caller.
+ * p must be a live block of this heap (else abort, as for ma_free). */
+MA_API void *ma_realloc(void *p, size_t size);
+
+/* ma_realloc(p, n * size) with an overflow check. Errors: NULL + ENOMEM on overflow or lack
+ * of memory; p untouched. */
+MA_API void *ma_reallocarray(void *p, size_t n, size_t size);
+
+/* Frees the block p (NULL: no-op). Any thread may free any block. Never changes errno.
+ * Aborts with a message on a pointer that is not a live block ("invalid free") or on an
+ * immediate double free. */
+MA_API void ma_free(void *p);
+
+/* ma_free for a caller that knows the size it asked for; `size` must be between the
+ * requested size and ma_usable_size(p) (it is not trusted: the block is freed as ma_free). */
+MA_API void ma_free_sized(void *p, size_t size);
+
+/* Allocates `size` bytes aligned to `align`, a power of two (any size). Errors: NULL with
+ * errno = EINVAL if align is not a power of two, ENOMEM if out of memory. */
+MA_API void *ma_aligned_alloc(size_t align, size_t size);
+
+/* Allocates `size` bytes aligned to `align` (a power of two multiple of sizeof(void *)) and
+ * stores the pointer in *out. Returns 0, EINVAL for a bad alignment, or ENOMEM; on error
+ * *out is not touched. (Returns a positive errno as POSIX requires.) */
+MA_API int ma_posix_memalign(void **out, size_t align, size_t size);
+
+/* The number of usable bytes of block p (>= the size asked for; all of them may be written).
+ * 0 for NULL. Aborts on a pointer that is not a live block of this heap. */
+MA_API size_t ma_usable_size(const void *p);
+
+typedef struct ma_heap_stats {
+  size_t allocated;    /* bytes in live blocks (usable sizes) */
+  size_t active;       /* bytes of slab pages and large mappings in use */
+  size_t committed;    /* bytes that may hold memory (mapped and not purged) */
+  size_t reserved;     /* address space held (segments and large mappings) */
+  size_t mapped_large; /* bytes in large blocks mapped directly from the OS */
+  size_t allocs;       /* number of allocations so far */
+  size_t frees;        /* number of frees so far */
+  size_t purges;       /* number of page ranges returned to the OS */
+} ma_heap_stats;
+
+/* Fills *out with the process-wide heap statistics (per-thread counters summed on read; a
+ * consistent snapshot only when no other thread allocates at the time). Thread-safe. */
+MA_API void ma_heap_stats_get(ma_heap_stats *out);
+
+/* Writes a human-readable statistics table to file descriptor fd (does not allocate, safe
+ * to call from a signal handler only if no allocation is in progress). Thread-safe. */
+MA_API void ma_heap_stats_print(int fd);
+
+/* Returns unused memory to the OS now: collects frees pending from other threads, releases
+ * empty slabs and segments of the calling thread's heap and of heaps left by exited threads,
+ * and purges their freed pages. force = false purges only pages whose purge delay has
+ * expired; force = true purges everything that is free and also releases the current (empty)
+ * slabs. Other live threads' heaps purge themselves on their next slow path. Returns 0 (the
+ * operations cannot fail in a way the caller can act on). Thread-safe. */
+MA_API int ma_heap_collect(bool force);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAPALLOC_HEAP_H */

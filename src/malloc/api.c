@@ -1,0 +1,180 @@
+/* The ma_* heap API: C/POSIX semantics on top of the fast paths, realloc and alignment,
+ * statistics. */
+#include <string.h>
+
+#include "malloc/heap_internal.h"
+#include "os/os.h"
+
+void *heap_malloc_large(size_t size, size_t align) {
+  if (size > (size_t)PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  heap_global_init();
+  return huge_alloc(size, align);
+}
+
+/* Over-aligned allocation: a slab class whose size is a multiple of `align` gives aligned
+ * blocks (slabs start on 64 KiB boundaries); beyond that, an aligned mapping. */
+static void *heap_malloc_aligned(size_t align, size_t size) {
+  if (align <= 16) return heap_malloc_inline(size);
+  if (size <= HEAP_MAX_SMALL && align <= HEAP_PAGE_SIZE) {
+    unsigned c = heap_size_class(size);
+    while (c < HEAP_NCLASSES && (heap_cls_size[c] & (align - 1)) != 0) c++;
+    if (c < HEAP_NCLASSES) return heap_malloc_cls(c);
+  }
+  return heap_malloc_large(size, align);
+}
+
+MA_API void *ma_malloc(size_t size) {
+  return heap_malloc_inline(size);
+}
+
+MA_API void ma_free(void *p) {
+  heap_free_inline(p);
+}
+
+MA_API void ma_free_sized(void *p, size_t size) {
+  (void)size;
+  heap_free_inline(p);
+}
+
+MA_API void *ma_calloc(size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (heap_likely(total <= HEAP_MAX_SMALL)) {
+    void *p = heap_malloc_cls(heap_size_class(total));
+    if (heap_likely(p != NULL)) memset(p, 0, total);
+    return p;
+  }
+  return heap_malloc_large(total, 0); /* fresh pages from the OS are zero already */
+}
+
+MA_API size_t ma_usable_size(const void *p) {
+  return heap_usable_size(p);
+}
+
+MA_API void *ma_realloc(void *p, size_t size) {
+  if (p == NULL) return heap_malloc_inline(size);
+  if (size == 0) { /* glibc: realloc(p, 0) frees p and returns NULL */
+    heap_free_inline(p);
+    return NULL;
+  }
+  size_t old = heap_usable_size(p); /* aborts on a pointer that is not ours */
+  if (old > HEAP_MAX_SMALL && size > HEAP_MAX_SMALL) {
+    bool moved;
+    return huge_realloc(p, size, &moved);
+  }
+  /* Stay in place while the block fits and is not more than twice what is needed. */
+  if (size <= old && (old <= HEAP_MAX_SMALL ? size >= old / 2 : false)) return p;
+  void *q = heap_malloc_inline(size);
+  if (!q) return NULL;
+  memcpy(q, p, size < old ? size : old);
+  heap_free_inline(p);
+  return q;
+}
+
+MA_API void *ma_reallocarray(void *p, size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return ma_realloc(p, total);
+}
+
+MA_API void *ma_aligned_alloc(size_t align, size_t size) {
+  if (align == 0 || (align & (align - 1)) != 0) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return heap_malloc_aligned(align, size);
+}
+
+MA_API int ma_posix_memalign(void **out, size_t align, size_t size) {
+  if (align < sizeof(void *) || (align & (align - 1)) != 0) return EINVAL;
+  int saved = errno;
+  void *p = heap_malloc_aligned(align, size);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+/* memalign/valloc/pvalloc semantics for override.c (glibc rounds a non-power-of-two
+ * alignment up). */
+void *heap_memalign(size_t align, size_t size) {
+  if (align > ((size_t)1 << 62)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  if (align & (align - 1)) align = (size_t)1 << (64 - __builtin_clzl(align));
+  return heap_malloc_aligned(align, size);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Statistics
+ * ---------------------------------------------------------------------------------- */
+MA_API void ma_heap_stats_get(ma_heap_stats *out) {
+  size_t allocated, allocs, frees, hcount, hbytes, hallocs, hfrees;
+  heap_sum_counters(&allocated, &allocs, &frees);
+  huge_stats(&hcount, &hbytes, &hallocs, &hfrees);
+  out->allocated = allocated + hbytes;
+  out->active = atomic_load(&heap_stat_active) + hbytes;
+  out->committed = atomic_load(&heap_stat_committed) + hbytes;
+  out->reserved = atomic_load(&heap_stat_reserved) + hbytes;
+  out->mapped_large = hbytes;
+  out->allocs = allocs + hallocs;
+  out->frees = frees + hfrees;
+  out->purges = atomic_load(&heap_stat_purges);
+}
+
+static void print_row(int fd, const char *name, size_t v, bool bytes, const char *desc) {
+  char num[40];
+  size_t k;
+  const char *unit = bytes ? " B  " : "    ";
+  if (bytes && v >= (size_t)10 << 20) {
+    v >>= 20;
+    unit = " MiB";
+  } else if (bytes && v >= (size_t)10 << 10) {
+    v >>= 10;
+    unit = " KiB";
+  }
+  k = heap_fmt_u64(num, v);
+  char line[160];
+  size_t n = 0;
+  line[n++] = ' ';
+  line[n++] = ' ';
+  for (const char *s = name; *s; s++) line[n++] = *s;
+  while (n < 16) line[n++] = ' ';
+  for (size_t pad = k; pad < 12; pad++) line[n++] = ' ';
+  memcpy(line + n, num, k);
+  n += k;
+  for (const char *s = unit; *s; s++) line[n++] = *s;
+  line[n++] = ' ';
+  line[n++] = ' ';
+  for (const char *s = desc; *s && n < sizeof line - 2; s++) line[n++] = *s;
+  line[n++] = '\n';
+  line[n] = 0;
+  heap_write_str(fd, line);
+}
+
+MA_API void ma_heap_stats_print(int fd) {
+  ma_heap_stats st;
+  ma_heap_stats_get(&st);
+  heap_write_str(fd, "mapalloc heap statistics\n");
+  print_row(fd, "allocated", st.allocated, true, "bytes in live blocks");
+  print_row(fd, "active", st.active, true, "slab pages and large mappings in use");
+  print_row(fd, "committed", st.committed, true, "mapped and not purged");
+  print_row(fd, "reserved", st.reserved, true, "address space held");
+  print_row(fd, "mapped_large", st.mapped_large, true, "large blocks mapped directly");
+  print_row(fd, "allocs", st.allocs, false, "allocations");
+  print_row(fd, "frees", st.frees, false, "frees");
+  print_row(fd, "purges", st.purges, false, "page ranges returned to the OS");
+  print_row(fd, "heaps", atomic_load(&heap_stat_heaps), false, "thread heaps created");
+}

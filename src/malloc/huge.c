@@ -1,0 +1,221 @@
+/* Large blocks (> 128 KiB or over-aligned): one mapping each, straight from the page layer.
+ *
+ * Each block is recorded in a side table (open addressing keyed by its address), so a block
+ * needs no header (page-aligned requests cost no extra page) and a pointer we did not map
+ * is recognised. Growth uses mremap, which moves page tables instead of copying. One mutex
+ * guards the table; the system calls for alloc and free run outside it. */
+#include <pthread.h>
+#include <string.h>
+
+#include "malloc/heap_internal.h"
+#include "os/os.h"
+
+typedef struct huge_rec {
+  uintptr_t ptr; /* 0 = empty slot */
+  size_t len;    /* mapped bytes = usable size */
+  size_t align;  /* > page size: must not be moved by mremap */
+} huge_rec;
+
+static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
+static huge_rec *huge_tab;
+static size_t huge_cap, huge_count, huge_bytes, huge_allocs, huge_frees;
+
+/* Recently freed large blocks, to tell a double free from an invalid free. */
+static uintptr_t huge_recent[16];
+static unsigned huge_recent_next;
+
+static size_t huge_hash(uintptr_t p, size_t cap) {
+  return (size_t)(((p >> 12) * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+}
+
+static size_t huge_find(uintptr_t p) {
+  if (!huge_cap) return SIZE_MAX;
+  for (size_t i = huge_hash(p, huge_cap);; i = (i + 1) & (huge_cap - 1)) {
+    if (huge_tab[i].ptr == p) return i;
+    if (huge_tab[i].ptr == 0) return SIZE_MAX;
+  }
+}
+
+static void huge_put(huge_rec *tab, size_t cap, huge_rec r) {
+  size_t i = huge_hash(r.ptr, cap);
+  while (tab[i].ptr) i = (i + 1) & (cap - 1);
+  tab[i] = r;
+}
+
+/* Grows the table to keep it at most half full; huge_lock held. */
+static bool huge_reserve_slot(void) {
+  if ((huge_count + 1) * 2 <= huge_cap) return true;
+  size_t ncap = huge_cap ? huge_cap * 2 : 1024;
+  int saved = errno;
+  huge_rec *nt = os_alloc(ncap * sizeof(huge_rec), 0, false);
+  errno = saved;
+  if (!nt) return false;
+  os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
+  for (size_t i = 0; i < huge_cap; i++)
+    if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
+  if (huge_tab) os_release(huge_tab, huge_cap * sizeof(huge_rec));
+  errno = saved;
+  huge_tab = nt;
+  huge_cap = ncap;
+  return true;
+}
+
+/* Removes slot i, shifting back the entries of its probe chain; huge_lock held. */
+static void huge_remove_at(size_t i) {
+  size_t mask = huge_cap - 1;
+  huge_tab[i].ptr = 0;
+  for (size_t j = (i + 1) & mask; huge_tab[j].ptr; j = (j + 1) & mask) {
+    size_t home = huge_hash(huge_tab[j].ptr, huge_cap);
+    /* Move j into the hole if its home is not in the cyclic range (i, j]. */
+    bool between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+    if (!between) {
+      huge_tab[i] = huge_tab[j];
+      huge_tab[j].ptr = 0;
+      i = j;
+    }
+  }
+  huge_count--;
+}
+
+static size_t huge_round(size_t size) {
+  size_t ps = os_page_size();
+  if (size > (size_t)PTRDIFF_MAX) return 0;
+  size_t len = (size + ps - 1) & ~(ps - 1);
+  return len ? len : ps;
+}
+
+void *huge_alloc(size_t size, size_t align) {
+  size_t len = huge_round(size);
+  if (!len) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t ps = os_page_size();
+  size_t a = align > ps ? align : 0;
+  void *p = os_alloc(len, a, false);
+  if (!p) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (heap_opt.huge_pages > 0) os_advise(p, len, MA_ADV_HUGEPAGE);
+  pthread_mutex_lock(&huge_lock);
+  if (!huge_reserve_slot()) {
+    pthread_mutex_unlock(&huge_lock);
+    os_release(p, len);
+    errno = ENOMEM;
+    return NULL;
+  }
+  huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)p, len, a});
+  for (unsigned k = 0; k < 16; k++)
+    if (huge_recent[k] == (uintptr_t)p) huge_recent[k] = 0;
+  huge_count++;
+  huge_allocs++;
+  huge_bytes += len;
+  pthread_mutex_unlock(&huge_lock);
+  return p;
+}
+
+bool huge_free(void *p) {
+  pthread_mutex_lock(&huge_lock);
+  size_t i = huge_find((uintptr_t)p);
+  if (i == SIZE_MAX) {
+    bool again = false;
+    for (unsigned k = 0; k < 16; k++) again |= huge_recent[k] == (uintptr_t)p;
+    pthread_mutex_unlock(&huge_lock);
+    if (again) heap_misuse("double free", p);
+    return false;
+  }
+  huge_recent[huge_recent_next++ % 16] = (uintptr_t)p;
+  size_t len = huge_tab[i].len;
+  huge_remove_at(i);
+  huge_frees++;
+  huge_bytes -= len;
+  pthread_mutex_unlock(&huge_lock);
+  int saved = errno;
+  os_release(p, len);
+  errno = saved;
+  return true;
+}
+
+size_t huge_usable(const void *p) {
+  pthread_mutex_lock(&huge_lock);
+  size_t i = huge_find((uintptr_t)p);
+  size_t n = i == SIZE_MAX ? 0 : huge_tab[i].len;
+  pthread_mutex_unlock(&huge_lock);
+  return n;
+}
+
+/* Resizes huge block p to `size` (> HEAP_MAX_SMALL) in place when it can: shrink by
+ * unmapping the tail, grow with mremap (moving pages, never copying, unless the block is
+ * over-aligned). NULL + ENOMEM on failure with p untouched. */
+void *huge_realloc(void *p, size_t size, bool *moved_out) {
+  *moved_out = false;
+  size_t nlen = huge_round(size);
+  if (!nlen) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  pthread_mutex_lock(&huge_lock);
+  size_t i = huge_find((uintptr_t)p);
+  if (i == SIZE_MAX) {
+    pthread_mutex_unlock(&huge_lock);
+    heap_misuse("invalid realloc", p);
+  }
+  huge_rec r = huge_tab[i];
+  if (nlen == r.len) {
+    pthread_mutex_unlock(&huge_lock);
+    return p;
+  }
+  int saved = errno;
+  if (nlen < r.len) {
+    huge_tab[i].len = nlen;
+    huge_bytes -= r.len - nlen;
+    pthread_mutex_unlock(&huge_lock);
+    os_release((char *)p + nlen, r.len - nlen);
+    errno = saved;
+    return p;
+  }
+  /* Under the lock: a moved-away address must not be re-mapped and recorded by another
+   * thread before the old record is gone. */
+  void *np = NULL;
+  int rc = os_remap(p, r.len, nlen, false, &np);
+  if (rc != 0 && r.align == 0) rc = os_remap(p, r.len, nlen, true, &np);
+  if (rc == 0) {
+    huge_remove_at(i);
+    huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)np, nlen, r.align});
+    huge_count++;
+    huge_bytes += nlen - r.len;
+    pthread_mutex_unlock(&huge_lock);
+    *moved_out = np != p;
+    errno = saved;
+    return np;
+  }
+  pthread_mutex_unlock(&huge_lock);
+  errno = saved;
+  /* Over-aligned block that cannot grow in place: copy. */
+  void *q = huge_alloc(size, r.align);
+  if (!q) return NULL;
+  memcpy(q, p, r.len);
+  huge_free(p);
+  *moved_out = true;
+  return q;
+}
+
+void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees) {
+  pthread_mutex_lock(&huge_lock);
+  *count = huge_count;
+  *bytes = huge_bytes;
+  *allocs = huge_allocs;
+  *frees = huge_frees;
+  pthread_mutex_unlock(&huge_lock);
+}
+
+void huge_atfork_prepare(void) {
+  pthread_mutex_lock(&huge_lock);
+}
+void huge_atfork_parent(void) {
+  pthread_mutex_unlock(&huge_lock);
+}
+void huge_atfork_child(void) {
+  pthread_mutex_init(&huge_lock, NULL);
+}

@@ -1,0 +1,13 @@
+# Integration tests of libmapalloc-preload.so: an exports/semantics check program and real
+# programs (python3, perl, git, gcc, g++, sort, bash, sqlite3) run with LD_PRELOAD, their
+# output compared with a plain run. See tests/preload/run-programs.sh.
+if(TARGET mapalloc_preload)
+  add_executable(preload_override_check ${CMAKE_CURRENT_SOURCE_DIR}/preload/override_check.c)
+  target_compile_definitions(preload_override_check PRIVATE _GNU_SOURCE)
+  target_link_libraries(preload_override_check PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
+  add_test(NAME preload_override_check
+    COMMAND env LD_PRELOAD=$<TARGET_FILE:mapalloc_preload> $<TARGET_FILE:preload_override_check>)
+  add_test(NAME preload_programs
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/preload/run-programs.sh $<TARGET_FILE:mapalloc_preload>)
+  set_tests_properties(preload_override_check preload_programs PROPERTIES TIMEOUT 300)
+endif()
