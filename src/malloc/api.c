@@ -18,7 +18,7 @@ void *heap_malloc_large(size_t size, size_t align) {
  * blocks (slabs start on 64 KiB boundaries); beyond that, an aligned mapping. */
 static void *heap_malloc_aligned(size_t align, size_t size) {
   if (align <= 16) return heap_malloc_inline(size);
-  if (size <= HEAP_MAX_SMALL && align <= HEAP_PAGE_SIZE) {
+  if (size <= HEAP_MAX_SMALL && align <= HEAP_MAX_ALIGN) {
     unsigned c = heap_size_class(size);
     while (c < HEAP_NCLASSES && (heap_cls_size[c] & (align - 1)) != 0) c++;
     if (c < HEAP_NCLASSES) return heap_malloc_cls(c);
@@ -46,8 +46,14 @@ MA_API void *ma_calloc(size_t n, size_t size) {
     return NULL;
   }
   if (heap_likely(total <= HEAP_MAX_SMALL)) {
-    void *p = heap_malloc_cls(heap_size_class(total));
-    if (heap_likely(p != NULL)) memset(p, 0, total);
+    unsigned c = heap_size_class(total);
+    void *p = heap_malloc_cls(c);
+    if (heap_unlikely(p == NULL)) return NULL;
+    /* Blocks carved from fresh pages are zero but for the link word (obj's free_zero). */
+    if (heap_get()->bins[c].cur->free_zero)
+      ((obj_block *)p)->next = NULL;
+    else
+      memset(p, 0, total);
     return p;
   }
   return heap_malloc_large(total, 0); /* fresh pages from the OS are zero already */
@@ -121,13 +127,14 @@ void *heap_memalign(size_t align, size_t size) {
  * Statistics
  * ---------------------------------------------------------------------------------- */
 MA_API void ma_heap_stats_get(ma_heap_stats *out) {
-  size_t allocated, allocs, frees, hcount, hbytes, hallocs, hfrees;
-  heap_sum_counters(&allocated, &allocs, &frees);
+  size_t allocated, allocs, frees, retained, hcount, hbytes, hallocs, hfrees;
+  heap_sum_counters(&allocated, &allocs, &frees, &retained);
   huge_stats(&hcount, &hbytes, &hallocs, &hfrees);
+  size_t committed = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   out->allocated = allocated + hbytes;
-  out->active = atomic_load(&heap_stat_active) + hbytes;
-  out->committed = atomic_load(&heap_stat_committed) + hbytes;
-  out->reserved = atomic_load(&heap_stat_reserved) + hbytes;
+  out->active = (committed > retained ? committed - retained : 0) + hbytes;
+  out->committed = committed + hbytes;
+  out->reserved = __atomic_load_n(&heap_space.reserved, __ATOMIC_RELAXED) + hbytes;
   out->mapped_large = hbytes;
   out->allocs = allocs + hallocs;
   out->frees = frees + hfrees;
@@ -169,12 +176,12 @@ MA_API void ma_heap_stats_print(int fd) {
   ma_heap_stats_get(&st);
   heap_write_str(fd, "mapalloc heap statistics\n");
   print_row(fd, "allocated", st.allocated, true, "bytes in live blocks");
-  print_row(fd, "active", st.active, true, "slab pages and large mappings in use");
+  print_row(fd, "active", st.active, true, "committed minus empty slabs kept for reuse");
   print_row(fd, "committed", st.committed, true, "mapped and not purged");
   print_row(fd, "reserved", st.reserved, true, "address space held");
   print_row(fd, "mapped_large", st.mapped_large, true, "large blocks mapped directly");
   print_row(fd, "allocs", st.allocs, false, "allocations");
   print_row(fd, "frees", st.frees, false, "frees");
-  print_row(fd, "purges", st.purges, false, "page ranges returned to the OS");
+  print_row(fd, "purges", st.purges, false, "purge passes (empty slabs returned to the OS)");
   print_row(fd, "heaps", atomic_load(&heap_stat_heaps), false, "thread heaps created");
 }

@@ -1,23 +1,19 @@
 /* Internal structures of the heap and its inline fast paths (malloc, free).
  *
- * Layout. Small blocks (<= HEAP_MAX_SMALL = 128 KiB) live in slabs: runs of 64 KiB pages
- * inside 4 MiB segments aligned to 4 MiB. Page 0 of a segment holds its header (owner heap,
- * page masks, one slab descriptor per page and a page -> slab table), so a block's slab is
- * found from its address alone: segment = p & ~(4 MiB - 1), page = (p - segment) >> 16.
- * A process-wide bitmap (one bit per 4 MiB of address space) says which segments are ours,
- * so a foreign pointer is recognised without touching its memory.
+ * Small blocks (<= HEAP_MAX_SMALL = 128 KiB) are objects of the object layer (src/obj/):
+ * one obj_space for the heap, one obj_bins per thread with one bin per size class. The heap
+ * adds the size classes, the thread life cycle (TLS, pthread key, orphaned heaps), the
+ * purge delay, statistics and misuse messages; slabs, free lists, remote frees, pointer ->
+ * slab lookup and thread-exit hand-over are obj's (one mechanism for pools and heap).
  *
- * Ownership. A segment belongs to one thread heap; only the owner allocates from its slabs
- * and pushes onto their local free lists (no atomics). A free from another thread pushes
- * the block onto the owner heap's `remote` stack (one CAS); the owner drains it in its
- * slow path. A thread that exits leaves its heap, segments included, on an orphan list; the
- * next new thread adopts it whole, so nothing leaks and frees still find their owner.
+ * A thread's `heap` lives in metadata memory and is never freed: a thread that exits hands
+ * its obj_bins back (obj_bins_abandon) and its heap struct to the orphan list, where the
+ * next new thread picks it up with its counters. `heap->bins` points at the obj bins, or at
+ * heap_empty_bins (every slab empty) so that the first malloc of a thread, and every malloc
+ * under valgrind (obj_tracking), takes the slow path.
  *
  * Large blocks (> 128 KiB, or over-aligned) are mapped directly (huge.c), recorded in a
  * side table and resized with mremap.
- *
- * TODO(obj): the slab/free-list/remote-free mechanism here is meant to fold onto
- * src/obj/ (issue 3) once obj.h offers per-thread bins for many size classes.
  */
 #ifndef MAPALLOC_HEAP_INTERNAL_H
 #define MAPALLOC_HEAP_INTERNAL_H
@@ -29,87 +25,33 @@
 #include <stdint.h>
 
 #include "mapalloc/heap.h"
+#include "obj/obj.h"
 
 #define heap_likely(x)   __builtin_expect(!!(x), 1)
 #define heap_unlikely(x) __builtin_expect(!!(x), 0)
 
-#define HEAP_SEG_SHIFT   22
-#define HEAP_SEG_SIZE    ((size_t)1 << HEAP_SEG_SHIFT)
-#define HEAP_PAGE_SHIFT  16
-#define HEAP_PAGE_SIZE   ((size_t)1 << HEAP_PAGE_SHIFT)
-#define HEAP_PAGES       (HEAP_SEG_SIZE / HEAP_PAGE_SIZE) /* 64: one bit each in a uint64_t */
-#define HEAP_NCLASSES    88
-#define HEAP_LUT_MAX     1024                /* sizes served by the lookup table */
-#define HEAP_MAX_SMALL   ((size_t)128 << 10) /* largest slab class */
-#define HEAP_MAGIC_SHIFT 40                  /* exact (off * magic) >> 40 == off / size */
-#define HEAP_SEGMAP_BITS ((uintptr_t)1 << (47 - HEAP_SEG_SHIFT))
-#define HEAP_SEG_MAGIC   0x6d61736567686561ull /* "maseghea" */
-
-/* The first two words of a free block. `key` marks it free (double-free detection); malloc
- * clears it. */
-typedef struct heap_block {
-  struct heap_block *next;
-  uintptr_t key;
-} heap_block;
-
-enum {
-  HEAP_SLAB_FULL = 1u,    /* exhausted and on no list; the next local free relists it */
-  HEAP_SLAB_INVALID = 2u, /* not a slab: a free page, the header page, or the empty slab */
-};
-
-/* One slab: `capacity` blocks of `size` bytes from `start`; blocks below `bump` have been
- * handed out at least once, the rest are untouched memory. Hot fields first. */
-typedef struct heap_slab {
-  heap_block *free; /* local free list (owner only) */
-  uint32_t used;    /* blocks handed out and not yet freed back here */
-  uint32_t flags;   /* HEAP_SLAB_* */
-  uintptr_t start;
-  uint64_t magic; /* ceil(2^40 / size): block index without division */
-  uint32_t size;
-  uint32_t capacity;
-  char *bump;                    /* next never-used block */
-  char *end;                     /* start + capacity * size */
-  struct heap_slab *next, *prev; /* the class's partial list */
-  uint8_t cls, pages, first_page, pad;
-} heap_slab;
-
-struct heap;
-
-typedef struct heap_seg {
-  struct heap *owner;
-  uint64_t magic;
-  uint64_t used;     /* pages holding slabs (bit 0: the header page) */
-  uint64_t dirty;    /* free pages whose memory has not been purged */
-  uint64_t purge_at; /* ms (monotonic) when the dirty pages should go; 0 = none */
-  struct heap_seg *next, *prev;
-  heap_slab *page_slab[HEAP_PAGES]; /* page -> its slab (heap_slab_invalid if none) */
-  heap_slab slabs[HEAP_PAGES];      /* a slab's descriptor sits at its first page */
-} heap_seg;
-
-typedef struct heap_bin {
-  heap_slab *cur; /* the slab malloc pops from (never NULL; heap_slab_empty if none) */
-  size_t allocs;  /* per-thread counters, summed on read */
-  size_t frees;
-  heap_slab *partial; /* other slabs of this class with free blocks */
-} heap_bin;
+#define HEAP_NCLASSES  88
+#define HEAP_LUT_MAX   1024                /* sizes served by the lookup table */
+#define HEAP_MAX_SMALL ((size_t)128 << 10) /* largest slab class */
+#define HEAP_MAX_ALIGN ((size_t)64 << 10)  /* largest alignment served from slabs */
 
 typedef struct heap {
-  heap_bin bins[HEAP_NCLASSES];
-  _Alignas(64) heap_block *_Atomic remote; /* blocks freed by other threads */
-  heap_seg *segs;                          /* this heap's segments */
-  uint64_t purge_next;                     /* earliest purge deadline (ms); 0 = none */
-  struct heap *next_all;                   /* registry of all heaps (never freed) */
+  obj_bin *bins;                /* obj_bins->bins, or heap_empty_bins: the fast path's only load */
+  obj_bins *bs;                 /* NULL until the thread's first slow path */
+  size_t frees;                 /* blocks freed by this thread */
+  size_t allocs[HEAP_NCLASSES]; /* blocks handed out, per class */
+  size_t freed_bytes;           /* (apart from `frees`: two scalar adds beat a vectorised pair) */
+  uint64_t retained_since;      /* ms since obj retains empty slabs; 0 = none */
+  struct heap *next_all;        /* registry of all heaps (never freed) */
   struct heap *next_orphan;
-  bool orphan;
+  bool tracking; /* valgrind: every call takes obj's tracked paths */
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
 extern const uint8_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1];
 extern const uint32_t heap_cls_size[HEAP_NCLASSES];
-extern uint64_t heap_segmap[HEAP_SEGMAP_BITS / 64];
-extern uintptr_t heap_free_key;
 extern heap heap_empty;
-extern heap_slab heap_slab_invalid;
+extern obj_space heap_space;
 
 #ifdef MA_TLS_DYNAMIC
 heap *heap_tls_get_dynamic(void);
@@ -125,13 +67,14 @@ static inline heap *heap_get(void) {
 
 /* ---- slow paths (heap.c, huge.c) ---- */
 void *heap_malloc_slow(heap *h, unsigned cls);
-void heap_free_generic(heap *h, void *p);
-void heap_slab_emptied(heap *h, heap_slab *s);
-void heap_double_free_check(heap *h, heap_slab *s, heap_block *b);
+void heap_free_generic(void *p);
+void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align);
 size_t heap_collect_all(bool force);
 void heap_global_init(void);
+size_t heap_usable_size(const void *p);
+void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
 
 /* huge.c: blocks mapped directly */
 void *huge_alloc(size_t size, size_t align);
@@ -154,7 +97,6 @@ size_t heap_fmt_u64(char *buf, uint64_t v);
 size_t heap_fmt_hex(char *buf, uint64_t v);
 
 /* stats */
-extern _Atomic size_t heap_stat_active, heap_stat_committed, heap_stat_reserved;
 extern _Atomic size_t heap_stat_purges, heap_stat_heaps;
 
 /* ---- size classes ---- */
@@ -168,68 +110,64 @@ static inline unsigned heap_size_class(size_t size) {
   return (k - 7) * 8 + (unsigned)(s >> (k - 3));
 }
 
-static inline heap_seg *heap_seg_of(const void *p) {
-  return (heap_seg *)((uintptr_t)p & ~(uintptr_t)(HEAP_SEG_SIZE - 1));
-}
-
-/* Is p inside one of our small-block segments? Foreign pointers (and NULL) say no. */
-static inline bool heap_segmap_test(const void *p) {
-  uintptr_t i = (uintptr_t)p >> HEAP_SEG_SHIFT;
-  if (heap_unlikely(i >= HEAP_SEGMAP_BITS)) return false;
-  return (heap_segmap[i >> 6] >> (i & 63)) & 1;
+/* The segment of a small block, or NULL (NULL pointer, large block, foreign pointer, or no
+ * segment yet). Small-block segments are never larger than 4 MiB, so the segment map entry
+ * of p's 4 MiB chunk names the chunk itself. */
+static inline obj_segment *heap_segment_of(const void *p) {
+  const uint32_t *map = obj_segmap;
+  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
+  if (heap_unlikely(map == NULL) ||
+      heap_unlikely(map[c & ((1u << OBJ_MAP_BITS) - 1)] != (uint32_t)c))
+    return NULL;
+  return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
 
 /* ---- fast paths ---- */
 
-/* Pops a block of class `cls` from the thread's current slab: no lock, no atomic, no
- * division. Written to stay in registers; everything rare is in heap_malloc_slow. */
+/* Pops a block of class `cls` from the thread's current slab (obj_bin_alloc): no lock, no
+ * atomic, no division. The emptiness test is repeated here so that the slow path is ours
+ * (first use of a thread, valgrind, purge delay), not obj's. */
 static inline void *heap_malloc_cls(unsigned cls) {
   heap *h = heap_get();
-  heap_bin *b = &h->bins[cls];
-  heap_slab *s = b->cur;
-  heap_block *blk = s->free;
-  if (heap_unlikely(blk == NULL)) return heap_malloc_slow(h, cls);
-  s->free = blk->next;
-  s->used++;
-  b->allocs++;
-  blk->key = 0;
-  return blk;
+  obj_bin *bin = &h->bins[cls];
+  if (heap_unlikely(bin->cur->free == NULL)) return heap_malloc_slow(h, cls);
+  void *p = obj_bin_alloc(h->bs, bin);
+  h->allocs[cls]++;
+  return p;
 }
 
 static inline void *heap_malloc_inline(size_t size) {
+  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_cls(heap_cls_lut[(size + 15) >> 4]);
   if (heap_likely(size <= HEAP_MAX_SMALL)) return heap_malloc_cls(heap_size_class(size));
   return heap_malloc_large(size, 0);
 }
 
-/* Frees p: the owner pushes onto the slab's local list; everything else (another thread's
- * block, a large block, a foreign pointer, a full slab) goes to heap_free_generic. */
+/* Frees p: validated in O(1) (segment map, exact block start by modular inverse), then
+ * obj_free_local when this thread owns the slab. Everything else (another thread's block,
+ * valgrind, a large block, NULL, a foreign pointer) goes to heap_free_generic, in tail
+ * position so the common path saves no registers. */
 static inline void heap_free_inline(void *p) {
-  if (heap_unlikely(!heap_segmap_test(p))) {
-    heap_free_generic(heap_get(), p);
+  const uint32_t *map = obj_segmap;
+  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
+  if (heap_unlikely(map == NULL) ||
+      heap_unlikely(map[c & ((1u << OBJ_MAP_BITS) - 1)] != (uint32_t)c)) {
+    heap_free_generic(p);
     return;
   }
-  heap_seg *seg = heap_seg_of(p);
-  heap_slab *s = seg->page_slab[((uintptr_t)p >> HEAP_PAGE_SHIFT) & (HEAP_PAGES - 1)];
+  obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
+  obj_slab *s = obj_slab_of(seg, p);
+  if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= s->carved)) {
+    heap_free_invalid(p);
+    return;
+  }
+  if (heap_unlikely(!obj_is_local(s))) {
+    heap_free_generic(p);
+    return;
+  }
   heap *h = heap_get();
-  if (heap_unlikely(seg->owner != h || s->flags != 0)) {
-    heap_free_generic(h, p);
-    return;
-  }
-  uintptr_t off = (uintptr_t)p - s->start;
-  if (heap_unlikely(((off * s->magic) >> HEAP_MAGIC_SHIFT) * s->size != off ||
-                    (char *)p >= s->bump))
-    heap_misuse("invalid free", p);
-  heap_block *blk = (heap_block *)p;
-  if (heap_unlikely(blk->key == heap_free_key)) heap_double_free_check(h, s, blk);
-  blk->next = s->free;
-  blk->key = heap_free_key;
-  s->free = blk;
-  h->bins[s->cls].frees++;
-  if (heap_unlikely(--s->used == 0)) heap_slab_emptied(h, s);
+  h->frees++;
+  h->freed_bytes += s->stride;
+  obj_free_local(s, p);
 }
-
-/* Usable size of a live block (aborts on a pointer that is not ours). */
-size_t heap_usable_size(const void *p);
-void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees);
 
 #endif /* MAPALLOC_HEAP_INTERNAL_H */
