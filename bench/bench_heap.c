@@ -86,7 +86,9 @@ static size_t w_realloc(size_t n) {
   for (size_t r = 0; ops < n; r++) {
     char *p = NULL;
     for (size_t sz = 16; sz <= (4u << 20); sz += sz / 4 + 16) {
-      p = realloc(p, sz);
+      char *q = realloc(p, sz);
+      if (!q) abort();
+      p = q;
       p[sz - 1] = 1;
       ops++;
     }
