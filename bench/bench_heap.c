@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -166,6 +167,8 @@ static alloc_def allocs[] = {
 
 /* Runs argv with LD_PRELOAD=lib (NULL: unset); returns its stdout (first line) as double,
  * or -1. With `err`, the child's stderr is captured there instead. */
+static double child_rss_kb; /* second number the worker printed: peak RSS in KiB */
+
 static double run_child(const char *lib, char *const argv[], char *err, size_t errlen) {
   int out[2], ep[2];
   if (pipe(out) || pipe(ep)) return -1;
@@ -198,7 +201,10 @@ static double run_child(const char *lib, char *const argv[], char *err, size_t e
   int st;
   waitpid(pid, &st, 0);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return -1;
-  return strtod(buf, NULL);
+  char *end;
+  double v = strtod(buf, &end);
+  child_rss_kb = strtod(end, NULL);
+  return v;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -239,7 +245,9 @@ int main(int argc, char **argv) {
       double t0 = now_ns();
       size_t ops = workloads[i].fn(n);
       double t1 = now_ns();
-      printf("%.3f\n", (t1 - t0) / (double)ops);
+      struct rusage ru;
+      getrusage(RUSAGE_SELF, &ru);
+      printf("%.3f %ld\n", (t1 - t0) / (double)ops, ru.ru_maxrss);
       return 0;
     }
     return 2;
@@ -293,13 +301,14 @@ int main(int argc, char **argv) {
   printf("\n");
   double geo[NA] = {0};
   int ngeo = 0;
+  double rss[NW][NA];
   for (size_t w = 0; w < NW; w++) {
     bool sel = nonly == 0;
     for (size_t i = 0; i < nonly; i++) sel |= !strcmp(only[i], workloads[w].name);
     if (!sel) continue;
     double med[NA];
     for (size_t a = 0; a < NA; a++) {
-      double t[64];
+      double t[64], m[64];
       int k = 0;
       if (allocs[a].lib && access(allocs[a].lib, R_OK) != 0) {
         med[a] = -1;
@@ -308,10 +317,12 @@ int main(int argc, char **argv) {
       for (int r = 0; r < reps && r < 64; r++) {
         char *cargv[] = {(char *)self_path(), "--worker", (char *)workloads[w].name, NULL};
         double v = run_child(allocs[a].lib, cargv, NULL, 0);
-        if (v > 0) t[k++] = v;
+        if (v > 0) m[k] = child_rss_kb, t[k++] = v;
       }
       qsort(t, (size_t)k, sizeof t[0], cmp_double);
+      qsort(m, (size_t)k, sizeof m[0], cmp_double);
       med[a] = k ? t[k / 2] : -1;
+      rss[w][a] = k ? m[k / 2] : -1;
     }
     printf("%-10s", workloads[w].name);
     for (size_t a = 0; a < NA; a++) {
@@ -327,6 +338,22 @@ int main(int argc, char **argv) {
   }
   printf("%-10s", "geomean");
   for (size_t a = 0; a < NA; a++) printf("          (%5.2fx)", __builtin_exp(geo[a] / ngeo));
+  printf("\n\nmedian peak RSS in MiB (ratio to jemalloc in brackets)\n%-10s", "workload");
+  for (size_t a = 0; a < NA; a++) printf(" %18s", allocs[a].name);
   printf("\n");
+  for (size_t w = 0, i = 0; w < NW; w++) {
+    bool sel = nonly == 0;
+    for (size_t j = 0; j < nonly; j++) sel |= !strcmp(only[j], workloads[w].name);
+    if (!sel) continue;
+    printf("%-10s", workloads[w].name);
+    for (size_t a = 0; a < NA; a++) {
+      if (rss[w][a] < 0)
+        printf(" %18s", "n/a");
+      else
+        printf(" %9.1f (%5.2fx)", rss[w][a] / 1024, rss[w][a] / rss[w][2]);
+    }
+    printf("\n");
+    i++;
+  }
   return 0;
 }

@@ -178,8 +178,8 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   /* Under the lock: a moved-away address must not be re-mapped and recorded by another
    * thread before the old record is gone. */
   void *np = NULL;
-  int rc = os_remap(p, r.len, nlen, false, &np);
-  if (rc != 0 && r.align == 0) rc = os_remap(p, r.len, nlen, true, &np);
+  /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. */
+  int rc = os_remap(p, r.len, nlen, r.align == 0, &np);
   if (rc == 0) {
     huge_remove_at(i);
     huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)np, nlen, r.align});
