@@ -13,6 +13,7 @@
  *   window     1,000 live blocks of 16..1,024 bytes, one replaced per step
  *   bigwindow  100,000 live blocks of 16..4,096 bytes, one replaced per step
  *   medium     malloc+free of 8..64 KiB blocks with 64 live
+ *   large      malloc+free of 200..900 KB blocks (two pages touched)
  *   realloc    a buffer grown by realloc from 16 bytes to 4 MiB, freed, repeated
  *   xthread    2 threads: one allocates, the other frees (remote frees)
  *   threads2   2 threads each running `window` independently
@@ -82,6 +83,17 @@ static size_t w_medium(size_t n) {
   return window(n, 64, 56 << 10, 3);
 }
 
+static size_t w_large(size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    char *p = malloc(200000 + (i % 8) * 100000);
+    p[0] = 1;
+    p[150000] = 2;
+    sink = p;
+    free(p);
+  }
+  return n;
+}
+
 static size_t w_realloc(size_t n) {
   size_t ops = 0;
   for (size_t r = 0; ops < n; r++) {
@@ -146,8 +158,8 @@ typedef struct workload {
 static const workload workloads[] = {
     {"churn", w_churn, 10000000},        {"window", w_window, 4000000},
     {"bigwindow", w_bigwindow, 2000000}, {"medium", w_medium, 500000},
-    {"realloc", w_realloc, 200000},      {"xthread", w_xthread, 1000000},
-    {"threads2", w_threads2, 4000000},
+    {"large", w_large, 200000},          {"realloc", w_realloc, 200000},
+    {"xthread", w_xthread, 1000000},     {"threads2", w_threads2, 4000000},
 };
 #define NW (sizeof workloads / sizeof workloads[0])
 

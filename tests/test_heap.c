@@ -643,3 +643,22 @@ Test(heap_stats, print_table) {
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
     cr_assert(strstr(buf, rows[i]) != NULL, "row %s missing in:\n%s", rows[i], buf);
 }
+
+Test(heap_memory, large_blocks_are_cached_then_purged) {
+  size_t n = 6 << 20;
+  char *p = ma_malloc(n);
+  memset(p, 1, n);
+  ma_heap_stats a, b, c;
+  ma_heap_stats_get(&a);
+  ma_free(p);
+  ma_heap_stats_get(&b);
+  cr_assert_eq(b.allocated + n, a.allocated);
+  cr_assert_geq(b.committed + n, a.committed); /* kept for reuse (or unmapped) */
+  char *q = ma_calloc(1, n - 4096);            /* a reused mapping must come back zeroed */
+  for (size_t i = 0; i < n - 4096; i += 511) cr_assert_eq(q[i], 0, "byte %zu", i);
+  ma_free(q);
+  cr_assert_eq(ma_heap_collect(true), 0);
+  ma_heap_stats_get(&c);
+  cr_assert_leq(c.committed + n, a.committed, "committed %zu before %zu", c.committed,
+                a.committed);
+}

@@ -5,13 +5,13 @@
 #include "malloc/heap_internal.h"
 #include "os/os.h"
 
-void *heap_malloc_large(size_t size, size_t align) {
+void *heap_malloc_large(size_t size, size_t align, bool zero) {
   if (size > (size_t)PTRDIFF_MAX) {
     errno = ENOMEM;
     return NULL;
   }
   heap_global_init();
-  return huge_alloc(size, align);
+  return huge_alloc(size, align, zero);
 }
 
 /* Over-aligned allocation: a slab class whose size is a multiple of `align` gives aligned
@@ -23,7 +23,7 @@ static void *heap_malloc_aligned(size_t align, size_t size) {
     while (c < HEAP_NCLASSES && (heap_cls_size[c] & (align - 1)) != 0) c++;
     if (c < HEAP_NCLASSES) return heap_malloc_cls(c);
   }
-  return heap_malloc_large(size, align);
+  return heap_malloc_large(size, align, false);
 }
 
 MA_API void *ma_malloc(size_t size) {
@@ -56,7 +56,7 @@ MA_API void *ma_calloc(size_t n, size_t size) {
       memset(p, 0, total);
     return p;
   }
-  return heap_malloc_large(total, 0); /* fresh pages from the OS are zero already */
+  return heap_malloc_large(total, 0, true); /* no memset on fresh pages from the OS */
 }
 
 MA_API size_t ma_usable_size(const void *p) {
@@ -134,14 +134,14 @@ void *heap_memalign(size_t align, size_t size) {
  * Statistics
  * ---------------------------------------------------------------------------------- */
 MA_API void ma_heap_stats_get(ma_heap_stats *out) {
-  size_t allocated, allocs, frees, retained, hcount, hbytes, hallocs, hfrees;
+  size_t allocated, allocs, frees, retained, hcount, hbytes, hallocs, hfrees, hcached;
   heap_sum_counters(&allocated, &allocs, &frees, &retained);
-  huge_stats(&hcount, &hbytes, &hallocs, &hfrees);
+  huge_stats(&hcount, &hbytes, &hallocs, &hfrees, &hcached);
   size_t committed = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   out->allocated = allocated + hbytes;
   out->active = (committed > retained ? committed - retained : 0) + hbytes;
-  out->committed = committed + hbytes;
-  out->reserved = __atomic_load_n(&heap_space.reserved, __ATOMIC_RELAXED) + hbytes;
+  out->committed = committed + hbytes + hcached;
+  out->reserved = __atomic_load_n(&heap_space.reserved, __ATOMIC_RELAXED) + hbytes + hcached;
   out->mapped_large = hbytes;
   out->allocs = allocs + hallocs;
   out->frees = frees + hfrees;

@@ -89,7 +89,7 @@ void heap_free_invalid(const void *p) {
   heap_misuse("invalid free", p);
 }
 
-static uint64_t now_ms(void) {
+uint64_t heap_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -224,7 +224,7 @@ static void heap_purge_check(heap *h) {
     h->retained_since = 0;
     return;
   }
-  uint64_t now = now_ms();
+  uint64_t now = heap_now_ms();
   if (h->retained_since == 0) {
     h->retained_since = now;
     if (heap_opt.purge_delay_ms > 0) return;
@@ -253,6 +253,7 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
     p = obj_bin_alloc_tracked(h->bs, bin, heap_cls_size[cls], false);
   } else {
     heap_purge_check(h);
+    huge_cache_purge(false);
     p = obj_bin_alloc_slow(h->bs, bin);
   }
   if (p) h->allocs[cls]++;
@@ -328,11 +329,12 @@ size_t heap_collect_all(bool force) {
     }
   }
   obj_space_trim(&heap_space); /* segments of exited threads */
-  if (force)                   /* other threads trim at their next slow path */
+  size_t cached = huge_cache_purge(force);
+  if (force) /* other threads trim at their next slow path */
     __atomic_add_fetch(&heap_space.trim_epoch, 1, __ATOMIC_RELAXED);
   if (h->bs) h->bs->trim_seen = __atomic_load_n(&heap_space.trim_epoch, __ATOMIC_RELAXED);
   size_t after = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
-  return before > after ? before - after : 0;
+  return (before > after ? before - after : 0) + cached;
 }
 
 int ma_heap_collect(bool force) {

@@ -70,18 +70,20 @@ void *heap_malloc_slow(heap *h, unsigned cls);
 void heap_free_generic(void *p);
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
-void *heap_malloc_large(size_t size, size_t align);
+void *heap_malloc_large(size_t size, size_t align, bool zero);
+uint64_t heap_now_ms(void);
 size_t heap_collect_all(bool force);
 void heap_global_init(void);
 size_t heap_usable_size(const void *p);
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
 
 /* huge.c: blocks mapped directly */
-void *huge_alloc(size_t size, size_t align);
+void *huge_alloc(size_t size, size_t align, bool zero); /* zero: calloc */
+size_t huge_cache_purge(bool all); /* unmaps expired (all) cached mappings; bytes */
 bool huge_free(void *p);           /* false: not a huge block */
 size_t huge_usable(const void *p); /* 0: not a huge block */
 void *huge_realloc(void *p, size_t size, bool *moved_out);
-void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees);
+void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees, size_t *cached);
 void huge_atfork_prepare(void);
 void huge_atfork_parent(void);
 void huge_atfork_child(void);
@@ -139,7 +141,7 @@ static inline void *heap_malloc_cls(unsigned cls) {
 static inline void *heap_malloc_inline(size_t size) {
   if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_cls(heap_cls_lut[(size + 15) >> 4]);
   if (heap_likely(size <= HEAP_MAX_SMALL)) return heap_malloc_cls(heap_size_class(size));
-  return heap_malloc_large(size, 0);
+  return heap_malloc_large(size, 0, false);
 }
 
 /* Frees p: validated in O(1) (segment map, exact block start by modular inverse), then

@@ -3,7 +3,13 @@
  * Each block is recorded in a side table (open addressing keyed by its address), so a block
  * needs no header (page-aligned requests cost no extra page) and a pointer we did not map
  * is recognised. Growth uses mremap, which moves page tables instead of copying. One mutex
- * guards the table; the system calls for alloc and free run outside it. */
+ * guards the table; the system calls for alloc and free run outside it.
+ *
+ * Freed mappings of up to HUGE_CACHE_MAX_BLOCK are kept in a small cache for
+ * MAPALLOC_PURGE_DELAY_MS and reused by the next large allocation that fits (a program that
+ * allocates and frees 500 KiB buffers in a loop would otherwise pay mmap, page faults and
+ * munmap every time); expired entries are unmapped on the next large-block operation or
+ * heap slow path, all of them on ma_heap_collect(true) / malloc_trim. */
 #include <pthread.h>
 #include <string.h>
 
@@ -16,7 +22,31 @@ typedef struct huge_rec {
   size_t align;  /* > page size: must not be moved by mremap */
 } huge_rec;
 
+#define HUGE_CACHE_N         16
+#define HUGE_CACHE_MAX_BLOCK ((size_t)32 << 20)
+#define HUGE_CACHE_MAX_BYTES ((size_t)64 << 20)
+
+typedef struct huge_cached {
+  uintptr_t ptr;
+  size_t len;
+  uint64_t expires; /* ms */
+} huge_cached;
+
 static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
+static huge_cached huge_cache[HUGE_CACHE_N];
+static size_t huge_cache_n, huge_cache_bytes;
+static _Atomic size_t huge_cache_pub;    /* huge_cache_n, readable without the lock */
+static _Atomic uint64_t huge_cache_next; /* earliest expiry in the cache (ms) */
+
+/* Publishes the cache's size and earliest expiry; huge_lock held. */
+static void huge_cache_publish(void) {
+  uint64_t next = UINT64_MAX;
+  for (size_t i = 0; i < huge_cache_n; i++)
+    if (huge_cache[i].expires < next) next = huge_cache[i].expires;
+  atomic_store_explicit(&huge_cache_next, next, memory_order_relaxed);
+  atomic_store_explicit(&huge_cache_pub, huge_cache_n, memory_order_relaxed);
+}
+
 static huge_rec *huge_tab;
 static size_t huge_cap, huge_count, huge_bytes, huge_allocs, huge_frees;
 
@@ -84,7 +114,58 @@ static size_t huge_round(size_t size) {
   return len ? len : ps;
 }
 
-void *huge_alloc(size_t size, size_t align) {
+/* Takes the cached mapping that fits `len` best (at most twice as long); huge_lock held. */
+static bool huge_cache_take(size_t len, huge_cached *out) {
+  size_t best = SIZE_MAX;
+  for (size_t i = 0; i < huge_cache_n; i++) {
+    size_t l = huge_cache[i].len;
+    if (l >= len && l / 2 <= len && (best == SIZE_MAX || l < huge_cache[best].len)) best = i;
+  }
+  if (best == SIZE_MAX) return false;
+  *out = huge_cache[best];
+  huge_cache[best] = huge_cache[--huge_cache_n];
+  huge_cache_bytes -= out->len;
+  huge_cache_publish();
+  return true;
+}
+
+/* Removes expired (all with `all`) entries into victims[]; huge_lock held. */
+static size_t huge_cache_expire(bool all, uint64_t now, huge_cached *victims) {
+  size_t nv = 0;
+  for (size_t i = 0; i < huge_cache_n;) {
+    if (all || huge_cache[i].expires <= now) {
+      victims[nv++] = huge_cache[i];
+      huge_cache_bytes -= huge_cache[i].len;
+      huge_cache[i] = huge_cache[--huge_cache_n];
+    } else {
+      i++;
+    }
+  }
+  huge_cache_publish();
+  return nv;
+}
+
+static void huge_unmap_all(const huge_cached *v, size_t n) {
+  int saved = errno;
+  for (size_t i = 0; i < n; i++) os_release((void *)v[i].ptr, v[i].len);
+  errno = saved;
+}
+
+size_t huge_cache_purge(bool all) {
+  if (atomic_load_explicit(&huge_cache_pub, memory_order_relaxed) == 0) return 0;
+  uint64_t now = heap_now_ms();
+  if (!all && now < atomic_load_explicit(&huge_cache_next, memory_order_relaxed)) return 0;
+  huge_cached victims[HUGE_CACHE_N];
+  pthread_mutex_lock(&huge_lock);
+  size_t nv = huge_cache_expire(all, now, victims);
+  pthread_mutex_unlock(&huge_lock);
+  huge_unmap_all(victims, nv);
+  size_t bytes = 0;
+  for (size_t i = 0; i < nv; i++) bytes += victims[i].len;
+  return bytes;
+}
+
+void *huge_alloc(size_t size, size_t align, bool zero) {
   size_t len = huge_round(size);
   if (!len) {
     errno = ENOMEM;
@@ -92,6 +173,20 @@ void *huge_alloc(size_t size, size_t align) {
   }
   size_t ps = os_page_size();
   size_t a = align > ps ? align : 0;
+  if (a == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
+    huge_cached c;
+    pthread_mutex_lock(&huge_lock);
+    if (huge_reserve_slot() && huge_cache_take(len, &c)) {
+      huge_put(huge_tab, huge_cap, (huge_rec){c.ptr, c.len, 0});
+      huge_count++;
+      huge_allocs++;
+      huge_bytes += c.len;
+      pthread_mutex_unlock(&huge_lock);
+      if (zero) memset((void *)c.ptr, 0, size);
+      return (void *)c.ptr;
+    }
+    pthread_mutex_unlock(&huge_lock);
+  }
   void *p = os_alloc(len, a, false);
   if (!p) {
     errno = ENOMEM;
@@ -127,13 +222,36 @@ bool huge_free(void *p) {
   }
   huge_recent[huge_recent_next++ % 16] = (uintptr_t)p;
   size_t len = huge_tab[i].len;
+  bool aligned = huge_tab[i].align != 0;
   huge_remove_at(i);
   huge_frees++;
   huge_bytes -= len;
+  huge_cached victims[HUGE_CACHE_N + 1];
+  size_t nv = 0;
+  if (!aligned && len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0) {
+    uint64_t now = heap_now_ms();
+    nv = huge_cache_expire(false, now, victims);
+    while (huge_cache_n &&
+           (huge_cache_n == HUGE_CACHE_N || huge_cache_bytes + len > HUGE_CACHE_MAX_BYTES)) {
+      size_t old = 0; /* evict the entry that expires first */
+      for (size_t k = 1; k < huge_cache_n; k++)
+        if (huge_cache[k].expires < huge_cache[old].expires) old = k;
+      victims[nv++] = huge_cache[old];
+      huge_cache_bytes -= huge_cache[old].len;
+      huge_cache[old] = huge_cache[--huge_cache_n];
+    }
+    if (huge_cache_bytes + len <= HUGE_CACHE_MAX_BYTES) {
+      uint64_t delay =
+          heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
+      huge_cache[huge_cache_n++] = (huge_cached){(uintptr_t)p, len, now + delay};
+      huge_cache_bytes += len;
+      len = 0; /* kept */
+    }
+    huge_cache_publish();
+  }
   pthread_mutex_unlock(&huge_lock);
-  int saved = errno;
-  os_release(p, len);
-  errno = saved;
+  if (len) victims[nv++] = (huge_cached){(uintptr_t)p, len, 0};
+  huge_unmap_all(victims, nv);
   return true;
 }
 
@@ -193,7 +311,7 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   pthread_mutex_unlock(&huge_lock);
   errno = saved;
   /* Over-aligned block that cannot grow in place: copy. */
-  void *q = huge_alloc(size, r.align);
+  void *q = huge_alloc(size, r.align, false);
   if (!q) return NULL;
   memcpy(q, p, r.len);
   huge_free(p);
@@ -201,10 +319,11 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   return q;
 }
 
-void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees) {
+void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees, size_t *cached) {
   pthread_mutex_lock(&huge_lock);
   *count = huge_count;
   *bytes = huge_bytes;
+  *cached = huge_cache_bytes;
   *allocs = huge_allocs;
   *frees = huge_frees;
   pthread_mutex_unlock(&huge_lock);

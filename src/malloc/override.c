@@ -133,8 +133,8 @@ MA_API void malloc_stats(void) {
 MA_API struct mallinfo2 mallinfo2(void) {
   ma_heap_stats st;
   ma_heap_stats_get(&st);
-  size_t hcount, hbytes, ha, hf;
-  huge_stats(&hcount, &hbytes, &ha, &hf);
+  size_t hcount, hbytes, ha, hf, hc;
+  huge_stats(&hcount, &hbytes, &ha, &hf, &hc);
   struct mallinfo2 mi;
   memset(&mi, 0, sizeof mi);
   mi.arena = st.committed - st.mapped_large;
