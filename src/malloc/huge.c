@@ -193,6 +193,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     return NULL;
   }
   if (heap_opt.huge_pages > 0) os_advise(p, len, MA_ADV_HUGEPAGE);
+  if (heap_opt.huge_pages == 0) os_advise(p, len, MA_ADV_NOHUGEPAGE);
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);

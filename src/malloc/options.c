@@ -27,7 +27,8 @@ static const heap_option_desc heap_option_table[] = {
     {"PURGE_DELAY_MS", &heap_opt.purge_delay_ms, HEAP_PURGE_DELAY_DEFAULT,
      "ms before freed pages go back to the OS (0: at once, -1: only on collect/trim)"},
     {"HUGE_PAGES", &heap_opt.huge_pages, -1,
-     "transparent huge pages for heap memory: 1 on, 0 off, -1 system default"},
+     "transparent huge pages: 1 on (heap segments and large blocks), 0 off (large blocks), "
+     "-1 system default"},
 };
 
 /* Parses a decimal integer (optionally negative); yes/true/on = 1, no/false/off = 0. */
