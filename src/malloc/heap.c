@@ -263,7 +263,7 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
 /* Validates that p is the start of a handed-out block of a small-block segment. */
 static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *what) {
   obj_slab *s = obj_slab_of(seg, p);
-  if (obj_block_q(s, (uintptr_t)p) >= s->carved) heap_misuse(what, p);
+  if (obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s)) heap_misuse(what, p);
   return s;
 }
 

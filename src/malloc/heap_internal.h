@@ -158,7 +158,7 @@ static inline void heap_free_inline(void *p) {
   }
   obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
   obj_slab *s = obj_slab_of(seg, p);
-  if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= s->carved)) {
+  if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s))) {
     heap_free_invalid(p);
     return;
   }
