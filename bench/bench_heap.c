@@ -15,7 +15,7 @@
  *   medium     malloc+free of 8..64 KiB blocks with 64 live
  *   large      malloc+free of 200..900 KB blocks (two pages touched)
  *   realloc    a buffer grown by realloc from 16 bytes to 4 MiB, freed, repeated
- *   xthread    2 threads: one allocates, the other frees (remote frees)
+ *   xthread    2 threads: one allocates, the other frees (remote frees), batches of 1024
  *   threads2   2 threads each running `window` independently
  */
 #include <errno.h>
@@ -110,32 +110,50 @@ static size_t w_realloc(size_t n) {
   return ops;
 }
 
-#define XQ 4096
-static void *_Atomic xq[XQ];
-static size_t x_n;
+/* Producer/consumer in batches of XB blocks handed over under a mutex: the time is the
+ * allocation and the cross-thread free, not the hand-over (which a spinning ring on a
+ * loaded machine would dominate). At most XQ batches are in flight. */
+#define XB 1024
+#define XQ 8
+static void *xbatch[XQ][XB];
+static size_t x_head, x_tail, x_batches;
+static pthread_mutex_t x_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t x_cv = PTHREAD_COND_INITIALIZER;
+
 static void *x_consumer(void *arg) {
   (void)arg;
-  for (size_t i = 0; i < x_n; i++) {
-    void *p;
-    while ((p = atomic_exchange_explicit(&xq[i % XQ], NULL, memory_order_acquire)) == NULL) {
-    }
-    free(p);
+  for (size_t b = 0; b < x_batches; b++) {
+    pthread_mutex_lock(&x_mu);
+    while (x_tail == x_head) pthread_cond_wait(&x_cv, &x_mu);
+    pthread_mutex_unlock(&x_mu);
+    void **v = xbatch[x_tail % XQ];
+    for (size_t i = 0; i < XB; i++) free(v[i]);
+    pthread_mutex_lock(&x_mu);
+    x_tail++;
+    pthread_cond_broadcast(&x_cv);
+    pthread_mutex_unlock(&x_mu);
   }
   return NULL;
 }
+
 static size_t w_xthread(size_t n) {
-  x_n = n;
+  x_batches = n / XB;
   pthread_t t;
   pthread_create(&t, NULL, x_consumer, NULL);
   uint64_t s = 5;
-  for (size_t i = 0; i < n; i++) {
-    void *p = malloc(16 + rng(&s) % 500);
-    while (atomic_load_explicit(&xq[i % XQ], memory_order_relaxed) != NULL) {
-    }
-    atomic_store_explicit(&xq[i % XQ], p, memory_order_release);
+  for (size_t b = 0; b < x_batches; b++) {
+    pthread_mutex_lock(&x_mu);
+    while (x_head - x_tail == XQ) pthread_cond_wait(&x_cv, &x_mu);
+    pthread_mutex_unlock(&x_mu);
+    void **v = xbatch[x_head % XQ];
+    for (size_t i = 0; i < XB; i++) v[i] = malloc(16 + rng(&s) % 500);
+    pthread_mutex_lock(&x_mu);
+    x_head++;
+    pthread_cond_broadcast(&x_cv);
+    pthread_mutex_unlock(&x_mu);
   }
   pthread_join(t, NULL);
-  return n;
+  return x_batches * XB;
 }
 
 static void *t_window(void *arg) {
