@@ -286,15 +286,21 @@ void heap_free_generic(void *p) {
     return;
   }
   obj_slab *s = heap_slab_check(seg, p, "invalid free");
-  if (heap_unlikely(obj_tracking)) {
-    obj_free_tracked(seg, s, p, s->stride);
-    return;
-  }
-  if (obj_is_local(s)) { /* not reached from the fast path; kept for completeness */
+  if (obj_is_local(s) && !obj_tracking) { /* not reached from the fast path */
     heap *h = heap_get();
     h->frees++;
     h->freed_bytes += s->stride;
     obj_free_local(s, p);
+    return;
+  }
+  heap_free_other(seg, s, p);
+}
+
+/* A validated block of a slab this thread does not own (another thread's, an exited
+ * thread's), or any block under valgrind. */
+void heap_free_other(obj_segment *seg, obj_slab *s, void *p) {
+  if (heap_unlikely(obj_tracking)) {
+    obj_free_tracked(seg, s, p, s->stride);
     return;
   }
   /* Counted as freed by the thread that frees it: the totals are what matter. */

@@ -68,6 +68,7 @@ static inline heap *heap_get(void) {
 /* ---- slow paths (heap.c, huge.c) ---- */
 void *heap_malloc_slow(heap *h, unsigned cls);
 void heap_free_generic(void *p);
+void heap_free_other(obj_segment *seg, obj_slab *s, void *p); /* validated, not ours */
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align, bool zero);
@@ -163,7 +164,7 @@ static inline void heap_free_inline(void *p) {
     return;
   }
   if (heap_unlikely(!obj_is_local(s))) {
-    heap_free_generic(p);
+    heap_free_other(seg, s, p);
     return;
   }
   heap *h = heap_get();
