@@ -7,7 +7,15 @@ if(TARGET mapalloc_preload)
   target_link_libraries(preload_override_check PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
   add_test(NAME preload_override_check
     COMMAND env LD_PRELOAD=$<TARGET_FILE:mapalloc_preload> $<TARGET_FILE:preload_override_check>)
+  # The same checks with the options at their extremes.
+  add_test(NAME preload_override_check_purge_now
+    COMMAND env LD_PRELOAD=$<TARGET_FILE:mapalloc_preload> MAPALLOC_PURGE_DELAY_MS=0
+            MAPALLOC_HUGE_PAGES=1 $<TARGET_FILE:preload_override_check>)
+  add_test(NAME preload_override_check_purge_never
+    COMMAND env LD_PRELOAD=$<TARGET_FILE:mapalloc_preload> MAPALLOC_PURGE_DELAY_MS=-1
+            MAPALLOC_HUGE_PAGES=0 MAPALLOC_STATS=1 $<TARGET_FILE:preload_override_check>)
   add_test(NAME preload_programs
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/preload/run-programs.sh $<TARGET_FILE:mapalloc_preload>)
-  set_tests_properties(preload_override_check preload_programs PROPERTIES TIMEOUT 300)
+  set_tests_properties(preload_override_check preload_override_check_purge_now
+    preload_override_check_purge_never preload_programs PROPERTIES TIMEOUT 300)
 endif()

@@ -154,8 +154,22 @@ int main(void) {
   CHECK(p != NULL);
   free(p); /* mixing __libc_malloc and free is fine */
   lf(malloc(20));
+  /* Large blocks: churn (the mapping cache), growth by realloc, calloc on reused memory. */
+  for (int i = 0; i < 50; i++) {
+    size_t n = 200000 + (size_t)(i % 5) * 150000;
+    unsigned char *b = malloc(n);
+    CHECK(b != NULL && malloc_usable_size(b) >= n);
+    memset(b, 0xAB, n);
+    b = realloc(b, n * 3);
+    CHECK(b != NULL && b[n - 1] == 0xAB);
+    free(b);
+    unsigned char *z = calloc(1, n);
+    CHECK(z != NULL && z[0] == 0 && z[n / 2] == 0 && z[n - 1] == 0);
+    free(z);
+  }
   struct mallinfo2 mi = mallinfo2();
   CHECK(mi.uordblks > 0);
+  CHECK(mi.hblkhd == 0); /* no large block is live any more */
   CHECK(malloc_trim(0) >= 0);
 
   if (failures) return 1;
