@@ -411,6 +411,14 @@ static void *ring_get(ring *r) {
   return p;
 }
 
+static void *ring_try_get(ring *r) {
+  pthread_mutex_lock(&r->mu);
+  void *p = r->head == r->tail ? NULL : r->slot[r->tail++ % RING];
+  if (p) pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+  return p;
+}
+
 typedef struct worker {
   ring *out, *in;
   unsigned id;
@@ -435,12 +443,10 @@ static void *producer_consumer(void *arg) {
     } else {
       ring_put(w->out, p);
     }
-    /* consume what the neighbour sent */
-    pthread_mutex_lock(&w->in->mu);
-    bool has = w->in->head != w->in->tail;
-    pthread_mutex_unlock(&w->in->mu);
-    if (has) {
-      unsigned char *q = ring_get(w->in);
+    /* consume what the neighbour sent, if anything (never block: a drainer may have taken
+     * it, and the neighbour may have finished) */
+    unsigned char *q = ring_try_get(w->in);
+    if (q) {
       size_t qs;
       memcpy(&qs, q, sizeof qs);
       for (size_t j = sizeof qs + 1; j < qs; j++)
@@ -459,7 +465,7 @@ static void *drain(void *arg) {
   return NULL;
 }
 
-Test(heap_threads, cross_thread_free_stress) {
+Test(heap_threads, cross_thread_free_stress, .timeout = 120) {
   enum { T = 4 };
   ring rings[T];
   worker w[T];
@@ -508,7 +514,7 @@ static void *alloc_and_exit(void *arg) {
   return NULL;
 }
 
-Test(heap_threads, two_thousand_short_threads_no_rss_growth) {
+Test(heap_threads, two_thousand_short_threads_no_rss_growth, .timeout = 120) {
   size_t rss_mid = 0;
   for (int i = 0; i < 2000; i++) {
     pthread_t t;
@@ -545,7 +551,7 @@ static void *churn(void *arg) {
   return NULL;
 }
 
-Test(heap_threads, fork_under_threads) {
+Test(heap_threads, fork_under_threads, .timeout = 120) {
   pthread_t th[3];
   atomic_store(&fork_stop, false);
   for (int i = 0; i < 3; i++) pthread_create(&th[i], NULL, churn, NULL);

@@ -365,9 +365,10 @@ static void heap_thread_done(void *arg) {
   errno = saved;
 }
 
-/* Fork: hold the global locks across fork so the child sees consistent lists; in the
- * child, obj abandons the bins of threads that do not exist there (their slabs are adopted
- * by the child's threads). */
+/* Fork: hold the global locks across fork so the child sees consistent lists. The bins of
+ * the threads that do not exist in the child are left as they are (their memory is not
+ * reused there, as with mimalloc): fork() may have caught such a thread in the middle of a
+ * slow path, and walking its half-updated lists (obj_space_fork_child) could loop. */
 static void heap_atfork_prepare(void) {
   pthread_mutex_lock(&heap_lock);
   if (atomic_load(&heap_init_state) == 2) pthread_mutex_lock(&heap_space.lock);
@@ -381,7 +382,7 @@ static void heap_atfork_parent(void) {
 static void heap_atfork_child(void) {
   huge_atfork_child();
   pthread_mutex_init(&heap_lock, NULL);
-  if (atomic_load(&heap_init_state) == 2) obj_space_fork_child(&heap_space);
+  if (atomic_load(&heap_init_state) == 2) pthread_mutex_init(&heap_space.lock, NULL);
 }
 
 /* Stats walk: sums every heap's counters. */
