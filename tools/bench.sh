@@ -229,7 +229,9 @@ if ((callgrind)); then
     echo "Instructions per operation (callgrind, Ir difference between two sizes / op difference)."
     echo "An op is one malloc+free pair (glibc-simple, churn), one step (mstress), one malloc or free (frag)."
     echo
-    echo "| workload | ${allocs[*]} |" | sed 's/ \([a-z]\)/ | \1/g; s/^| workload |/| workload |/'
+    printf '| workload |'
+    for a in "${allocs[@]}"; do printf ' %s |' "$a"; done
+    echo
     printf '|---|'
     for _ in "${allocs[@]}"; do printf -- '---|'; done
     echo
@@ -293,6 +295,12 @@ run_memcached() {
       wait "$rpid" || true
       return 1
     }
+  # memcslap can exit 0 after connection errors: a dead server or an error line is a failure.
+  if ! kill -0 "$spid" 2>/dev/null || grep -qiE 'fatal|failure' "$base.client.log"; then
+    kill "$spid" 2>/dev/null || true
+    wait "$rpid" || true
+    return 1
+  fi
   hwm=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$spid/status")
   kill -TERM "$spid"
   wait "$rpid" || true # memcached exits on SIGTERM with status 0; the runner reports it
