@@ -287,7 +287,7 @@ run_memcached() {
     wait "$rpid" || true
     return 1
   fi
-  n=$(sz 4000 40000)
+  n=$(sz 4000 20000)
   cres=$("$runner" -t "$timeout" -o "$base.client.log" -- sh -c \
     "memcslap -s 127.0.0.1:$port -t set -c 4 -e $n && memcslap -s 127.0.0.1:$port -b -t mget -c 4 -e $n") ||
     {
