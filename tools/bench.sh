@@ -356,8 +356,8 @@ done
 
 # Micro-benchmarks of mapalloc's own layers (bench/bench_*.c, linked statically; no preload).
 # They run when built, once per run, with MAPALLOC_BENCH_QUICK=1 in --quick.
+micro=()
 if ((!${#only[@]})); then
-  micro=()
   for f in bench/bench_*.c; do
     [[ -e $f ]] || continue
     b=$(basename "$f" .c)
@@ -368,7 +368,11 @@ if ((!${#only[@]})); then
       for ((r = 1; r <= runs; r++)); do
         printf '[micro] %-22s run %d/%d ... ' "$b" "$r" "$runs"
         log="$logdir/$b-$r.log"
-        line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- "$build/bench/$b") || true
+        margs=()
+        # Known quick sizes of the layer benchmarks (their own argument conventions).
+        ((quick)) && [[ $b == bench_arena ]] && margs=(3)
+        line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- \
+          "$build/bench/$b" "${margs[@]}") || true
         st=$(field status "$line")
         if [[ $st != 0 ]]; then
           echo "FAILED (status ${st:-?}; log $log)"
@@ -396,6 +400,12 @@ note="$note --runs $runs --alloc $(
 )$( ((${#only[@]})) && echo " --only ${only[*]}" || true)"
 echo
 python3 bench/summarize.py "$csv" --png "$out.png" --md "$out.md" --note "$note" || failures=$((failures + 1))
+# The layer benchmarks print their own tables (ours vs the raw system calls): keep the last.
+for b in "${micro[@]}"; do
+  last="$logdir/$b-$runs.log"
+  [[ -s $last ]] || continue
+  printf '\n**%s** (output of run %d)\n\n```\n%s\n```\n' "$b" "$runs" "$(<"$last")" | tee -a "$out.md"
+done
 echo
 echo "bench.sh: wrote $csv, $out.md and $out.png in ${elapsed} s"
 if ((failures)); then
