@@ -75,13 +75,14 @@ int main(int argc, char **argv) {
   double t0 = wl_now();
   for (int round = 0; round < ROUNDS; round++) {
     pthread_t th[MAX_THREADS];
+    if (round > 0) {
+      /* Rotate the slot arrays (all threads joined): each new thread inherits the blocks
+       * another thread of the previous round allocated. */
+      void **first = w[0].slots;
+      for (int t = 0; t + 1 < nt; t++) w[t].slots = w[t + 1].slots;
+      w[nt - 1].slots = first;
+    }
     for (int t = 0; t < nt; t++) {
-      /* Rotate the slot arrays: a new thread inherits another thread's blocks. */
-      if (round > 0 && t > 0) {
-        void **tmp = w[t].slots;
-        w[t].slots = w[0].slots;
-        w[0].slots = tmp;
-      }
       if (pthread_create(&th[t], NULL, run, &w[t]) != 0) {
         fprintf(stderr, "larson: pthread_create failed\n");
         return 1;
