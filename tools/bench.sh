@@ -112,6 +112,7 @@ fi
 # Build (Release). The preload library only exists once src/malloc/override*.c does.
 # ---------------------------------------------------------------------------------------------
 build="$top/build/release"
+mkdir -p "$build"
 echo "bench.sh: building $build (Release)"
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAPALLOC_BUILD_BENCH=ON \
   -DMAPALLOC_BUILD_TESTS=OFF >"$top/build/bench-cmake.log" 2>&1 ||
