@@ -63,7 +63,9 @@ static inline uint64_t wl_rand(uint64_t *s) {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
-static inline uint64_t wl_seed(uint64_t k) { return (k + 1) * 0x9E3779B97F4A7C15ULL | 1; }
+static inline uint64_t wl_seed(uint64_t k) {
+  return (k + 1) * 0x9E3779B97F4A7C15ULL | 1;
+}
 
 /* Resident set size in KiB, from /proc/self/statm (read(2), so no allocation on the way). */
 static inline long wl_rss_kib(void) {
@@ -97,9 +99,8 @@ static inline void wl_touch(void *p, size_t n, unsigned char v) {
 }
 
 static inline void wl_result(const char *name, uint64_t ops, double secs, const char *extra) {
-  printf("RESULT name=%s ops=%llu secs=%.4f mops=%.3f%s%s\n", name, (unsigned long long)ops,
-         secs, secs > 0 ? (double)ops / secs / 1e6 : 0.0, extra && *extra ? " " : "",
-         extra ? extra : "");
+  printf("RESULT name=%s ops=%llu secs=%.4f mops=%.3f%s%s\n", name, (unsigned long long)ops, secs,
+         secs > 0 ? (double)ops / secs / 1e6 : 0.0, extra && *extra ? " " : "", extra ? extra : "");
   fflush(stdout);
 }
 

@@ -17,7 +17,9 @@ static void nudge(void) {
   for (int i = 0; i < 256; i++) free(p[i]);
 }
 
-static long mib(long kib) { return kib / 1024; }
+static long mib(long kib) {
+  return kib / 1024;
+}
 
 int main(int argc, char **argv) {
   struct wl_opts o;

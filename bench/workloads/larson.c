@@ -9,11 +9,11 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define SLOTS     1000
-#define XCHG      1024
-#define MIN_SIZE  8
-#define MAX_SIZE  256
-#define ROUNDS    4
+#define SLOTS       1000
+#define XCHG        1024
+#define MIN_SIZE    8
+#define MAX_SIZE    256
+#define ROUNDS      4
 #define MAX_THREADS 64
 
 static _Atomic(void *) xchg[XCHG];
@@ -25,7 +25,9 @@ struct worker {
   uint64_t remote;
 };
 
-static size_t rand_size(uint64_t *s) { return MIN_SIZE + wl_rand(s) % (MAX_SIZE - MIN_SIZE + 1); }
+static size_t rand_size(uint64_t *s) {
+  return MIN_SIZE + wl_rand(s) % (MAX_SIZE - MIN_SIZE + 1);
+}
 
 static void *run(void *arg) {
   struct worker *w = arg;

@@ -10,7 +10,9 @@
  *   wall=<s> user=<s> sys=<s> maxrss_kib=<KiB> status=<exit code | sig:N | timeout>
  * user/sys/maxrss cover CMD and every descendant it waited for (Linux wait4 semantics; for
  * maxrss the largest single process). Exits 0 if CMD exited 0, 1 otherwise, 2 on usage. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -29,7 +31,9 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static double tv(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
+static double tv(struct timeval t) {
+  return (double)t.tv_sec + (double)t.tv_usec * 1e-6;
+}
 
 static void usage(void) {
   fprintf(stderr, "usage: bench-runner [-p PRELOAD] [-t TIMEOUT_S] [-o OUTFILE] [-P PIDFILE] "
