@@ -370,8 +370,13 @@ if ((!${#only[@]})); then
         printf '[micro] %-22s run %d/%d ... ' "$b" "$r" "$runs"
         log="$logdir/$b-$r.log"
         margs=()
-        # Known quick sizes of the layer benchmarks (their own argument conventions).
-        ((quick)) && [[ $b == bench_arena ]] && margs=(3)
+        # Quick sizes of the layer benchmarks, in their own argument conventions.
+        if ((quick)); then
+          case $b in
+          bench_arena) margs=(3) ;;            # reps
+          bench_pages) margs=(3 500) ;;        # reps ops
+          esac
+        fi
         line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- \
           "$build/bench/$b" "${margs[@]}") || true
         st=$(field status "$line")
