@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
   wl_parse(argc, argv, &o);
   int nt = o.threads > 0 ? o.threads : 2;
   if (nt > MAX_THREADS) nt = MAX_THREADS;
-  uint64_t iters = wl_count(&o, 300000, 16);
+  uint64_t iters = wl_count(&o, 200000, 16);
   const uint64_t writes = 1000;
   struct worker w[MAX_THREADS];
   pthread_t th[MAX_THREADS];

@@ -12,7 +12,7 @@ int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
   /* ops = malloc+free pairs, spread evenly over the 24 (size, batch) cases */
-  uint64_t per_case = wl_count(&o, 30000000 / 24, 16);
+  uint64_t per_case = wl_count(&o, 20000000 / 24, 16);
   void *blocks[400];
   uint64_t ops = 0, sum = 0;
   double t0 = wl_now();

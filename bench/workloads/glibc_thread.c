@@ -48,7 +48,7 @@ int main(int argc, char **argv) {
   wl_parse(argc, argv, &o);
   int nt = o.threads > 0 ? o.threads : 2;
   if (nt > MAX_THREADS) nt = MAX_THREADS;
-  uint64_t total = wl_count(&o, 64000000, 16);
+  uint64_t total = wl_count(&o, 48000000, 16);
   struct worker w[MAX_THREADS];
   pthread_t th[MAX_THREADS];
   double t0 = wl_now();

@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
   wl_parse(argc, argv, &o);
   int nt = o.threads > 0 ? o.threads : 2;
   if (nt > MAX_THREADS) nt = MAX_THREADS;
-  uint64_t total = wl_count(&o, 64000000, 16);
+  uint64_t total = wl_count(&o, 48000000, 16);
   uint64_t per = total / ((uint64_t)nt * ROUNDS);
   if (per == 0) per = 1;
 
