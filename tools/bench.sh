@@ -25,7 +25,7 @@ cd "$top"
 all_allocs=(glibc jemalloc mimalloc tcmalloc mapalloc)
 workloads=(larson xmalloc cache-scratch cache-thrash churn glibc-simple glibc-thread mstress frag
   memcached sqlite3 python3 gcc lua)
-single_thread=(churn glibc-simple mstress frag) # --callgrind set
+single_thread=(churn glibc-simple frag) # --callgrind set (mstress: a few MiB blocks dominate at callgrind sizes)
 libdir=/usr/lib/x86_64-linux-gnu
 declare -A lib=(
   [glibc]=""
@@ -228,7 +228,7 @@ if ((callgrind)); then
   done
   {
     echo "Instructions per operation (callgrind, Ir difference between two sizes / op difference)."
-    echo "An op is one malloc+free pair (glibc-simple, churn), one step (mstress), one malloc or free (frag)."
+    echo "An op is one malloc+free pair (glibc-simple, churn), one malloc or one free (frag)."
     echo
     printf '| workload |'
     for a in "${allocs[@]}"; do printf ' %s |' "$a"; done
