@@ -138,8 +138,8 @@ def main():
 
     if "frag" in workloads:
         say("")
-        say("**frag: RSS (MiB) after each phase** (fill 1 GiB of 16-256 B objects - 64 MiB in "
-            "--quick -, free 90% at random, refill, free all; *late* = after a 100 ms pause "
+        say("**frag: RSS (MiB) after each phase** (fill 1 GiB of 16-256 B objects (64 MiB in "
+            "--quick), free 90% at random, refill, free all; *late* = after a 100 ms pause "
             "and a little allocator traffic)")
         say("")
         say("| allocator | " + " | ".join(k.replace("rss_", "").replace("_mib", "")
