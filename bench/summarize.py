@@ -170,7 +170,8 @@ def main():
         lines.extend(flags)
     if micro:
         say("")
-        say("**Micro-benchmarks** (mapalloc's own APIs, no preload; wall time, median)")
+        say("**Micro-benchmarks** (mapalloc's own layers against raw system calls or malloc, no "
+            "preload; wall time of one invocation - each repeats internally)")
         say("")
         say("| benchmark | wall (s) |")
         say("|---|---|")

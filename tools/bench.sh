@@ -356,7 +356,8 @@ for w in "${workloads[@]}"; do
 done
 
 # Micro-benchmarks of mapalloc's own layers (bench/bench_*.c, linked statically; no preload).
-# They run when built, once per run, with MAPALLOC_BENCH_QUICK=1 in --quick.
+# Each repeats and interleaves internally and prints its own table of medians, so it runs once
+# per invocation (not --runs times), with a small size in --quick.
 micro=()
 if ((!${#only[@]})); then
   for f in bench/bench_*.c; do
@@ -366,30 +367,29 @@ if ((!${#only[@]})); then
   done
   if ((${#micro[@]})); then
     for b in "${micro[@]}"; do
-      for ((r = 1; r <= runs; r++)); do
-        printf '[micro] %-22s run %d/%d ... ' "$b" "$r" "$runs"
-        log="$logdir/$b-$r.log"
-        margs=()
-        # Quick sizes of the layer benchmarks, in their own argument conventions.
-        if ((quick)); then
-          case $b in
-          bench_arena) margs=(3) ;;            # reps
-          bench_pages) margs=(3 500) ;;        # reps ops
-          esac
-        fi
-        line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- \
-          "$build/bench/$b" "${margs[@]}") || true
-        st=$(field status "$line")
-        if [[ $st != 0 ]]; then
-          echo "FAILED (status ${st:-?}; log $log)"
-          failures=$((failures + 1))
-          record "$b" micro - "$r" "" "" "" "" "${st:-failed}" ""
-          continue
-        fi
-        record "$b" micro - "$r" "$(field wall "$line")" "$(field user "$line")" \
-          "$(field sys "$line")" "$(field maxrss_kib "$line")" 0 ""
-        printf '%6.2f s\n' "$(field wall "$line")"
-      done
+      printf '[micro] %-22s ... ' "$b"
+      log="$logdir/$b.log"
+      margs=()
+      # Quick sizes of the layer benchmarks, in their own argument conventions.
+      if ((quick)); then
+        case $b in
+        bench_arena) margs=(3) ;;                   # reps
+        bench_pages) margs=(3 500) ;;               # reps ops
+        bench_pool) margs=(--reps 1 --scale 0.1) ;; # its own flags
+        esac
+      fi
+      line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- \
+        "$build/bench/$b" "${margs[@]}") || true
+      st=$(field status "$line")
+      if [[ $st != 0 ]]; then
+        echo "FAILED (status ${st:-?}; log $log)"
+        failures=$((failures + 1))
+        record "$b" micro - 1 "" "" "" "" "${st:-failed}" ""
+        continue
+      fi
+      record "$b" micro - 1 "$(field wall "$line")" "$(field user "$line")" \
+        "$(field sys "$line")" "$(field maxrss_kib "$line")" 0 ""
+      printf '%6.2f s\n' "$(field wall "$line")"
     done
   else
     echo "bench.sh: no micro-benchmarks built yet (bench/bench_*.c: pages, pool, arena come with those layers)"
@@ -408,9 +408,8 @@ echo
 python3 bench/summarize.py "$csv" --png "$out.png" --md "$out.md" --note "$note" || failures=$((failures + 1))
 # The layer benchmarks print their own tables (ours vs the raw system calls): keep the last.
 for b in "${micro[@]}"; do
-  last="$logdir/$b-$runs.log"
-  [[ -s $last ]] || continue
-  printf '\n**%s** (output of run %d)\n\n```\n%s\n```\n' "$b" "$runs" "$(<"$last")" | tee -a "$out.md"
+  [[ -s $logdir/$b.log ]] || continue
+  printf '\n**%s** (its own output)\n\n```\n%s\n```\n' "$b" "$(tr '\r' '\n' <"$logdir/$b.log")" | tee -a "$out.md"
 done
 echo
 echo "bench.sh: wrote $csv, $out.md and $out.png in ${elapsed} s"
