@@ -409,7 +409,7 @@ python3 bench/summarize.py "$csv" --png "$out.png" --md "$out.md" --note "$note"
 # The layer benchmarks print their own tables (ours vs the raw system calls): keep the last.
 for b in "${micro[@]}"; do
   [[ -s $logdir/$b.log ]] || continue
-  printf '\n**%s** (its own output)\n\n```\n%s\n```\n' "$b" "$(tr '\r' '\n' <"$logdir/$b.log")" | tee -a "$out.md"
+  printf '\n**%s** (its own output)\n\n```\n%s\n```\n' "$b" "$(tr '\r' '\n' <"$logdir/$b.log" | grep -v ': repetition [0-9]*/[0-9]* done$' | sed '/./,$!d')" | tee -a "$out.md"
 done
 echo
 echo "bench.sh: wrote $csv, $out.md and $out.png in ${elapsed} s"
