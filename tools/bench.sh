@@ -376,6 +376,7 @@ if ((!${#only[@]})); then
         bench_arena) margs=(3) ;;                   # reps
         bench_pages) margs=(3 500) ;;               # reps ops
         bench_pool) margs=(--reps 1 --scale 0.1) ;; # its own flags
+        bench_heap) margs=(--reps 1) ;;             # its own flags
         esac
       fi
       line=$("$runner" -t "$timeout" -o "$log" -e "MAPALLOC_BENCH_QUICK=$quick" -- \
