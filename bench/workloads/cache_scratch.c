@@ -36,25 +36,17 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
-  int nt = o.threads > 0 ? o.threads : 2;
-  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nt = wl_threads(&o, 2, MAX_THREADS);
   uint64_t iters = wl_count(&o, 200000, 16);
   const uint64_t writes = 1000;
   struct worker w[MAX_THREADS];
-  pthread_t th[MAX_THREADS];
   for (int t = 0; t < nt; t++) {
     w[t].given = wl_check(malloc(OBJ_SIZE), "malloc");
     w[t].iters = iters;
     w[t].writes = writes;
   }
   double t0 = wl_now();
-  for (int t = 0; t < nt; t++) {
-    if (pthread_create(&th[t], NULL, run, &w[t])) {
-      fprintf(stderr, "cache-scratch: pthread_create failed\n");
-      return 1;
-    }
-  }
-  for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+  wl_run_threads("cache-scratch", nt, run, w, sizeof w[0]);
   double secs = wl_now() - t0;
   uint64_t sum = 0;
   for (int t = 0; t < nt; t++) sum += w[t].sum;

@@ -55,8 +55,7 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
-  int nt = o.threads > 0 ? o.threads : 1;
-  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nt = wl_threads(&o, 1, MAX_THREADS);
   uint64_t ops = wl_count(&o, 24000000, 16);
   struct worker w[MAX_THREADS];
   double t0 = wl_now();
@@ -64,15 +63,9 @@ int main(int argc, char **argv) {
     w[0] = (struct worker){.ops = ops, .seed = wl_seed(3)};
     run(&w[0]);
   } else {
-    pthread_t th[MAX_THREADS];
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t < nt; t++)
       w[t] = (struct worker){.ops = ops / (uint64_t)nt, .seed = wl_seed((uint64_t)t + 3)};
-      if (pthread_create(&th[t], NULL, run, &w[t])) {
-        fprintf(stderr, "churn: pthread_create failed\n");
-        return 1;
-      }
-    }
-    for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+    wl_run_threads("churn", nt, run, w, sizeof w[0]);
   }
   double secs = wl_now() - t0;
   char extra[64];

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <pthread.h>
 
 struct wl_opts {
   int quick;
@@ -45,6 +46,26 @@ static inline void wl_parse(int argc, char **argv, struct wl_opts *o) {
 static inline uint64_t wl_count(const struct wl_opts *o, uint64_t full, uint64_t quick_div) {
   double n = (double)full / (o->quick ? (double)quick_div : 1.0) * o->scale;
   return n < 1 ? 1 : (uint64_t)n;
+}
+
+/* The thread count: --threads N when given, else `def`; at most `max`. */
+static inline int wl_threads(const struct wl_opts *o, int def, int max) {
+  int nt = o->threads > 0 ? o->threads : def;
+  return nt > max ? max : nt;
+}
+
+/* Runs fn on nt threads, thread t getting (char *)base + t * stride, and waits for all.
+ * Exits the program when a thread cannot be created. */
+static inline void wl_run_threads(const char *name, int nt, void *(*fn)(void *), void *base,
+                                  size_t stride) {
+  pthread_t th[nt];
+  for (int t = 0; t < nt; t++) {
+    if (pthread_create(&th[t], NULL, fn, (char *)base + (size_t)t * stride)) {
+      fprintf(stderr, "%s: pthread_create failed\n", name);
+      exit(1);
+    }
+  }
+  for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
 }
 
 static inline double wl_now(void) {

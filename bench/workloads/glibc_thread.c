@@ -46,20 +46,14 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
-  int nt = o.threads > 0 ? o.threads : 2;
-  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nt = wl_threads(&o, 2, MAX_THREADS);
   uint64_t total = wl_count(&o, 48000000, 16);
   struct worker w[MAX_THREADS];
-  pthread_t th[MAX_THREADS];
   double t0 = wl_now();
   for (int t = 0; t < nt; t++) {
     w[t] = (struct worker){.ops = total / (uint64_t)nt, .seed = wl_seed((uint64_t)t + 11)};
-    if (pthread_create(&th[t], NULL, run, &w[t])) {
-      fprintf(stderr, "glibc-thread: pthread_create failed\n");
-      return 1;
-    }
   }
-  for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+  wl_run_threads("glibc-thread", nt, run, w, sizeof w[0]);
   double secs = wl_now() - t0;
   char extra[32];
   snprintf(extra, sizeof extra, "threads=%d", nt);

@@ -54,8 +54,7 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
-  int nt = o.threads > 0 ? o.threads : 2;
-  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nt = wl_threads(&o, 2, MAX_THREADS);
   uint64_t total = wl_count(&o, 48000000, 16);
   uint64_t per = total / ((uint64_t)nt * ROUNDS);
   if (per == 0) per = 1;
@@ -76,7 +75,6 @@ int main(int argc, char **argv) {
 
   double t0 = wl_now();
   for (int round = 0; round < ROUNDS; round++) {
-    pthread_t th[MAX_THREADS];
     if (round > 0) {
       /* Rotate the slot arrays (all threads joined): each new thread inherits the blocks
        * another thread of the previous round allocated. */
@@ -84,13 +82,7 @@ int main(int argc, char **argv) {
       for (int t = 0; t + 1 < nt; t++) w[t].slots = w[t + 1].slots;
       w[nt - 1].slots = first;
     }
-    for (int t = 0; t < nt; t++) {
-      if (pthread_create(&th[t], NULL, run, &w[t]) != 0) {
-        fprintf(stderr, "larson: pthread_create failed\n");
-        return 1;
-      }
-    }
-    for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+    wl_run_threads("larson", nt, run, w, sizeof w[0]);
   }
   double secs = wl_now() - t0;
 

@@ -128,8 +128,7 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
   struct wl_opts o;
   wl_parse(argc, argv, &o);
-  int nt = o.threads > 0 ? o.threads : 2;
-  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nt = wl_threads(&o, 2, MAX_THREADS);
   uint64_t total = wl_count(&o, 300000, 16);
   struct worker w[MAX_THREADS];
   double t0 = wl_now();
@@ -137,15 +136,9 @@ int main(int argc, char **argv) {
     w[0] = (struct worker){.ops = total, .seed = wl_seed(5)};
     run(&w[0]);
   } else {
-    pthread_t th[MAX_THREADS];
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t < nt; t++)
       w[t] = (struct worker){.ops = total / (uint64_t)nt, .seed = wl_seed((uint64_t)t + 5)};
-      if (pthread_create(&th[t], NULL, run, &w[t])) {
-        fprintf(stderr, "mstress: pthread_create failed\n");
-        return 1;
-      }
-    }
-    for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+    wl_run_threads("mstress", nt, run, w, sizeof w[0]);
   }
   double secs = wl_now() - t0;
   uint64_t errors = 0, misaligned = 0;
