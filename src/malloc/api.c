@@ -145,7 +145,8 @@ MA_API void ma_heap_stats_get(ma_heap_stats *out) {
   out->mapped_large = hbytes;
   out->allocs = allocs + hallocs;
   out->frees = frees + hfrees;
-  out->purges = atomic_load(&heap_stat_purges);
+  out->purges =
+      atomic_load(&heap_stat_purges) + __atomic_load_n(&heap_space.purges, __ATOMIC_RELAXED);
 }
 
 static void print_row(int fd, const char *name, size_t v, bool bytes, const char *desc) {

@@ -116,6 +116,8 @@ void heap_global_init(void) {
     }
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
+    /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
+    heap_space.purge_delay_ms = heap_opt.purge_delay_ms;
     pthread_key_create(&heap_key, heap_thread_done);
     atomic_store_explicit(&heap_init_state, rc == 0 ? 2 : 3, memory_order_release);
     return;
@@ -190,7 +192,6 @@ static heap *heap_thread_init(void) {
   h->bs = bs;
   h->tracking = obj_tracking;
   h->bins = h->tracking ? heap_empty_bins : bs->bins;
-  h->retained_since = 0;
   heap_set_tls(h);
   /* After heap_tls is set: pthread_setspecific may itself call calloc. */
   pthread_setspecific(heap_key, h);
@@ -217,27 +218,6 @@ static void heap_set_tls(heap *h) {
  * Slow paths
  * ---------------------------------------------------------------------------------- */
 
-/* obj keeps up to OBJ_RETAIN_BYTES of empty slabs committed per thread; the heap gives them
- * back once they have been kept for MAPALLOC_PURGE_DELAY_MS. */
-static void heap_purge_check(heap *h) {
-  if (h->bs->retained == 0 || heap_opt.purge_delay_ms < 0) {
-    h->retained_since = 0;
-    return;
-  }
-  uint64_t now = heap_now_ms();
-  if (h->retained_since == 0) {
-    h->retained_since = now;
-    if (heap_opt.purge_delay_ms > 0) return;
-  }
-  if (now - h->retained_since >= (uint64_t)heap_opt.purge_delay_ms) {
-    int saved = errno;
-    obj_bins_trim(h->bs);
-    errno = saved;
-    atomic_fetch_add(&heap_stat_purges, 1);
-    h->retained_since = 0;
-  }
-}
-
 void *heap_malloc_slow(heap *h, unsigned cls) {
   if (h->bs == NULL) {
     h = heap_thread_init();
@@ -252,7 +232,6 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
   if (heap_unlikely(h->tracking)) {
     p = obj_bin_alloc_tracked(h->bs, bin, heap_cls_size[cls], false);
   } else {
-    heap_purge_check(h);
     huge_cache_purge(false);
     p = obj_bin_alloc_slow(h->bs, bin);
   }
@@ -324,15 +303,10 @@ size_t heap_collect_all(bool force) {
   size_t before = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   heap *h = heap_get();
   if (h->bs && !h->tracking) {
-    if (force || heap_opt.purge_delay_ms == 0 || h->retained_since) {
-      if (force) {
-        obj_bins_trim(h->bs);
-        atomic_fetch_add(&heap_stat_purges, 1);
-        h->retained_since = 0;
-      } else {
-        heap_purge_check(h);
-      }
-    }
+    if (force)
+      obj_bins_trim(h->bs);
+    else
+      (void)obj_bins_purge_check(h->bs);
   }
   obj_space_trim(&heap_space); /* segments of exited threads */
   size_t cached = huge_cache_purge(force);

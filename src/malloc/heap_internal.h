@@ -41,7 +41,6 @@ typedef struct heap {
   size_t frees;                 /* blocks freed by this thread */
   size_t allocs[HEAP_NCLASSES]; /* blocks handed out, per class */
   size_t freed_bytes;           /* (apart from `frees`: two scalar adds beat a vectorised pair) */
-  uint64_t retained_since;      /* ms since obj retains empty slabs; 0 = none */
   struct heap *next_all;        /* registry of all heaps (never freed) */
   struct heap *next_orphan;
   bool tracking; /* valgrind: every call takes obj's tracked paths */

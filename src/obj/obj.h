@@ -76,13 +76,15 @@
 #define obj_likely(x)   __builtin_expect(!!(x), 1)
 #define obj_unlikely(x) __builtin_expect(!!(x), 0)
 
-#define OBJ_SEG_SHIFT    22 /* 4 MiB segments, aligned to their size */
-#define OBJ_SEG_SIZE     ((size_t)1 << OBJ_SEG_SHIFT)
-#define OBJ_SLAB_MIN     16                /* smallest slab: 64 KiB */
-#define OBJ_SHIFT_HUGE   63                /* slab_shift of a one-slab segment (any size) */
-#define OBJ_NSHIFTS      8                 /* segment kinds: shifts 16..22, then huge */
-#define OBJ_RETAIN_BYTES ((size_t)1 << 20) /* empty slabs kept committed per bins */
-#define OBJ_MAX_STRIDE   ((size_t)1 << 30)
+#define OBJ_SEG_SHIFT           22 /* 4 MiB segments, aligned to their size */
+#define OBJ_SEG_SIZE            ((size_t)1 << OBJ_SEG_SHIFT)
+#define OBJ_SLAB_MIN            16                /* smallest slab: 64 KiB */
+#define OBJ_SHIFT_HUGE          63                /* slab_shift of a one-slab segment (any size) */
+#define OBJ_NSHIFTS             8                 /* segment kinds: shifts 16..22, then huge */
+#define OBJ_RETAIN_BYTES        ((size_t)1 << 20) /* least empty-slab bytes a bins may retain */
+#define OBJ_RETAIN_SHIFT        3   /* ... and up to 1/8 of its recent peak of active slab bytes */
+#define OBJ_PURGE_DELAY_DEFAULT 100 /* ms an empty slab stays committed (pools) */
+#define OBJ_MAX_STRIDE          ((size_t)1 << 30)
 
 typedef struct obj_block {
   struct obj_block *next;
@@ -114,7 +116,8 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   uint16_t bin_idx;             /* bin of the owner */
   uint8_t active;               /* handed to a bin */
   uint8_t fresh;                /* the slab's pages are untouched since commit (zero) */
-  uint8_t committed;            /* pages accessible */
+  uint8_t committed;            /* pages accessible and counted in space->committed */
+  uint8_t mapped;               /* pages mapped with the space's prot (maybe purged) */
   obj_block *remote;            /* other threads push here (atomic, see obj_bins.c) */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
@@ -166,8 +169,11 @@ typedef struct obj_bins {
   int has_remote;
   bool in_use;
   obj_segment *segs[OBJ_NSHIFTS];
-  size_t retained;        /* committed bytes of empty slabs in own segments */
-  uint64_t allocs, frees; /* stats, written by the owner only */
+  size_t retained;         /* committed bytes of empty slabs in own segments */
+  size_t active_bytes;     /* bytes of slabs this bins activated and has not retired */
+  size_t peak_bytes;       /* most active_bytes since the last purge pass */
+  uint64_t retained_since; /* obj_now_ms() when retained last became non-zero */
+  uint64_t allocs, frees;  /* stats, written by the owner only */
   struct obj_bins *next_all;
   size_t alloc_size;
   unsigned trim_seen;
@@ -186,6 +192,9 @@ struct obj_space {
   obj_bins *all_bins;
   const char *name;
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
+  int purge_delay_ms;  /* empty slabs kept this long (< 0: until a trim; 0: none) */
+  size_t purges;       /* purge passes (time-based and trims), atomic */
+  size_t purged_bytes; /* bytes of empty slabs returned to the OS, atomic */
 };
 
 #define OBJ_HIDDEN __attribute__((visibility("hidden")))
@@ -365,6 +374,13 @@ void obj_bins_abandon(obj_bins *bs);
 /* Owner thread: decommits every retained empty slab, unmaps empty segments, collects
  * remote frees. */
 void obj_bins_trim(obj_bins *bs);
+/* Owner thread, slow paths only: when empty slabs have been retained for at least
+ * space->purge_delay_ms, returns them to the OS (MADV_DONTNEED: the range stays mapped, so
+ * reuse costs page faults but no mmap) and unmaps empty segments. Returns true if it
+ * purged. Reads the coarse clock only when something is retained. */
+bool obj_bins_purge_check(obj_bins *bs);
+/* CLOCK_MONOTONIC_COARSE in milliseconds (vDSO, no syscall). */
+uint64_t obj_now_ms(void);
 
 /* Pre-fork/post-fork helpers: in a fork child, bins owned by threads that no longer exist
  * are abandoned so their slabs can be adopted. Caller holds no lock. */

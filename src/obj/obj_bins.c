@@ -3,6 +3,7 @@
 #include "obj/obj.h"
 
 #include <limits.h>
+#include <time.h>
 
 #include "obj/obj_internal.h"
 
@@ -60,6 +61,8 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   seg->free_mask &= ~((uint64_t)1 << i);
   seg->nactive++;
   __atomic_add_fetch(&bs->space->capacity, s->capacity, __ATOMIC_RELAXED);
+  bs->active_bytes += (size_t)(hi - lo);
+  if (bs->active_bytes > bs->peak_bytes) bs->peak_bytes = bs->active_bytes;
 }
 
 static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
@@ -91,10 +94,19 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
     return true;
   }
   size_t len = slab_len(seg, s);
-  if (bs->retained + len <= OBJ_RETAIN_BYTES)
+  bs->active_bytes = bs->active_bytes > len ? bs->active_bytes - len : 0;
+  /* Retention: the slab stays committed (reusable without a fault or a syscall) while the
+   * bins retains less than 1/8 of its recent peak (at least OBJ_RETAIN_BYTES); the purge
+   * check gives it back after the space's purge delay. */
+  size_t cap = bs->peak_bytes >> OBJ_RETAIN_SHIFT;
+  if (cap < OBJ_RETAIN_BYTES) cap = OBJ_RETAIN_BYTES;
+  int delay = bs->space->purge_delay_ms;
+  if (delay != 0 && bs->retained + len <= cap) {
+    if (bs->retained == 0) bs->retained_since = delay > 0 ? obj_now_ms() : 0;
     bs->retained += len;
-  else
+  } else {
     obj_slab_decommit(seg, s);
+  }
   /* An empty segment goes back unless it is the only one of its kind. */
   if (seg->nactive == 0 && (seg->next || seg->prev)) {
     bins_release_segment(bs, seg);
@@ -305,6 +317,7 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
     bs->trim_seen = epoch;
     obj_bins_trim(bs);
   }
+  if (bs->retained) (void)obj_bins_purge_check(bs);
   obj_slab *s = bin->cur;
   if (s != &obj_empty_slab) {
     if (slab_refill(s)) return true;
@@ -348,7 +361,10 @@ void obj_slab_notify(obj_slab *s) {
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
-  if (s->notify == 0 && obj_slab_used(s) == 0) (void)slab_retire(bs, s);
+  if (s->notify == 0 && obj_slab_used(s) == 0) {
+    (void)slab_retire(bs, s);
+    if (bs->retained) (void)obj_bins_purge_check(bs);
+  }
 }
 
 void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b) {
@@ -419,6 +435,44 @@ obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
   return bs;
 }
 
+uint64_t obj_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Returns every retained empty slab to the OS and unmaps empty segments (but the last of
+ * each kind); the peak that scales retention restarts from the current footprint. */
+static void bins_purge(obj_bins *bs) {
+  int saved = errno; /* free() must not change errno */
+  for (int k = 0; k < OBJ_NSHIFTS; k++) {
+    obj_segment *seg = bs->segs[k];
+    while (seg) {
+      obj_segment *next = seg->next;
+      for (uint32_t i = 0; i < seg->nslabs; i++) {
+        obj_slab *s = &seg->slabs[i];
+        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
+      }
+      if (seg->nactive == 0 && (seg->next || seg->prev)) bins_release_segment(bs, seg);
+      seg = next;
+    }
+  }
+  bs->peak_bytes = bs->active_bytes;
+  __atomic_add_fetch(&bs->space->purges, 1, __ATOMIC_RELAXED);
+  errno = saved;
+}
+
+bool obj_bins_purge_check(obj_bins *bs) {
+  int delay = bs->space->purge_delay_ms;
+  if (bs->retained == 0 || delay < 0) return false;
+  uint64_t now = obj_now_ms();
+  if (bs->retained_since == 0) bs->retained_since = now;
+  if (now - bs->retained_since < (uint64_t)delay) return false;
+  bins_purge(bs);
+  bs->retained_since = bs->retained ? now : 0; /* a failed purge is retried a delay later */
+  return true;
+}
+
 void obj_bins_trim(obj_bins *bs) {
   __atomic_store_n(&bs->has_remote, 1, __ATOMIC_RELAXED);
   collect_remote_all(bs);
@@ -441,6 +495,9 @@ void obj_bins_trim(obj_bins *bs) {
       seg = next;
     }
   }
+  bs->peak_bytes = bs->active_bytes;
+  bs->retained_since = 0;
+  __atomic_add_fetch(&bs->space->purges, 1, __ATOMIC_RELAXED);
 }
 
 void obj_bins_abandon(obj_bins *bs) {
@@ -483,6 +540,8 @@ void obj_bins_abandon(obj_bins *bs) {
     obj_seg_link(&sp->abandoned, seg);
   }
   bs->retained = 0;
+  bs->active_bytes = bs->peak_bytes = 0;
+  bs->retained_since = 0;
   bs->tid = 0;
   bs->in_use = false;
   pthread_mutex_unlock(&sp->lock);

@@ -209,17 +209,38 @@ void obj_segment_release(obj_segment *seg) {
   os_release(seg, size);
 }
 
+/* A space whose empty slabs can be purged with MADV_DONTNEED: private (shared anonymous
+ * memory keeps its pages) and not locked. Its segments get their slab area mapped once. */
+static bool space_resettable(const obj_space *sp) {
+  return !(sp->map_flags & (MA_MAP_SHARED | MA_MAP_LOCKED));
+}
+
 int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   obj_space *sp = seg->space;
   char *lo, *hi;
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
   size_t len = (size_t)(hi - lo);
   if (!obj_account_commit(sp, len)) return -ENOMEM;
-  unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
-  int rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
-  if (rc != 0) {
-    obj_account_decommit(sp, len);
-    return rc;
+  if (s->mapped) { /* mapped, purged or never touched: zero pages on the next fault */
+    if (sp->populate) (void)os_populate(lo, len);
+  } else if (seg->slab_shift != OBJ_SHIFT_HUGE && !sp->populate && space_resettable(sp)) {
+    /* First use of a segment's slab area: map all of it read-write in one call; the other
+     * slabs fault in lazily when they are used (no mmap per slab). */
+    char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;
+    int rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
+    if (rc != 0) {
+      obj_account_decommit(sp, len);
+      return rc;
+    }
+    for (uint32_t i = 0; i < seg->nslabs; i++) seg->slabs[i].mapped = 1;
+  } else {
+    unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
+    int rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
+    if (rc != 0) {
+      obj_account_decommit(sp, len);
+      return rc;
+    }
+    s->mapped = 1;
   }
   s->committed = 1;
   s->fresh = 1;
@@ -227,11 +248,18 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
 }
 
 size_t obj_slab_decommit(obj_segment *seg, obj_slab *s) {
+  obj_space *sp = seg->space;
   char *lo, *hi;
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
   size_t len = (size_t)(hi - lo);
-  if (os_decommit(lo, len) != 0) return 0; /* keep it committed; retry later */
-  obj_account_decommit(seg->space, len);
+  if (space_resettable(sp) && seg->slab_shift != OBJ_SHIFT_HUGE) {
+    if (os_reset(lo, len) != 0) return 0; /* keep it committed; retry later */
+  } else {
+    if (os_decommit(lo, len) != 0) return 0;
+    s->mapped = 0;
+  }
+  obj_account_decommit(sp, len);
+  __atomic_add_fetch(&sp->purged_bytes, len, __ATOMIC_RELAXED);
   s->committed = 0;
   s->fresh = 0;
   return len;

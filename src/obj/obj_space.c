@@ -58,6 +58,7 @@ int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool popula
   sp->populate = populate;
   sp->max_bytes = max_bytes;
   sp->name = name;
+  sp->purge_delay_ms = OBJ_PURGE_DELAY_DEFAULT;
   if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
   return 0;
 }
