@@ -1,0 +1,137 @@
+/* Tests of the object layer's retention/purge policy (src/obj/obj_bins.c): empty slabs stay
+ * committed and mapped for the space's purge delay, are reused without a new mapping, and go
+ * back to the OS at the first slow path after the delay; a pool that shrinks gives memory
+ * back by itself. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mapalloc/pool.h"
+#include "obj/obj.h"
+
+enum { NB = 2, N = 40000 }; /* 40k blocks of 256 bytes: ~10 MiB in 64 KiB slabs */
+static const uint32_t strides[NB] = {256, 48};
+
+/* Number of mappings of the process (/proc/self/maps lines). */
+static size_t map_count(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert_not_null(f);
+  size_t n = 0;
+  int c;
+  while ((c = fgetc(f)) != EOF)
+    if (c == '\n') n++;
+  fclose(f);
+  return n;
+}
+
+static void free_all(void **v, size_t n) {
+  for (size_t k = 0; k < n; k++) {
+    obj_segment *seg = obj_segment_of(v[k]);
+    cr_assert_not_null(seg);
+    obj_free(seg, obj_slab_of(seg, v[k]), v[k]);
+  }
+}
+
+static void alloc_all(obj_bins *bs, void **v, size_t n) {
+  for (size_t k = 0; k < n; k++) {
+    v[k] = obj_bin_alloc(bs, &bs->bins[0]);
+    cr_assert_not_null(v[k]);
+    memset(v[k], 0x5a, strides[0]);
+  }
+}
+
+Test(retention, reuse_within_the_delay_maps_nothing_and_purges_nothing) {
+  static obj_space sp;
+  static void *v[N];
+  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret1"), 0);
+  sp.purge_delay_ms = 60000; /* nothing expires during the test */
+  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
+  cr_assert_not_null(bs);
+  alloc_all(bs, v, N);
+  size_t peak = sp.committed;
+  free_all(v, N);
+  cr_assert_gt(bs->retained, 0, "empty slabs are retained");
+  cr_assert_leq(bs->retained, peak / 8 + OBJ_RETAIN_BYTES, "retention bounded by the peak");
+  size_t purged = sp.purged_bytes, maps = map_count(), purges = sp.purges;
+  for (int round = 0; round < 3; round++) {
+    alloc_all(bs, v, N);
+    free_all(v, N);
+  }
+  /* Retained slabs were reused; the others were purged with MADV_DONTNEED (mapped). */
+  size_t maps_after = map_count();
+  cr_assert_leq(maps_after, maps + 2, "no new mapping: %zu -> %zu", maps, maps_after);
+  cr_assert_eq(sp.purges, purges, "no purge pass before the delay");
+  cr_assert_geq(sp.purged_bytes, purged);
+  obj_bins_trim(bs);
+  cr_assert_eq(sp.purges, purges + 1, "a trim counts one purge pass");
+  cr_assert_eq(bs->retained, 0);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&sp);
+}
+
+Test(retention, committed_falls_after_the_delay_and_one_slow_path) {
+  static obj_space sp;
+  static void *v[N];
+  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret2"), 0);
+  sp.purge_delay_ms = 30;
+  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
+  cr_assert_not_null(bs);
+  alloc_all(bs, v, N);
+  free_all(v, N);
+  size_t kept = sp.committed, purges = sp.purges;
+  cr_assert_gt(bs->retained, 0);
+  cr_assert_eq(obj_bins_purge_check(bs), false, "not yet: within the delay");
+  usleep(80 * 1000);
+  /* One slow-path event: the first allocation from the other bin refills. */
+  void *x = obj_bin_alloc(bs, &bs->bins[1]);
+  cr_assert_not_null(x);
+  cr_assert_eq(sp.purges, purges + 1, "the slow path purged");
+  cr_assert_eq(bs->retained, 0);
+  cr_assert_lt(sp.committed, kept, "committed falls: %zu -> %zu", kept, sp.committed);
+  cr_assert_leq(sp.committed, 4 * 64 * 1024, "headers and one slab remain: %zu", sp.committed);
+  /* A purged slab comes back zeroed and usable. */
+  alloc_all(bs, v, 64);
+  free_all(v, 64);
+  free_all(&x, 1);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&sp);
+}
+
+Test(retention, delay_zero_purges_at_once) {
+  static obj_space sp;
+  static void *v[N];
+  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret3"), 0);
+  sp.purge_delay_ms = 0;
+  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
+  cr_assert_not_null(bs);
+  alloc_all(bs, v, N);
+  size_t purged = sp.purged_bytes;
+  free_all(v, N);
+  cr_assert_eq(bs->retained, 0);
+  cr_assert_gt(sp.purged_bytes, purged + (size_t)N * strides[0] / 2);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&sp);
+}
+
+Test(retention, a_shrinking_pool_gives_memory_back_by_itself) {
+  ma_pool_opts o = {.obj_size = 128};
+  ma_pool *p = NULL;
+  cr_assert_eq(ma_pool_create(&o, &p), 0);
+  static void *v[N];
+  for (int k = 0; k < N; k++) cr_assert_not_null(v[k] = ma_pool_alloc(p));
+  for (int k = 0; k < N; k++) ma_pool_free(p, v[k]);
+  ma_pool_stats a, b;
+  ma_pool_stats_get(p, &a);
+  usleep((OBJ_PURGE_DELAY_DEFAULT + 100) * 1000);
+  /* Slow-path events: more blocks than the current slab holds. */
+  for (int k = 0; k < 2000; k++) cr_assert_not_null(v[k] = ma_pool_alloc(p));
+  ma_pool_stats_get(p, &b);
+  cr_assert_lt(b.committed_bytes, a.committed_bytes, "%zu -> %zu", a.committed_bytes,
+               b.committed_bytes);
+  cr_assert_leq(b.committed_bytes, 2000 * 128 + 4 * 64 * 1024);
+  for (int k = 0; k < 2000; k++) ma_pool_free(p, v[k]);
+  ma_pool_destroy(p);
+}
