@@ -35,11 +35,21 @@
  * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor. Live segments are
  *    parked on the space and adopted by other threads' slow paths (their remote frees are
  *    collected); obj_space_trim() purges abandoned ones nobody adopted. Nothing leaks.
- * 5. Purging: an emptied slab stays committed while the thread retains less than
- *    OBJ_RETAIN_BYTES (1 MiB) of empty slabs, else it is decommitted at once; a segment with
- *    no active slab is unmapped unless it is the thread's only one of its kind.
- *    obj_bins_trim(bs) (owner) decommits every retained slab now (malloc_trim); a bump of
- *    sp->trim_epoch makes every thread do that at its next slow path.
+ * 5. Purging: an emptied slab stays committed (reused with no syscall and no fault) while
+ *    the thread retains at most max(OBJ_RETAIN_BYTES, 1/8 of its recent peak of active slab
+ *    bytes) of empty slabs; past that it is purged at once. space->purge_delay_ms after the
+ *    retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
+ *    MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next slow
+ *    path (a refill, or a free that empties a slab) purges every retained slab and unmaps its
+ *    empty segments but the last of each kind (obj_bins_purge_check; coarse clock, read only
+ *    when something is retained). A purge is MADV_DONTNEED (os_reset): the slab stays mapped
+ *    read-write, so reuse costs page faults but no mmap; spaces with MA_MAP_SHARED or
+ *    MA_MAP_LOCKED, and huge segments, still remap PROT_NONE (os_decommit). A segment's slab
+ *    area is mapped read-write in one call on first use (pages fault in lazily); committed
+ *    still counts slabs in use or retained, not the mapping. space->purges counts purge
+ *    passes, space->purged_bytes the bytes given back. obj_bins_trim(bs) (owner) purges
+ *    every retained slab now (malloc_trim); a bump of sp->trim_epoch makes every thread do
+ *    that at its next slow path.
  * 6. Valgrind: when obj_tracking (valgrind detected at run time; MAPALLOC_TRACK=0 turns it
  *    off) slabs get owner_tid 1, so every free misses the inline local path; route such
  *    frees to obj_free_tracked and allocs to obj_bin_alloc_tracked (memcheck client
