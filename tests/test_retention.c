@@ -54,7 +54,8 @@ Test(retention, reuse_within_the_delay_maps_nothing_and_purges_nothing) {
   size_t peak = sp.committed;
   free_all(v, N);
   cr_assert_gt(bs->retained, 0, "empty slabs are retained");
-  cr_assert_leq(bs->retained, peak / 8 + OBJ_RETAIN_BYTES, "retention bounded by the peak");
+  cr_assert_leq(bs->retained, (peak >> OBJ_RETAIN_SHIFT) + OBJ_RETAIN_BYTES,
+                "retention bounded by the peak");
   size_t purged = sp.purged_bytes, maps = map_count(), purges = sp.purges;
   for (int round = 0; round < 3; round++) {
     alloc_all(bs, v, N);

@@ -36,9 +36,11 @@
  *    parked on the space and adopted by other threads' slow paths (their remote frees are
  *    collected); obj_space_trim() purges abandoned ones nobody adopted. Nothing leaks.
  * 5. Purging: an emptied slab stays committed (reused with no syscall and no fault) while
- *    the thread retains at most max(OBJ_RETAIN_BYTES, 1/8 of its recent peak of active slab
- *    bytes) of empty slabs; past that it is purged at once. space->purge_delay_ms after the
- *    retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
+ *    the thread retains at most max(OBJ_RETAIN_BYTES, its recent peak of active slab bytes
+ *    >> OBJ_RETAIN_SHIFT) of empty slabs; past that it is purged at once. The time bound is
+ *    what returns memory; the byte cap only stops a runaway (a shift of 3 purged and
+ *    refaulted 18k slabs in glibc-simple's 400-block batches). space->purge_delay_ms after
+ *    the retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
  *    MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next slow
  *    path (a refill, or a free that empties a slab) purges every retained slab and unmaps its
  *    empty segments but the last of each kind (obj_bins_purge_check; coarse clock, read only
@@ -92,7 +94,7 @@
 #define OBJ_SHIFT_HUGE          63                /* slab_shift of a one-slab segment (any size) */
 #define OBJ_NSHIFTS             8                 /* segment kinds: shifts 16..22, then huge */
 #define OBJ_RETAIN_BYTES        ((size_t)1 << 20) /* least empty-slab bytes a bins may retain */
-#define OBJ_RETAIN_SHIFT        3   /* ... and up to 1/8 of its recent peak of active slab bytes */
+#define OBJ_RETAIN_SHIFT        0   /* ... and up to its recent peak of active slab bytes */
 #define OBJ_PURGE_DELAY_DEFAULT 100 /* ms an empty slab stays committed (pools) */
 #define OBJ_MAX_STRIDE          ((size_t)1 << 30)
 

@@ -96,8 +96,8 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
   size_t len = slab_len(seg, s);
   bs->active_bytes = bs->active_bytes > len ? bs->active_bytes - len : 0;
   /* Retention: the slab stays committed (reusable without a fault or a syscall) while the
-   * bins retains less than 1/8 of its recent peak (at least OBJ_RETAIN_BYTES); the purge
-   * check gives it back after the space's purge delay. */
+   * bins retains less than its recent peak >> OBJ_RETAIN_SHIFT (at least OBJ_RETAIN_BYTES); the
+   * purge check gives it back after the space's purge delay. */
   size_t cap = bs->peak_bytes >> OBJ_RETAIN_SHIFT;
   if (cap < OBJ_RETAIN_BYTES) cap = OBJ_RETAIN_BYTES;
   int delay = bs->space->purge_delay_ms;
