@@ -22,7 +22,7 @@ typedef struct huge_rec {
   size_t align;  /* > page size: must not be moved by mremap */
 } huge_rec;
 
-#define HUGE_CACHE_N         16
+#define HUGE_CACHE_N         64
 #define HUGE_CACHE_MAX_BLOCK ((size_t)32 << 20)
 #define HUGE_CACHE_MAX_BYTES ((size_t)64 << 20)
 
@@ -114,19 +114,48 @@ static size_t huge_round(size_t size) {
   return len ? len : ps;
 }
 
-/* Takes the cached mapping that fits `len` best (at most twice as long); huge_lock held. */
+/* Takes the smallest cached mapping of at least `len` bytes; huge_lock held. A longer one
+ * is split: `len` bytes are taken and the tail stays cached (no system call: any page
+ * range of a mapping can be unmapped on its own later). Its pages are already faulted in,
+ * and a block that then grows by realloc absorbs the cached tail in place
+ * (huge_cache_absorb), so a vector restarted after a free reuses the last vector's memory
+ * instead of faulting fresh pages in after each mremap. */
 static bool huge_cache_take(size_t len, huge_cached *out) {
   size_t best = SIZE_MAX;
   for (size_t i = 0; i < huge_cache_n; i++) {
     size_t l = huge_cache[i].len;
-    if (l >= len && l / 2 <= len && (best == SIZE_MAX || l < huge_cache[best].len)) best = i;
+    if (l >= len && (best == SIZE_MAX || l < huge_cache[best].len)) best = i;
   }
   if (best == SIZE_MAX) return false;
   *out = huge_cache[best];
-  huge_cache[best] = huge_cache[--huge_cache_n];
-  huge_cache_bytes -= out->len;
+  if (out->len > len) { /* the slot stays in use for the tail */
+    huge_cache[best].ptr += len;
+    huge_cache[best].len -= len;
+    out->len = len;
+  } else {
+    huge_cache[best] = huge_cache[--huge_cache_n];
+  }
+  huge_cache_bytes -= len;
   huge_cache_publish();
   return true;
+}
+
+/* Takes `need` bytes of cached memory that start exactly at `at` (the end of a block that
+ * grows); huge_lock held. False when the cache holds no such range. */
+static bool huge_cache_absorb(uintptr_t at, size_t need) {
+  for (size_t i = 0; i < huge_cache_n; i++) {
+    if (huge_cache[i].ptr != at || huge_cache[i].len < need) continue;
+    if (huge_cache[i].len > need) {
+      huge_cache[i].ptr += need;
+      huge_cache[i].len -= need;
+    } else {
+      huge_cache[i] = huge_cache[--huge_cache_n];
+    }
+    huge_cache_bytes -= need;
+    huge_cache_publish();
+    return true;
+  }
+  return false;
 }
 
 /* Removes expired (all with `all`) entries into victims[]; huge_lock held. */
@@ -291,6 +320,13 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
     huge_bytes -= r.len - nlen;
     pthread_mutex_unlock(&huge_lock);
     os_release((char *)p + nlen, r.len - nlen);
+    errno = saved;
+    return p;
+  }
+  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, nlen - r.len)) {
+    huge_tab[i].len = nlen; /* grown in place over cached, already faulted pages */
+    huge_bytes += nlen - r.len;
+    pthread_mutex_unlock(&huge_lock);
     errno = saved;
     return p;
   }
