@@ -258,9 +258,9 @@ size_t heap_usable_size(const void *p) {
 /* Frees that are not the owner's fast path: NULL, large blocks, foreign pointers, another
  * thread's (or an exited thread's) blocks, and every free under valgrind. */
 void heap_free_generic(void *p) {
+  if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
-    if (p == NULL) return;
     if (!huge_free(p)) heap_misuse("invalid free", p);
     return;
   }
