@@ -13,7 +13,10 @@ void os_fault_arm_run(unsigned long n, unsigned long count, int err) {
   __atomic_store_n(&fault_calls, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&fault_fired, 0, __ATOMIC_SEQ_CST);
   fault_first = n;
-  fault_last = (n == 0 || count == 0) ? 0 : n + count - 1;
+  if (n == 0 || count == 0)
+    fault_last = 0;
+  else
+    fault_last = count - 1 > ~0ul - n ? ~0ul : n + (count - 1);
   fault_err = err;
   __atomic_store_n(&os_fault_armed, 1, __ATOMIC_SEQ_CST);
 }

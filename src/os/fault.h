@@ -17,8 +17,10 @@
 #include <stdbool.h>
 
 /* Arms the hook: system calls are counted from now on, and calls n .. n+count-1 fail with
- * errno `err` (without reaching the kernel). n = 0 only counts (nothing fails). Re-arming
- * resets the count. Thread-safe. */
+ * errno `err` (without reaching the kernel); count OS_FAULT_ALL fails every call from n on
+ * (memory that has run out for good). n = 0 only counts (nothing fails). Re-arming resets
+ * the count. Thread-safe. */
+#define OS_FAULT_ALL (~0ul)
 void os_fault_arm_run(unsigned long n, unsigned long count, int err);
 
 /* os_fault_arm_run(n, 1, err): the Nth next system call fails with `err`. */
