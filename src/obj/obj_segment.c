@@ -212,6 +212,9 @@ void obj_segment_release(obj_segment *seg) {
     __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
+  /* ASan: free blocks are poisoned, and the shadow outlives the mapping; a large block or
+   * anything else mapped here later would read as use-after-poison. */
+  obj_unpoison(seg, size);
   /* Nothing refers to the segment any more: if munmap is refused (a VMA split at the map
    * count limit) the page layer keeps the range and unmaps it at a later release. */
   os_release_owned(seg, size);
