@@ -539,6 +539,7 @@ static int heap_realloc_huge(void) {
 /* ---- Arena -------------------------------------------------------------------------------- */
 
 static int arena_use(void) {
+  static const size_t counts[] = {0, 1, 2, 4, 4}; /* records after each step (protect splits) */
   size_t ps = ma_page_size();
   ma_arena *a;
   int r = ma_arena_create(4 << 20, MA_MAP_DONTDUMP | MA_MAP_DONTFORK, &a);
@@ -563,7 +564,6 @@ static int arena_use(void) {
   r = ma_arena_remove_mapping(a, 0, 2 << 20);
 out:
   /* A failed step changed nothing: the record is what the steps before it made. */
-  static const size_t counts[] = {0, 1, 2, 4, 4}; /* protect splits the anon mapping */
   if (r) CHECK(ma_arena_count(a) == counts[n0], "record after a failure: %zu", ma_arena_count(a));
   if (r && n0 >= 1 && n0 < 4) CHECK(filled(base, 4 * ps, 31), "anon data after a failure");
   if (r && n0 >= 2) CHECK(filled(base + (1 << 20), 4 * ps, 32), "file data after a failure");
