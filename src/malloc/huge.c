@@ -94,7 +94,7 @@ static bool huge_reserve_slot(void) {
   os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
   for (size_t i = 0; i < huge_cap; i++)
     if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
-  if (huge_tab) os_release(huge_tab, huge_cap * sizeof(huge_rec));
+  if (huge_tab) os_release_owned(huge_tab, huge_cap * sizeof(huge_rec));
   errno = saved;
   huge_tab = nt;
   huge_cap = ncap;
@@ -245,7 +245,7 @@ static size_t huge_cache_put(huge_cached c, uint64_t now, huge_cached *victims) 
 
 static void huge_unmap_all(const huge_cached *v, size_t n) {
   int saved = errno;
-  for (size_t i = 0; i < n; i++) os_release((void *)v[i].ptr, v[i].len);
+  for (size_t i = 0; i < n; i++) os_release_owned((void *)v[i].ptr, v[i].len);
   errno = saved;
 }
 
@@ -323,7 +323,7 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release(p, len);
+    os_release_owned(p, len);
     errno = ENOMEM;
     return NULL;
   }
