@@ -18,8 +18,9 @@
 
 typedef struct huge_rec {
   uintptr_t ptr; /* 0 = empty slot */
-  size_t len;    /* mapped bytes = usable size */
+  size_t len;    /* mapped read-write bytes = usable size */
   size_t align;  /* > page size: must not be moved by mremap */
+  size_t guard;  /* secure: a PROT_NONE page mapped after the block (part of the mapping) */
 } huge_rec;
 
 #define HUGE_CACHE_N         64
@@ -28,8 +29,9 @@ typedef struct huge_rec {
 
 typedef struct huge_cached {
   uintptr_t ptr;
-  size_t len;
+  size_t len;       /* usable bytes; the mapping is len + guard */
   uint64_t expires; /* ms */
+  size_t guard;
 } huge_cached;
 
 static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -120,38 +122,58 @@ static size_t huge_round(size_t size) {
  * and a block that then grows by realloc absorbs the cached tail in place
  * (huge_cache_absorb), so a vector restarted after a free reuses the last vector's memory
  * instead of faulting fresh pages in after each mremap. */
-static bool huge_cache_take(size_t len, huge_cached *out) {
+static bool huge_cache_take(size_t len, size_t guard, huge_cached *out) {
   size_t best = SIZE_MAX;
   for (size_t i = 0; i < huge_cache_n; i++) {
     size_t l = huge_cache[i].len;
+    if (huge_cache[i].guard != guard) continue;
+    /* A guarded mapping split in two needs a guard page between the parts and a tail of at
+     * least a page. */
+    if (l != len && l < len + 2 * guard) continue;
     if (l >= len && (best == SIZE_MAX || l < huge_cache[best].len)) best = i;
   }
   if (best == SIZE_MAX) return false;
   *out = huge_cache[best];
   if (out->len > len) { /* the slot stays in use for the tail */
-    huge_cache[best].ptr += len;
-    huge_cache[best].len -= len;
+    if (guard && os_protect((void *)(out->ptr + len), guard, MA_PROT_NONE) != 0) return false;
+    huge_cache[best].ptr += len + guard;
+    huge_cache[best].len -= len + guard;
+    huge_cache_bytes -= len + guard;
     out->len = len;
   } else {
     huge_cache[best] = huge_cache[--huge_cache_n];
+    huge_cache_bytes -= len;
   }
-  huge_cache_bytes -= len;
   huge_cache_publish();
   return true;
 }
 
-/* Takes `need` bytes of cached memory that start exactly at `at` (the end of a block that
- * grows); huge_lock held. False when the cache holds no such range. */
-static bool huge_cache_absorb(uintptr_t at, size_t need) {
+/* Takes `need` bytes of cached memory right after a block of mapping [.., at) that grows:
+ * the block's guard page (if any) becomes part of it and a new one is made `need` bytes
+ * further; huge_lock held. False when the cache holds no such range. */
+static bool huge_cache_absorb(uintptr_t at, size_t need, size_t guard) {
   for (size_t i = 0; i < huge_cache_n; i++) {
-    if (huge_cache[i].ptr != at || huge_cache[i].len < need) continue;
-    if (huge_cache[i].len > need) {
-      huge_cache[i].ptr += need;
-      huge_cache[i].len -= need;
+    huge_cached *c = &huge_cache[i];
+    if (c->ptr != at + guard || c->guard != guard) continue;
+    /* usable now: the old guard page + the cached bytes; all of it, or a page-long tail
+     * must remain after the new guard */
+    bool whole = c->len + guard == need;
+    if (!whole && need + guard > c->len) continue;
+    if (guard) {
+      if (!whole && os_protect((void *)(at + need), guard, MA_PROT_NONE) != 0) return false;
+      if (os_protect((void *)at, guard, MA_PROT_READ | MA_PROT_WRITE) != 0) {
+        if (!whole) (void)os_protect((void *)(at + need), guard, MA_PROT_READ | MA_PROT_WRITE);
+        return false;
+      }
+    }
+    if (!whole && c->len > need) {
+      c->ptr += need;
+      c->len -= need;
+      huge_cache_bytes -= need;
     } else {
+      huge_cache_bytes -= c->len;
       huge_cache[i] = huge_cache[--huge_cache_n];
     }
-    huge_cache_bytes -= need;
     huge_cache_publish();
     return true;
   }
@@ -176,7 +198,7 @@ static size_t huge_cache_expire(bool all, uint64_t now, huge_cached *victims) {
 
 static void huge_unmap_all(const huge_cached *v, size_t n) {
   int saved = errno;
-  for (size_t i = 0; i < n; i++) os_release((void *)v[i].ptr, v[i].len);
+  for (size_t i = 0; i < n; i++) os_release((void *)v[i].ptr, v[i].len + v[i].guard);
   errno = saved;
 }
 
@@ -194,19 +216,37 @@ size_t huge_cache_purge(bool all) {
   return bytes;
 }
 
+/* Secure mode: a PROT_NONE page after each large block, so a linear overflow off its end
+ * (past the usable size) faults at once. */
+static size_t huge_guard(void) {
+  return obj_secure_on() ? os_page_size() : 0;
+}
+
+/* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible. */
+static void *huge_map(size_t len, size_t a, size_t guard) {
+  void *p = os_alloc(len + guard, a, false);
+  if (!p) return NULL;
+  if (guard && os_protect((char *)p + len, guard, MA_PROT_NONE) != 0) {
+    os_release(p, len + guard);
+    return NULL;
+  }
+  return p;
+}
+
 void *huge_alloc(size_t size, size_t align, bool zero) {
   size_t len = huge_round(size);
-  if (!len) {
+  if (!len || len + os_page_size() < len) {
     errno = ENOMEM;
     return NULL;
   }
   size_t ps = os_page_size();
   size_t a = align > ps ? align : 0;
+  size_t g = huge_guard();
   if (a == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
     huge_cached c;
     pthread_mutex_lock(&huge_lock);
-    if (huge_reserve_slot() && huge_cache_take(len, &c)) {
-      huge_put(huge_tab, huge_cap, (huge_rec){c.ptr, c.len, 0});
+    if (huge_reserve_slot() && huge_cache_take(len, g, &c)) {
+      huge_put(huge_tab, huge_cap, (huge_rec){c.ptr, c.len, 0, c.guard});
       huge_count++;
       huge_allocs++;
       huge_bytes += c.len;
@@ -216,7 +256,7 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
     }
     pthread_mutex_unlock(&huge_lock);
   }
-  void *p = os_alloc(len, a, false);
+  void *p = huge_map(len, a, g);
   if (!p) {
     errno = ENOMEM;
     return NULL;
@@ -226,11 +266,11 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release(p, len);
+    os_release(p, len + g);
     errno = ENOMEM;
     return NULL;
   }
-  huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)p, len, a});
+  huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)p, len, a, g});
   for (unsigned k = 0; k < 16; k++)
     if (huge_recent[k] == (uintptr_t)p) huge_recent[k] = 0;
   huge_count++;
@@ -251,7 +291,7 @@ bool huge_free(void *p) {
     return false;
   }
   huge_recent[huge_recent_next++ % 16] = (uintptr_t)p;
-  size_t len = huge_tab[i].len;
+  size_t len = huge_tab[i].len, guard = huge_tab[i].guard;
   bool aligned = huge_tab[i].align != 0;
   huge_remove_at(i);
   huge_frees++;
@@ -273,14 +313,14 @@ bool huge_free(void *p) {
     if (huge_cache_bytes + len <= HUGE_CACHE_MAX_BYTES) {
       uint64_t delay =
           heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
-      huge_cache[huge_cache_n++] = (huge_cached){(uintptr_t)p, len, now + delay};
+      huge_cache[huge_cache_n++] = (huge_cached){(uintptr_t)p, len, now + delay, guard};
       huge_cache_bytes += len;
       len = 0; /* kept */
     }
     huge_cache_publish();
   }
   pthread_mutex_unlock(&huge_lock);
-  if (len) victims[nv++] = (huge_cached){(uintptr_t)p, len, 0};
+  if (len) victims[nv++] = (huge_cached){(uintptr_t)p, len, 0, guard};
   huge_unmap_all(victims, nv);
   return true;
 }
@@ -316,14 +356,20 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   }
   int saved = errno;
   if (nlen < r.len) {
+    /* A guarded block gets its new guard page first; if that fails it keeps its size. */
+    if (r.guard && os_protect((char *)p + nlen, r.guard, MA_PROT_NONE) != 0) {
+      pthread_mutex_unlock(&huge_lock);
+      errno = saved;
+      return p;
+    }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
     pthread_mutex_unlock(&huge_lock);
-    os_release((char *)p + nlen, r.len - nlen);
+    os_release((char *)p + nlen + r.guard, r.len - nlen);
     errno = saved;
     return p;
   }
-  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, nlen - r.len)) {
+  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, nlen - r.len, r.guard)) {
     huge_tab[i].len = nlen; /* grown in place over cached, already faulted pages */
     huge_bytes += nlen - r.len;
     pthread_mutex_unlock(&huge_lock);
@@ -333,11 +379,17 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   /* Under the lock: a moved-away address must not be re-mapped and recorded by another
    * thread before the old record is gone. */
   void *np = NULL;
-  /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. */
-  int rc = os_remap(p, r.len, nlen, r.align == 0, &np);
+  /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. A guarded
+   * block (its guard is a mapping of its own, which blocks growth in place) moves with a
+   * page more, which becomes its new guard; the old guard page is unmapped. */
+  int rc = os_remap(p, r.len, nlen + r.guard, r.align == 0, &np);
+  if (rc == 0 && r.guard) {
+    (void)os_protect((char *)np + nlen, r.guard, MA_PROT_NONE); /* best effort */
+    if (np != p) os_release((char *)p + r.len, r.guard);
+  }
   if (rc == 0) {
     huge_remove_at(i);
-    huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)np, nlen, r.align});
+    huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)np, nlen, r.align, r.guard});
     huge_count++;
     huge_bytes += nlen - r.len;
     pthread_mutex_unlock(&huge_lock);
