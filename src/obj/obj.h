@@ -57,6 +57,17 @@
  *    frees to obj_free_tracked and allocs to obj_bin_alloc_tracked (memcheck client
  *    requests). ASan poisoning of free blocks is compiled into the inline paths.
  *
+ * 7. Secure mode (docs/hardening.md). A -DMAPALLOC_SECURE=ON build (MA_SECURE, OBJ_SECURE)
+ *    stores free-list links encoded (obj_link_set: xor with the block's address and the
+ *    random obj_link_key) and checks each link it follows (obj_link_next: NULL or a carved
+ *    block of the same slab, else "mapalloc: corrupted free list"); every list goes through
+ *    those two helpers, which are plain loads and stores in the default build. The slow-path
+ *    parts follow obj_secure_on() (always in a secure build, MAPALLOC_SECURE=1 per run in
+ *    the default one): segments created then keep a PROT_NONE guard page at the end of each
+ *    slab (seg->guard, excluded by obj_slab_range; slabs are then mapped one by one), and
+ *    carving links blocks in a random order (within windows of obj_shuffle_window blocks),
+ *    each tagged free.
+ *
  * Threading rules: a slab has one owner thread (s->owner_tid); only the owner touches
  * free/local_free/cnt/notify and the bin lists. Other threads only push onto s->remote
  * (CAS; the protocol is described in obj_bins.c) and announce the first push through a bit
@@ -228,6 +239,9 @@ extern OBJ_HIDDEN uint32_t
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 #define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
+/* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
+#define OBJ_SHUFFLE_DEFAULT 8
+extern OBJ_HIDDEN uint32_t obj_shuffle_window;
 #if OBJ_SECURE
 #define obj_secure_on() true
 #else

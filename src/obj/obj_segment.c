@@ -20,6 +20,7 @@ uint32_t *obj_segmap;
 bool obj_tracking;
 uintptr_t obj_cookie;
 uintptr_t obj_link_key;
+uint32_t obj_shuffle_window = OBJ_SHUFFLE_DEFAULT;
 #if !OBJ_SECURE
 bool obj_secure_rt;
 #endif
