@@ -4,6 +4,7 @@
 # when installed, for the table only), prints the table and checks:
 #   - the secure build stops every case, with a "mapalloc: <misuse>" message naming it
 #     (SIGSEGV from the guard page for the overflow off a large block);
+#   - the default build with MAPALLOC_SECURE=1 also stops the overflow off a large block;
 #   - the default build stops every case glibc stops (glibc is measured here, not assumed),
 #     but for the cases listed in DEFAULT_BELOW_GLIBC with the reason.
 # A case is stopped when the process dies by a signal (abort or fault) at the misuse or at
@@ -31,10 +32,11 @@ declare -A expect=(
   [free_sized_mismatch]="mapalloc: free_sized with a wrong size"
 )
 
-# run <lib or empty> <case>: sets $res to "stopped" / "MISSED" and $msg to what it said.
+# run <lib or empty> <case> [VAR=value]: sets $res to "stopped" / "MISSED" and $msg to what
+# it said.
 run() {
   local out rc
-  out=$(env ${1:+LD_PRELOAD=$1} MAPALLOC_PURGE_DELAY_MS=100 timeout 60 "$prog" "$2" 2>&1)
+  out=$(env ${1:+LD_PRELOAD=$1} MAPALLOC_PURGE_DELAY_MS=100 ${3:-} timeout 60 "$prog" "$2" 2>&1)
   rc=$?
   msg=$(printf '%s' "$out" | grep -m1 -v '^$' | cut -c1-60)
   case $rc in
@@ -46,8 +48,10 @@ run() {
 }
 
 cases=$("$prog" --list) || exit 1
-allocs=(glibc "$default_lib" "$secure_lib")
-names=(glibc mapalloc mapalloc-secure)
+# Column 3: the default build with MAPALLOC_SECURE=1 (guard pages, random order per run):
+# it must stop what the default build stops, and the overflow off a large block.
+allocs=(glibc "$default_lib" "$secure_lib" "$default_lib")
+names=(glibc mapalloc mapalloc-secure "mapalloc SECURE=1")
 for extra in jemalloc:libjemalloc.so.2 mimalloc:libmimalloc.so.2; do
   f=/usr/lib/x86_64-linux-gnu/${extra#*:}
   if [ -e "$f" ]; then
@@ -66,7 +70,9 @@ for c in $cases; do
   for i in "${!allocs[@]}"; do
     lib=${allocs[$i]}
     [ "$lib" = glibc ] && lib=
-    run "$lib" "$c"
+    envs=
+    [ "$i" = 3 ] && envs=MAPALLOC_SECURE=1
+    run "$lib" "$c" $envs
     stopped[$c,$i]=$res
     printf ' | %-16s' "$res"
     if [ "$i" = 2 ]; then
@@ -80,6 +86,10 @@ for c in $cases; do
     fi
   done
   echo
+  if [ "${stopped[$c,3]}" != stopped ] &&
+    { [ "${stopped[$c,1]}" = stopped ] || [ "$c" = overflow_large ]; }; then
+    echo "FAIL: the default build with MAPALLOC_SECURE=1 does not stop $c"; fail=1
+  fi
   # The default build against glibc, case by case.
   below=0
   [[ " $DEFAULT_BELOW_GLIBC " == *" $c "* ]] && below=1
