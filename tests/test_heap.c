@@ -677,24 +677,3 @@ Test(heap_memory, large_blocks_are_cached_then_purged) {
   ma_heap_stats_get(&c);
   cr_assert_leq(c.committed + n, a.committed, "committed %zu before %zu", c.committed, a.committed);
 }
-
-/* A freed large block is split to serve a smaller one, and a block that grows absorbs the
- * cached tail in place: its pages were faulted in already, so no mremap and no new faults. */
-Test(heap_memory, large_growth_absorbs_the_cached_tail) {
-  size_t big = 8 << 20, small = 256 << 10;
-  char *p = ma_malloc(big);
-  cr_assert_not_null(p);
-  memset(p, 1, big);
-  ma_free(p);
-  char *q = ma_malloc(small);
-  cr_assert_eq(q, p, "the cached head is reused");
-  cr_assert_eq(ma_usable_size(q), small, "split, not handed out whole");
-  fill(q, small, 9);
-  char *r = ma_realloc(q, 2 * small);
-  cr_assert_eq(r, q, "grown in place over the cached tail");
-  cr_assert(check(r, small, 9));
-  cr_assert_geq(ma_usable_size(r), 2 * small);
-  memset(r, 2, ma_usable_size(r));
-  ma_free(r);
-  cr_assert_eq(ma_heap_collect(true), 0);
-}

@@ -16,12 +16,6 @@
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
 
-static long minor_faults(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_minflt;
-}
-
 static size_t cached_bytes(void) {
   size_t count, bytes, allocs, frees, cached;
   huge_stats(&count, &bytes, &allocs, &frees, &cached);
@@ -39,6 +33,15 @@ static bool check(const void *p, size_t n, unsigned seed) {
   for (size_t i = 0; i < n; i += 512)
     if (c[i] != (unsigned char)(seed + i / 512)) return false;
   return c[n - 1] == (unsigned char)seed;
+}
+
+#if !MA_SECURE
+/* The cache tests: a secure build keeps no freed large block (each has a guard page that
+ * every split and merge would have to move); the tests of that build follow at the end. */
+static long minor_faults(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
 }
 
 /* A freed block of `n` bytes with every page faulted in: a cached range. */
@@ -224,3 +227,49 @@ Test(large_cache, calloc_from_the_cache_is_zeroed) {
   for (size_t i = 0; i < 3 * MiB; i += 4093) cr_assert_eq(q[i], 0, "byte %zu", i);
   ma_free(q);
 }
+#else /* MA_SECURE */
+
+#include <sys/wait.h>
+
+Test(large_secure, freed_block_is_unmapped_not_cached) {
+  char *p = ma_malloc(4 * MiB);
+  cr_assert_not_null(p);
+  memset(p, 1, 4 * MiB);
+  ma_free(p);
+  cr_assert_eq(cached_bytes(), 0, "a guarded block is never cached");
+}
+
+/* A write one byte past the usable size of a large block faults at once, also after the
+ * block shrank and after it grew (the guard page follows it). */
+static void overflow_faults(size_t n, size_t resize) {
+  char *p = ma_malloc(n);
+  cr_assert_not_null(p);
+  if (resize) p = ma_realloc(p, resize);
+  cr_assert_not_null(p);
+  size_t u = ma_usable_size(p);
+  fill(p, u, 3);
+  cr_assert(check(p, u, 3), "the whole usable size is writable");
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    ((volatile char *)p)[u] = 1;
+    _exit(0);
+  }
+  int st = 0;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV, "status %#x", st);
+  ma_free(p);
+}
+
+Test(large_secure, overflow_off_the_end_faults) {
+  overflow_faults(1 * MiB, 0);
+}
+
+Test(large_secure, overflow_after_shrink_faults) {
+  overflow_faults(4 * MiB, 1 * MiB);
+}
+
+Test(large_secure, overflow_after_growth_faults) {
+  overflow_faults(1 * MiB, 8 * MiB);
+}
+#endif

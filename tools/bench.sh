@@ -6,7 +6,8 @@
 #                  [--only NAME...] [--callgrind] [--list]
 #
 #   --quick      small problem sizes (a smoke run: under 2 minutes on 2 cores); default runs 1
-#   --alloc L    comma-separated allocators (default: all five)
+#   --alloc L    comma-separated allocators (default: all five; also mapalloc-secure, the
+#                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure)
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
 #   --only N...  only these workloads (names as in --list); stops at the next --option
 #   --callgrind  instead of timing, count instructions per operation (valgrind) for the
@@ -33,6 +34,7 @@ declare -A lib=(
   [mimalloc]=$libdir/libmimalloc.so.2
   [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
   [mapalloc]="$top/build/release/libmapalloc-preload.so"
+  [mapalloc-secure]="$top/build/release-secure/libmapalloc-preload.so"
 )
 
 quick=0 runs="" callgrind=0 only=() allocs=("${all_allocs[@]}")
@@ -127,6 +129,18 @@ cmake --build "$build" -j "$(nproc)" -- --no-print-directory >>"$top/build/bench
     echo "bench.sh: build failed (full log: build/bench-cmake.log)" >&2
     exit 1
   }
+# The secure build's preload library, when asked for (not in the default set).
+if [[ " ${allocs[*]} " == *" mapalloc-secure "* ]]; then
+  sbuild="$top/build/release-secure"
+  echo "bench.sh: building $sbuild (Release, MAPALLOC_SECURE=ON)"
+  { cmake -S "$top" -B "$sbuild" -DCMAKE_BUILD_TYPE=Release -DMAPALLOC_SECURE=ON \
+    -DMAPALLOC_BUILD_TESTS=OFF && cmake --build "$sbuild" -j "$(nproc)" --target mapalloc_preload \
+    -- --no-print-directory; } >>"$top/build/bench-cmake.log" 2>&1 || {
+    tail -40 "$top/build/bench-cmake.log"
+    echo "bench.sh: secure build failed (full log: build/bench-cmake.log)" >&2
+    exit 1
+  }
+fi
 wl="$build/bench/workloads"
 runner="$wl/bench-runner"
 have_mapalloc=0

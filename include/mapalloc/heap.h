@@ -16,8 +16,17 @@
  *
  * Misuse is detected where it costs (almost) nothing: freeing a pointer that is not the
  * start of a live block of this heap (a stack address, p + 16, a pointer from another
- * allocator) prints "mapalloc: invalid free of 0x..." and aborts; an immediate double free
- * prints "mapalloc: double free of 0x..." and aborts.
+ * allocator) prints "mapalloc: invalid free of 0x..." and aborts; a double free (small or
+ * large, immediate or after other calls) prints "mapalloc: double free of 0x..." and aborts.
+ *
+ * Secure mode (-DMAPALLOC_SECURE=ON; docs/hardening.md) adds: free-list links encoded with
+ * a per-process random key and checked when followed (a write after free over a freed
+ * block's link aborts with "mapalloc: corrupted free list" at the next allocation), a
+ * PROT_NONE guard page after each slab and each large block (a linear overflow off a large
+ * block faults at once), a random allocation order within a slab, and ma_free_sized
+ * aborting on a size the block cannot have ("free_sized with a wrong size"). Blocks and
+ * semantics are otherwise the same. MAPALLOC_SECURE=1 in the environment turns on the parts
+ * that cost nothing on the fast paths (guard pages, random order) in the default build.
  */
 #ifndef MAPALLOC_HEAP_H
 #define MAPALLOC_HEAP_H
@@ -56,7 +65,11 @@ MA_API void *ma_reallocarray(void *p, size_t n, size_t size);
 MA_API void ma_free(void *p);
 
 /* ma_free for a caller that knows the size it asked for; `size` must be between the
- * requested size and ma_usable_size(p) (it is not trusted: the block is freed as ma_free). */
+ * requested size and ma_usable_size(p). The default build does not trust it (the block is
+ * freed as ma_free); the secure build aborts ("free_sized with a wrong size") when size is
+ * larger than the usable size or less than half of it (minus 16 bytes, a page for large
+ * blocks: what an in-place ma_realloc can leave). Blocks from the aligned functions are to
+ * be freed with ma_free (or free_aligned_sized, which checks only the upper bound). */
 MA_API void ma_free_sized(void *p, size_t size);
 
 /* Allocates `size` bytes aligned to `align`, a power of two (any size). Errors: NULL with

@@ -34,7 +34,25 @@ MA_API void ma_free(void *p) {
   heap_free_inline(p);
 }
 
+#if OBJ_SECURE
+/* Secure: a size the block cannot have been asked with is a misuse. It may not exceed the
+ * usable size, nor be less than what an in-place realloc leaves (ma_realloc keeps a block
+ * while the new size is at least half of it; a page less for a large block). With an
+ * alignment (free_aligned_sized) only the upper bound holds: an aligned block may be far
+ * larger than asked for. */
+void heap_free_sized_check(void *p, size_t size, size_t align) {
+  if (p == NULL) return;
+  size_t usable = heap_usable_size(p); /* aborts on an invalid pointer */
+  size_t slack = usable > HEAP_MAX_SMALL ? os_page_size() : 16;
+  size_t least = align <= 16 && usable / 2 > slack ? usable / 2 - slack : 0;
+  if (size > usable || size < least) heap_misuse("free_sized with a wrong size", p);
+}
+#endif
+
 MA_API void ma_free_sized(void *p, size_t size) {
+#if OBJ_SECURE
+  heap_free_sized_check(p, size, 0);
+#endif
   (void)size;
   heap_free_inline(p);
 }

@@ -76,6 +76,9 @@ uint64_t heap_now_ms(void);
 size_t heap_collect_all(bool force);
 void heap_global_init(void);
 size_t heap_usable_size(const void *p);
+#if OBJ_SECURE
+void heap_free_sized_check(void *p, size_t size, size_t align); /* aborts on a mismatch */
+#endif
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
 
 /* huge.c: blocks mapped directly */
@@ -92,7 +95,7 @@ void huge_atfork_child(void);
 
 /* options.c */
 typedef struct heap_options {
-  long stats, verbose, purge_delay_ms, huge_pages;
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle;
 } heap_options;
 extern heap_options heap_opt;
 void heap_options_read(void);

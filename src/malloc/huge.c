@@ -26,9 +26,10 @@
 
 typedef struct huge_rec {
   uintptr_t ptr; /* 0 = empty slot */
-  size_t len;    /* mapped bytes = usable size */
+  size_t len;    /* mapped read-write bytes = usable size */
   size_t align;  /* > page size: must not be moved by mremap */
   uint64_t map;  /* id of the mapping (one kernel VMA) the block was carved from */
+  size_t guard;  /* secure: a PROT_NONE page mapped after the block (part of the mapping) */
 } huge_rec;
 
 #define HUGE_CACHE_N         64
@@ -291,29 +292,49 @@ static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
 static void huge_release_unlock(huge_rec r) {
   huge_recent[huge_recent_next++ % 16] = r.ptr;
   huge_frees++;
-  huge_uncommit_unlock((huge_cached){r.ptr, r.len, 0, r.map}, r.align == 0);
+  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map},
+                       r.align == 0 && r.guard == 0);
+}
+
+/* Secure mode: a PROT_NONE page after each large block, so a linear overflow off its end
+ * (past the usable size) faults at once. Guarded blocks bypass the cache: its splits and
+ * merges would each have to move a guard page. */
+static size_t huge_guard(void) {
+  return obj_secure_on() ? os_page_size() : 0;
+}
+
+/* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible. */
+static void *huge_map(size_t len, size_t a, size_t guard) {
+  void *p = os_alloc(len + guard, a, false);
+  if (!p) return NULL;
+  if (guard && os_protect((char *)p + len, guard, MA_PROT_NONE) != 0) {
+    os_release_owned(p, len + guard);
+    return NULL;
+  }
+  return p;
 }
 
 static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   size_t len = huge_round(size);
-  if (!len) {
+  if (!len || len + os_page_size() < len) {
     errno = ENOMEM;
     return NULL;
   }
   size_t ps = os_page_size();
   size_t a = align > ps ? align : 0;
-  if (a == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
+  size_t g = huge_guard();
+  if (a == 0 && g == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
     huge_cached c;
     pthread_mutex_lock(&huge_lock);
     if (huge_reserve_slot() && huge_cache_take(len, roomy, &c)) {
-      huge_record((huge_rec){c.ptr, c.len, 0, c.map});
+      huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0});
       pthread_mutex_unlock(&huge_lock);
       if (zero) memset((void *)c.ptr, 0, size);
       return (void *)c.ptr;
     }
     pthread_mutex_unlock(&huge_lock);
   }
-  void *p = os_alloc(len, a, false);
+  void *p = huge_map(len, a, g);
   if (!p) {
     errno = ENOMEM;
     return NULL;
@@ -323,11 +344,11 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release_owned(p, len);
+    os_release_owned(p, len + g);
     errno = ENOMEM;
     return NULL;
   }
-  huge_record((huge_rec){(uintptr_t)p, len, a, ++huge_map_ids});
+  huge_record((huge_rec){(uintptr_t)p, len, a, ++huge_map_ids, g});
   pthread_mutex_unlock(&huge_lock);
   return p;
 }
@@ -373,10 +394,12 @@ size_t huge_usable(const void *p) {
 static void *huge_grow_by_copy(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   huge_cached c;
-  if (r.align != 0 || (nlen - r.len) * 4 < r.len || !huge_cache_take(nlen, true, &c)) return NULL;
+  if (r.align != 0 || r.guard != 0 || (nlen - r.len) * 4 < r.len ||
+      !huge_cache_take(nlen, true, &c))
+    return NULL;
   huge_remove_at(i);
   huge_bytes -= r.len;
-  huge_record((huge_rec){c.ptr, c.len, 0, c.map});
+  huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0});
   huge_allocs--;
   pthread_mutex_unlock(&huge_lock);
   memcpy((void *)c.ptr, (void *)r.ptr, r.len);
@@ -412,13 +435,21 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   }
   int saved = errno;
   if (nlen < r.len) { /* the tail is cached (or unmapped) as a freed block would be */
+    /* A guarded block gets its new guard page first; if that fails it keeps its size. */
+    if (r.guard && os_protect((char *)p + nlen, r.guard, MA_PROT_NONE) != 0) {
+      pthread_mutex_unlock(&huge_lock);
+      errno = saved;
+      return p;
+    }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
-    huge_uncommit_unlock((huge_cached){r.ptr + nlen, r.len - nlen, 0, r.map}, r.align == 0);
+    huge_uncommit_unlock((huge_cached){r.ptr + nlen + r.guard, r.len - nlen, 0, r.map},
+                         r.align == 0 && r.guard == 0);
     errno = saved;
     return p;
   }
-  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, r.map, nlen - r.len)) {
+  if (r.align == 0 && r.guard == 0 &&
+      huge_cache_absorb((uintptr_t)p + r.len, r.map, nlen - r.len)) {
     huge_tab[i].len = nlen; /* grown in place over cached, already faulted pages */
     huge_bytes += nlen - r.len;
     pthread_mutex_unlock(&huge_lock);
@@ -434,13 +465,19 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   /* Under the lock: a moved-away address must not be re-mapped and recorded by another
    * thread before the old record is gone. */
   void *np = NULL;
-  /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. */
-  int rc = os_remap(p, r.len, wlen, r.align == 0, &np);
+  /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. A guarded
+   * block moves with a page more, which becomes its new guard; the old guard page (a
+   * mapping of its own once protected) stays behind and is unmapped. */
+  int rc = os_remap(p, r.len, wlen + r.guard, r.align == 0, &np);
+  if (rc == 0 && r.guard) {
+    (void)os_protect((char *)np + wlen, r.guard, MA_PROT_NONE); /* best effort */
+    if (np != p) os_release_owned((char *)p + r.len, r.guard);
+  }
   if (rc == 0) {
     huge_remove_at(i);
     /* Moved: the block is a mapping of its own now. */
     huge_put(huge_tab, huge_cap,
-             (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids});
+             (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids, r.guard});
     huge_count++;
     huge_bytes += wlen - r.len;
     pthread_mutex_unlock(&huge_lock);

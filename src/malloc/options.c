@@ -11,8 +11,12 @@ extern char **environ;
 /* Default purge delay: see the README and bench/bench_heap.c for the measurements. */
 #define HEAP_PURGE_DELAY_DEFAULT 100
 
-heap_options heap_opt = {
-    .stats = 0, .verbose = 0, .purge_delay_ms = HEAP_PURGE_DELAY_DEFAULT, .huge_pages = -1};
+heap_options heap_opt = {.stats = 0,
+                         .verbose = 0,
+                         .purge_delay_ms = HEAP_PURGE_DELAY_DEFAULT,
+                         .huge_pages = -1,
+                         .secure = OBJ_SECURE,
+                         .shuffle = OBJ_SHUFFLE_DEFAULT};
 
 typedef struct heap_option_desc {
   const char *name; /* after MAPALLOC_ */
@@ -29,6 +33,12 @@ static const heap_option_desc heap_option_table[] = {
     {"HUGE_PAGES", &heap_opt.huge_pages, -1,
      "transparent huge pages: 1 on (heap segments and large blocks), 0 off (large blocks), "
      "-1 system default"},
+    {"SECURE", &heap_opt.secure, OBJ_SECURE,
+     "1: guard pages after slabs and large blocks, random allocation order (the free-list "
+     "link checks need a -DMAPALLOC_SECURE=ON build, where this is always 1)"},
+    {"SHUFFLE", &heap_opt.shuffle, OBJ_SHUFFLE_DEFAULT,
+     "secure mode: allocation order shuffled within windows of this many blocks (0: off, "
+     "at most 256; larger costs pointer-chasing programs more)"},
 };
 
 /* Parses a decimal integer (optionally negative); yes/true/on = 1, no/false/off = 0. */
@@ -86,6 +96,14 @@ void heap_options_read(void) {
       }
     }
   }
+  if (heap_opt.shuffle < 0) heap_opt.shuffle = 0;
+  if (heap_opt.shuffle > 256) heap_opt.shuffle = 256;
+  obj_shuffle_window = (uint32_t)heap_opt.shuffle;
+#if OBJ_SECURE
+  heap_opt.secure = 1;
+#else
+  obj_secure_rt = heap_opt.secure > 0; /* new segments, carves and large blocks only */
+#endif
   if (heap_opt.verbose) {
     for (size_t i = 0; i < sizeof heap_option_table / sizeof heap_option_table[0]; i++) {
       char buf[32];

@@ -110,8 +110,11 @@ MA_API void free_sized(void *p, size_t size) {
 }
 
 MA_API void free_aligned_sized(void *p, size_t align, size_t size) {
-  (void)align;
-  ma_free_sized(p, size);
+#if OBJ_SECURE
+  heap_free_sized_check(p, size, align);
+#endif
+  (void)align, (void)size;
+  heap_free_inline(p);
 }
 
 MA_API void cfree(void *p) {

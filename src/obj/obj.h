@@ -57,6 +57,17 @@
  *    frees to obj_free_tracked and allocs to obj_bin_alloc_tracked (memcheck client
  *    requests). ASan poisoning of free blocks is compiled into the inline paths.
  *
+ * 7. Secure mode (docs/hardening.md). A -DMAPALLOC_SECURE=ON build (MA_SECURE, OBJ_SECURE)
+ *    stores free-list links encoded (obj_link_set: xor with the block's address and the
+ *    random obj_link_key) and checks each link it follows (obj_link_next: NULL or a carved
+ *    block of the same slab, else "mapalloc: corrupted free list"); every list goes through
+ *    those two helpers, which are plain loads and stores in the default build. The slow-path
+ *    parts follow obj_secure_on() (always in a secure build, MAPALLOC_SECURE=1 per run in
+ *    the default one): segments created then keep a PROT_NONE guard page at the end of each
+ *    slab (seg->guard, excluded by obj_slab_range; slabs are then mapped one by one), and
+ *    carving links blocks in a random order (within windows of obj_shuffle_window blocks),
+ *    each tagged free.
+ *
  * Threading rules: a slab has one owner thread (s->owner_tid); only the owner touches
  * free/local_free/cnt/notify and the bin lists. Other threads only push onto s->remote
  * (CAS; the protocol is described in obj_bins.c) and announce the first push through a bit
@@ -83,6 +94,17 @@
 #endif
 #ifndef OBJ_ASAN
 #define OBJ_ASAN 0
+#endif
+
+/* Secure mode (see "SECURE MODE" above). OBJ_SECURE: compiled in (-DMAPALLOC_SECURE=ON),
+ * the fast paths encode and check free-list links. obj_secure_on(): the slow-path parts
+ * (guard pages, random carve order, tagged carving), always on in a secure build and
+ * selectable per run in the default one (obj_secure_rt, set by the heap's
+ * MAPALLOC_SECURE=1 before its first segment). */
+#ifdef MA_SECURE
+#define OBJ_SECURE 1
+#else
+#define OBJ_SECURE 0
 #endif
 
 #define obj_likely(x)   __builtin_expect(!!(x), 1)
@@ -160,7 +182,8 @@ typedef struct obj_segment {
   uint32_t nslabs;
   uint32_t nactive;
   uint8_t slab_shift;
-  uint8_t kind; /* index in bins->segs */
+  uint8_t kind;   /* index in bins->segs */
+  uint32_t guard; /* bytes of PROT_NONE guard at the end of each slab (secure), else 0 */
   obj_slab slabs[];
 } obj_segment;
 
@@ -215,6 +238,16 @@ extern OBJ_HIDDEN uint32_t
     *obj_segmap;                     /* chunk number of the segment start, per 4 MiB of address */
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 #define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
+extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
+/* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
+#define OBJ_SHUFFLE_DEFAULT 8
+extern OBJ_HIDDEN uint32_t obj_shuffle_window;
+#if OBJ_SECURE
+#define obj_secure_on() true
+#else
+extern OBJ_HIDDEN bool obj_secure_rt;
+#define obj_secure_on() obj_secure_rt
+#endif
 
 /* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). */
 static inline uintptr_t obj_tid(void) {
@@ -274,6 +307,35 @@ static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *i
   return obj_likely(q < obj_slab_carved(s));
 }
 
+/* ---- free-list links -----------------------------------------------------------------
+ * Default build: b->next is a plain pointer. Secure build: it is stored xor'ed with the
+ * block's own address and a per-process random key, and every link followed is decoded
+ * and checked to be NULL or a carved block of the same slab, so a use-after-free write
+ * over a freed block's link aborts at the next allocation instead of handing out a wild
+ * pointer (an attacker who does not know the key cannot forge a link). */
+__attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
+
+static inline void obj_link_set(obj_block *b, obj_block *next) {
+#if OBJ_SECURE
+  b->next = (obj_block *)((uintptr_t)next ^ (uintptr_t)b ^ obj_link_key);
+#else
+  b->next = next;
+#endif
+}
+
+/* The next block after b on one of slab s's lists (free, local_free, remote). */
+static inline obj_block *obj_link_next(const obj_slab *s, const obj_block *b) {
+#if OBJ_SECURE
+  obj_block *n = (obj_block *)((uintptr_t)b->next ^ (uintptr_t)b ^ obj_link_key);
+  if (obj_unlikely(n != NULL && obj_block_q(s, (uintptr_t)n) >= obj_slab_carved(s)))
+    obj_fatal("corrupted free list (write after free?)", b);
+  return n;
+#else
+  (void)s;
+  return b->next;
+#endif
+}
+
 /* ---- instrumentation ---------------------------------------------------------------
  * Under ASan (compile time) a free block is poisoned; the inline paths open its link words
  * while they touch them. Under valgrind (run time, obj_tracking) the pool takes the
@@ -308,7 +370,6 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size);
 void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin);
 void obj_slab_notify(obj_slab *s);
 void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b);
-__attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
 
 /* ---- fast paths --------------------------------------------------------------------- */
 
@@ -317,7 +378,7 @@ static inline void *obj_bin_alloc(obj_bins *bs, obj_bin *bin) {
   obj_block *b = s->free;
   if (obj_unlikely(b == NULL)) return obj_bin_alloc_slow(bs, bin);
   obj_link_open(b);
-  s->free = b->next;
+  s->free = obj_link_next(s, b);
   obj_unpoison(b, s->stride);
   b->key = 0;
   s->cnt++;
@@ -344,7 +405,7 @@ static inline void obj_free_local(obj_slab *s, void *p) {
   if (obj_unlikely(b->key == s->key)) obj_fatal("double free", p);
   obj_poison(b, s->stride);
   obj_link_open(b);
-  b->next = s->free;
+  obj_link_set(b, s->free);
   b->key = s->key;
   obj_link_close(b);
   s->free = b;

@@ -8,6 +8,8 @@
 
 extern OBJ_HIDDEN uintptr_t obj_cookie;
 
+#define OBJ_CARVE_MAX 256 /* blocks carved at a time (a page of 16-byte blocks) */
+
 int obj_global_init(void);
 void obj_link_open_vg(obj_block *b);
 void obj_link_close_vg(obj_block *b);

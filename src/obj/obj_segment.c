@@ -4,7 +4,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "obj/obj_internal.h"
@@ -20,6 +19,11 @@ obj_slab obj_empty_slab = {.notify = -1};
 uint32_t *obj_segmap;
 bool obj_tracking;
 uintptr_t obj_cookie;
+uintptr_t obj_link_key;
+uint32_t obj_shuffle_window = OBJ_SHUFFLE_DEFAULT;
+#if !OBJ_SECURE
+bool obj_secure_rt;
+#endif
 
 /* Not a pthread_once: a failure (no address space for the map) must not stick, the next
  * space to be made tries again. */
@@ -35,10 +39,14 @@ static int obj_init(void) {
   }
   os_name(m, len, "mapalloc-segmap");
   ((uint32_t *)m)[0] = 1; /* chunk 0 never holds a segment: NULL fails the fast check */
-  uintptr_t c = 0;
-  if (getrandom(&c, sizeof c, GRND_NONBLOCK) != (ssize_t)sizeof c)
-    c = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)m;
-  obj_cookie = c | 1;
+  uintptr_t c[2] = {0, 0};
+  if (os_random(c, sizeof c) != 0) { /* no entropy yet (early boot): weaker, still varied */
+    c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)m;
+    c[1] =
+        (c[0] ^ (uintptr_t)&init_lock) * 0xbf58476d1ce4e5b9ull ^ (uintptr_t)__builtin_ia32_rdtsc();
+  }
+  obj_cookie = c[0] | 1;
+  obj_link_key = c[1] | 1; /* separate from the tag key, which sits in freed blocks */
 #ifdef MA_HAVE_VALGRIND
   /* MAPALLOC_TRACK=0 turns the client requests off (for callgrind/cachegrind runs). */
   const char *e = getenv("MAPALLOC_TRACK");
@@ -139,29 +147,36 @@ uint8_t obj_slab_shift_for(size_t stride, size_t align) {
   for (unsigned sh = OBJ_SLAB_MIN; sh <= OBJ_SEG_SHIFT; sh++) {
     size_t slab = (size_t)1 << sh;
     size_t hdr = header_size(1u << (OBJ_SEG_SHIFT - sh));
-    if (slab >= 16 * stride + align && slab - hdr >= stride + align) return (uint8_t)sh;
+    /* (+ a page: room for a secure segment's guard page after the first slab) */
+    if (slab >= 16 * stride + align && slab - hdr >= stride + align + os_page_size())
+      return (uint8_t)sh;
   }
   return OBJ_SHIFT_HUGE;
 }
 
+/* The usable range of slab i; a secure segment's guard page after it is excluded. */
 void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi) {
   char *base = (char *)seg;
   if (seg->slab_shift == OBJ_SHIFT_HUGE) {
     *lo = base + seg->hdr_size;
-    *hi = base + seg->size;
+    *hi = base + seg->size - seg->guard;
     return;
   }
   *lo = i == 0 ? base + seg->hdr_size : base + ((size_t)i << seg->slab_shift);
-  *hi = base + ((size_t)(i + 1) << seg->slab_shift);
+  *hi = base + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
 }
 
 obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) {
   uint32_t nslabs = shift == OBJ_SHIFT_HUGE ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
   size_t hdr = header_size(nslabs);
   size_t size = OBJ_SEG_SIZE;
+  /* Secure: the last page of each slab stays PROT_NONE (it is never mapped: the segment
+   * is reserved inaccessible and slabs are committed one by one), so a linear overflow off
+   * a slab run faults. Slab shifts leave room for it (obj_slab_shift_for). */
+  size_t guard = obj_secure_on() ? os_page_size() : 0;
   if (shift == OBJ_SHIFT_HUGE) {
     if (huge_need > OBJ_MAX_STRIDE * 2) goto nomem;
-    size = (hdr + huge_need + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
+    size = (hdr + huge_need + guard + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
   }
   if (!obj_account_commit(sp, hdr)) goto nomem;
   char *m = os_reserve(size, OBJ_SEG_SIZE, NULL);
@@ -175,6 +190,7 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->space = sp;
   seg->size = size;
   seg->hdr_size = hdr;
+  seg->guard = (uint32_t)guard;
   seg->nslabs = nslabs;
   seg->slab_shift = shift;
   seg->kind = shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
@@ -234,7 +250,8 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   if (!obj_account_commit(sp, len)) return -ENOMEM;
   if (s->mapped) { /* mapped, purged or never touched: zero pages on the next fault */
     if (sp->populate) (void)os_populate(lo, len);
-  } else if (seg->slab_shift != OBJ_SHIFT_HUGE && !sp->populate && space_resettable(sp)) {
+  } else if (seg->slab_shift != OBJ_SHIFT_HUGE && !sp->populate && space_resettable(sp) &&
+             !seg->guard) {
     /* First use of a segment's slab area: map all of it read-write in one call; the other
      * slabs fault in lazily when they are used (no mmap per slab). */
     char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;

@@ -12,7 +12,7 @@ void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) 
   s = bin->cur;
   obj_block *b = s->free;
   obj_link_open_rt(b);
-  s->free = b->next;
+  s->free = obj_link_next(s, b);
   bool fz = s->free_zero;
   obj_unpoison(b, s->stride);
   obj_track_alloc(b, size, zero);
@@ -35,7 +35,7 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   if (o && o->tid == obj_tid() && s->owner_tid == 1) {
     obj_poison(b, s->stride);
     obj_link_open_rt(b);
-    b->next = s->free;
+    obj_link_set(b, s->free);
     b->key = s->key;
     obj_link_close_rt(b);
     s->free = b;
@@ -118,7 +118,7 @@ static void untrack_live(obj_segment *seg) {
         if (!obj_block_index(s, b, &idx)) break;
         freed[idx / 64] |= (uint64_t)1 << (idx % 64);
         obj_link_open_rt(b);
-        obj_block *nx = b->next;
+        obj_block *nx = obj_link_next(s, b);
         obj_link_close_rt(b);
         b = nx;
       }

@@ -254,7 +254,7 @@ void *ma_pool_alloc(ma_pool *p) {
     obj_block *b = s->free;
     if (obj_likely(b != NULL)) {
       obj_link_open(b);
-      s->free = b->next;
+      s->free = obj_link_next(s, b);
       obj_unpoison(b, s->stride);
       b->key = 0;
       s->cnt++;
@@ -325,7 +325,7 @@ void ma_pool_free(ma_pool *p, void *obj) {
         if (obj_likely(b->key != s->key)) {
           obj_poison(b, s->stride);
           obj_link_open(b);
-          b->next = s->free;
+          obj_link_set(b, s->free);
           b->key = s->key;
           obj_link_close(b);
           s->free = b;

@@ -122,4 +122,11 @@ int os_areas_query(int pid, uintptr_t start, uintptr_t end, int (*fn)(const ma_a
  * address. Without it the resize happens in place or fails with -ENOMEM. */
 int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out);
 
+/* ---- Added for the secure mode (src/obj/, src/malloc/) ------------------------------- */
+
+/* Fills buf with `len` random bytes from the kernel (getrandom(2), non-blocking: early in
+ * boot the pool may not be ready). Returns 0, or a negative errno when fewer bytes came;
+ * the caller falls back to a weaker source. Never allocates. */
+int os_random(void *buf, size_t len);
+
 #endif /* MAPALLOC_OS_H */

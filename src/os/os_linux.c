@@ -346,3 +346,11 @@ int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **o
   *out = p;
   return 0;
 }
+
+/* ---- Added for the secure mode ---------------------------------------------------------- */
+
+int os_random(void *buf, size_t len) {
+  ssize_t n = sys_getrandom(buf, len, 0x1 /* GRND_NONBLOCK */);
+  if (n < 0) return -errno;
+  return (size_t)n == len ? 0 : -EAGAIN;
+}

@@ -97,6 +97,12 @@ static inline int sys_prctl5(int op, unsigned long a2, unsigned long a3, unsigne
   return prctl(op, a2, a3, a4, a5);
 }
 
+/* getrandom(2) without GRND_RANDOM; a short read is the caller's to handle. */
+static inline ssize_t sys_getrandom(void *buf, size_t len, unsigned flags) {
+  SYS_INJECT_OR(-1);
+  return (ssize_t)syscall(SYS_getrandom, buf, len, flags);
+}
+
 static inline int sys_open(const char *path, int flags) {
   SYS_INJECT_OR(-1);
   return open(path, flags);
