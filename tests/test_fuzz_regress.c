@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "mapalloc/heap.h"
+#include "mapalloc/pool.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FR_ASAN 1
@@ -43,4 +44,28 @@ Test(fuzz_regress, released_segment_is_unpoisoned) {
     cr_assert_eq(p[((size_t)128 << 10) - 1], k + 1);
   }
   for (int k = 0; k < BIG; k++) ma_free(big[k]);
+}
+
+/* fuzz_pool: align 1, 2 or 4 made the stride an odd multiple of it (obj_size 7977, align 2:
+ * stride 7978), so free objects' list links were misaligned (UBSan: misaligned obj_block
+ * access in slab_carve). Objects are now 8-byte aligned whatever is asked. */
+Test(fuzz_regress, pool_small_align_keeps_links_aligned) {
+  for (size_t align = 1; align <= 4; align *= 2) {
+    ma_pool *p;
+    ma_pool_opts o = {.obj_size = 7977, .align = align};
+    cr_assert_eq(ma_pool_create(&o, &p), 0);
+    enum { N = 40 };
+    unsigned char *v[N];
+    for (int i = 0; i < N; i++) {
+      v[i] = ma_pool_alloc(p);
+      cr_assert_not_null(v[i]);
+      cr_assert_eq((uintptr_t)v[i] & 7, 0, "align %zu: object %p", align, (void *)v[i]);
+      memset(v[i], i, o.obj_size);
+    }
+    for (int i = 0; i < N; i++) {
+      cr_assert_eq(v[i][o.obj_size - 1], i);
+      ma_pool_free(p, v[i]);
+    }
+    ma_pool_destroy(p);
+  }
 }
