@@ -3,9 +3,15 @@
  * fail in a sanitizer build (MAPALLOC_SANITIZE=address,undefined); their checks of the
  * contents run everywhere. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "mapalloc/arena.h"
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
 
@@ -68,4 +74,42 @@ Test(fuzz_regress, pool_small_align_keeps_links_aligned) {
     }
     ma_pool_destroy(p);
   }
+}
+
+/* fuzz_arena: madvise stops at the first mapping that refuses the advice, after applying it
+ * to the ones before, so a failed MA_ADV_REMOVE over [memfd mapping, anonymous mapping] had
+ * already freed the file's pages. The arena now checks every mapping first: the refusal
+ * changes nothing. Same for a read-only descriptor's mapping (-EACCES) and MA_ADV_FREE over
+ * a file mapping (-EINVAL). */
+Test(fuzz_regress, refused_advice_changes_nothing) {
+  size_t ps = ma_page_size();
+  ma_arena *a;
+  cr_assert_eq(ma_arena_create(8 * ps, 0, &a), 0);
+  int fd = memfd_create("fuzz_regress", MFD_CLOEXEC);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(ftruncate(fd, (off_t)(8 * ps)), 0);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  int ro = open(path, O_RDONLY | O_CLOEXEC);
+  cr_assert_geq(ro, 0);
+  const unsigned rw = MA_PROT_READ | MA_PROT_WRITE;
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 0, ps, fd, 0, rw), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, ps, ps, rw), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 2 * ps, ps, ro, ps, MA_PROT_READ), 0);
+  char *b = ma_arena_base(a);
+  b[0] = 42;
+  b[ps] = 43;
+  cr_assert_eq(ma_arena_advise(a, 0, 2 * ps, MA_ADV_REMOVE), -EINVAL);
+  cr_assert_eq(b[0], 42, "the memfd page was freed by a failed advise");
+  cr_assert_eq(ma_arena_advise(a, 0, ps, MA_ADV_REMOVE), 0); /* alone it works */
+  cr_assert_eq(b[0], 0);
+  b[0] = 44;
+  cr_assert_eq(ma_arena_advise(a, 0, 3 * ps, MA_ADV_REMOVE), -EINVAL);
+  cr_assert_eq(ma_arena_advise(a, 2 * ps, ps, MA_ADV_REMOVE), -EACCES);
+  cr_assert_eq(ma_arena_advise(a, ps, 2 * ps, MA_ADV_FREE), -EINVAL);
+  cr_assert_eq(b[0], 44);
+  cr_assert_eq(b[ps], 43);
+  ma_arena_destroy(a);
+  close(ro);
+  close(fd);
 }
