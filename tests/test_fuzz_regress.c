@@ -13,6 +13,7 @@
 
 #include "mapalloc/arena.h"
 #include "mapalloc/heap.h"
+#include "mapalloc/pages.h"
 #include "mapalloc/pool.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -112,4 +113,23 @@ Test(fuzz_regress, refused_advice_changes_nothing) {
   ma_arena_destroy(a);
   close(ro);
   close(fd);
+}
+
+/* fuzz_pages: mlock marks the areas of the range locked before faulting them in and keeps
+ * the mark when it fails on an inaccessible page, so a refused ma_map_lock left part of a
+ * shared reserve-only map locked, and decommitting a page of it then failed with -EINVAL
+ * (MADV_DONTNEED refuses locked pages). A failed lock now unlocks the range. */
+Test(fuzz_regress, refused_lock_leaves_range_unlocked) {
+  size_t ps = ma_page_size();
+  ma_map_opts o = MA_MAP_OPTS_DEFAULT;
+  o.len = 16 * ps;
+  o.flags = MA_MAP_RESERVE | MA_MAP_SHARED;
+  ma_map m;
+  cr_assert_eq(ma_map_create(&o, &m), 0);
+  cr_assert_eq(ma_map_lock(&m, 8 * ps, 4 * ps), -ENOMEM); /* not committed */
+  cr_assert_eq(ma_map_decommit(&m, 10 * ps, ps), 0);
+  cr_assert_eq(ma_map_commit(&m, 8 * ps, 4 * ps), 0);
+  ((char *)m.addr)[9 * ps] = 7;
+  cr_assert_eq(ma_map_decommit(&m, 8 * ps, 4 * ps), 0);
+  cr_assert_eq(ma_map_destroy(&m), 0);
 }
