@@ -9,6 +9,7 @@
  * and usable_size >= size are checked on every allocation. Everything is freed at the end
  * of the input, and the heap's `allocated` statistic must be back where it started. */
 #include <errno.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
@@ -200,6 +201,26 @@ static void do_remote(fz_in *in) {
   pthread_join(t, NULL);
 }
 
+/* Requests that must fail with the documented errno and leave the block b untouched. */
+static void do_bad(blk *b) {
+  void *q = b->p;
+  errno = 0;
+  FZ_CHECK(ma_malloc(SIZE_MAX) == NULL && errno == ENOMEM, "malloc(SIZE_MAX)");
+  errno = 0;
+  FZ_CHECK(ma_malloc((size_t)PTRDIFF_MAX + 1) == NULL && errno == ENOMEM, "malloc(> PTRDIFF_MAX)");
+  errno = 0;
+  FZ_CHECK(ma_calloc(SIZE_MAX / 2, 3) == NULL && errno == ENOMEM, "calloc overflow");
+  errno = 0;
+  FZ_CHECK(ma_aligned_alloc(48, 16) == NULL && errno == EINVAL, "aligned_alloc(48)");
+  FZ_CHECK(ma_posix_memalign(&q, 4, 16) == EINVAL && q == b->p, "posix_memalign(4)");
+  if (!b->p) return;
+  errno = 0;
+  FZ_CHECK(ma_reallocarray(b->p, SIZE_MAX / 2, 3) == NULL && errno == ENOMEM, "reallocarray");
+  errno = 0;
+  FZ_CHECK(ma_realloc(b->p, SIZE_MAX - 4096) == NULL && errno == ENOMEM, "realloc(huge)");
+  check(b, b->p, b->size, "after failed realloc");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   ma_heap_stats st0, st1;
@@ -208,7 +229,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   while (fz_more(&in)) {
     uint8_t op = fz_u8(&in);
     blk *b = &slots[fz_u8(&in) % NSLOTS];
-    switch (op % 12) {
+    switch (op % 13) {
     case 0:
     case 1:
       do_malloc(b, read_size(&in));
@@ -241,8 +262,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 10:
       ma_heap_collect(op & 0x80);
       break;
-    default:
+    case 11:
       do_remote(&in);
+      break;
+    default:
+      do_bad(b);
       break;
     }
   }

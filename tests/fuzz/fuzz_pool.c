@@ -113,9 +113,9 @@ static void read_pool(fz_in *in, pool_model *m) {
   case 2:
     size = 1 + v % 8192;
     break;
-  default:
-    size = 1 + (size_t)v * 16;
-    break; /* up to 1 MiB */
+  default: /* one in four up to 1 MiB: one-slab segments, but costly to fill and map */
+    size = (f >> 6) == 3 ? 1 + (size_t)v * 16 : 1 + (size_t)v;
+    break;
   }
   size_t align = (f >> 2 & 1) ? (size_t)1 << (fz_u8(in) % 13) : 0;
   m->o = (ma_pool_opts){.obj_size = size,

@@ -22,9 +22,9 @@ def u32(v):
     return struct.pack("<I", v)
 
 
-# ---- heap: op, slot, args. op % 12: 0-1 malloc, 2 calloc, 3-4 realloc, 5 aligned_alloc,
+# ---- heap: op, slot, args. op % 13: 0-1 malloc, 2 calloc, 3-4 realloc, 5 aligned_alloc,
 # 6 posix_memalign, 7 free, 8 free_sized, 9 usable_size, 10 collect (0x80: force),
-# 11 remote thread. size = class byte (& 7) + u16.
+# 11 remote thread, 12 requests that must fail. size = class byte (& 7) + u16.
 def hsize(cls, v):
     return bytes([cls]) + u16(v)
 
@@ -45,6 +45,7 @@ def heap_seeds():
         "collect": bytes([0, 9]) + mid + bytes([7, 9, 10, 0, 0x8a, 0]),
         "remote": b"".join(bytes([0, i]) + hsize(0, 16 * i) for i in range(8))
         + bytes([11, 0]) + u32(0x0F) + u32(0) + u32(0xF000) + hsize(0, 40) + bytes([7, 12]),
+        "bad_sizes": bytes([0, 0]) + large + bytes([12, 0, 0, 1]) + small + bytes([12, 1, 12, 2]),
         "many_small": b"".join(bytes([0, i]) + hsize(i % 4, 7 * i) for i in range(40)),
     }
 
@@ -72,7 +73,7 @@ def pool_seeds():
         + bytes([1, 0, 0, 0x80, 1, 2, 0, 6, 0]),
         "max_bytes": pool_hdr(0x20, 255, maxb=1) + pool_hdr(0, 8) + bytes([0, 3, 0, 63, 3, 64, 63,
                                                                               6, 0]),
-        "big_objects": pool_hdr(0x03, 20000) + pool_hdr(0x03, 60000) + bytes([1, 0, 0, 0x80, 1,
+        "big_objects": pool_hdr(0xC3, 20000) + pool_hdr(0x03, 60000) + bytes([1, 0, 0, 0x80, 1,
                                                                               6, 0, 2, 0]),
         "remote": two + bytes([0, 3, 0, 16, 7, 0]) + u32(0xFF) + u32(0) + u32(0xF00) + u32(0)
         + u32(0) + u32(0) + bytes([6, 0]),
