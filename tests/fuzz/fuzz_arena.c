@@ -1,10 +1,10 @@
 /* libFuzzer target for the mapping arena (include/mapalloc/arena.h).
  *
- * Each input gets an arena of NPG pages and a memfd of FPG pages, opened a second time
- * read-only. The bytes are a program of operations at page-aligned sub-ranges: add an
- * anonymous mapping, add a mapping of the memfd (read-write or read-only descriptor),
- * remove, protect, advise (DONTNEED, REMOVE, WILLNEED), flush, write a value into pages,
- * check pages, and calls with bad arguments. A per-page shadow holds which record covers the
+ * Each input gets an arena of NPG pages (flags DONTDUMP, DONTFORK, HUGE_TRY, LOCKED) and a memfd of
+ * FPG pages, opened a second time read-only. The bytes are a program of operations at page-aligned
+ * sub-ranges: add an anonymous mapping, add a mapping of the memfd (read-write or read-only
+ * descriptor), remove, protect, advise (DONTNEED, REMOVE, WILLNEED), flush, write a value into
+ * pages, check pages, and calls with bad arguments. A per-page shadow holds which record covers the
  * page (records split as the header says: remove and protect cut them, nothing merges), its
  * descriptor, file page and protection, and the value each page (or file page) holds.
  * After every operation the return value must be the one the shadow predicts (on failure
@@ -41,6 +41,7 @@ static int fds[2];
 static int probe[2] = {-1, -1}; /* a pipe: write(2) from an address tells if it is readable */
 static size_t ps;
 static ma_arena *ar;
+static bool locked; /* MA_MAP_LOCKED: the kernel refuses to drop pages */
 static unsigned char *base;
 
 /* The same offset in every page: two arena pages may show one file page. */
@@ -208,6 +209,7 @@ static void do_advise(size_t a, size_t n, uint8_t k) {
   }
   for (size_t i = a; want == 0 && adv == MA_ADV_FREE && i < a + n; i++)
     if (pg[i].fd != FD_ANON) want = -EINVAL;
+  if (want == 0 && locked && adv != MA_ADV_WILLNEED) want = -EINVAL; /* locked pages stay */
   int e = ma_arena_advise(ar, a * ps, n * ps, adv);
   FZ_CHECK(e == want, "advise(%zu+%zu, %d) = %d, want %d", a, n, adv, e, want);
   if (e) return;
@@ -265,8 +267,9 @@ static void setup(unsigned flags) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   uint8_t f = fz_u8(&in);
+  locked = f & 8;
   setup((f & 1 ? MA_MAP_DONTDUMP : 0) | (f & 2 ? MA_MAP_DONTFORK : 0) |
-        (f & 4 ? MA_MAP_HUGE_TRY : 0));
+        (f & 4 ? MA_MAP_HUGE_TRY : 0) | (locked ? MA_MAP_LOCKED : 0));
   while (fz_more(&in)) {
     uint8_t op = fz_u8(&in);
     size_t a = fz_u8(&in) % NPG;

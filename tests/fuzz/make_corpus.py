@@ -81,7 +81,7 @@ def pool_seeds():
     }
 
 
-# ---- arena: flags byte, then op, page, npages [, args]. op % 10: 0-1 anon (prot), 2 memfd
+# ---- arena: flags byte (1 DONTDUMP, 2 DONTFORK, 4 HUGE_TRY, 8 LOCKED), then op, page, npages [, args]. op % 10: 0-1 anon (prot), 2 memfd
 # (0x80: read-only fd; file page, prot), 3 remove, 4 protect (prot), 5 advise (0 DONTNEED,
 # 1 REMOVE, 2 WILLNEED, 3 FREE), 6 write, 7 flush, 8 find, 9 bad arguments.
 def arena_seeds():
@@ -94,6 +94,7 @@ def arena_seeds():
                          6, 3, 3, 5, 3, 3, 2]),
         "flush_find_bad": bytes([5, 0, 60, 3, 1, 7, 60, 3, 7, 0, 3, 8, 61, 0, 9, 0, 0]) + u16(100)
         + u16(4096),
+        "locked": bytes([8, 0, 0, 7, 3, 6, 0, 7, 5, 0, 7, 0, 2, 10, 3, 0, 3, 5, 10, 3, 1, 3, 0, 7]),
         "many_mappings": b"".join(bytes([i % 3 if i % 3 != 2 else 2, 2 * i, 0, 0, 3])
                                   for i in range(20)),
     }
