@@ -7,7 +7,8 @@
  * filled with a pattern derived from its id and checked before it is freed or resized
  * (realloc keeps the contents up to the smaller size), calloc must return zeros, alignment
  * and usable_size >= size are checked on every allocation. Everything is freed at the end
- * of the input, and the heap's `allocated` statistic must be back where it started. */
+ * of the input; the heap's `allocated` statistic must be back where it started, and after
+ * ma_heap_collect(true) nothing may stay committed or reserved. */
 #include <errno.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -274,5 +275,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ma_heap_stats_get(&st1);
   FZ_CHECK(st1.allocated == st0.allocated, "allocated %zu after freeing all, %zu before",
            st1.allocated, st0.allocated);
+  /* With no live block and no other thread, a forced collect gives everything back: no
+   * segment, slab or cached mapping is lost, and the next input starts from an empty heap
+   * (so that a crash reproduces from its input alone). */
+  ma_heap_collect(true);
+  ma_heap_stats_get(&st1);
+  FZ_CHECK(st1.allocated == 0 && st1.active == 0 && st1.committed == 0 && st1.reserved == 0 &&
+               st1.mapped_large == 0,
+           "after free-all and collect(true): allocated %zu active %zu committed %zu reserved %zu "
+           "large %zu",
+           st1.allocated, st1.active, st1.committed, st1.reserved, st1.mapped_large);
   return 0;
 }
