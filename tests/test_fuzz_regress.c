@@ -133,3 +133,24 @@ Test(fuzz_regress, refused_lock_leaves_range_unlocked) {
   cr_assert_eq(ma_map_decommit(&m, 8 * ps, 4 * ps), 0);
   cr_assert_eq(ma_map_destroy(&m), 0);
 }
+
+/* fuzz_arena: in a MA_MAP_LOCKED arena, adding a MA_PROT_NONE mapping failed with -ENOMEM
+ * (mlock cannot fault in an inaccessible range). It is now locked on fault. */
+Test(fuzz_regress, locked_arena_takes_prot_none_mapping) {
+  size_t ps = ma_page_size();
+  ma_arena *a;
+  cr_assert_eq(ma_arena_create(8 * ps, MA_MAP_LOCKED, &a), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, 2 * ps, MA_PROT_NONE), 0);
+  int fd = memfd_create("fuzz_regress", MFD_CLOEXEC);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(ftruncate(fd, (off_t)ps), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 2 * ps, ps, fd, 0, MA_PROT_NONE), 0);
+  cr_assert_eq(ma_arena_protect(a, 0, 3 * ps, MA_PROT_READ | MA_PROT_WRITE), 0);
+  char *b = ma_arena_base(a);
+  b[0] = 1;
+  b[2 * ps] = 2;
+  cr_assert_eq(b[0] + b[2 * ps], 3);
+  cr_assert_eq(ma_arena_count(a), 2);
+  ma_arena_destroy(a);
+  close(fd);
+}

@@ -55,7 +55,8 @@ typedef struct ma_arena_mapping {
  * len >= 2 MiB (so huge pages can back mappings), else to the page size.
  * `map_flags` are MA_MAP_* applied to every mapping added later: MA_MAP_DONTDUMP,
  * MA_MAP_DONTFORK, MA_MAP_HUGE_TRY (transparent huge pages advised), MA_MAP_LOCKED (each
- * mapping is locked in memory when added; adding fails with -ENOMEM/-EAGAIN/-EPERM beyond
+ * mapping is locked in memory when added, a MA_PROT_NONE one as its pages are faulted in
+ * once a protect makes them accessible; adding fails with -ENOMEM/-EAGAIN/-EPERM beyond
  * RLIMIT_MEMLOCK).
  * Errors: -EINVAL (out NULL, len 0 or not a page multiple, any other flag), -ENOMEM (no
  * address space or memory for the bookkeeping). Thread-safe. */

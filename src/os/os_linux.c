@@ -117,10 +117,12 @@ int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, 
   if (flags & MA_MAP_DONTFORK) sys_madvise(addr, len, MADV_DONTFORK);
   if (flags & MA_MAP_HUGE_TRY) sys_madvise(addr, len, MADV_HUGEPAGE);
   if (flags & MA_MAP_LOCKED) {
-    if (sys_mlock(addr, len) != 0) {
-      int e = errno;
+    /* mlock faults the range in, which an inaccessible range refuses (ENOMEM): lock that
+     * one on fault, so its pages are locked as soon as a protect lets them be touched. */
+    int e = os_lock(addr, len, prot == MA_PROT_NONE);
+    if (e != 0) {
       os_decommit(addr, len);
-      return -e;
+      return e;
     }
   }
   return 0;
