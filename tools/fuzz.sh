@@ -63,8 +63,11 @@ for t in "${targets[@]}"; do
   echo "fuzz.sh: fuzz_$t for ${seconds}s (corpus $corpus)"
   rc=0
   # shellcheck disable=SC2086 # MAPALLOC_FUZZ_FLAGS is a list of flags
+  # rss_limit: libFuzzer checks the *peak* RSS, which big inputs (dozens of 1 MiB pool
+  # objects, committed) and ASan's quarantine push past the 2 GiB default on long runs.
   "$build/tests/fuzz/fuzz_$t" -max_total_time="$seconds" -print_final_stats=1 \
-    -artifact_prefix="$arts/" ${MAPALLOC_FUZZ_FLAGS:-} "$corpus" "tests/fuzz/corpus/$t" \
+    -rss_limit_mb=4096 -artifact_prefix="$arts/" ${MAPALLOC_FUZZ_FLAGS:-} \
+    "$corpus" "tests/fuzz/corpus/$t" \
     >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
