@@ -180,12 +180,13 @@ static void do_lock(size_t a, size_t n) {
   bool committed = true;
   for (size_t i = a; i < a + n; i++) committed &= pg[i].prot != MA_PROT_NONE;
   int e = ma_map_lock(&m, a * ps, n * ps);
+  for (size_t i = a; i < a + n; i++) /* even a refused lock faults in what it can */
+    if (pg[i].prot != MA_PROT_NONE) pg[i].res = RES_UNKNOWN;
   if (!committed) {
     FZ_CHECK(e == -ENOMEM, "lock over an inaccessible page = %d", e);
     return;
   }
   FZ_CHECK(e == 0, "lock(%zu+%zu) = %d", a, n, e);
-  for (size_t i = a; i < a + n; i++) pg[i].res = RES_UNKNOWN;
   check_pages(a, n);
   FZ_CHECK(ma_map_unlock(&m, a * ps, n * ps) == 0, "unlock");
 }
