@@ -1,7 +1,9 @@
 # Integration tests of libmapalloc-preload.so: an exports/semantics check program and real
 # programs (python3, perl, git, gcc, g++, sort, bash, sqlite3) run with LD_PRELOAD, their
 # output compared with a plain run. See tests/preload/run-programs.sh.
-if(TARGET mapalloc_preload)
+# Not in a sanitizer build: a sanitized preload library needs the sanitizer runtime
+# preloaded first, whose malloc then takes precedence over ours.
+if(TARGET mapalloc_preload AND NOT MAPALLOC_SANITIZE)
   add_executable(preload_override_check ${CMAKE_CURRENT_SOURCE_DIR}/preload/override_check.c)
   target_compile_definitions(preload_override_check PRIVATE _GNU_SOURCE)
   target_link_libraries(preload_override_check PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)

@@ -18,6 +18,14 @@
 
 #include "mapalloc/arena.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__has_feature)
+/* Under AddressSanitizer: let SIGSEGV kill the process as the fault probes expect. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) {
+  return "handle_segv=0";
+}
+#endif
+
 #define RW (MA_PROT_READ | MA_PROT_WRITE)
 
 static size_t ps;

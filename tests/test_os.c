@@ -7,6 +7,14 @@
 
 #include "os/os.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__has_feature)
+/* Under AddressSanitizer: let SIGSEGV kill the process as the fault probes expect. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) {
+  return "handle_segv=0";
+}
+#endif
+
 Test(os, page_size_is_power_of_two) {
   size_t ps = os_page_size();
   cr_assert_geq(ps, 4096);

@@ -2,51 +2,8 @@
  * each one many times and frees it. If the allocator hands out neighbouring bytes of one cache
  * line to different threads (a shared free list, no per-thread segregation), the threads'
  * writes bounce the line between cores. */
-#include "common.h"
-
-#include <pthread.h>
-
-#define OBJ_SIZE    8
-#define MAX_THREADS 64
-
-struct worker {
-  uint64_t iters;
-  uint64_t writes;
-  uint64_t sum;
-};
-
-static void *run(void *arg) {
-  struct worker *w = arg;
-  uint64_t sum = 0;
-  for (uint64_t i = 0; i < w->iters; i++) {
-    volatile unsigned char *p = wl_check(malloc(OBJ_SIZE), "malloc");
-    for (uint64_t j = 0; j < w->writes; j++) {
-      for (int k = 0; k < OBJ_SIZE; k++) p[k] = (unsigned char)(p[k] + j);
-    }
-    sum += p[0];
-    free((void *)p);
-  }
-  w->sum = sum;
-  return NULL;
-}
+#include "false_sharing.h"
 
 int main(int argc, char **argv) {
-  struct wl_opts o;
-  wl_parse(argc, argv, &o);
-  int nt = wl_threads(&o, 2, MAX_THREADS);
-  uint64_t iters = wl_count(&o, 200000, 16);
-  struct worker w[MAX_THREADS];
-  double t0 = wl_now();
-  for (int t = 0; t < nt; t++) {
-    w[t].iters = iters;
-    w[t].writes = 1000;
-  }
-  wl_run_threads("cache-thrash", nt, run, w, sizeof w[0]);
-  double secs = wl_now() - t0;
-  uint64_t sum = 0;
-  for (int t = 0; t < nt; t++) sum += w[t].sum;
-  char extra[64];
-  snprintf(extra, sizeof extra, "threads=%d check=%llu", nt, (unsigned long long)(sum & 0xff));
-  wl_result("cache-thrash", iters * (uint64_t)nt, secs, extra);
-  return 0;
+  return fs_main("cache-thrash", 0, argc, argv);
 }

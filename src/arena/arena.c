@@ -169,18 +169,18 @@ int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out) {
   return 0;
 
 fail_release_base:
-  os_release(base, len);
+  os_release_owned(base, len);
 fail_release_header:
-  os_release(a, hdr);
+  os_release_owned(a, hdr);
   return -ENOMEM;
 }
 
 void ma_arena_destroy(ma_arena *a) {
   if (!a) return;
-  os_release(a->base, a->len);
+  os_release_owned(a->base, a->len);
   arena_node_pool_release(&a->nodes);
   pthread_mutex_destroy(&a->lock);
-  os_release(a, round_up(sizeof(ma_arena), os_page_size()));
+  os_release_owned(a, round_up(sizeof(ma_arena), os_page_size()));
 }
 
 void *ma_arena_base(const ma_arena *a) {

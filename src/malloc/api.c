@@ -77,13 +77,16 @@ MA_API void *ma_realloc(void *p, size_t size) {
     size_t want = size;
     if (size > old && size < 2 * old && old <= ((size_t)1 << 40)) want = 2 * old;
     bool moved;
-    void *q = huge_realloc(p, want, &moved);
-    if (!q && want != size) q = huge_realloc(p, size, &moved);
+    void *q = huge_realloc(p, size, want, &moved);
+    if (!q && want != size) q = huge_realloc(p, size, size, &moved);
     return q;
   }
   /* Stay in place while the block fits and is not more than twice what is needed. */
   if (size <= old && (old <= HEAP_MAX_SMALL ? size >= old / 2 : false)) return p;
-  void *q = heap_malloc_inline(size);
+  /* A small block growing past the slab classes is likely to keep growing: it goes where
+   * cached pages lie behind it (huge_realloc then grows it in place). */
+  void *q = size > HEAP_MAX_SMALL && old <= HEAP_MAX_SMALL ? huge_alloc_growing(size)
+                                                           : heap_malloc_inline(size);
   if (!q) return NULL;
   memcpy(q, p, size < old ? size : old);
   heap_free_inline(p);

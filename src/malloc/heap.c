@@ -59,7 +59,8 @@ static heap *heap_orphans; /* heaps of exited threads, waiting for a new thread 
 static char *meta_cur, *meta_end;
 
 static pthread_key_t heap_key;
-static _Atomic int heap_init_state; /* 0 none, 1 running, 2 done, 3 failed */
+static _Atomic int heap_init_state; /* 0 none (or failed: tried again), 1 running, 2 done */
+static bool heap_key_made;
 
 /* Strides and alignments of the classes, as obj_bins_get wants them. A class's blocks are
  * aligned to the largest power of two dividing its size (so aligned_alloc can use it). */
@@ -118,8 +119,11 @@ void heap_global_init(void) {
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     heap_space.purge_delay_ms = heap_opt.purge_delay_ms;
-    pthread_key_create(&heap_key, heap_thread_done);
-    atomic_store_explicit(&heap_init_state, rc == 0 ? 2 : 3, memory_order_release);
+    if (rc == 0 && !heap_key_made)
+      heap_key_made = pthread_key_create(&heap_key, heap_thread_done) == 0;
+    /* A failure (no address space for the segment map yet) does not stick: the next malloc
+     * slow path tries again. */
+    atomic_store_explicit(&heap_init_state, rc == 0 ? 2 : 0, memory_order_release);
     return;
   }
   while (atomic_load_explicit(&heap_init_state, memory_order_acquire) == 1) sched_yield();
@@ -258,9 +262,9 @@ size_t heap_usable_size(const void *p) {
 /* Frees that are not the owner's fast path: NULL, large blocks, foreign pointers, another
  * thread's (or an exited thread's) blocks, and every free under valgrind. */
 void heap_free_generic(void *p) {
+  if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
-    if (p == NULL) return;
     if (!huge_free(p)) heap_misuse("invalid free", p);
     return;
   }

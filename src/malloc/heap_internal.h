@@ -13,7 +13,8 @@
  * under valgrind (obj_tracking), takes the slow path.
  *
  * Large blocks (> 128 KiB, or over-aligned) are mapped directly (huge.c), recorded in a
- * side table and resized with mremap.
+ * side table; freed ones are cached as page ranges for the purge delay and reused, split,
+ * merged and grown into in place; mremap moves what cannot grow there.
  */
 #ifndef MAPALLOC_HEAP_INTERNAL_H
 #define MAPALLOC_HEAP_INTERNAL_H
@@ -79,10 +80,11 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
 
 /* huge.c: blocks mapped directly */
 void *huge_alloc(size_t size, size_t align, bool zero); /* zero: calloc */
+void *huge_alloc_growing(size_t size);                  /* placed where it can grow in place */
 size_t huge_cache_purge(bool all); /* unmaps expired (all) cached mappings; bytes */
 bool huge_free(void *p);           /* false: not a huge block */
 size_t huge_usable(const void *p); /* 0: not a huge block */
-void *huge_realloc(void *p, size_t size, bool *moved_out);
+void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out); /* want >= size */
 void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees, size_t *cached);
 void huge_atfork_prepare(void);
 void huge_atfork_parent(void);

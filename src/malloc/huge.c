@@ -2,14 +2,22 @@
  *
  * Each block is recorded in a side table (open addressing keyed by its address), so a block
  * needs no header (page-aligned requests cost no extra page) and a pointer we did not map
- * is recognised. Growth uses mremap, which moves page tables instead of copying. One mutex
- * guards the table; the system calls for alloc and free run outside it.
+ * is recognised. One mutex guards the table and the cache; the system calls for alloc and
+ * free run outside it (mremap under it).
  *
- * Freed mappings of up to HUGE_CACHE_MAX_BLOCK are kept in a small cache for
- * MAPALLOC_PURGE_DELAY_MS and reused by the next large allocation that fits (a program that
- * allocates and frees 500 KiB buffers in a loop would otherwise pay mmap, page faults and
- * munmap every time); expired entries are unmapped on the next large-block operation or
- * heap slow path, all of them on ma_heap_collect(true) / malloc_trim. */
+ * Freed blocks go to a cache of faulted-in page ranges (at most HUGE_CACHE_N ranges and
+ * HUGE_CACHE_MIN_BYTES plus the live large bytes) for MAPALLOC_PURGE_DELAY_MS; expired
+ * ranges are unmapped at the next large-block operation or heap slow path, all of them on
+ * ma_heap_collect(true) / malloc_trim. A range is a piece of one mapping (its `map` id):
+ * - an allocation takes the front of the smallest range that fits (split, no system call);
+ * - a freed block merges with the cached ranges of its mapping next to it;
+ * - a growing block takes exactly the cached pages right behind it (in place), else it is
+ *   copied to the front of the largest range that fits (the rest of that range then lies
+ *   behind it) when the growth is at least a quarter of the block, else mremap moves its
+ *   pages (a new mapping, with slack as address space only);
+ * - a small block that grows past 128 KiB starts at the front of the largest range.
+ * In mstress (vectors regrown by realloc to 8 MiB) that turned 1.95M page faults into ~65k,
+ * as many as mimalloc, which keeps such blocks in its segments. */
 #include <pthread.h>
 #include <string.h>
 
@@ -20,16 +28,18 @@ typedef struct huge_rec {
   uintptr_t ptr; /* 0 = empty slot */
   size_t len;    /* mapped bytes = usable size */
   size_t align;  /* > page size: must not be moved by mremap */
+  uint64_t map;  /* id of the mapping (one kernel VMA) the block was carved from */
 } huge_rec;
 
 #define HUGE_CACHE_N         64
 #define HUGE_CACHE_MAX_BLOCK ((size_t)32 << 20)
-#define HUGE_CACHE_MAX_BYTES ((size_t)64 << 20)
+#define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
 
 typedef struct huge_cached {
   uintptr_t ptr;
   size_t len;
   uint64_t expires; /* ms */
+  uint64_t map;     /* as huge_rec.map: only ranges of one mapping coalesce */
 } huge_cached;
 
 static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -47,6 +57,7 @@ static void huge_cache_publish(void) {
   atomic_store_explicit(&huge_cache_pub, huge_cache_n, memory_order_relaxed);
 }
 
+static uint64_t huge_map_ids; /* last mapping id handed out */
 static huge_rec *huge_tab;
 static size_t huge_cap, huge_count, huge_bytes, huge_allocs, huge_frees;
 
@@ -83,7 +94,7 @@ static bool huge_reserve_slot(void) {
   os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
   for (size_t i = 0; i < huge_cap; i++)
     if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
-  if (huge_tab) os_release(huge_tab, huge_cap * sizeof(huge_rec));
+  if (huge_tab) os_release_owned(huge_tab, huge_cap * sizeof(huge_rec));
   errno = saved;
   huge_tab = nt;
   huge_cap = ncap;
@@ -114,17 +125,17 @@ static size_t huge_round(size_t size) {
   return len ? len : ps;
 }
 
-/* Takes the smallest cached mapping of at least `len` bytes; huge_lock held. A longer one
- * is split: `len` bytes are taken and the tail stays cached (no system call: any page
- * range of a mapping can be unmapped on its own later). Its pages are already faulted in,
- * and a block that then grows by realloc absorbs the cached tail in place
- * (huge_cache_absorb), so a vector restarted after a free reuses the last vector's memory
- * instead of faulting fresh pages in after each mremap. */
-static bool huge_cache_take(size_t len, huge_cached *out) {
+/* Takes `len` bytes from the front of a cached range of at least `len` bytes; huge_lock
+ * held. `roomy` picks the largest range (a block that will grow: the rest of the range
+ * stays cached right behind it, for huge_cache_absorb), otherwise the smallest (keeps the
+ * large ranges whole). A longer range is split with no system call: its pages are already
+ * faulted in, and any page range of a mapping can be unmapped on its own later. */
+static bool huge_cache_take(size_t len, bool roomy, huge_cached *out) {
   size_t best = SIZE_MAX;
   for (size_t i = 0; i < huge_cache_n; i++) {
     size_t l = huge_cache[i].len;
-    if (l >= len && (best == SIZE_MAX || l < huge_cache[best].len)) best = i;
+    if (l < len) continue;
+    if (best == SIZE_MAX || (roomy ? l > huge_cache[best].len : l < huge_cache[best].len)) best = i;
   }
   if (best == SIZE_MAX) return false;
   *out = huge_cache[best];
@@ -141,15 +152,16 @@ static bool huge_cache_take(size_t len, huge_cached *out) {
 }
 
 /* Takes `need` bytes of cached memory that start exactly at `at` (the end of a block that
- * grows); huge_lock held. False when the cache holds no such range. */
-static bool huge_cache_absorb(uintptr_t at, size_t need) {
+ * grows) in the same mapping; huge_lock held. False when the cache holds no such range. */
+static bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need) {
   for (size_t i = 0; i < huge_cache_n; i++) {
-    if (huge_cache[i].ptr != at || huge_cache[i].len < need) continue;
-    if (huge_cache[i].len > need) {
-      huge_cache[i].ptr += need;
-      huge_cache[i].len -= need;
+    huge_cached *c = &huge_cache[i];
+    if (c->ptr != at || c->map != map || c->len < need) continue;
+    if (c->len > need) {
+      c->ptr += need;
+      c->len -= need;
     } else {
-      huge_cache[i] = huge_cache[--huge_cache_n];
+      *c = huge_cache[--huge_cache_n];
     }
     huge_cache_bytes -= need;
     huge_cache_publish();
@@ -174,9 +186,66 @@ static size_t huge_cache_expire(bool all, uint64_t now, huge_cached *victims) {
   return nv;
 }
 
+/* The most cached bytes: HUGE_CACHE_MIN_BYTES plus as much as the live large blocks. A
+ * program that replaces or regrows its large blocks needs about as many free pages as it
+ * has live ones to keep reusing faulted pages (mstress: 64 MiB live, a 64 MiB cap evicted
+ * 1.2 GiB that was faulted in again); the purge delay still empties the cache once the
+ * program stops freeing. huge_lock held. */
+static size_t huge_cache_cap(void) {
+  return HUGE_CACHE_MIN_BYTES + huge_bytes;
+}
+
+/* Caches the freed range c, merged with the cached ranges of the same mapping around it:
+ * blocks split from one freed mapping become one range again when they are freed, so the
+ * next growing block finds room behind it. Entries over the count or byte cap are evicted,
+ * first-expiring first, into victims[] (at most HUGE_CACHE_N + 1 with the expired ones);
+ * c itself goes there when it cannot be kept. huge_lock held; returns the victim count. */
+static size_t huge_cache_put(huge_cached c, uint64_t now, huge_cached *victims) {
+  size_t nv = huge_cache_expire(false, now, victims);
+  for (size_t i = 0; i < huge_cache_n;) {
+    huge_cached *e = &huge_cache[i];
+    if (e->map == c.map && (e->ptr + e->len == c.ptr || c.ptr + c.len == e->ptr)) {
+      if (e->ptr < c.ptr) c.ptr = e->ptr;
+      c.len += e->len;
+      huge_cache_bytes -= e->len;
+      *e = huge_cache[--huge_cache_n];
+    } else {
+      i++;
+    }
+  }
+  size_t cap = huge_cache_cap();
+  if (c.len > cap) {
+    victims[nv++] = c;
+    huge_cache_publish();
+    return nv;
+  }
+  while (huge_cache_n && (huge_cache_n == HUGE_CACHE_N || huge_cache_bytes + c.len > cap)) {
+    size_t old = 0; /* evict from the entry that expires first */
+    for (size_t k = 1; k < huge_cache_n; k++)
+      if (huge_cache[k].expires < huge_cache[old].expires) old = k;
+    huge_cached *e = &huge_cache[old];
+    size_t over = huge_cache_bytes + c.len - cap;       /* page multiple when > 0 */
+    if (huge_cache_n < HUGE_CACHE_N && over < e->len) { /* only its tail: no more than needed */
+      e->len -= over;
+      victims[nv++] = (huge_cached){e->ptr + e->len, over, 0, e->map};
+      huge_cache_bytes -= over;
+      break;
+    }
+    victims[nv++] = *e;
+    huge_cache_bytes -= e->len;
+    *e = huge_cache[--huge_cache_n];
+  }
+  uint64_t delay = heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
+  c.expires = now + delay;
+  huge_cache[huge_cache_n++] = c;
+  huge_cache_bytes += c.len;
+  huge_cache_publish();
+  return nv;
+}
+
 static void huge_unmap_all(const huge_cached *v, size_t n) {
   int saved = errno;
-  for (size_t i = 0; i < n; i++) os_release((void *)v[i].ptr, v[i].len);
+  for (size_t i = 0; i < n; i++) os_release_owned((void *)v[i].ptr, v[i].len);
   errno = saved;
 }
 
@@ -194,7 +263,38 @@ size_t huge_cache_purge(bool all) {
   return bytes;
 }
 
-void *huge_alloc(size_t size, size_t align, bool zero) {
+/* Records block r in the table; huge_lock held and a slot reserved. */
+static void huge_record(huge_rec r) {
+  huge_put(huge_tab, huge_cap, r);
+  for (unsigned k = 0; k < 16; k++)
+    if (huge_recent[k] == r.ptr) huge_recent[k] = 0;
+  huge_count++;
+  huge_allocs++;
+  huge_bytes += r.len;
+}
+
+/* Releases pages no block uses any more: into the cache when they may be reused (not
+ * over-aligned), else unmapped. huge_lock held on entry, released on return (the unmaps run
+ * outside it). */
+static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
+  huge_cached victims[HUGE_CACHE_N + 1];
+  size_t nv = 0;
+  if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0)
+    nv = huge_cache_put(c, heap_now_ms(), victims);
+  else
+    victims[nv++] = c;
+  pthread_mutex_unlock(&huge_lock);
+  huge_unmap_all(victims, nv);
+}
+
+/* Releases a block that left the table; huge_lock held on entry, released on return. */
+static void huge_release_unlock(huge_rec r) {
+  huge_recent[huge_recent_next++ % 16] = r.ptr;
+  huge_frees++;
+  huge_uncommit_unlock((huge_cached){r.ptr, r.len, 0, r.map}, r.align == 0);
+}
+
+static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   size_t len = huge_round(size);
   if (!len) {
     errno = ENOMEM;
@@ -205,11 +305,8 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
   if (a == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
     huge_cached c;
     pthread_mutex_lock(&huge_lock);
-    if (huge_reserve_slot() && huge_cache_take(len, &c)) {
-      huge_put(huge_tab, huge_cap, (huge_rec){c.ptr, c.len, 0});
-      huge_count++;
-      huge_allocs++;
-      huge_bytes += c.len;
+    if (huge_reserve_slot() && huge_cache_take(len, roomy, &c)) {
+      huge_record((huge_rec){c.ptr, c.len, 0, c.map});
       pthread_mutex_unlock(&huge_lock);
       if (zero) memset((void *)c.ptr, 0, size);
       return (void *)c.ptr;
@@ -226,18 +323,21 @@ void *huge_alloc(size_t size, size_t align, bool zero) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release(p, len);
+    os_release_owned(p, len);
     errno = ENOMEM;
     return NULL;
   }
-  huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)p, len, a});
-  for (unsigned k = 0; k < 16; k++)
-    if (huge_recent[k] == (uintptr_t)p) huge_recent[k] = 0;
-  huge_count++;
-  huge_allocs++;
-  huge_bytes += len;
+  huge_record((huge_rec){(uintptr_t)p, len, a, ++huge_map_ids});
   pthread_mutex_unlock(&huge_lock);
   return p;
+}
+
+void *huge_alloc(size_t size, size_t align, bool zero) {
+  return huge_alloc_at(size, align, zero, false);
+}
+
+void *huge_alloc_growing(size_t size) {
+  return huge_alloc_at(size, 0, false, true);
 }
 
 bool huge_free(void *p) {
@@ -250,38 +350,10 @@ bool huge_free(void *p) {
     if (again) heap_misuse("double free", p);
     return false;
   }
-  huge_recent[huge_recent_next++ % 16] = (uintptr_t)p;
-  size_t len = huge_tab[i].len;
-  bool aligned = huge_tab[i].align != 0;
+  huge_rec r = huge_tab[i];
   huge_remove_at(i);
-  huge_frees++;
-  huge_bytes -= len;
-  huge_cached victims[HUGE_CACHE_N + 1];
-  size_t nv = 0;
-  if (!aligned && len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0) {
-    uint64_t now = heap_now_ms();
-    nv = huge_cache_expire(false, now, victims);
-    while (huge_cache_n &&
-           (huge_cache_n == HUGE_CACHE_N || huge_cache_bytes + len > HUGE_CACHE_MAX_BYTES)) {
-      size_t old = 0; /* evict the entry that expires first */
-      for (size_t k = 1; k < huge_cache_n; k++)
-        if (huge_cache[k].expires < huge_cache[old].expires) old = k;
-      victims[nv++] = huge_cache[old];
-      huge_cache_bytes -= huge_cache[old].len;
-      huge_cache[old] = huge_cache[--huge_cache_n];
-    }
-    if (huge_cache_bytes + len <= HUGE_CACHE_MAX_BYTES) {
-      uint64_t delay =
-          heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
-      huge_cache[huge_cache_n++] = (huge_cached){(uintptr_t)p, len, now + delay};
-      huge_cache_bytes += len;
-      len = 0; /* kept */
-    }
-    huge_cache_publish();
-  }
-  pthread_mutex_unlock(&huge_lock);
-  if (len) victims[nv++] = (huge_cached){(uintptr_t)p, len, 0};
-  huge_unmap_all(victims, nv);
+  huge_bytes -= r.len;
+  huge_release_unlock(r);
   return true;
 }
 
@@ -293,13 +365,37 @@ size_t huge_usable(const void *p) {
   return n;
 }
 
+/* Moves block r (record i) to the front of the roomiest cached range of `nlen` bytes or
+ * more by copying, and caches r's pages; huge_lock held, released on success (NULL: none
+ * fits, lock still held). Worth it when the copy is not much larger than the growth: the
+ * growth then costs no page fault, r's faulted pages stay in use, and the rest of the range
+ * lies behind the block for its next growth. */
+static void *huge_grow_by_copy(size_t i, size_t nlen) {
+  huge_rec r = huge_tab[i];
+  huge_cached c;
+  if (r.align != 0 || (nlen - r.len) * 4 < r.len || !huge_cache_take(nlen, true, &c)) return NULL;
+  huge_remove_at(i);
+  huge_bytes -= r.len;
+  huge_record((huge_rec){c.ptr, c.len, 0, c.map});
+  huge_allocs--;
+  pthread_mutex_unlock(&huge_lock);
+  memcpy((void *)c.ptr, (void *)r.ptr, r.len);
+  pthread_mutex_lock(&huge_lock);
+  huge_frees--;
+  huge_release_unlock(r);
+  return (void *)c.ptr;
+}
+
 /* Resizes huge block p to `size` (> HEAP_MAX_SMALL) in place when it can: shrink by
- * unmapping the tail, grow with mremap (moving pages, never copying, unless the block is
- * over-aligned). NULL + ENOMEM on failure with p untouched. */
-void *huge_realloc(void *p, size_t size, bool *moved_out) {
+ * unmapping the tail, grow by exactly what is asked over the cached range behind it (its
+ * pages are faulted in already: asking for more would tie them up unused); otherwise grow
+ * by copying into a cached range (huge_grow_by_copy) or with mremap to `want` >= size
+ * bytes (moving pages, never copying, unless the block is over-aligned; the slack is
+ * address space only). NULL + ENOMEM on failure with p untouched. */
+void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   *moved_out = false;
-  size_t nlen = huge_round(size);
-  if (!nlen) {
+  size_t nlen = huge_round(size), wlen = huge_round(want);
+  if (!nlen || !wlen) {
     errno = ENOMEM;
     return NULL;
   }
@@ -315,31 +411,38 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
     return p;
   }
   int saved = errno;
-  if (nlen < r.len) {
+  if (nlen < r.len) { /* the tail is cached (or unmapped) as a freed block would be */
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
-    pthread_mutex_unlock(&huge_lock);
-    os_release((char *)p + nlen, r.len - nlen);
+    huge_uncommit_unlock((huge_cached){r.ptr + nlen, r.len - nlen, 0, r.map}, r.align == 0);
     errno = saved;
     return p;
   }
-  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, nlen - r.len)) {
+  if (r.align == 0 && huge_cache_absorb((uintptr_t)p + r.len, r.map, nlen - r.len)) {
     huge_tab[i].len = nlen; /* grown in place over cached, already faulted pages */
     huge_bytes += nlen - r.len;
     pthread_mutex_unlock(&huge_lock);
     errno = saved;
     return p;
   }
+  void *q = huge_grow_by_copy(i, nlen);
+  if (q) {
+    *moved_out = true;
+    errno = saved;
+    return q;
+  }
   /* Under the lock: a moved-away address must not be re-mapped and recorded by another
    * thread before the old record is gone. */
   void *np = NULL;
   /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. */
-  int rc = os_remap(p, r.len, nlen, r.align == 0, &np);
+  int rc = os_remap(p, r.len, wlen, r.align == 0, &np);
   if (rc == 0) {
     huge_remove_at(i);
-    huge_put(huge_tab, huge_cap, (huge_rec){(uintptr_t)np, nlen, r.align});
+    /* Moved: the block is a mapping of its own now. */
+    huge_put(huge_tab, huge_cap,
+             (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids});
     huge_count++;
-    huge_bytes += nlen - r.len;
+    huge_bytes += wlen - r.len;
     pthread_mutex_unlock(&huge_lock);
     *moved_out = np != p;
     errno = saved;
@@ -347,8 +450,8 @@ void *huge_realloc(void *p, size_t size, bool *moved_out) {
   }
   pthread_mutex_unlock(&huge_lock);
   errno = saved;
-  /* Over-aligned block that cannot grow in place: copy. */
-  void *q = huge_alloc(size, r.align, false);
+  /* Over-aligned block that cannot grow in place, or a block over two mappings: copy. */
+  q = huge_alloc(size, r.align, false);
   if (!q) return NULL;
   memcpy(q, p, r.len);
   huge_free(p);

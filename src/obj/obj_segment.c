@@ -21,15 +21,17 @@ uint32_t *obj_segmap;
 bool obj_tracking;
 uintptr_t obj_cookie;
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static int init_err;
+/* Not a pthread_once: a failure (no address space for the map) must not stick, the next
+ * space to be made tries again. */
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void obj_init(void) {
+static int obj_init(void) {
   size_t len = sizeof(uint32_t) << OBJ_MAP_BITS;
   void *m = os_reserve(len, 0, NULL);
-  if (!m || os_commit(m, len, MA_PROT_READ | MA_PROT_WRITE) != 0) {
-    init_err = -ENOMEM;
-    return;
+  if (!m) return -ENOMEM;
+  if (os_commit(m, len, MA_PROT_READ | MA_PROT_WRITE) != 0) {
+    os_release_owned(m, len);
+    return -ENOMEM;
   }
   os_name(m, len, "mapalloc-segmap");
   ((uint32_t *)m)[0] = 1; /* chunk 0 never holds a segment: NULL fails the fast check */
@@ -43,11 +45,15 @@ static void obj_init(void) {
   obj_tracking = RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0');
 #endif
   __atomic_store_n(&obj_segmap, (uint32_t *)m, __ATOMIC_RELEASE);
+  return 0;
 }
 
 int obj_global_init(void) {
-  pthread_once(&init_once, obj_init);
-  return init_err;
+  if (__atomic_load_n(&obj_segmap, __ATOMIC_ACQUIRE)) return 0;
+  pthread_mutex_lock(&init_lock);
+  int rc = obj_segmap ? 0 : obj_init();
+  pthread_mutex_unlock(&init_lock);
+  return rc;
 }
 
 void obj_fatal(const char *what, const void *p) {
@@ -179,7 +185,7 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
   return seg;
 unmap:
-  os_release(m, size);
+  os_release_owned(m, size);
 unaccount:
   obj_account_decommit(sp, hdr);
 nomem:
@@ -206,10 +212,12 @@ void obj_segment_release(obj_segment *seg) {
     __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
-  /* ASan keeps the shadow of unmapped memory: free blocks left poisoned here would make
-   * the next mapping at this address (a large block, an arena) fault on its first use. */
+  /* ASan: free blocks are poisoned, and the shadow outlives the mapping; a large block or
+   * anything else mapped here later would read as use-after-poison. */
   obj_unpoison(seg, size);
-  os_release(seg, size);
+  /* Nothing refers to the segment any more: if munmap is refused (a VMA split at the map
+   * count limit) the page layer keeps the range and unmaps it at a later release. */
+  os_release_owned(seg, size);
 }
 
 /* A space whose empty slabs can be purged with MADV_DONTNEED: private (shared anonymous

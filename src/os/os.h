@@ -31,6 +31,18 @@ void *os_alloc(size_t len, size_t align, bool populate);
 /* Unmaps [addr, addr+len). */
 int os_release(void *addr, size_t len);
 
+/* Unmaps [addr, addr+len) for a caller that forgets the range afterwards (a freed segment
+ * or block, a trimmed head or tail). munmap can fail on a range we own: ENOMEM when the
+ * unmap splits a VMA of a process at vm.max_map_count (or a test's injected failure). The
+ * range is then kept in a small table and unmapped by the next os_release_owned or
+ * os_release_retry, never lost. Returns 0 (unmapped or deferred), or -ENOMEM when the
+ * table is full too (the range stays mapped: the caller may still use or retry it).
+ * Thread-safe. */
+int os_release_owned(void *addr, size_t len);
+
+/* Retries the deferred unmaps of os_release_owned; returns how many are still pending. */
+size_t os_release_retry(void);
+
 /* Makes a reserved range accessible with `prot` (MA_PROT_*). */
 int os_commit(void *addr, size_t len, unsigned prot);
 
@@ -47,8 +59,11 @@ int os_populate(void *addr, size_t len);
 
 /* Replaces [addr, addr+len) in place with a new mapping (MAP_FIXED): of `fd` at `off` when
  * fd >= 0, else anonymous. `flags` are MA_MAP_* (SHARED, NORESERVE, POPULATE, LOCKED,
- * DONTDUMP, DONTFORK, HUGE_TRY are honoured). Never leaves a hole: on failure the old
- * mapping is still there. */
+ * DONTDUMP, DONTFORK, HUGE_TRY are honoured; the first three are part of the result, so if
+ * mlock or the DONTDUMP/DONTFORK madvise is refused the call fails). Never leaves a hole:
+ * when the mmap fails the old mapping is still there; when a later step fails the range
+ * is a fresh reservation (PROT_NONE, what every caller maps over) and nothing stays
+ * accessible. */
 int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, uint64_t off);
 
 /* Changes protection of [addr, addr+len). */

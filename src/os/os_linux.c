@@ -4,6 +4,7 @@
 #include "os/sys_linux.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -49,7 +50,7 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   void *p = sys_mmap(hint, len, prot, flags, -1, 0);
   if (p == MAP_FAILED) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
-  sys_munmap(p, len);
+  os_release_owned(p, len);
   size_t over = len + align - ps;
   if (over < len) {
     errno = ENOMEM;
@@ -60,8 +61,18 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - (uintptr_t)p;
   size_t tail = over - head - len;
-  if (head) sys_munmap(p, head);
-  if (tail) sys_munmap((void *)(start + len), tail);
+  /* A trim that cannot be unmapped now is deferred; only a full table fails the call, and
+   * then what is not in the table yet goes. */
+  if (head && os_release_owned(p, head) != 0) {
+    os_release_owned(p, over);
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (tail && os_release_owned((void *)(start + len), tail) != 0) {
+    os_release_owned((void *)start, len + tail);
+    errno = ENOMEM;
+    return NULL;
+  }
   return (void *)start;
 }
 
@@ -77,6 +88,49 @@ void *os_alloc(size_t len, size_t align, bool populate) {
 
 int os_release(void *addr, size_t len) {
   return sys_munmap(addr, len) == 0 ? 0 : -errno;
+}
+
+/* Deferred unmaps (os_release_owned): a fixed table, as the page layer allocates nothing. */
+enum { DEFERRED_MAX = 64 };
+static struct {
+  void *addr;
+  size_t len;
+} deferred[DEFERRED_MAX];
+static size_t deferred_n; /* read without the lock as a hint */
+static pthread_mutex_t deferred_lock = PTHREAD_MUTEX_INITIALIZER;
+
+size_t os_release_retry(void) {
+  if (__atomic_load_n(&deferred_n, __ATOMIC_RELAXED) == 0) return 0;
+  int saved = errno;
+  pthread_mutex_lock(&deferred_lock);
+  for (size_t i = 0; i < deferred_n;) {
+    if (sys_munmap(deferred[i].addr, deferred[i].len) == 0)
+      deferred[i] = deferred[--deferred_n];
+    else
+      i++;
+  }
+  size_t left = deferred_n;
+  pthread_mutex_unlock(&deferred_lock);
+  errno = saved;
+  return left;
+}
+
+int os_release_owned(void *addr, size_t len) {
+  os_release_retry();
+  int saved = errno;
+  if (sys_munmap(addr, len) == 0) return 0;
+  int r = 0;
+  pthread_mutex_lock(&deferred_lock);
+  if (deferred_n < DEFERRED_MAX) {
+    deferred[deferred_n].addr = addr;
+    deferred[deferred_n].len = len;
+    __atomic_store_n(&deferred_n, deferred_n + 1, __ATOMIC_RELAXED);
+  } else {
+    r = -ENOMEM;
+  }
+  pthread_mutex_unlock(&deferred_lock);
+  errno = saved;
+  return r;
 }
 
 int os_commit(void *addr, size_t len, unsigned prot) {
@@ -113,19 +167,20 @@ int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, 
   if (flags & MA_MAP_POPULATE) f |= MAP_POPULATE;
   void *p = sys_mmap(addr, len, native_prot(prot), f, fd, (off_t)off);
   if (p == MAP_FAILED) return -errno;
-  if (flags & MA_MAP_DONTDUMP) sys_madvise(addr, len, MADV_DONTDUMP);
-  if (flags & MA_MAP_DONTFORK) sys_madvise(addr, len, MADV_DONTFORK);
-  if (flags & MA_MAP_HUGE_TRY) sys_madvise(addr, len, MADV_HUGEPAGE);
-  if (flags & MA_MAP_LOCKED) {
-    /* mlock faults the range in, which an inaccessible range refuses (ENOMEM): lock that
-     * one on fault, so its pages are locked as soon as a protect lets them be touched. */
-    int e = os_lock(addr, len, prot == MA_PROT_NONE);
-    if (e != 0) {
-      os_decommit(addr, len);
-      return e;
-    }
-  }
+  /* A range left without DONTDUMP/DONTFORK would leak into core dumps or fork children,
+   * an unlocked one would page out: undo rather than return half of the request. The
+   * transparent huge page advice is only a wish. */
+  if ((flags & MA_MAP_DONTDUMP) && sys_madvise(addr, len, MADV_DONTDUMP) != 0) goto undo;
+  if ((flags & MA_MAP_DONTFORK) && sys_madvise(addr, len, MADV_DONTFORK) != 0) goto undo;
+  if (flags & MA_MAP_HUGE_TRY) (void)sys_madvise(addr, len, MADV_HUGEPAGE);
+  /* mlock faults the range in, which an inaccessible range refuses (ENOMEM): that one is
+   * locked on fault, so its pages are locked as soon as a protect lets them be touched. */
+  if ((flags & MA_MAP_LOCKED) && os_lock(addr, len, prot == MA_PROT_NONE) != 0) goto undo;
   return 0;
+undo:;
+  int e = errno;
+  (void)os_decommit(addr, len);
+  return -e;
 }
 
 int os_protect(void *addr, size_t len, unsigned prot) {
@@ -175,8 +230,13 @@ void os_name(void *addr, size_t len, const char *name) {
   int saved = errno;
   int s = __atomic_load_n(&name_support, __ATOMIC_RELAXED);
   if (s == 0) {
-    s = sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, 0, 0, (unsigned long)name) == 0 ? 1 : -1;
-    __atomic_store_n(&name_support, s, __ATOMIC_RELAXED);
+    /* Only a refusal of the call itself (EINVAL) is remembered: another error (ENOMEM) says
+     * nothing about the kernel and must not turn naming off for good. */
+    if (sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, 0, 0, (unsigned long)name) == 0)
+      s = 1;
+    else if (errno == EINVAL)
+      s = -1;
+    if (s != 0) __atomic_store_n(&name_support, s, __ATOMIC_RELAXED);
   }
   if (s > 0)
     (void)sys_prctl5(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)addr, len,
@@ -217,7 +277,7 @@ int os_map(void *hint, size_t len, unsigned prot, unsigned flags, int fd, uint64
   if (p == MAP_FAILED) return -errno;
   if (place == OS_PLACE_NOREPLACE && p != hint) {
     /* A kernel older than 4.17 took MAP_FIXED_NOREPLACE as a plain hint. */
-    sys_munmap(p, len);
+    os_release_owned(p, len);
     return -EEXIST;
   }
   *out = p;
@@ -283,7 +343,7 @@ size_t os_huge_page_sizes(size_t *out, size_t max) {
 /* ---- Added for the heap (src/malloc/huge.c) ------------------------------------------- */
 
 int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out) {
-  void *p = mremap(addr, old_len, new_len, may_move ? MREMAP_MAYMOVE : 0);
+  void *p = sys_mremap(addr, old_len, new_len, may_move ? MREMAP_MAYMOVE : 0);
   if (p == MAP_FAILED) return -errno;
   *out = p;
   return 0;

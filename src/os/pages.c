@@ -69,12 +69,24 @@ static bool private_anon(unsigned flags, int fd, unsigned page_shift) {
   return fd < 0 && !(flags & MA_MAP_SHARED) && page_shift == 0;
 }
 
-/* Re-applies the per-range properties a fresh mapping of a private anonymous map lacks. */
+/* Re-applies the per-range properties a fresh mapping of a private anonymous map lacks.
+ * Best effort: the range is an empty reservation, which has nothing to dump or to pass to
+ * a fork child; ma_map_commit applies DONTDUMP/DONTFORK again before anything is in it. */
 static void restore_anon_props(void *addr, size_t len, unsigned flags) {
   os_name(addr, len, map_name);
   if (flags & MA_MAP_DONTDUMP) (void)os_advise(addr, len, MA_ADV_DONTDUMP);
   if (flags & MA_MAP_DONTFORK) (void)os_advise(addr, len, MA_ADV_DONTFORK);
   if (flags & MA_MAP_HUGE_TRY) (void)os_advise(addr, len, MA_ADV_HUGEPAGE);
+}
+
+/* DONTDUMP/DONTFORK on a committed range of a private anonymous map: a decommit replaced
+ * the range with a fresh one, and restore_anon_props may have been refused there. */
+static int ensure_anon_props(const ma_map *m, void *addr, size_t len) {
+  int r = 0;
+  if (!private_anon(m->flags, m->fd, m->page_shift)) return 0;
+  if ((m->flags & MA_MAP_DONTDUMP) && (r = os_advise(addr, len, MA_ADV_DONTDUMP)) != 0) return r;
+  if ((m->flags & MA_MAP_DONTFORK) && (r = os_advise(addr, len, MA_ADV_DONTFORK)) != 0) return r;
+  return 0;
 }
 
 /* ---- Create and destroy --------------------------------------------------------------------- */
@@ -108,7 +120,7 @@ static int map_aligned(void *hint, size_t len, size_t align, size_t natural, uns
       *out = p;
       return 0;
     }
-    if (r == 0) (void)os_release(p, len);
+    if (r == 0) (void)os_release_owned(p, len);
   }
   size_t ps = os_page_size();
   size_t over = len + (align - ps);
@@ -118,13 +130,18 @@ static int map_aligned(void *hint, size_t len, size_t align, size_t natural, uns
   uintptr_t start = ((uintptr_t)res + align - 1) & ~(uintptr_t)(align - 1);
   int r = os_map((void *)start, len, prot, flags, fd, off, shift, OS_PLACE_FIXED, &p);
   if (r != 0) {
-    (void)os_release(res, over);
+    (void)os_release_owned(res, over);
     return r;
   }
+  /* A trim that cannot be unmapped now is deferred (os_release_owned); only a full table
+   * fails the call, and then what is not in the table yet goes. */
   size_t head = start - (uintptr_t)res, tail = over - head - len;
-  if ((head && (r = os_release(res, head)) != 0) ||
-      (tail && (r = os_release((char *)start + len, tail)) != 0)) {
-    (void)os_release(res, over);
+  if (head && (r = os_release_owned(res, head)) != 0) {
+    (void)os_release_owned(res, over);
+    return r;
+  }
+  if (tail && (r = os_release_owned((char *)start + len, tail)) != 0) {
+    (void)os_release_owned((void *)start, len + tail);
     return r;
   }
   *out = p;
@@ -172,7 +189,7 @@ static int create_with(const ma_map_opts *o, unsigned shift, size_t align, ma_ma
                   .page_shift = shift};
   return 0;
 unmap:
-  (void)os_release(p, len);
+  (void)os_release_owned(p, len);
   return r;
 }
 
@@ -304,8 +321,10 @@ int ma_map_commit(ma_map *m, size_t off, size_t len) {
   void *p = at(m, off);
   if ((r = os_protect(p, len, m->prot)) != 0) return r;
   /* A locked map's committed pages are locked (mlock cannot lock an inaccessible range, so
-   * this comes second); if that is refused, the range goes back to inaccessible. */
-  if ((m->flags & MA_MAP_LOCKED) && (r = os_lock(p, len, false)) != 0) {
+   * this comes second); if that or the dump/fork advice is refused, the range goes back to
+   * inaccessible. */
+  if ((r = ensure_anon_props(m, p, len)) != 0 ||
+      ((m->flags & MA_MAP_LOCKED) && (r = os_lock(p, len, false)) != 0)) {
     (void)os_protect(p, len, MA_PROT_NONE);
     return r;
   }

@@ -1,9 +1,12 @@
 /* The system calls of the Linux page layer, each behind one thin wrapper.
  *
  * Every system call src/os/ makes goes through a function of this file, and every wrapper
- * first asks sys_inject() whether to fail. That is the single spot where a test-only
- * fault-injection hook ("make the Nth system call fail with errno E") plugs in; today it
- * lets everything through and compiles to nothing.
+ * first asks sys_inject() whether to fail. That is the single spot of the test-only fault
+ * injection hook (fault.h): built with -DMAPALLOC_FAULT_INJECTION=ON, os_fault_arm(n, err)
+ * makes the Nth next wrapper return failure with errno err without entering the kernel
+ * (os_fault_calls() counts the calls, so a test can fail each of a scenario's calls in
+ * turn: tests/test_fault.c, docs/testing.md). In every other build sys_inject() is the
+ * constant 0 and the check compiles to nothing.
  *
  * The wrappers keep the libc conventions (-1 or MAP_FAILED with errno set) so call sites
  * read like the system calls they stand for. Internal to src/os/.
@@ -19,10 +22,16 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "os/fault.h"
+
 /* Returns 0 to let a system call through, or a positive errno to fail it (fault injection).
  */
 static inline int sys_inject(void) {
+#ifdef MA_FAULT_INJECTION
+  return os_fault_check();
+#else
   return 0;
+#endif
 }
 
 #define SYS_INJECT_OR(fail)                                                                        \
@@ -42,6 +51,11 @@ static inline void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd
 static inline int sys_munmap(void *addr, size_t len) {
   SYS_INJECT_OR(-1);
   return munmap(addr, len);
+}
+
+static inline void *sys_mremap(void *addr, size_t old_len, size_t new_len, int flags) {
+  SYS_INJECT_OR(MAP_FAILED);
+  return mremap(addr, old_len, new_len, flags);
 }
 
 static inline int sys_mprotect(void *addr, size_t len, int prot) {

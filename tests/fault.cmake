@@ -1,0 +1,10 @@
+# Fault injection (-DMAPALLOC_FAULT_INJECTION=ON, docs/testing.md): the start-up sweep.
+# (tests/test_fault.c, the scenario sweeps, is a Criterion test like the others.)
+if(MAPALLOC_FAULT_INJECTION)
+  add_executable(fault_init ${CMAKE_CURRENT_SOURCE_DIR}/fault_init.c)
+  target_include_directories(fault_init PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  target_compile_definitions(fault_init PRIVATE _GNU_SOURCE)
+  target_link_libraries(fault_init PRIVATE mapalloc_static Threads::Threads)
+  add_test(NAME fault_init COMMAND fault_init)
+  set_tests_properties(fault_init PROPERTIES TIMEOUT 120)
+endif()

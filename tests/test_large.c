@@ -1,0 +1,226 @@
+/* Tests of the large-block cache (src/malloc/huge.c): freed large blocks are kept as page
+ * ranges for the purge delay and reused (split, merged with their neighbours, grown into in
+ * place or copied into), then unmapped. Criterion runs each test in a fresh process, so the
+ * cache starts empty in every test. Addresses are asserted where the policy fixes them
+ * (which range a block comes from); page faults are counted with getrusage. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "malloc/heap_internal.h"
+#include "mapalloc/heap.h"
+
+#define MiB ((size_t)1 << 20)
+#define KiB ((size_t)1 << 10)
+
+static long minor_faults(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
+static size_t cached_bytes(void) {
+  size_t count, bytes, allocs, frees, cached;
+  huge_stats(&count, &bytes, &allocs, &frees, &cached);
+  return cached;
+}
+
+static void fill(void *p, size_t n, unsigned seed) {
+  unsigned char *c = p;
+  for (size_t i = 0; i < n; i += 512) c[i] = (unsigned char)(seed + i / 512);
+  c[n - 1] = (unsigned char)seed;
+}
+
+static bool check(const void *p, size_t n, unsigned seed) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < n; i += 512)
+    if (c[i] != (unsigned char)(seed + i / 512)) return false;
+  return c[n - 1] == (unsigned char)seed;
+}
+
+/* A freed block of `n` bytes with every page faulted in: a cached range. */
+static char *cached_range(size_t n) {
+  char *p = ma_malloc(n);
+  cr_assert_not_null(p);
+  memset(p, 1, n);
+  ma_free(p);
+  return p;
+}
+
+Test(large_cache, freed_block_is_reused_without_faults) {
+  char *p = cached_range(4 * MiB);
+  cr_assert_eq(cached_bytes(), 4 * MiB, "kept for the purge delay");
+  long f0 = minor_faults();
+  char *q = ma_malloc(4 * MiB - 100);
+  memset(q, 2, 4 * MiB - 100);
+  long f1 = minor_faults();
+  cr_assert_eq(q, p, "the cached range is reused");
+  cr_assert_lt(f1 - f0, 64, "%ld faults to reuse faulted pages", f1 - f0);
+  cr_assert_eq(cached_bytes(), 0);
+  ma_free(q);
+}
+
+Test(large_cache, split_serves_the_smallest_fitting_range) {
+  char *big = ma_malloc(8 * MiB), *small = ma_malloc(2 * MiB);
+  memset(big, 1, 8 * MiB);
+  memset(small, 1, 2 * MiB);
+  ma_free(big);
+  ma_free(small);
+  char *a = ma_malloc(1 * MiB);
+  cr_assert_eq(a, small, "best fit: the 2 MiB range, the 8 MiB one stays whole");
+  char *b = ma_malloc(1 * MiB);
+  cr_assert_eq(b, small + 1 * MiB, "the rest of the split range");
+  char *c = ma_malloc(6 * MiB);
+  cr_assert_eq(c, big);
+  cr_assert_eq(ma_usable_size(c), 6 * MiB, "split, not handed out whole");
+  ma_free(a);
+  ma_free(b);
+  ma_free(c);
+}
+
+Test(large_cache, neighbours_merge_when_freed) {
+  char *p = cached_range(8 * MiB);
+  char *a = ma_malloc(2 * MiB), *b = ma_malloc(2 * MiB), *c = ma_malloc(2 * MiB);
+  cr_assert_eq(a, p);
+  cr_assert_eq(b, p + 2 * MiB);
+  cr_assert_eq(c, p + 4 * MiB);
+  ma_free(a);
+  ma_free(c); /* merges with the cached 2 MiB behind it */
+  ma_free(b); /* joins both sides: one 8 MiB range again */
+  char *whole = ma_malloc(8 * MiB);
+  cr_assert_eq(whole, p, "the three pieces and the tail merged into one range");
+  ma_free(whole);
+}
+
+Test(large_cache, growth_takes_the_cached_tail_in_place) {
+  char *p = cached_range(8 * MiB);
+  char *q = ma_malloc(256 * KiB);
+  cr_assert_eq(q, p);
+  fill(q, 256 * KiB, 3);
+  long f0 = minor_faults();
+  char *r = ma_realloc(q, 3 * MiB);
+  memset(r + 256 * KiB, 4, 3 * MiB - 256 * KiB);
+  long f1 = minor_faults();
+  cr_assert_eq(r, q, "grown in place");
+  cr_assert(check(r, 256 * KiB, 3));
+  cr_assert_eq(ma_usable_size(r), 3 * MiB, "exactly the request: cached pages are not tied up");
+  cr_assert_lt(f1 - f0, 64, "%ld faults growing over faulted pages", f1 - f0);
+  ma_free(r);
+}
+
+/* A block with no room behind it moves by copy to the front of the largest cached range,
+ * whose faulted pages then hold its growth; its own pages are cached. */
+Test(large_cache, growth_without_room_copies_into_the_largest_range) {
+  char *blk = ma_malloc(1 * MiB); /* a mapping of its own, nothing cached behind it */
+  char *small = ma_malloc(3 * MiB), *big = ma_malloc(8 * MiB);
+  memset(small, 1, 3 * MiB);
+  memset(big, 1, 8 * MiB);
+  ma_free(small);
+  ma_free(big);
+  fill(blk, 1 * MiB, 5);
+  long f0 = minor_faults();
+  char *r = ma_realloc(blk, 2 * MiB);
+  memset(r + 1 * MiB, 6, 1 * MiB);
+  long f1 = minor_faults();
+  cr_assert_eq(r, big, "copied to the front of the largest range, not mremapped");
+  cr_assert(check(r, 1 * MiB, 5));
+  cr_assert_lt(f1 - f0, 64, "%ld faults for a growth into faulted pages", f1 - f0);
+  char *again = ma_realloc(r, 5 * MiB);
+  cr_assert_eq(again, r, "the rest of the range lies behind it");
+  cr_assert(check(again, 1 * MiB, 5));
+  cr_assert_eq(ma_malloc(1 * MiB), blk, "the old pages were cached");
+  ma_free(again);
+  ma_free(blk);
+}
+
+/* A small block that grows past the slab classes starts at the front of the largest range,
+ * so that its next growths are in place. */
+Test(large_cache, small_block_growing_large_starts_in_the_roomiest_range) {
+  char *small = ma_malloc(2 * MiB), *big = ma_malloc(8 * MiB);
+  memset(small, 1, 2 * MiB);
+  memset(big, 1, 8 * MiB);
+  ma_free(small);
+  ma_free(big);
+  char *v = ma_malloc(100 * KiB);
+  fill(v, 100 * KiB, 7);
+  char *w = ma_realloc(v, 200 * KiB);
+  cr_assert_eq(w, big, "worst fit for a growing block");
+  cr_assert(check(w, 100 * KiB, 7));
+  char *x = ma_realloc(w, 5 * MiB);
+  cr_assert_eq(x, w, "in place over the range");
+  cr_assert(check(x, 100 * KiB, 7));
+  char *y = ma_malloc(2 * MiB);
+  cr_assert_eq(y, small, "the small range was left for others");
+  ma_free(x);
+  ma_free(y);
+}
+
+Test(large_cache, shrunk_tail_is_cached) {
+  char *p = ma_malloc(8 * MiB);
+  memset(p, 1, 8 * MiB);
+  fill(p, 1 * MiB, 8);
+  char *q = ma_realloc(p, 1 * MiB);
+  cr_assert_eq(q, p);
+  cr_assert(check(q, 1 * MiB, 8));
+  cr_assert_eq(cached_bytes(), 7 * MiB, "the tail is kept, not unmapped");
+  char *r = ma_malloc(4 * MiB);
+  cr_assert_eq(r, p + 1 * MiB, "served from the tail");
+  ma_free(q);
+  ma_free(r);
+}
+
+Test(large_cache, purged_after_the_delay) {
+  cached_range(16 * MiB);
+  cr_assert_eq(cached_bytes(), 16 * MiB);
+  ma_heap_collect(false); /* within the delay: kept */
+  cr_assert_eq(cached_bytes(), 16 * MiB, "kept within the purge delay");
+  usleep(300 * 1000);        /* the default delay is 100 ms */
+  void *w = ma_malloc(7000); /* any slow path after the delay purges */
+  cr_assert_eq(cached_bytes(), 0, "unmapped after the delay");
+  ma_free(w);
+  cached_range(4 * MiB);
+  cr_assert_eq(ma_heap_collect(true), 0);
+  cr_assert_eq(cached_bytes(), 0, "collect(true) unmaps at once");
+}
+
+Test(large_cache, cache_is_bounded_by_the_live_large_bytes) {
+  enum { N = 40 };
+  char *v[N];
+  for (int i = 0; i < N; i++) {
+    v[i] = ma_malloc(4 * MiB);
+    memset(v[i], 1, 4 * MiB);
+  }
+  for (int i = 0; i < N; i++) ma_free(v[i]);
+  /* 160 MiB freed with nothing live: the cap is 64 MiB. */
+  cr_assert_leq(cached_bytes(), 64 * MiB, "cached %zu", cached_bytes());
+  cr_assert_geq(cached_bytes(), 60 * MiB, "evicts no more than needed: cached %zu", cached_bytes());
+}
+
+Test(large_cache, over_aligned_blocks_are_never_cached_or_split) {
+  cached_range(8 * MiB);
+  size_t al = 2 * MiB;
+  char *a = ma_aligned_alloc(al, 3 * MiB);
+  cr_assert_not_null(a);
+  cr_assert_eq((uintptr_t)a % al, 0, "aligned");
+  fill(a, 3 * MiB, 9);
+  char *b = ma_realloc(a, 6 * MiB);
+  cr_assert_not_null(b);
+  cr_assert(check(b, 3 * MiB, 9));
+  size_t before = cached_bytes();
+  ma_free(b);
+  cr_assert_eq(cached_bytes(), before, "an over-aligned mapping is unmapped, not cached");
+  char *c = ma_aligned_alloc(al, 1 * MiB);
+  cr_assert_eq((uintptr_t)c % al, 0, "not served from an unaligned cached range");
+  ma_free(c);
+}
+
+Test(large_cache, calloc_from_the_cache_is_zeroed) {
+  char *p = cached_range(4 * MiB);
+  char *q = ma_calloc(1, 3 * MiB);
+  cr_assert_eq(q, p);
+  for (size_t i = 0; i < 3 * MiB; i += 4093) cr_assert_eq(q[i], 0, "byte %zu", i);
+  ma_free(q);
+}
