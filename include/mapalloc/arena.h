@@ -55,7 +55,8 @@ typedef struct ma_arena_mapping {
  * len >= 2 MiB (so huge pages can back mappings), else to the page size.
  * `map_flags` are MA_MAP_* applied to every mapping added later: MA_MAP_DONTDUMP,
  * MA_MAP_DONTFORK, MA_MAP_HUGE_TRY (transparent huge pages advised), MA_MAP_LOCKED (each
- * mapping is locked in memory when added; adding fails with -ENOMEM/-EAGAIN/-EPERM beyond
+ * mapping is locked in memory when added, a MA_PROT_NONE one as its pages are faulted in
+ * once a protect makes them accessible; adding fails with -ENOMEM/-EAGAIN/-EPERM beyond
  * RLIMIT_MEMLOCK).
  * Errors: -EINVAL (out NULL, len 0 or not a page multiple, any other flag), -ENOMEM (no
  * address space or memory for the bookkeeping). Thread-safe. */
@@ -83,7 +84,7 @@ MA_API size_t ma_arena_len(const ma_arena *a);
  * open read-write), -ENODEV (file cannot be mapped), -ENOMEM (memory, map count,
  * RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment).
  * Mapping past the end of the file succeeds but accessing those pages raises SIGBUS (as
- * with mmap). One fcntl per call (F_GETFD, or F_GET_SEALS when prot has WRITE).
+ * with mmap). One fcntl per call (F_GETFL, or F_GET_SEALS when prot has WRITE).
  * Thread-safe. */
 MA_API int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
                                    unsigned prot);
@@ -117,8 +118,13 @@ MA_API int ma_arena_protect(ma_arena *a, size_t off, size_t len, unsigned prot);
  * drops this process's page table entries and the file keeps its memory. MA_ADV_REMOVE
  * frees the file's blocks (the range then reads as zeros); it fails with -EINVAL on an
  * anonymous private mapping (use MA_ADV_DONTNEED there).
- * Errors: -EINVAL (range rules, unknown advice, advice invalid for the mapping), -ENOENT
- * (some page not mapped), -EPERM/-ENOMEM/-EAGAIN from the kernel. Thread-safe. */
+ * MA_ADV_FREE applies to anonymous mappings only (-EINVAL on a file mapping). The advice
+ * that destroys data (REMOVE, FREE) is checked against every mapping of the range before
+ * any is advised, so its refusal changes nothing (the kernel would have applied it to the
+ * mappings before the one it refuses).
+ * Errors: -EINVAL (range rules, unknown advice, advice invalid for the mapping), -EACCES
+ * (MA_ADV_REMOVE on a mapping of a descriptor not open read-write), -ENOENT (some page not
+ * mapped), -EPERM/-ENOMEM/-EAGAIN from the kernel. Thread-safe. */
 MA_API int ma_arena_advise(ma_arena *a, size_t off, size_t len, enum ma_advice adv);
 
 /* Writes the dirty pages of [off, off+len), which must be entirely mapped, back to their

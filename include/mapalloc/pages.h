@@ -169,11 +169,14 @@ MA_API int ma_map_decommit(ma_map *m, size_t off, size_t len);
 
 /* Locks [off, off+len) in physical memory (mlock), faulting it all in now.
  * Errors: -EINVAL, -ENOMEM (RLIMIT_MEMLOCK, or part of the range is not committed),
- * -EPERM (no RLIMIT_MEMLOCK allowance at all). */
+ * -EPERM (no RLIMIT_MEMLOCK allowance at all). On failure the range is left unlocked (the
+ * kernel may have locked a part before refusing; pages locked before the call are unlocked
+ * too), except in a MA_MAP_LOCKED map, whose committed pages stay locked. */
 MA_API int ma_map_lock(ma_map *m, size_t off, size_t len);
 
 /* Locks pages of [off, off+len) as they are faulted in (mlock2 MLOCK_ONFAULT): nothing is
- * faulted in now. Errors: as ma_map_lock, -ENOTSUP where the kernel lacks mlock2. */
+ * faulted in now. Errors and failure: as ma_map_lock, -ENOTSUP where the kernel lacks
+ * mlock2. */
 MA_API int ma_map_lock_on_fault(ma_map *m, size_t off, size_t len);
 
 /* Unlocks [off, off+len). Errors: -EINVAL, -ENOMEM. */

@@ -34,7 +34,7 @@ typedef struct ma_pool_opts {
   size_t obj_size;    /* required, 1 .. 1 GiB */
   size_t align;       /* 0 = natural: 16 when obj_size is a multiple of 16, else the largest
                          power of two dividing obj_size, at least 8; else a power of two up
-                         to 4 MiB */
+                         to 4 MiB (objects are 8-byte aligned at least: 1, 2, 4 act as 8) */
   unsigned prot;      /* 0 = READ|WRITE; READ|WRITE|EXEC needs MA_MAP_JIT in map_flags */
   unsigned map_flags; /* MA_MAP_HUGE_TRY, LOCKED, DONTDUMP, DONTFORK, NORESERVE, JIT,
                          POPULATE (= commit) */

@@ -51,15 +51,23 @@ static int check_prot(unsigned prot) {
   return 0;
 }
 
-/* Checks the descriptor before the range is touched, with one fcntl: F_GETFD for a
- * read-only mapping, F_GET_SEALS for a writable one (it fails with EBADF just the same, and
- * tells whether a memfd is write-sealed). The kernel refuses a write seal only after it has
- * begun to replace the range on older kernels, so that case is caught here. Descriptors
- * open in the wrong mode and O_PATH descriptors are refused by mmap itself before it
- * changes anything (-EACCES, -EBADF). */
-static int check_fd(int fd, unsigned prot) {
+/* Checks the descriptor before the range is touched, with one fcntl: F_GETFL for a
+ * read-only mapping (it also tells whether the descriptor is open read-write, which
+ * ma_arena_advise needs to know for MA_ADV_REMOVE), F_GET_SEALS for a writable one (it fails
+ * with EBADF just the same, and tells whether a memfd is write-sealed; mmap then succeeds
+ * only on a read-write descriptor). The kernel refuses a write seal only after it has begun
+ * to replace the range on older kernels, so that case is caught here. Descriptors open in
+ * the wrong mode and O_PATH descriptors are refused by mmap itself before it changes
+ * anything (-EACCES, -EBADF). */
+static int check_fd(int fd, unsigned prot, bool *maywrite) {
   if (fd < 0) return -EBADF;
-  if (!(prot & MA_PROT_WRITE)) return fcntl(fd, F_GETFD) < 0 ? -errno : 0;
+  if (!(prot & MA_PROT_WRITE)) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -errno;
+    *maywrite = (fl & O_ACCMODE) == O_RDWR;
+    return 0;
+  }
+  *maywrite = true;
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) return errno == EINVAL ? 0 : -errno; /* EINVAL: not a sealable file */
   return (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) ? -EPERM : 0;
@@ -120,6 +128,7 @@ static void split_node(ma_arena *a, arena_node *n, size_t at, arena_node *piece)
   piece->fd = n->fd;
   piece->fd_off = n->fd >= 0 ? n->fd_off + (at - n->off) : 0;
   piece->prot = n->prot;
+  piece->maywrite = n->maywrite;
   n->len = at - n->off;
   arena_tree_insert(&a->tree, piece);
 }
@@ -236,8 +245,8 @@ int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void
 
 /* Maps [off, off+len) (fd >= 0: shared file mapping; else private anonymous) and records
  * it. Arguments are already checked. */
-static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
-                       unsigned prot) {
+static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off, unsigned prot,
+                       bool maywrite) {
   int r = lock_rw(a);
   if (r) return r;
   const arena_node *prev = arena_tree_floor(&a->tree, off + len - 1);
@@ -261,6 +270,7 @@ static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_
   n->fd = fd;
   n->fd_off = fd >= 0 ? fd_off : 0;
   n->prot = prot;
+  n->maywrite = maywrite;
   arena_tree_insert(&a->tree, n);
 out_unlock:
   unlock(a);
@@ -273,14 +283,15 @@ int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_
   if (r) return r;
   if (fd_off & (os_page_size() - 1)) return -EINVAL;
   if (fd_off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - fd_off) return -EINVAL;
-  if ((r = check_prot(prot)) || (r = check_fd(fd, prot))) return r;
-  return add_mapping(a, off, len, fd, fd_off, prot);
+  bool maywrite = false;
+  if ((r = check_prot(prot)) || (r = check_fd(fd, prot, &maywrite))) return r;
+  return add_mapping(a, off, len, fd, fd_off, prot, maywrite);
 }
 
 int ma_arena_add_anon_mapping(ma_arena *a, size_t off, size_t len, unsigned prot) {
   int r = check_range(a, off, len);
   if (r || (r = check_prot(prot))) return r;
-  return add_mapping(a, off, len, -1, 0, prot);
+  return add_mapping(a, off, len, -1, 0, prot, false);
 }
 
 int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
@@ -369,12 +380,29 @@ out_unlock:
   return r;
 }
 
+/* madvise works mapping by mapping and stops at the first it refuses, after it has applied
+ * the advice to the ones before: for the advice that destroys data (REMOVE frees a file's
+ * blocks, FREE lets anonymous pages go) every mapping of the range is checked first, with
+ * the kernel's rules and its error, so that a refusal changes nothing. */
+static int advice_refused(const ma_arena *a, arena_node *n, size_t end, enum ma_advice adv) {
+  for (; n && n->off < end; n = arena_tree_next(&a->tree, n->off)) {
+    if (adv == MA_ADV_REMOVE && n->fd < 0) return -EINVAL; /* private anonymous */
+    if (adv == MA_ADV_REMOVE && !n->maywrite) return -EACCES;
+    if (adv == MA_ADV_FREE && n->fd >= 0) return -EINVAL; /* shared file mapping */
+  }
+  return 0;
+}
+
 int ma_arena_advise(ma_arena *a, size_t off, size_t len, enum ma_advice adv) {
   int r = check_range(a, off, len);
   if (r) return r;
   if ((unsigned)adv > (unsigned)MA_ADV_PAGEOUT) return -EINVAL;
   if ((r = lock_rw(a))) return r;
-  r = covering(a, off, off + len) ? os_advise(a->base + off, len, adv) : -ENOENT;
+  arena_node *first = covering(a, off, off + len);
+  if (!first)
+    r = -ENOENT;
+  else if (!(r = advice_refused(a, first, off + len, adv)))
+    r = os_advise(a->base + off, len, adv);
   unlock(a);
   return r;
 }

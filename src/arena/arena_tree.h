@@ -14,6 +14,7 @@
 #ifndef MAPALLOC_ARENA_TREE_H
 #define MAPALLOC_ARENA_TREE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,7 @@ typedef struct arena_node {
   int fd;          /* the caller's descriptor number as passed, -1 anonymous (not owned) */
   unsigned prot;   /* MA_PROT_* currently in effect */
   int height;      /* AVL height: 1 for a leaf */
+  bool maywrite;   /* a file mapping whose descriptor is open read-write (MADV_REMOVE works) */
 } arena_node;
 
 typedef struct arena_tree {

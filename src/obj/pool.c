@@ -178,6 +178,8 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
     if (align < 8) align = 8;
   } else if ((align & (align - 1)) != 0 || align > OBJ_SEG_SIZE) {
     return -EINVAL;
+  } else if (align < 8) {
+    align = 8; /* a free object holds the free-list link: a smaller stride step misaligns it */
   }
   unsigned prot = opts->prot ? opts->prot : MA_PROT_READ | MA_PROT_WRITE;
   if (prot & ~(unsigned)(MA_PROT_READ | MA_PROT_WRITE | MA_PROT_EXEC)) return -EINVAL;

@@ -173,7 +173,9 @@ int os_map_fixed(void *addr, size_t len, unsigned prot, unsigned flags, int fd, 
   if ((flags & MA_MAP_DONTDUMP) && sys_madvise(addr, len, MADV_DONTDUMP) != 0) goto undo;
   if ((flags & MA_MAP_DONTFORK) && sys_madvise(addr, len, MADV_DONTFORK) != 0) goto undo;
   if (flags & MA_MAP_HUGE_TRY) (void)sys_madvise(addr, len, MADV_HUGEPAGE);
-  if ((flags & MA_MAP_LOCKED) && sys_mlock(addr, len) != 0) goto undo;
+  /* mlock faults the range in, which an inaccessible range refuses (ENOMEM): that one is
+   * locked on fault, so its pages are locked as soon as a protect lets them be touched. */
+  if ((flags & MA_MAP_LOCKED) && os_lock(addr, len, prot == MA_PROT_NONE) != 0) goto undo;
   return 0;
 undo:;
   int e = errno;

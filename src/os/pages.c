@@ -358,14 +358,25 @@ restore:
 
 /* ---- Locking and flushing ---------------------------------------------------------------- */
 
-int ma_map_lock(ma_map *m, size_t off, size_t len) {
+/* The kernel marks the areas of the range locked before it faults them in, and keeps the
+ * mark when it then fails (an inaccessible page, RLIMIT_MEMLOCK): a refused lock would leave
+ * part of the range locked, and a locked shared page cannot be decommitted. So a failure
+ * unlocks the range again, except in a MA_MAP_LOCKED map, whose committed pages must stay
+ * locked (its decommit unlocks by itself). */
+static int lock_range(ma_map *m, size_t off, size_t len, bool on_fault) {
   int r = check_range(m, off, len);
-  return r ? r : os_lock(at(m, off), len, false);
+  if (r != 0) return r;
+  r = os_lock(at(m, off), len, on_fault);
+  if (r != 0 && r != -ENOTSUP && !(m->flags & MA_MAP_LOCKED)) (void)os_unlock(at(m, off), len);
+  return r;
+}
+
+int ma_map_lock(ma_map *m, size_t off, size_t len) {
+  return lock_range(m, off, len, false);
 }
 
 int ma_map_lock_on_fault(ma_map *m, size_t off, size_t len) {
-  int r = check_range(m, off, len);
-  return r ? r : os_lock(at(m, off), len, true);
+  return lock_range(m, off, len, true);
 }
 
 int ma_map_unlock(ma_map *m, size_t off, size_t len) {
