@@ -206,6 +206,9 @@ void obj_segment_release(obj_segment *seg) {
     __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
+  /* ASan keeps the shadow of an unmapped range: without this, the next mapping at these
+   * addresses (a large heap block, anyone's mmap) would read as poisoned free blocks. */
+  obj_unpoison(seg, size);
   os_release(seg, size);
 }
 
