@@ -253,6 +253,22 @@ static bool is_zero(const unsigned char *p, size_t n) {
   return true;
 }
 
+/* Under AddressSanitizer every usable byte of a live block must be addressable (the object
+ * layer poisons free blocks): say which block is not before the fill trips over it. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+static void check_addressable(const block *b, const char *how) {
+  void *bad = __asan_region_is_poisoned(b->p, b->usable);
+  if (bad)
+    die("%s block id %" PRIu64 " at %p (size %zu, usable %zu) is poisoned from byte %zu", how,
+        b->id, (void *)b->p, b->size, b->usable, (size_t)((unsigned char *)bad - b->p));
+}
+#else
+static void check_addressable(const block *b, const char *how) {
+  (void)b, (void)how;
+}
+#endif
+
 static void fill_new(block *b) {
   pattern_fill(b->p, b->usable, b->id, b->size);
   atomic_fetch_add_explicit(&live_bytes, b->usable, memory_order_relaxed);
@@ -299,6 +315,11 @@ static void heap_alloc(worker *w, block *b) {
   size_t usable = ma_usable_size(p);
   if (usable < size) die("ma_usable_size(%p) = %zu < size %zu", (void *)p, usable, size);
   *b = (block){p, size, usable, atomic_fetch_add(&next_id, 1), KIND_HEAP, 0, w->num};
+  check_addressable(b, op_name[how < 55   ? OP_MALLOC
+                               : how < 70 ? OP_CALLOC
+                               : how < 80 ? OP_REALLOC
+                               : how < 92 ? OP_ALIGNED
+                                          : OP_MEMALIGN]);
   fill_new(b);
 }
 
@@ -364,7 +385,14 @@ static void block_realloc(worker *w, block *b) {
                 : how == 1 ? b->size + b->size / 2 + 1
                            : b->size / 2 + 1;
   if (size > (8u << 20)) size = random_size(&w->r);
-  unsigned char *p = ma_realloc(b->p, size);
+  unsigned char *p;
+  if (below(&w->r, 4) == 0) { /* as n * m, overflow-checked */
+    size_t m = between(&w->r, 1, 8), n = (size + m - 1) / m;
+    size = n * m;
+    p = ma_reallocarray(b->p, n, m);
+  } else {
+    p = ma_realloc(b->p, size);
+  }
   if (!p) fail_alloc("ma_realloc", size);
   count(w, OP_REALLOC);
   block old = *b;
@@ -377,6 +405,7 @@ static void block_realloc(worker *w, block *b) {
   b->p = p;
   b->size = size;
   b->usable = usable;
+  check_addressable(b, "realloc");
   fill_new(b);
 }
 
@@ -492,6 +521,13 @@ static void *worker_main(void *arg) {
     if (n % 50000 == 0) {
       ma_heap_collect(below(&w->r, 4) == 0);
       count(w, OP_COLLECT);
+    }
+    if (n % 20000 == 0) { /* the statistics walk races thread start and exit */
+      ma_heap_stats hs;
+      ma_heap_stats_get(&hs);
+      if (hs.committed > hs.reserved || hs.mapped_large > hs.reserved)
+        die("heap stats: committed %zu, mapped_large %zu, reserved %zu", hs.committed,
+            hs.mapped_large, hs.reserved);
     }
     if (n % 40000 == 0) {
       ma_pool_trim(pools[below(&w->r, NPOOLS)]);
