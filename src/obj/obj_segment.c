@@ -206,8 +206,8 @@ void obj_segment_release(obj_segment *seg) {
     __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
-  /* ASan keeps the shadow of an unmapped range: without this, the next mapping at these
-   * addresses (a large heap block, anyone's mmap) would read as poisoned free blocks. */
+  /* ASan keeps the shadow of unmapped memory: free blocks left poisoned here would make
+   * the next mapping at this address (a large block, an arena) fault on its first use. */
   obj_unpoison(seg, size);
   os_release(seg, size);
 }
