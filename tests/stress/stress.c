@@ -441,9 +441,30 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Random steps on w's table, then frees what is left. */
+static void child_steps(worker *w, int rounds) {
+  for (int round = 0; round < rounds; round++) {
+    block *b = &w->table[below(&w->r, TABLE)];
+    if (!b->p)
+      block_alloc(w, b);
+    else if (b->kind == KIND_HEAP && below(&w->r, 3) == 0)
+      block_realloc(w, b);
+    else
+      block_free(w, b, &w->r);
+  }
+  for (int i = 0; i < TABLE; i++)
+    if (w->table[i].p) block_free(w, &w->table[i], &w->r);
+}
+
+static void *child_thread(void *arg) {
+  child_steps(arg, 1000);
+  return NULL;
+}
+
 /* In the child: only this thread exists. Verify and free half of the inherited table and a
  * few shared slots (blocks of threads that are gone here), allocate and free blocks of its
- * own, and exit 0. A failure aborts (the parent sees the signal). */
+ * own, start two threads that do the same, and exit 0. A failure aborts (the parent sees the
+ * signal). */
 static void child_work(worker *w) {
   alarm(60); /* a deadlocked child fails the run instead of hanging it */
   for (int i = 0; i < TABLE; i++) {
@@ -460,17 +481,18 @@ static void child_work(worker *w) {
     block_free(w, rec, &w->r);
     free(rec);
   }
-  for (int round = 0; round < 2000; round++) {
-    block *b = &w->table[below(&w->r, TABLE)];
-    if (!b->p)
-      block_alloc(w, b);
-    else if (b->kind == KIND_HEAP && below(&w->r, 3) == 0)
-      block_realloc(w, b);
-    else
-      block_free(w, b, &w->r);
+  child_steps(w, 2000);
+  /* New threads in the child: fresh or recycled heaps and pool caches after fork. */
+  pthread_t t[2];
+  worker *cw[2];
+  for (int i = 0; i < 2; i++) {
+    if (!(cw[i] = calloc(1, sizeof(worker)))) die("out of memory for bookkeeping");
+    cw[i]->num = w->num;
+    cw[i]->r.s = rnd(&w->r);
+    int err = pthread_create(&t[i], NULL, child_thread, cw[i]);
+    if (err) die("pthread_create in fork child: %s", strerror(err));
   }
-  for (int i = 0; i < TABLE; i++)
-    if (w->table[i].p) block_free(w, &w->table[i], &w->r);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
   ma_heap_collect(true);
   _exit(0);
 }
