@@ -482,17 +482,23 @@ static void child_work(worker *w) {
     free(rec);
   }
   child_steps(w, 2000);
-  /* New threads in the child: fresh or recycled heaps and pool caches after fork. */
+  /* New threads in the child: fresh or recycled heaps and pool caches after fork (not
+   * under ThreadSanitizer, which cannot start threads after a multi-threaded fork). */
+#if defined(__SANITIZE_THREAD__)
+  enum { CHILD_THREADS = 0 };
+#else
+  enum { CHILD_THREADS = 2 };
+#endif
   pthread_t t[2];
   worker *cw[2];
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < CHILD_THREADS; i++) {
     if (!(cw[i] = calloc(1, sizeof(worker)))) die("out of memory for bookkeeping");
     cw[i]->num = w->num;
     cw[i]->r.s = rnd(&w->r);
     int err = pthread_create(&t[i], NULL, child_thread, cw[i]);
     if (err) die("pthread_create in fork child: %s", strerror(err));
   }
-  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < CHILD_THREADS; i++) pthread_join(t[i], NULL);
   ma_heap_collect(true);
   _exit(0);
 }
