@@ -68,7 +68,7 @@ void obj_space_trim(obj_space *sp) {
   if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return;
   pthread_mutex_lock(&sp->lock);
   obj_segment *list = sp->abandoned;
-  sp->abandoned = NULL;
+  __atomic_store_n(&sp->abandoned, NULL, __ATOMIC_RELAXED); /* peeked at without the lock */
   pthread_mutex_unlock(&sp->lock);
   obj_segment *keep = NULL;
   while (list) {
