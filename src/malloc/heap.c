@@ -243,6 +243,14 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
   return p;
 }
 
+#if !OBJ_SECURE
+void *heap_malloc_far(heap *h, unsigned cls) {
+  void *p = obj_bin_alloc_far(&h->bins[cls]);
+  h->allocs[cls]++;
+  return p;
+}
+#endif
+
 /* Validates that p is the start of a handed-out block of a small-block segment. */
 static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *what) {
   obj_slab *s = obj_slab_of(seg, p);

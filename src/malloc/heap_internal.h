@@ -129,6 +129,12 @@ static inline obj_segment *heap_segment_of(const void *p) {
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
 
+#if !OBJ_SECURE
+/* heap_malloc_cls when the head block's link leaves its chunk: checked exactly (aborts on a
+ * use-after-free write over the link), then handed out. */
+void *heap_malloc_far(heap *h, unsigned cls);
+#endif
+
 /* ---- fast paths ---- */
 
 /* Pops a block of class `cls` from the thread's current slab (obj_bin_alloc): no lock, no
@@ -138,7 +144,10 @@ static inline void *heap_malloc_cls(unsigned cls) {
   heap *h = heap_get();
   obj_bin *bin = &h->bins[cls];
   if (heap_unlikely(bin->cur->free == NULL)) return heap_malloc_slow(h, cls);
-  void *p = obj_bin_alloc(h->bs, bin);
+  void *p = obj_bin_take(bin);
+#if !OBJ_SECURE
+  if (heap_unlikely(p == NULL)) return heap_malloc_far(h, cls);
+#endif
   h->allocs[cls]++;
   return p;
 }

@@ -323,6 +323,20 @@ static inline void obj_link_set(obj_block *b, obj_block *next) {
 #endif
 }
 
+#if !OBJ_SECURE
+/* Default build: a link out of b's 4 MiB chunk is NULL (b is the list's last block), a
+ * block of a huge slab, or a use-after-free write. Three instructions find out; all three
+ * are rare enough for the exact check to run out of line (NULL tested inline cost two more
+ * instructions per malloc than the call once per list). */
+static inline bool obj_link_leaves_chunk(const obj_block *b, const obj_block *n) {
+  return (((uintptr_t)n ^ (uintptr_t)b) >> OBJ_SEG_SHIFT) != 0;
+}
+
+/* n, which b's link points to outside b's chunk, when it is NULL or a carved block of s;
+ * aborts with "corrupted free list" otherwise. */
+obj_block *obj_link_far(const obj_slab *s, const obj_block *b, obj_block *n);
+#endif
+
 /* The next block after b on one of slab s's lists (free, local_free, remote). */
 static inline obj_block *obj_link_next(const obj_slab *s, const obj_block *b) {
 #if OBJ_SECURE
@@ -331,8 +345,9 @@ static inline obj_block *obj_link_next(const obj_slab *s, const obj_block *b) {
     obj_fatal("corrupted free list (write after free?)", b);
   return n;
 #else
-  (void)s;
-  return b->next;
+  obj_block *n = b->next;
+  if (obj_unlikely(obj_link_leaves_chunk(b, n))) return obj_link_far(s, b, n);
+  return n;
 #endif
 }
 
@@ -373,16 +388,44 @@ void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b);
 
 /* ---- fast paths --------------------------------------------------------------------- */
 
-static inline void *obj_bin_alloc(obj_bins *bs, obj_bin *bin) {
-  obj_slab *s = bin->cur;
-  obj_block *b = s->free;
-  if (obj_unlikely(b == NULL)) return obj_bin_alloc_slow(bs, bin);
-  obj_link_open(b);
-  s->free = obj_link_next(s, b);
+/* Hands out b, the head of s's free list, whose successor is n. */
+static inline void *obj_bin_pop(obj_slab *s, obj_block *b, obj_block *n) {
+  s->free = n;
   obj_unpoison(b, s->stride);
   b->key = 0;
   s->cnt++;
   return b;
+}
+
+#if !OBJ_SECURE
+/* obj_bin_alloc when the head's link leaves its chunk: checked exactly (aborts on a
+ * forged link), then popped. */
+void *obj_bin_alloc_far(obj_bin *bin);
+#endif
+
+/* Pops the head of bin's current slab, which the caller found non-empty. Default build:
+ * NULL when the head's link leaves its chunk; the caller then calls obj_bin_alloc_far in
+ * tail position, so the fast path keeps no stack frame. */
+static inline void *obj_bin_take(obj_bin *bin) {
+  obj_slab *s = bin->cur;
+  obj_block *b = s->free;
+  obj_link_open(b);
+#if OBJ_SECURE
+  return obj_bin_pop(s, b, obj_link_next(s, b));
+#else
+  obj_block *n = b->next;
+  if (obj_unlikely(obj_link_leaves_chunk(b, n))) return NULL;
+  return obj_bin_pop(s, b, n);
+#endif
+}
+
+static inline void *obj_bin_alloc(obj_bins *bs, obj_bin *bin) {
+  if (obj_unlikely(bin->cur->free == NULL)) return obj_bin_alloc_slow(bs, bin);
+  void *p = obj_bin_take(bin);
+#if !OBJ_SECURE
+  if (obj_unlikely(p == NULL)) return obj_bin_alloc_far(bin);
+#endif
+  return p;
 }
 
 /* As obj_bin_alloc, the whole stride zeroed; no memset when the block is fresh. */

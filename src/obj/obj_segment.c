@@ -74,6 +74,20 @@ void obj_fatal(const char *what, const void *p) {
   abort();
 }
 
+#if !OBJ_SECURE
+obj_block *obj_link_far(const obj_slab *s, const obj_block *b, obj_block *n) {
+  if (n != NULL && obj_block_q(s, (uintptr_t)n) >= obj_slab_carved(s))
+    obj_fatal("corrupted free list (write after free?)", b);
+  return n;
+}
+
+void *obj_bin_alloc_far(obj_bin *bin) {
+  obj_slab *s = bin->cur;
+  obj_block *b = s->free;
+  return obj_bin_pop(s, b, obj_link_next(s, b));
+}
+#endif
+
 /* ---- instrumentation ---------------------------------------------------------------- */
 
 #if OBJ_ASAN

@@ -96,8 +96,10 @@ typedef struct block {
   size_t usable; /* bytes filled with the pattern */
   uint64_t id;
   int kind;
-  int pool;  /* pool index for KIND_POOL */
-  int owner; /* global number of the allocating thread (for the remote-free count) */
+  int pool;     /* pool index for KIND_POOL */
+  int owner;    /* global number of the allocating thread (for the remote-free count) */
+  size_t align; /* heap: the alignment asked of aligned_alloc/posix_memalign, else 0 (C23:
+                 * such a block is freed with free_aligned_sized, not free_sized) */
 } block;
 
 static _Atomic uint64_t next_id = 1;
@@ -285,6 +287,7 @@ static void heap_alloc(worker *w, block *b) {
   size_t size = random_size(&w->r);
   uint64_t how = below(&w->r, 100);
   unsigned char *p;
+  size_t align = 0;
   if (how < 55) {
     p = ma_malloc(size);
     if (!p) fail_alloc("ma_malloc", size);
@@ -302,7 +305,7 @@ static void heap_alloc(worker *w, block *b) {
     count(w, OP_REALLOC);
   } else {
     /* Alignments 16 B .. 4 KiB, rarely up to 2 MiB. */
-    size_t align = (size_t)16 << below(&w->r, below(&w->r, 50) == 0 ? 18 : 9);
+    align = (size_t)16 << below(&w->r, below(&w->r, 50) == 0 ? 18 : 9);
     if (how < 92) {
       p = ma_aligned_alloc(align, size);
       if (!p) fail_alloc("ma_aligned_alloc", size);
@@ -320,7 +323,7 @@ static void heap_alloc(worker *w, block *b) {
   if ((uintptr_t)p % 16) die("block %p of size %zu is not 16-byte aligned", (void *)p, size);
   size_t usable = ma_usable_size(p);
   if (usable < size) die("ma_usable_size(%p) = %zu < size %zu", (void *)p, usable, size);
-  *b = (block){p, size, usable, atomic_fetch_add(&next_id, 1), KIND_HEAP, 0, w->num};
+  *b = (block){p, size, usable, atomic_fetch_add(&next_id, 1), KIND_HEAP, 0, w->num, align};
   check_addressable(b, op_name[how < 55   ? OP_MALLOC
                                : how < 70 ? OP_CALLOC
                                : how < 80 ? OP_REALLOC
@@ -345,7 +348,7 @@ static bool pool_alloc(worker *w, block *b) {
   if ((uintptr_t)p % align) die("pool %d object %p is not %zu-aligned", i, (void *)p, align);
   if (pool_opts[i].zero && !is_zero(p, size))
     die("zeroing pool %d returned a dirty object %p", i, (void *)p);
-  *b = (block){p, size, size, atomic_fetch_add(&next_id, 1), KIND_POOL, i, w->num};
+  *b = (block){p, size, size, atomic_fetch_add(&next_id, 1), KIND_POOL, i, w->num, 0};
   fill_new(b);
   count(w, OP_POOL_ALLOC);
   return true;
@@ -367,7 +370,10 @@ static void block_free(worker *w, block *b, rng *r) {
     ma_pool_free(pools[b->pool], b->p);
     o = OP_POOL_FREE;
   } else if (below(r, 4) == 0) {
-    ma_free_sized(b->p, between(r, b->size, b->usable));
+    if (b->align)
+      ma_free(b->p); /* ma_ has no free_aligned_sized; free_sized is not for these */
+    else
+      ma_free_sized(b->p, between(r, b->size, b->usable));
     o = OP_FREE_SIZED;
   } else {
     ma_free(b->p);
@@ -410,6 +416,7 @@ static void block_realloc(worker *w, block *b) {
   atomic_fetch_sub_explicit(&live_bytes, b->usable, memory_order_relaxed);
   b->p = p;
   b->size = size;
+  b->align = 0; /* a realloc'd block is a malloc'd block */
   b->usable = usable;
   check_addressable(b, "realloc");
   fill_new(b);
