@@ -43,18 +43,21 @@ uint32_t obj_slab_collect(obj_slab *s);
 /* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
 
+/* The list head is stored atomically (relaxed: a plain store on x86) because adopt_one
+ * peeks at sp->abandoned without the lock; a plain store racing with that load is a data
+ * race in C11 (ThreadSanitizer reports it). The lock still orders everything else. */
 static inline void obj_seg_link(obj_segment **head, obj_segment *seg) {
   seg->prev = NULL;
   seg->next = *head;
   if (*head) (*head)->prev = seg;
-  *head = seg;
+  __atomic_store_n(head, seg, __ATOMIC_RELAXED);
 }
 
 static inline void obj_seg_unlink(obj_segment **head, obj_segment *seg) {
   if (seg->prev)
     seg->prev->next = seg->next;
   else
-    *head = seg->next;
+    __atomic_store_n(head, seg->next, __ATOMIC_RELAXED);
   if (seg->next) seg->next->prev = seg->prev;
   seg->next = seg->prev = NULL;
 }
