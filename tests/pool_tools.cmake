@@ -37,7 +37,8 @@ set(CMAKE_REQUIRED_LINK_OPTIONS -fsanitize=address)
 check_c_source_compiles("int main(void) { return 0; }" MAPALLOC_HAVE_ASAN)
 unset(CMAKE_REQUIRED_FLAGS)
 unset(CMAKE_REQUIRED_LINK_OPTIONS)
-if(MAPALLOC_HAVE_ASAN)
+# (Not with -fsanitize=thread: the two sanitizers cannot be linked into one program.)
+if(MAPALLOC_HAVE_ASAN AND NOT MAPALLOC_SANITIZE MATCHES "thread")
   add_executable(pool_misuse_asan ${CMAKE_CURRENT_SOURCE_DIR}/pool_misuse.c
                  ${MAPALLOC_OS_SOURCES} ${MAPALLOC_OBJ_SOURCES})
   target_include_directories(pool_misuse_asan PRIVATE ${PROJECT_SOURCE_DIR}/include

@@ -166,7 +166,18 @@ Test(arena, fresh_arena_faults, .signal = SIGSEGV) {
   (void)p[ps];
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN_BUILD 1
+#endif
+#endif
+
 Test(arena, one_tib_arena_is_not_charged) {
+#ifdef TSAN_BUILD
+  cr_skip_test("ThreadSanitizer's high application range (1.5 TiB) cannot hold 2 TiB");
+#endif
   /* overcommit heuristics refuse a charged 1 TiB mapping on this machine: this only works
    * because the reservation is NORESERVE and PROT_NONE. Two at once to be sure. */
   size_t tib = (size_t)1 << 40;

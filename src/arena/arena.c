@@ -304,7 +304,8 @@ int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
     goto out_unlock;
   }
   /* Only a node reaching past both ends of the range needs a second node. */
-  if (n->off < off && node_end(n) > end && !(piece = arena_node_alloc(&a->nodes))) {
+  bool split = n->off < off && node_end(n) > end;
+  if (split && !(piece = arena_node_alloc(&a->nodes))) {
     r = -ENOMEM;
     goto out_unlock;
   }
@@ -315,8 +316,8 @@ int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
   }
   while (n && n->off < end) {
     size_t key = n->off, nend = node_end(n);
-    if (n->off < off) { /* keeps its head (and maybe a tail) */
-      if (nend > end) split_node(a, n, end, piece);
+    if (n->off < off) { /* keeps its head (and maybe a tail): only the first node can */
+      if (split) split_node(a, n, end, piece);
       n->len = off - n->off;
     } else if (nend > end) { /* keeps its tail: the key changes */
       arena_tree_remove(&a->tree, key);

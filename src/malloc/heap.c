@@ -5,6 +5,7 @@
 #include "malloc/heap_internal.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -118,7 +119,8 @@ void heap_global_init(void) {
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
-    heap_space.purge_delay_ms = heap_opt.purge_delay_ms;
+    long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
+    heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;
     if (rc == 0 && !heap_key_made)
       heap_key_made = pthread_key_create(&heap_key, heap_thread_done) == 0;
     /* A failure (no address space for the segment map yet) does not stick: the next malloc
@@ -366,9 +368,12 @@ static void heap_atfork_parent(void) {
   pthread_mutex_unlock(&heap_lock);
 }
 static void heap_atfork_child(void) {
+  /* Unlock, not re-init: the child's only thread is the one that locked them in prepare,
+   * and a re-init of a held mutex is invisible to ThreadSanitizer (it then reports the
+   * child's next lock from another thread as a double lock). */
   huge_atfork_child();
-  pthread_mutex_init(&heap_lock, NULL);
-  if (atomic_load(&heap_init_state) == 2) pthread_mutex_init(&heap_space.lock, NULL);
+  if (atomic_load(&heap_init_state) == 2) pthread_mutex_unlock(&heap_space.lock);
+  pthread_mutex_unlock(&heap_lock);
 }
 
 /* Stats walk: sums every heap's counters. */

@@ -513,5 +513,5 @@ void huge_atfork_parent(void) {
   pthread_mutex_unlock(&huge_lock);
 }
 void huge_atfork_child(void) {
-  pthread_mutex_init(&huge_lock, NULL);
+  pthread_mutex_unlock(&huge_lock); /* the child's thread is the one that locked it */
 }

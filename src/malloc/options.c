@@ -2,11 +2,9 @@
  *
  * Options are read from `environ` directly (getenv is fine too, but nothing here may
  * allocate: the first read can happen inside the dynamic loader's first malloc). */
-#include <unistd.h>
+#include <unistd.h> /* environ (_GNU_SOURCE) */
 
 #include "malloc/heap_internal.h"
-
-extern char **environ;
 
 /* Default purge delay: see the README and bench/bench_heap.c for the measurements. */
 #define HEAP_PURGE_DELAY_DEFAULT 100
@@ -75,6 +73,16 @@ static bool name_eq(const char *env, const char *name, const char **val) {
 
 static bool heap_options_done;
 
+/* A signed decimal, without printf (parse_long keeps |v| far below LONG_MAX). */
+static void heap_write_long(int fd, long v) {
+  char buf[32];
+  size_t n = 0;
+  if (v < 0) buf[n++] = '-';
+  n += heap_fmt_u64(buf + n, (uint64_t)(v < 0 ? -v : v));
+  buf[n] = 0;
+  heap_write_str(fd, buf);
+}
+
 void heap_options_read(void) {
   if (heap_options_done || !environ) return; /* no environ yet: the constructor retries */
   heap_options_done = true;
@@ -106,18 +114,14 @@ void heap_options_read(void) {
 #endif
   if (heap_opt.verbose) {
     for (size_t i = 0; i < sizeof heap_option_table / sizeof heap_option_table[0]; i++) {
-      char buf[32];
-      long v = *heap_option_table[i].value;
-      size_t n = 0;
-      if (v < 0) buf[n++] = '-';
-      n += heap_fmt_u64(buf + n, (uint64_t)(v < 0 ? -v : v));
-      buf[n] = 0;
       heap_write_str(2, "mapalloc: option MAPALLOC_");
       heap_write_str(2, heap_option_table[i].name);
       heap_write_str(2, "=");
-      heap_write_str(2, buf);
+      heap_write_long(2, *heap_option_table[i].value);
       heap_write_str(2, "  (");
       heap_write_str(2, heap_option_table[i].desc);
+      heap_write_str(2, "; default ");
+      heap_write_long(2, heap_option_table[i].def);
       heap_write_str(2, ")\n");
     }
   }

@@ -499,7 +499,8 @@ bool obj_bins_purge_check(obj_bins *bs);
 uint64_t obj_now_ms(void);
 
 /* Pre-fork/post-fork helpers: in a fork child, bins owned by threads that no longer exist
- * are abandoned so their slabs can be adopted. Caller holds no lock. */
+ * are abandoned so their slabs can be adopted. Called with sp->lock held (locked by the
+ * prepare handler of the thread that forked); releases it. */
 void obj_space_fork_child(obj_space *sp);
 
 #endif /* MAPALLOC_OBJ_H */

@@ -45,7 +45,7 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   s->capacity = (uint32_t)((size_t)(hi - start) / bin->stride);
   unsigned k = (unsigned)__builtin_ctz(bin->stride);
   uint64_t odd = bin->stride >> k, inv = odd; /* Newton: 5 steps give 64 correct bits */
-  for (int i = 0; i < 5; i++) inv *= 2 - odd * inv;
+  for (int step = 0; step < 5; step++) inv *= 2 - odd * inv;
   s->inv = inv;
   s->inv_shift = (uint8_t)k;
   __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
@@ -125,7 +125,7 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
  * - the owner clears a slab's mask bit before it takes the list, so a push onto the emptied
  *   list announces again. No remote free is ever left unannounced. */
 
-static void announce(obj_segment *seg, obj_slab *s) {
+static void announce(obj_segment *seg, const obj_slab *s) {
   uint64_t bit = (uint64_t)1 << (s - seg->slabs);
   uint64_t old = __atomic_fetch_or(&seg->remote_mask, bit, __ATOMIC_SEQ_CST);
   if (!(old & bit)) {

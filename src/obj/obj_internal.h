@@ -45,8 +45,9 @@ uint32_t obj_slab_collect(obj_slab *s);
 /* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
 
-/* The head is stored atomically (relaxed: a plain store on x86) because adopt_one and
- * obj_space_trim peek at sp->abandoned without the lock, as a hint. */
+/* The list head is stored atomically (relaxed: a plain store on x86) because adopt_one and
+ * obj_space_trim peek at sp->abandoned without the lock; a plain store racing with that
+ * load is a data race in C11 (ThreadSanitizer reports it). The lock orders the rest. */
 static inline void obj_seg_link(obj_segment **head, obj_segment *seg) {
   seg->prev = NULL;
   seg->next = *head;

@@ -160,7 +160,7 @@ void obj_space_destroy(obj_space *sp) {
 }
 
 void obj_space_fork_child(obj_space *sp) {
-  pthread_mutex_init(&sp->lock, NULL);
+  pthread_mutex_unlock(&sp->lock); /* locked by the forking thread in the prepare handler */
   uintptr_t self = obj_tid();
   for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
     if (bs->in_use && bs->tid != self) obj_bins_abandon(bs);

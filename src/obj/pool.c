@@ -84,9 +84,10 @@ static void fork_parent(void) {
   pthread_mutex_unlock(&pools_lock);
 }
 
+/* The child unlocks what prepare locked (same thread): see heap_atfork_child. */
 static void fork_child(void) {
-  pthread_mutex_init(&pools_lock, NULL);
   for (ma_pool *p = pools; p; p = p->next) obj_space_fork_child(&p->space);
+  pthread_mutex_unlock(&pools_lock);
 }
 
 static void key_init(void) {

@@ -87,9 +87,7 @@ static void maps_path(int pid, char out[32]) {
   char digits[12];
   int n = 0;
   for (unsigned v = (unsigned)pid; v; v /= 10) digits[n++] = (char)('0' + v % 10);
-  char *p = out;
-  memcpy(p, "/proc/", 6);
-  p += 6;
+  char *p = stpcpy(out, "/proc/");
   while (n) *p++ = digits[--n];
   memcpy(p, "/maps", sizeof "/maps");
 }

@@ -126,7 +126,7 @@ static int map_aligned(void *hint, size_t len, size_t align, size_t natural, uns
   size_t over = len + (align - ps);
   if (over < len) return -ENOMEM;
   char *res = os_reserve(over, 0, NULL);
-  if (!res) return errno ? -errno : -ENOMEM;
+  if (!res) return errno > 0 ? -errno : -ENOMEM; /* never 0 or positive: out is unset */
   uintptr_t start = ((uintptr_t)res + align - 1) & ~(uintptr_t)(align - 1);
   int r = os_map((void *)start, len, prot, flags, fd, off, shift, OS_PLACE_FIXED, &p);
   if (r != 0) {
@@ -163,7 +163,7 @@ static int create_with(const ma_map_opts *o, unsigned shift, size_t align, ma_ma
   if (!shift && (flags & (MA_MAP_NORESERVE | MA_MAP_RESERVE))) mflags |= MA_MAP_NORESERVE;
   unsigned prot = (flags & MA_MAP_RESERVE) ? MA_PROT_NONE : o->prot;
 
-  void *p;
+  void *p = NULL;
   int r;
   if (flags & MA_MAP_STRICT_HINT) {
     if ((uintptr_t)o->hint & (align - 1)) return -EINVAL;
@@ -211,10 +211,9 @@ int ma_map_create(const ma_map_opts *o, ma_map *out) {
   if (o->fd >= 0 && ((o->offset & (ps - 1)) || o->offset > (uint64_t)INT64_MAX)) return -EINVAL;
   if (!wx_allowed(o->prot, flags)) return -EPERM;
 
-  int r = -ENOTSUP;
   if ((flags & (MA_MAP_HUGE | MA_MAP_HUGE_TRY)) && o->fd < 0) {
     unsigned shift = o->page_shift;
-    r = huge_shift_for(&shift);
+    int r = huge_shift_for(&shift);
     if (r == 0) r = create_with(o, shift, align, out);
     if (r == 0) {
       out->flags = (flags & ~(unsigned)MA_MAP_HUGE_TRY) | MA_MAP_HUGE;
@@ -230,7 +229,7 @@ int ma_map_create(const ma_map_opts *o, ma_map *out) {
     size_t huge;
     if (os_huge_page_sizes(&huge, 1) && o->len >= huge && align < huge) align = huge;
   }
-  r = create_with(o, 0, align, out);
+  int r = create_with(o, 0, align, out);
   if (r == 0 && (flags & MA_MAP_HUGE_TRY)) (void)os_advise(out->addr, out->len, MA_ADV_HUGEPAGE);
   return r;
 }
