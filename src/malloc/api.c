@@ -92,7 +92,8 @@ MA_API void *ma_realloc(void *p, size_t size) {
     if (size <= old && size >= old / 2) return p; /* no system call for a small shrink */
     /* A block that keeps growing at least doubles: a loop of small reallocs then costs a
      * logarithmic number of mremaps (the slack is address space, untouched until used). */
-    bool doubles = size > old && size < 2 * old && old <= ((size_t)1 << 40);
+    size_t want = size;
+    if (size > old && size < 2 * old && old <= ((size_t)1 << 40)) want = 2 * old;
     bool moved;
     void *q = huge_realloc(p, size, want, &moved);
     if (!q && want != size) q = huge_realloc(p, size, size, &moved);
