@@ -130,7 +130,7 @@ static void smaps_of(const void *p, const char *field, size_t *kb, char *vmflags
     char c;
     if (sscanf(line, "%lx-%lx %c", &s, &e, &c) == 3 && strchr(line, '-') < strchr(line, ' ')) {
       if (in) break;
-      in = s == (uintptr_t)p;
+      in = s <= (uintptr_t)p && (uintptr_t)p < e; /* p may sit in a merged VMA */
       continue;
     }
     if (!in) continue;

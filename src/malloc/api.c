@@ -92,11 +92,10 @@ MA_API void *ma_realloc(void *p, size_t size) {
     if (size <= old && size >= old / 2) return p; /* no system call for a small shrink */
     /* A block that keeps growing at least doubles: a loop of small reallocs then costs a
      * logarithmic number of mremaps (the slack is address space, untouched until used). */
-    size_t want = size;
-    if (size > old && size < 2 * old && old <= ((size_t)1 << 40)) want = 2 * old;
+    bool doubles = size > old && size < 2 * old && old <= ((size_t)1 << 40);
     bool moved;
-    void *q = huge_realloc(p, size, want, &moved);
-    if (!q && want != size) q = huge_realloc(p, size, size, &moved);
+    void *q = huge_realloc(p, size, doubles ? 2 * old : size, &moved);
+    if (!q && doubles) q = huge_realloc(p, size, size, &moved); /* the slack did not fit */
     return q;
   }
   /* Stay in place while the block fits and is not more than twice what is needed. */

@@ -170,6 +170,9 @@ static inline void heap_free_inline(void *p) {
     heap_free_generic(p);
     return;
   }
+  /* Chunk 0 is never a segment's (obj_init marks map[0] so): no code, but the static
+   * analyser learns that seg is not NULL. */
+  if (c == 0) __builtin_unreachable();
   obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
   obj_slab *s = obj_slab_of(seg, p);
   if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s))) {

@@ -184,12 +184,12 @@ static uint64_t carve_rand(uint64_t *state) {
  * allocator-bound loops do not notice. Hence windows, 8 by default, set per run with
  * MAPALLOC_SHUFFLE. */
 static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
-  uint16_t order[OBJ_CARVE_MAX];
+  uint16_t order[OBJ_CARVE_MAX] = {0}; /* (secure carve only; the analyser can't see n) */
   uint64_t st = obj_link_key ^ (uintptr_t)first ^ __builtin_ia32_rdtsc();
   uint32_t win = obj_shuffle_window;
+  for (uint32_t i = 0; i < n; i++) order[i] = (uint16_t)i;
   for (uint32_t w = 0; w < n; w += win) {
     uint32_t m = n - w < win ? n - w : win;
-    for (uint32_t i = 0; i < m; i++) order[w + i] = (uint16_t)(w + i);
     for (uint32_t i = m - 1; i > 0; i--) {                                /* Fisher-Yates */
       uint32_t j = (uint32_t)(((carve_rand(&st) >> 32) * (i + 1)) >> 32); /* no division */
       uint16_t t = order[w + i];

@@ -257,10 +257,13 @@ void *ma_pool_alloc(ma_pool *p) {
     obj_block *b = s->free;
     if (obj_likely(b != NULL)) {
       obj_link_open(b);
-      s->free = obj_link_next(s, b);
-      obj_unpoison(b, s->stride);
-      b->key = 0;
-      s->cnt++;
+#if OBJ_SECURE
+      obj_block *n = obj_link_next(s, b);
+#else
+      obj_block *n = b->next; /* a link out of b's chunk is checked on the slow path */
+      if (obj_unlikely(obj_link_leaves_chunk(b, n))) return pool_alloc_slow(p);
+#endif
+      obj_bin_pop(s, b, n);
       bs->allocs++; /* plain: stats readers tolerate a torn view */
       return b;
     }
