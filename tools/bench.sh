@@ -98,17 +98,8 @@ fi
 packages=(cmake make gcc python3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 memcached
   libmemcached-tools sqlite3 lua5.4 gnuplot-nox procps)
 ((callgrind)) && packages+=(valgrind)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "bench.sh: installing ${missing[*]}"
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; else sudo=; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q "${missing[@]}" >/dev/null ||
-    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null; }
-fi
+. "$top/tools/lib/packages.sh"
+ensure_packages bench.sh "${packages[@]}" || exit 1
 
 # ---------------------------------------------------------------------------------------------
 # Build (Release). The preload library only exists once src/malloc/override*.c does.

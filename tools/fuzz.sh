@@ -30,17 +30,8 @@ done
 
 # clang 14 and its libFuzzer/sanitizer runtimes (Debian packages), as root or with sudo.
 packages=(clang-14 libfuzzer-14-dev libclang-rt-14-dev cmake make)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "fuzz.sh: installing ${missing[*]}"
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; else sudo=; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q "${missing[@]}" >/dev/null ||
-    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null; }
-fi
+. "$top/tools/lib/packages.sh"
+ensure_packages fuzz.sh "${packages[@]}" || exit 1
 
 build="$top/build/fuzz"
 CC=clang-14 CXX=clang++-14 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

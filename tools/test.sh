@@ -63,18 +63,8 @@ packages=(
   clang-14 libclang-rt-14-dev libfuzzer-14-dev     # tsan stage, fuzzers
   cppcheck clang-tidy clang-format                 # lint stage
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "test.sh: installing ${missing[*]}"
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; else sudo=; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q "${missing[@]}" >/dev/null ||
-    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null; } ||
-    { echo "test.sh: apt-get failed" >&2; exit 1; }
-fi
+. "$top/tools/lib/packages.sh"
+ensure_packages test.sh "${packages[@]}" || exit 1
 
 jobs=${MAPALLOC_TEST_JOBS:-$(nproc)}
 
