@@ -31,12 +31,6 @@ endif()
 
 # ASan poisoning is compiled into the object layer, so this target builds its own copy of
 # the page and object layers with -fsanitize=address.
-include(CheckCSourceCompiles)
-set(CMAKE_REQUIRED_FLAGS -fsanitize=address)
-set(CMAKE_REQUIRED_LINK_OPTIONS -fsanitize=address)
-check_c_source_compiles("int main(void) { return 0; }" MAPALLOC_HAVE_ASAN)
-unset(CMAKE_REQUIRED_FLAGS)
-unset(CMAKE_REQUIRED_LINK_OPTIONS)
 # (Not with -fsanitize=thread: the two sanitizers cannot be linked into one program.)
 if(MAPALLOC_HAVE_ASAN AND NOT MAPALLOC_SANITIZE MATCHES "thread")
   add_executable(pool_misuse_asan ${CMAKE_CURRENT_SOURCE_DIR}/pool_misuse.c

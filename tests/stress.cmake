@@ -10,15 +10,7 @@ set_tests_properties(stress_short PROPERTIES TIMEOUT 120 PASS_REGULAR_EXPRESSION
 
 # A segment released under AddressSanitizer leaves no poisoned shadow behind (found by the
 # stress test). Like pool_misuse_asan, it builds its own ASan copy of the page and object
-# layers, so the check runs in every build.
-if(NOT DEFINED MAPALLOC_HAVE_ASAN)
-  include(CheckCSourceCompiles)
-  set(CMAKE_REQUIRED_FLAGS -fsanitize=address)
-  set(CMAKE_REQUIRED_LINK_OPTIONS -fsanitize=address)
-  check_c_source_compiles("int main(void) { return 0; }" MAPALLOC_HAVE_ASAN)
-  unset(CMAKE_REQUIRED_FLAGS)
-  unset(CMAKE_REQUIRED_LINK_OPTIONS)
-endif()
+# layers, so the check runs in every build (MAPALLOC_HAVE_ASAN: tests/CMakeLists.txt).
 if(MAPALLOC_HAVE_ASAN)
   add_executable(asan_remap ${CMAKE_CURRENT_SOURCE_DIR}/asan_remap.c ${MAPALLOC_OS_SOURCES}
                  ${MAPALLOC_OBJ_SOURCES})

@@ -315,6 +315,11 @@ static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *i
  * pointer (an attacker who does not know the key cannot forge a link). */
 __attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
 
+/* The exact link check of both builds: n ends the list or is a carved block of slab s. */
+static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {
+  return n == NULL || obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+}
+
 static inline void obj_link_set(obj_block *b, obj_block *next) {
 #if OBJ_SECURE
   b->next = (obj_block *)((uintptr_t)next ^ (uintptr_t)b ^ obj_link_key);
@@ -341,7 +346,7 @@ obj_block *obj_link_far(const obj_slab *s, const obj_block *b, obj_block *n);
 static inline obj_block *obj_link_next(const obj_slab *s, const obj_block *b) {
 #if OBJ_SECURE
   obj_block *n = (obj_block *)((uintptr_t)b->next ^ (uintptr_t)b ^ obj_link_key);
-  if (obj_unlikely(n != NULL && obj_block_q(s, (uintptr_t)n) >= obj_slab_carved(s)))
+  if (obj_unlikely(!obj_link_in_slab(s, n)))
     obj_fatal("corrupted free list (write after free?)", b);
   return n;
 #else

@@ -76,8 +76,7 @@ void obj_fatal(const char *what, const void *p) {
 
 #if !OBJ_SECURE
 obj_block *obj_link_far(const obj_slab *s, const obj_block *b, obj_block *n) {
-  if (n != NULL && obj_block_q(s, (uintptr_t)n) >= obj_slab_carved(s))
-    obj_fatal("corrupted free list (write after free?)", b);
+  if (!obj_link_in_slab(s, n)) obj_fatal("corrupted free list (write after free?)", b);
   return n;
 }
 

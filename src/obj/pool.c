@@ -253,19 +253,13 @@ static __attribute__((noinline)) void *pool_alloc_slow(ma_pool *p) {
 void *ma_pool_alloc(ma_pool *p) {
   if (obj_likely(p != NULL && tls_last.uid == p->uid_fast)) {
     obj_bins *bs = tls_last.bins;
-    obj_slab *s = bs->bins[0].cur;
-    obj_block *b = s->free;
-    if (obj_likely(b != NULL)) {
-      obj_link_open(b);
-#if OBJ_SECURE
-      obj_block *n = obj_link_next(s, b);
-#else
-      obj_block *n = b->next; /* a link out of b's chunk is checked on the slow path */
-      if (obj_unlikely(obj_link_leaves_chunk(b, n))) return pool_alloc_slow(p);
-#endif
-      obj_bin_pop(s, b, n);
-      bs->allocs++; /* plain: stats readers tolerate a torn view */
-      return b;
+    obj_bin *bin = &bs->bins[0];
+    if (obj_likely(bin->cur->free != NULL)) {
+      void *o = obj_bin_take(bin); /* NULL: a link out of its chunk, checked on the slow path */
+      if (obj_likely(o != NULL)) {
+        bs->allocs++; /* plain: stats readers tolerate a torn view */
+        return o;
+      }
     }
   }
   return pool_alloc_slow(p);
