@@ -645,7 +645,7 @@ Test(obj, multi_class_bins_for_the_heap) {
   free(m);
   cr_assert_null(obj_segment_of(NULL));
   /* calloc-like: a dirty block comes back zeroed */
-  obj_free(obj_segment_of(v[3][0]), obj_slab_of(obj_segment_of(v[3][0]), v[3][0]), v[3][0]);
+  obj_free(bs, obj_segment_of(v[3][0]), obj_slab_of(obj_segment_of(v[3][0]), v[3][0]), v[3][0]);
   unsigned char *z = obj_bin_alloc_zero(bs, &bs->bins[3]);
   for (int j = 0; j < 64; j++) cr_assert_eq(z[j], 0);
   v[3][0] = z;
@@ -657,17 +657,17 @@ Test(obj, multi_class_bins_for_the_heap) {
   for (uint32_t i = 0; i < NB; i++) {
     cr_assert_eq(((unsigned char *)orphan[i])[heap_strides[i] - 1], 0x33);
     obj_segment *seg = obj_segment_of(orphan[i]);
-    obj_free(seg, obj_slab_of(seg, orphan[i]), orphan[i]);
+    obj_free(bs, seg, obj_slab_of(seg, orphan[i]), orphan[i]); /* remote: batched in bs */
   }
   for (uint32_t i = 0; i < NB; i++) {
     uint32_t n = heap_strides[i] >= 65536 ? 20 : N;
     for (uint32_t k = 0; k < n; k++) {
       obj_segment *seg = obj_segment_of(v[i][k]);
-      obj_free(seg, obj_slab_of(seg, v[i][k]), v[i][k]);
+      obj_free(bs, seg, obj_slab_of(seg, v[i][k]), v[i][k]);
     }
   }
-  obj_space_trim(&heap_sp);
-  obj_bins_trim(bs);
+  obj_bins_trim(bs);        /* sends the batched remote frees to the parked cache */
+  obj_space_trim(&heap_sp); /* which another thread files and trims */
   cr_assert_eq(heap_sp.capacity, 0, "every slab retired");
   cr_assert_leq(heap_sp.committed, 8 * 64 * 1024, "committed %zu", heap_sp.committed);
   obj_bins_abandon(bs);

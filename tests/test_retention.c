@@ -31,7 +31,7 @@ static void free_all(void **v, size_t n) {
   for (size_t k = 0; k < n; k++) {
     obj_segment *seg = obj_segment_of(v[k]);
     cr_assert_not_null(seg);
-    obj_free(seg, obj_slab_of(seg, v[k]), v[k]);
+    obj_free(NULL, seg, obj_slab_of(seg, v[k]), v[k]);
   }
 }
 

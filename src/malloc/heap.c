@@ -296,16 +296,24 @@ void heap_free_other(obj_segment *seg, obj_slab *s, void *p) {
     obj_free_tracked(seg, s, p, s->stride);
     return;
   }
-  /* Counted as freed by the thread that frees it: the totals are what matter. */
+  /* Counted as freed by the thread that frees it: the totals are what matter. A thread
+   * that only frees (a consumer) gets a heap too: its remote frees are then batched. */
   heap *h = heap_get();
-  if (h != &heap_empty) {
+  if (h->bs == NULL) {
+    int saved = errno; /* free never changes errno */
+    heap *n = heap_thread_init();
+    if (n) h = n;
+    errno = saved;
+  }
+  if (h->bs != NULL) {
     h->frees++;
     h->freed_bytes += s->stride;
+    obj_free_remote(h->bs, seg, s, (obj_block *)p);
   } else {
     atomic_fetch_add(&heap_stat_stray_frees, 1);
     atomic_fetch_add(&heap_stat_stray_bytes, s->stride);
+    obj_free_remote_now(seg, s, (obj_block *)p);
   }
-  obj_free_remote(seg, s, (obj_block *)p);
 }
 
 /* ------------------------------------------------------------------------------------

@@ -25,16 +25,18 @@
  *      seg = obj_segment_of(p);        NULL: not ours -> "invalid free"; then check
  *                                      seg->space == &sp (a pool's segment is not yours)
  *      s = obj_slab_of(seg, p);  obj_block_index(s, p, &i)  false: not a block start
- *      obj_free(seg, s, p);            owner: LIFO push; other thread: atomic remote push
+ *      obj_free(mine, seg, s, p);      owner: LIFO push; other thread: batched per owner
+ *                                      in `mine` (the freeing thread's bins, or NULL)
  *    s->stride is the usable size. Slab starts are page aligned, so a block of stride S is
  *    aligned to the largest power of two dividing S (up to the page size): aligned_alloc
  *    can pick a class whose stride the alignment divides. obj_free aborts "mapalloc: double free of
  * 0x..." when the block is already free (a keyed tag in its second word, cleared on alloc).
  *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand
  *    (~16 and ~40 instructions) with obj_segment_of_fast (one map compare).
- * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor. Live segments are
- *    parked on the space and adopted by other threads' slow paths (their remote frees are
- *    collected); obj_space_trim() purges abandoned ones nobody adopted. Nothing leaks.
+ * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor: sends the thread's
+ *    pending remote frees, files its inbox, returns its empty slabs and segments, and parks
+ *    the cache with its live segments; the next obj_bins_get takes it over whole, and
+ *    obj_space_trim() (any thread) files and purges parked caches meanwhile. Nothing leaks.
  * 5. Purging: an emptied slab stays committed (reused with no syscall and no fault) while
  *    the thread retains at most max(OBJ_RETAIN_BYTES, its recent peak of active slab bytes
  *    >> OBJ_RETAIN_SHIFT) of empty slabs; past that it is purged at once. The time bound is
@@ -69,9 +71,11 @@
  *    each tagged free.
  *
  * Threading rules: a slab has one owner thread (s->owner_tid); only the owner touches
- * free/local_free/cnt/notify and the bin lists. Other threads only push onto s->remote
- * (CAS; the protocol is described in obj_bins.c) and announce the first push through a bit
- * in seg->remote_mask and bins->has_remote; the owner collects in its slow path.
+ * free/local_free/cnt/notify and the bin lists. Other threads batch the blocks they free
+ * per owner cache and push each batch onto the owner's inbox with one CAS; the owner takes
+ * the inbox whole in its slow path and files each block in O(1) ("Remote frees" in
+ * obj_bins.c). A parked cache (its thread exited) has no owner thread: whoever claims it
+ * under space->lock (a new thread, or obj_space_trim) acts as its owner meanwhile.
  */
 #ifndef MAPALLOC_OBJ_H
 #define MAPALLOC_OBJ_H
@@ -152,7 +156,7 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   uint8_t fresh;                /* the slab's pages are untouched since commit (zero) */
   uint8_t committed;            /* pages accessible and counted in space->committed */
   uint8_t mapped;               /* pages mapped with the space's prot (maybe purged) */
-  obj_block *remote;            /* other threads push here (atomic, see obj_bins.c) */
+  void *spare_;                 /* (unused; keeps the descriptor at 128 bytes) */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
 
@@ -173,8 +177,7 @@ typedef struct obj_space obj_space;
 typedef struct obj_segment {
   uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
   obj_space *space;
-  struct obj_bins *owner;          /* NULL while abandoned */
-  uint64_t remote_mask;            /* slabs with remote frees pending */
+  struct obj_bins *owner;          /* set at creation, never changes (see obj_bins.c) */
   struct obj_segment *next, *prev; /* owner's list, or the abandoned list */
   size_t size;                     /* bytes reserved */
   size_t hdr_size;                 /* bytes of header (committed) */
@@ -197,12 +200,27 @@ typedef struct obj_bin {
   uint16_t idx;
 } obj_bin;
 
-/* A thread's cache for one space. */
+/* Remote frees travel in batches (see "Remote frees" in obj_bins.c): a freeing thread
+ * chains the blocks it frees for one owner in an outbox slot and hands the chain over with
+ * one CAS when OBJ_OUTBOX_BATCH blocks have gathered (or at its next slow path, trim or
+ * exit). Slots are direct-mapped by the owner's address. */
+#define OBJ_OUTBOX_SLOTS 8
+#define OBJ_OUTBOX_BATCH 64
+typedef struct obj_outbox {
+  struct obj_bins *to;    /* owner the chain goes to */
+  struct obj_block *head; /* chain through the blocks' links (encoded as free-list links) */
+  struct obj_block *tail;
+  uint32_t n;
+} obj_outbox;
+
+/* A thread's cache for one space. It owns its segments for their whole life: when its
+ * thread exits it is parked (in_use false) with them, and the next thread that asks for
+ * a cache takes it over whole. */
 typedef struct obj_bins {
   obj_space *space;
   uintptr_t tid;
-  int has_remote;
   bool in_use;
+  uint8_t out_used; /* bit i: out[i] holds blocks */
   obj_segment *segs[OBJ_NSHIFTS];
   size_t retained;         /* committed bytes of empty slabs in own segments */
   size_t active_bytes;     /* bytes of slabs this bins activated and has not retired */
@@ -212,6 +230,11 @@ typedef struct obj_bins {
   struct obj_bins *next_all;
   size_t alloc_size;
   unsigned trim_seen;
+  obj_outbox out[OBJ_OUTBOX_SLOTS]; /* this thread's remote frees, batched per owner */
+  /* Blocks other threads freed to this cache: a stack of chains pushed by CAS and taken
+   * whole by the owner (obj_bins.c). On its own line: the only field others write. */
+  _Alignas(64) obj_block *inbox;
+  char inbox_pad_[56];
   uint32_t nbins;
   obj_bin bins[];
 } obj_bins;
@@ -222,8 +245,7 @@ struct obj_space {
   bool populate;      /* commit-on-alloc */
   size_t max_bytes;   /* 0 = unlimited, caps `committed` */
   size_t committed, reserved, capacity;
-  pthread_mutex_t lock;   /* abandoned, all_bins */
-  obj_segment *abandoned; /* via seg->next */
+  pthread_mutex_t lock; /* all_bins and each bins' in_use */
   obj_bins *all_bins;
   const char *name;
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
@@ -389,7 +411,14 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size);
 /* ---- slow paths (obj.c) ------------------------------------------------------------- */
 void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin);
 void obj_slab_notify(obj_slab *s);
-void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b);
+/* Frees b (validated, of slab s in seg) from a thread that does not own s: batched in the
+ * outbox of `mine`, the calling thread's own cache of the same space (not thread-safe on
+ * `mine`: its owner only). */
+void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b);
+/* As obj_free_remote for a caller without a cache: b goes to its owner's inbox at once. */
+void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b);
+/* Owner: sends every batch of remote frees waiting in bs's outbox. */
+void obj_outbox_flush(obj_bins *bs);
 
 /* ---- fast paths --------------------------------------------------------------------- */
 
@@ -465,12 +494,15 @@ static inline bool obj_is_local(const obj_slab *s) {
   return __atomic_load_n(&s->owner_tid, __ATOMIC_RELAXED) == obj_tid();
 }
 
-/* Frees p (validated as a block of slab s in seg) from any thread. */
-static inline void obj_free(obj_segment *seg, obj_slab *s, void *p) {
+/* Frees p (validated as a block of slab s in seg) from any thread; mine is the calling
+ * thread's cache of the same space, or NULL. */
+static inline void obj_free(obj_bins *mine, obj_segment *seg, obj_slab *s, void *p) {
   if (obj_likely(obj_is_local(s)))
     obj_free_local(s, p);
+  else if (mine)
+    obj_free_remote(mine, seg, s, (obj_block *)p);
   else
-    obj_free_remote(seg, s, (obj_block *)p);
+    obj_free_remote_now(seg, s, (obj_block *)p);
 }
 
 /* ---- spaces and bins ---------------------------------------------------------------- */
@@ -480,7 +512,8 @@ int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool popula
                    size_t max_bytes, const char *name);
 /* Releases every segment and every bins of the space (no thread may use it any more). */
 void obj_space_destroy(obj_space *sp);
-/* Purges abandoned segments (collects their remote frees, frees empty slabs). */
+/* Any thread: files the inboxes of parked caches (threads that exited) and returns their
+ * empty slabs and segments to the OS. */
 void obj_space_trim(obj_space *sp);
 
 /* Slab shift suited to a stride (>= 16 blocks a slab), OBJ_SHIFT_HUGE for big strides. */
@@ -489,11 +522,12 @@ uint8_t obj_slab_shift_for(size_t stride, size_t align);
 /* A bins for the calling thread: recycled from an exited thread or new. NULL on ENOMEM. */
 obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
                        const uint32_t *aligns);
-/* The calling thread (the owner) gives up its bins: live slabs go to the space's abandoned
- * list, empty ones back to the OS, the bins becomes reusable by obj_bins_get. */
+/* The calling thread (the owner) gives up its bins: pending remote frees are sent, the
+ * inbox filed, empty slabs and segments go back to the OS, and the bins is parked with its
+ * live segments until obj_bins_get hands it (whole) to another thread. */
 void obj_bins_abandon(obj_bins *bs);
-/* Owner thread: decommits every retained empty slab, unmaps empty segments, collects
- * remote frees. */
+/* Owner thread: sends its pending remote frees, files its inbox, decommits every retained
+ * empty slab and unmaps empty segments. */
 void obj_bins_trim(obj_bins *bs);
 /* Owner thread, slow paths only: when empty slabs have been retained for at least
  * space->purge_delay_ms, returns them to the OS (MADV_DONTNEED: the range stays mapped, so

@@ -1,5 +1,5 @@
-/* Object layer, part 2: per-thread bins, the slow paths, remote frees, abandonment and
- * adoption, trimming. See obj.h for the model and the threading rules. */
+/* Object layer, part 2: per-thread bins, the slow paths, remote frees, parking and
+ * takeover, trimming. See obj.h for the model and the threading rules. */
 #include "obj/obj.h"
 
 #include <limits.h>
@@ -50,7 +50,6 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   s->inv_shift = (uint8_t)k;
   __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
   s->free = s->local_free = NULL;
-  __atomic_store_n(&s->remote, NULL, __ATOMIC_RELAXED);
   s->notify = -1;
   s->cnt = 1; /* used 0 */
   s->key = obj_cookie ^ (uintptr_t)s;
@@ -113,57 +112,6 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
     return true;
   }
   return false;
-}
-
-/* Moves the remote list into local_free; returns the number of blocks collected. */
-/* Remote frees, the protocol (see obj.h):
- * - a push onto a non-empty list is one CAS; the list keeps the BUSY bit of its head;
- * - a push onto an empty list installs the block with OBJ_REMOTE_BUSY, then announces it
- *   (sets the slab's bit in seg->remote_mask and, on a 0->1 change, bins->has_remote), then
- *   clears BUSY. While BUSY is set the owner does not take the list, so the slab (and the
- *   segment) cannot be retired under the announcing thread;
- * - the owner clears a slab's mask bit before it takes the list, so a push onto the emptied
- *   list announces again. No remote free is ever left unannounced. */
-
-static void announce(obj_segment *seg, const obj_slab *s) {
-  uint64_t bit = (uint64_t)1 << (s - seg->slabs);
-  uint64_t old = __atomic_fetch_or(&seg->remote_mask, bit, __ATOMIC_SEQ_CST);
-  if (!(old & bit)) {
-    obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_SEQ_CST);
-    if (o) __atomic_store_n(&o->has_remote, 1, __ATOMIC_SEQ_CST);
-  }
-}
-
-/* Owner: moves the remote list into local_free; returns the number of blocks collected. */
-uint32_t obj_slab_collect(obj_slab *s) {
-  uintptr_t w = (uintptr_t)__atomic_load_n(&s->remote, __ATOMIC_ACQUIRE);
-  if (w == 0) return 0;
-  obj_segment *seg = obj_segment_of_slab(s);
-  if (w & OBJ_REMOTE_BUSY) { /* being announced: make sure we come back */
-    announce(seg, s);
-    return 0;
-  }
-  uint64_t bit = (uint64_t)1 << (s - seg->slabs);
-  if (__atomic_load_n(&seg->remote_mask, __ATOMIC_RELAXED) & bit)
-    __atomic_fetch_and(&seg->remote_mask, ~bit, __ATOMIC_SEQ_CST);
-  obj_block *r = __atomic_exchange_n(&s->remote, NULL, __ATOMIC_ACQUIRE);
-  /* Only the owner empties the list and BUSY only appears on an empty one: r is the
-   * non-empty, non-busy list we saw, maybe longer. */
-  uint32_t n = 1;
-  obj_block *t = r;
-  for (;;) {
-    obj_link_open_rt(t);
-    obj_block *nx = obj_link_next(s, t);
-    if (!nx) break;
-    obj_link_close_rt(t);
-    t = nx;
-    n++;
-  }
-  obj_link_set(t, s->local_free);
-  obj_link_close_rt(t);
-  s->local_free = r;
-  s->cnt -= (int32_t)n; /* used -= n */
-  return n;
 }
 
 /* splitmix64: the secure mode's shuffles (quality matters less than cost here). */
@@ -233,22 +181,18 @@ static void slab_carve(obj_slab *s) {
   s->free_zero = s->fresh;
 }
 
-/* Owner: gives s a non-empty free list if it has any block available. */
+/* Owner: gives s a non-empty free list if it has any block available: its own frees,
+ * then remote frees filed from the inbox, then untouched blocks. */
 static bool slab_refill(obj_slab *s) {
   if (s->free) return true;
-  /* Own frees first, then untouched blocks, and only then the remote list: collecting it
-   * costs atomics on lines the freeing threads are writing. */
-  if (!s->local_free) {
-    if (s->carved < s->capacity) {
-      slab_carve(s);
-      return true;
-    }
-    obj_slab_collect(s);
-  }
   if (s->local_free) {
     s->free = s->local_free;
     s->local_free = NULL;
     s->free_zero = 0;
+    return true;
+  }
+  if (s->carved < s->capacity) {
+    slab_carve(s);
     return true;
   }
   return false;
@@ -258,7 +202,7 @@ static bool slab_has_room(const obj_slab *s) {
   return s->free || s->local_free || s->carved < s->capacity;
 }
 
-/* After a collection on a slab that is not the current one; true if its segment went. */
+/* After remote frees were filed into s; true if its segment went. */
 static bool slab_after_collect(obj_bins *bs, obj_slab *s) {
   if (s->notify == -1) return false; /* current slab: stays */
   if (s->notify == INT32_MAX && slab_has_room(s)) partial_push(&bs->bins[s->bin_idx], s);
@@ -266,59 +210,106 @@ static bool slab_after_collect(obj_bins *bs, obj_slab *s) {
   return false;
 }
 
-static void collect_remote_all(obj_bins *bs) {
-  __atomic_store_n(&bs->has_remote, 0, __ATOMIC_SEQ_CST);
-  for (int k = 0; k < OBJ_NSHIFTS; k++) {
-    obj_segment *seg = bs->segs[k];
-    while (seg) {
-      obj_segment *next = seg->next; /* seg may be released below */
-      uint64_t m = __atomic_exchange_n(&seg->remote_mask, 0, __ATOMIC_SEQ_CST);
-      while (m) {
-        uint32_t i = (uint32_t)__builtin_ctzll(m);
-        m &= m - 1;
-        obj_slab *s = &seg->slabs[i];
-        if (s->active && obj_slab_collect(s) && slab_after_collect(bs, s)) break;
-      }
-      seg = next;
-    }
-  }
+/* ---- remote frees ----------------------------------------------------------------------
+ * A thread that frees a block of a slab it does not own (a "remote" free) checks and tags
+ * it as a local free would (double-free tag), then chains it into its outbox slot for the
+ * slab's owner cache (seg->owner, which never changes while the segment lives). When the
+ * slot holds OBJ_OUTBOX_BATCH blocks, when another owner needs the slot, and at the freeing
+ * thread's slow paths, trims and exit, the chain is pushed onto the owner's inbox with one
+ * CAS (obj_bins.inbox, a stack of chains; the owner takes it whole with one exchange). So a
+ * remote free costs no atomic operation and writes no line the owner writes, a batch one
+ * CAS, and the owner files each block in O(1) (obj_bins_file_inbox): the cost is per block
+ * collected, not per segment owned. Blocks waiting in an outbox or inbox keep their slab
+ * in use (they are counted in `used` until filed), so neither the slab nor its segment can
+ * go while a pointer to it is in flight.
+ *
+ * The chain links are stored like free-list links (encoded in secure mode), but cross
+ * slabs: obj_bins_file_inbox checks each block exactly (segment map, owner, carved block) before it
+ * touches it, in both builds. */
+
+static obj_block *chain_next(obj_block *b) {
+#if OBJ_SECURE
+  return (obj_block *)((uintptr_t)b->next ^ (uintptr_t)b ^ obj_link_key);
+#else
+  return b->next;
+#endif
 }
 
-/* ---- adoption ------------------------------------------------------------------------- */
-
-static void adopt_segment(obj_bins *bs, obj_segment *seg) {
-  obj_seg_link(&bs->segs[seg->kind], seg);
-  __atomic_store_n(&seg->owner, bs, __ATOMIC_SEQ_CST);
-  for (uint32_t i = 0; i < seg->nslabs; i++) {
-    obj_slab *s = &seg->slabs[i];
-    if (!s->active) continue;
-    __atomic_store_n(&s->owner_tid, obj_slab_tid(bs), __ATOMIC_SEQ_CST);
-    obj_slab_set_notify(s, INT32_MAX);
-    s->next = s->prev = NULL;
-  }
-  __atomic_store_n(&seg->remote_mask, 0, __ATOMIC_SEQ_CST);
-  for (uint32_t i = 0; i < seg->nslabs && seg->nactive; i++) {
-    obj_slab *s = &seg->slabs[i];
-    if (!s->active) continue;
-    obj_slab_collect(s);
-    if (s->bin_idx >= bs->nbins || bs->bins[s->bin_idx].stride != s->stride)
-      obj_fatal("corrupt abandoned slab", s);
-    if (slab_after_collect(bs, s)) return; /* the segment is gone */
-  }
+static void inbox_push(obj_bins *to, obj_block *head, obj_block *tail) {
+  obj_block *old = __atomic_load_n(&to->inbox, __ATOMIC_RELAXED);
+  do {
+    obj_link_open_rt(tail);
+    obj_link_set(tail, old);
+    obj_link_close_rt(tail);
+  } while (!__atomic_compare_exchange_n(&to->inbox, &old, head, true, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED));
 }
 
-/* Adopts one abandoned segment of `kind` (any kind if kind < 0). */
-static bool adopt_one(obj_bins *bs, int kind) {
-  obj_space *sp = bs->space;
-  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return false;
-  pthread_mutex_lock(&sp->lock);
-  obj_segment *seg = sp->abandoned;
-  while (seg && kind >= 0 && seg->kind != kind) seg = seg->next;
-  if (seg) obj_seg_unlink(&sp->abandoned, seg);
-  pthread_mutex_unlock(&sp->lock);
-  if (!seg) return false;
-  adopt_segment(bs, seg);
-  return true;
+static void outbox_send(obj_bins *bs, unsigned i) {
+  obj_outbox *o = &bs->out[i];
+  inbox_push(o->to, o->head, o->tail);
+  o->head = o->tail = NULL;
+  o->n = 0;
+  bs->out_used &= (uint8_t) ~(1u << i);
+}
+
+void obj_outbox_flush(obj_bins *bs) {
+  while (bs->out_used) outbox_send(bs, (unsigned)__builtin_ctz(bs->out_used));
+}
+
+/* Checks and tags b as freed (aborts on a double free); returns its owner cache. */
+static obj_bins *remote_tag(obj_segment *seg, obj_slab *s, obj_block *b, obj_block *next) {
+  uintptr_t key = s->key;
+  obj_link_open_rt(b);
+  if (b->key == key) obj_fatal("double free", b);
+  obj_poison(b, s->stride);
+  obj_link_open_rt(b);
+  obj_link_set(b, next);
+  b->key = key;
+  obj_link_close_rt(b);
+  return __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+}
+
+void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b) {
+  obj_bins *to = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
+  unsigned i = (unsigned)((uintptr_t)to >> 12) & (OBJ_OUTBOX_SLOTS - 1);
+  obj_outbox *o = &mine->out[i];
+  if (o->to != to) {
+    if (o->n) outbox_send(mine, i);
+    o->to = to;
+  }
+  (void)remote_tag(seg, s, b, o->head);
+  if (!o->head) o->tail = b;
+  o->head = b;
+  mine->out_used |= (uint8_t)(1u << i);
+  if (++o->n >= OBJ_OUTBOX_BATCH) outbox_send(mine, i);
+}
+
+void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b) {
+  obj_bins *to = remote_tag(seg, s, b, NULL);
+  inbox_push(to, b, b);
+}
+
+/* Owner (or the claimer of a parked bins): files every block of the inbox into its slab's
+ * local_free list, with the list moves and retirements a local free would cause. */
+void obj_bins_file_inbox(obj_bins *bs) {
+  if (__atomic_load_n(&bs->inbox, __ATOMIC_RELAXED) == NULL) return;
+  obj_block *b = __atomic_exchange_n(&bs->inbox, NULL, __ATOMIC_ACQUIRE);
+  while (b) {
+    obj_segment *seg = obj_segment_of(b);
+    if (obj_unlikely(seg == NULL || seg->owner != bs)) obj_fatal("corrupted remote free list", b);
+    obj_slab *s = obj_slab_of(seg, b);
+    if (obj_unlikely(!s->active || obj_block_q(s, (uintptr_t)b) >= obj_slab_carved(s)))
+      obj_fatal("corrupted remote free list", b);
+    obj_link_open_rt(b);
+    obj_block *next = chain_next(b);
+    obj_link_set(b, s->local_free);
+    obj_link_close_rt(b);
+    s->local_free = b;
+    s->cnt--; /* used-- */
+    if (s->notify != -1) (void)slab_after_collect(bs, s);
+    b = next;
+  }
 }
 
 /* ---- the allocation slow path ------------------------------------------------------- */
@@ -367,27 +358,25 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
     obj_bins_trim(bs);
   }
   if (bs->retained) (void)obj_bins_purge_check(bs);
+  if (bs->out_used) obj_outbox_flush(bs);
+  obj_bins_file_inbox(bs);
   obj_slab *s = bin->cur;
   if (s != &obj_empty_slab) {
     if (slab_refill(s)) return true;
     obj_slab_set_notify(s, INT32_MAX); /* full: unlisted until a free arrives */
     bin->cur = &obj_empty_slab;
   }
-  if (__atomic_load_n(&bs->has_remote, __ATOMIC_RELAXED)) collect_remote_all(bs);
-  for (int round = 0; round < 2; round++) {
-    while ((s = bin->partial) != NULL) {
-      partial_unlink(bin, s);
-      obj_slab_set_notify(s, -1);
-      bin->cur = s;
-      if (slab_refill(s)) return true;
-      obj_slab_set_notify(s, INT32_MAX);
-      bin->cur = &obj_empty_slab;
-    }
-    if (round == 0 && !adopt_one(bs, bin->kind)) break;
+  while ((s = bin->partial) != NULL) {
+    partial_unlink(bin, s);
+    obj_slab_set_notify(s, -1);
+    bin->cur = s;
+    if (slab_refill(s)) return true;
+    obj_slab_set_notify(s, INT32_MAX);
+    bin->cur = &obj_empty_slab;
   }
   s = slab_acquire(bs, bin);
   if (!s) {
-    /* Out of budget: give back what this thread retains and try once more. */
+    /* Out of budget: give back what parked caches and this thread retain, try again. */
     obj_space_trim(bs->space);
     if (bs->retained) obj_bins_trim(bs);
     s = slab_acquire(bs, bin);
@@ -416,29 +405,15 @@ void obj_slab_notify(obj_slab *s) {
   }
 }
 
-void obj_free_remote(obj_segment *seg, obj_slab *s, obj_block *b) {
-  uintptr_t key = s->key;
-  obj_link_open_rt(b);
-  if (b->key == key) obj_fatal("double free", b);
-  obj_poison(b, s->stride);
-  uintptr_t head = (uintptr_t)__atomic_load_n(&s->remote, __ATOMIC_RELAXED);
-  for (;;) {
-    obj_link_open_rt(b);
-    obj_link_set(b, (obj_block *)(head & ~OBJ_REMOTE_BUSY));
-    b->key = key;
-    obj_link_close_rt(b);
-    uintptr_t nw = (uintptr_t)b | (head ? (head & OBJ_REMOTE_BUSY) : OBJ_REMOTE_BUSY);
-    if (__atomic_compare_exchange_n((uintptr_t *)&s->remote, &head, nw, true, __ATOMIC_RELEASE,
-                                    __ATOMIC_RELAXED))
-      break;
-  }
-  if (head == 0) { /* we made the list non-empty: announce, then let the owner take it */
-    announce(seg, s);
-    __atomic_fetch_and((uintptr_t *)&s->remote, ~OBJ_REMOTE_BUSY, __ATOMIC_RELEASE);
-  }
-}
-
 /* ---- bins ------------------------------------------------------------------------------- */
+
+/* Stores tid as the owner of every active slab of bs (takeover, parking). */
+static void bins_set_owner(obj_bins *bs, uintptr_t tid) {
+  for (int k = 0; k < OBJ_NSHIFTS; k++)
+    for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next)
+      for (uint32_t i = 0; i < seg->nslabs; i++)
+        if (seg->slabs[i].active) __atomic_store_n(&seg->slabs[i].owner_tid, tid, __ATOMIC_RELEASE);
+}
 
 obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
                        const uint32_t *aligns) {
@@ -479,8 +454,10 @@ obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
   bs->in_use = true;
   bs->tid = obj_tid();
   bs->trim_seen = __atomic_load_n(&sp->trim_epoch, __ATOMIC_RELAXED);
-  __atomic_store_n(&bs->has_remote, 0, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&sp->lock);
+  /* A parked cache is taken over whole: its live slabs become this thread's. */
+  bins_set_owner(bs, obj_slab_tid(bs));
+  obj_bins_file_inbox(bs);
   return bs;
 }
 
@@ -523,14 +500,11 @@ bool obj_bins_purge_check(obj_bins *bs) {
 }
 
 void obj_bins_trim(obj_bins *bs) {
-  __atomic_store_n(&bs->has_remote, 1, __ATOMIC_RELAXED);
-  collect_remote_all(bs);
+  obj_outbox_flush(bs);
+  obj_bins_file_inbox(bs);
   for (uint32_t i = 0; i < bs->nbins; i++) {
-    obj_bin *bin = &bs->bins[i];
-    obj_slab *s = bin->cur;
-    if (s == &obj_empty_slab) continue;
-    obj_slab_collect(s);
-    if (obj_slab_used(s) == 0) (void)slab_retire(bs, s); /* notify == -1: not on a list */
+    obj_slab *s = bs->bins[i].cur;
+    if (s != &obj_empty_slab && obj_slab_used(s) == 0) (void)slab_retire(bs, s);
   }
   for (int k = 0; k < OBJ_NSHIFTS; k++) {
     obj_segment *seg = bs->segs[k];
@@ -551,47 +525,26 @@ void obj_bins_trim(obj_bins *bs) {
 
 void obj_bins_abandon(obj_bins *bs) {
   obj_space *sp = bs->space;
-  for (uint32_t i = 0; i < bs->nbins; i++) {
-    obj_bin *bin = &bs->bins[i];
-    obj_slab *s = bin->cur;
-    if (s != &obj_empty_slab) {
-      obj_slab_collect(s);
-      if (obj_slab_used(s) == 0) (void)slab_retire(bs, s);
-    }
-    bin->cur = &obj_empty_slab;
-    bin->partial = NULL;
-  }
-  obj_segment *list = NULL;
-  for (int k = 0; k < OBJ_NSHIFTS; k++) {
-    obj_segment *seg = bs->segs[k];
-    while (seg) {
-      obj_segment *next = seg->next;
-      for (uint32_t i = 0; i < seg->nslabs; i++) {
-        obj_slab *s = &seg->slabs[i];
-        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
-      }
-      if (seg->nactive == 0) {
-        bins_release_segment(bs, seg);
-      } else {
-        obj_seg_unlink(&bs->segs[k], seg);
-        for (uint32_t i = 0; i < seg->nslabs; i++)
-          if (seg->slabs[i].active) __atomic_store_n(&seg->slabs[i].owner_tid, 0, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&seg->owner, NULL, __ATOMIC_SEQ_CST);
-        obj_seg_link(&list, seg);
-      }
-      seg = next;
-    }
-  }
+  obj_bins_trim(bs);
+  bins_set_owner(bs, 0); /* no free is local until a thread takes the cache over */
   pthread_mutex_lock(&sp->lock);
-  while (list) {
-    obj_segment *seg = list;
-    obj_seg_unlink(&list, seg);
-    obj_seg_link(&sp->abandoned, seg);
-  }
-  bs->retained = 0;
-  bs->active_bytes = bs->peak_bytes = 0;
-  bs->retained_since = 0;
   bs->tid = 0;
   bs->in_use = false;
+  pthread_mutex_unlock(&sp->lock);
+}
+
+/* Parked caches: each is claimed under the lock (in_use, tid 0) so that no thread takes it
+ * over meanwhile, trimmed as its owner would, and parked again. all_bins only grows at its
+ * head and next_all never changes, so the walk survives the unlocked stretches. */
+void obj_space_trim(obj_space *sp) {
+  pthread_mutex_lock(&sp->lock);
+  for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all) {
+    if (bs->in_use || __atomic_load_n(&bs->inbox, __ATOMIC_RELAXED) == NULL) continue;
+    bs->in_use = true;
+    pthread_mutex_unlock(&sp->lock);
+    obj_bins_trim(bs);
+    pthread_mutex_lock(&sp->lock);
+    bs->in_use = false;
+  }
   pthread_mutex_unlock(&sp->lock);
 }

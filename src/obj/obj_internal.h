@@ -37,17 +37,12 @@ static inline uintptr_t obj_slab_tid(const obj_bins *bs) {
   return obj_tracking ? 1 : bs->tid;
 }
 
-/* Tag bit on s->remote: the list was just made non-empty and is being announced. */
-#define OBJ_REMOTE_BUSY ((uintptr_t)1)
-
-/* Owner: moves the slab's remote list into local_free; returns the blocks collected. */
-uint32_t obj_slab_collect(obj_slab *s);
+/* Owner (or claimer of a parked bins): files the blocks other threads sent to bs. */
+void obj_bins_file_inbox(obj_bins *bs);
 /* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
 
-/* The list head is stored atomically (relaxed: a plain store on x86) because adopt_one and
- * obj_space_trim peek at sp->abandoned without the lock; a plain store racing with that
- * load is a data race in C11 (ThreadSanitizer reports it). The lock orders the rest. */
+/* Segment lists of a bins (its owner only). */
 static inline void obj_seg_link(obj_segment **head, obj_segment *seg) {
   seg->prev = NULL;
   seg->next = *head;

@@ -42,7 +42,7 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
     s->free_zero = 0;
     if (--s->cnt <= 0) obj_slab_notify(s);
   } else {
-    obj_free_remote(seg, s, b);
+    obj_free_remote_now(seg, s, b);
   }
 }
 
@@ -63,44 +63,6 @@ int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool popula
   return 0;
 }
 
-/* Abandoned segments: collect their remote frees, drop empty slabs and segments. */
-void obj_space_trim(obj_space *sp) {
-  if (__atomic_load_n(&sp->abandoned, __ATOMIC_RELAXED) == NULL) return;
-  pthread_mutex_lock(&sp->lock);
-  obj_segment *list = sp->abandoned;
-  __atomic_store_n(&sp->abandoned, NULL, __ATOMIC_RELAXED); /* peeked at without the lock */
-  pthread_mutex_unlock(&sp->lock);
-  obj_segment *keep = NULL;
-  while (list) {
-    obj_segment *seg = list;
-    obj_seg_unlink(&list, seg);
-    for (uint32_t i = 0; i < seg->nslabs; i++) {
-      obj_slab *s = &seg->slabs[i];
-      if (!s->active) continue;
-      obj_slab_collect(s);
-      if (obj_slab_used(s) != 0) continue;
-      __atomic_sub_fetch(&sp->capacity, s->capacity, __ATOMIC_RELAXED);
-      s->active = 0;
-      __atomic_store_n(&s->carved, 0, __ATOMIC_RELAXED);
-      s->free = s->local_free = NULL;
-      seg->free_mask |= (uint64_t)1 << i;
-      seg->nactive--;
-      obj_slab_decommit(seg, s);
-    }
-    if (seg->nactive == 0)
-      obj_segment_release(seg);
-    else
-      obj_seg_link(&keep, seg);
-  }
-  pthread_mutex_lock(&sp->lock);
-  while (keep) {
-    obj_segment *seg = keep;
-    obj_seg_unlink(&keep, seg);
-    obj_seg_link(&sp->abandoned, seg);
-  }
-  pthread_mutex_unlock(&sp->lock);
-}
-
 /* Under valgrind: tells memcheck that the live blocks of seg are gone (a destroyed pool
  * frees its objects; they must not show up as leaks). */
 static void untrack_live(obj_segment *seg) {
@@ -110,9 +72,8 @@ static void untrack_live(obj_segment *seg) {
     size_t words = (s->carved + 63) / 64, len = (words * 8 + 4095) & ~(size_t)4095;
     uint64_t *freed = os_alloc(len, 0, false);
     if (!freed) continue;
-    obj_block *lists[3] = {s->free, s->local_free,
-                           (obj_block *)((uintptr_t)s->remote & ~OBJ_REMOTE_BUSY)};
-    for (int l = 0; l < 3; l++) {
+    obj_block *lists[2] = {s->free, s->local_free};
+    for (int l = 0; l < 2; l++) {
       for (obj_block *b = lists[l]; b;) {
         uint32_t idx;
         if (!obj_block_index(s, b, &idx)) break;
@@ -132,10 +93,13 @@ static void untrack_live(obj_segment *seg) {
 
 void obj_space_destroy(obj_space *sp) {
   if (obj_tracking) {
+    /* Blocks in flight are freed blocks: file them all before telling memcheck which
+     * blocks were still live (no thread uses the space any more). */
+    for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all) obj_outbox_flush(bs);
+    for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all) obj_bins_file_inbox(bs);
     for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
       for (int k = 0; k < OBJ_NSHIFTS; k++)
         for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next) untrack_live(seg);
-    for (obj_segment *seg = sp->abandoned; seg; seg = seg->next) untrack_live(seg);
   }
   obj_bins *bs = sp->all_bins;
   while (bs) {
@@ -150,11 +114,6 @@ void obj_space_destroy(obj_space *sp) {
     os_release_owned(bs, bs->alloc_size);
     bs = next;
   }
-  while (sp->abandoned) {
-    obj_segment *seg = sp->abandoned;
-    obj_seg_unlink(&sp->abandoned, seg);
-    obj_segment_release(seg);
-  }
   sp->all_bins = NULL;
   pthread_mutex_destroy(&sp->lock);
 }
@@ -162,6 +121,8 @@ void obj_space_destroy(obj_space *sp) {
 void obj_space_fork_child(obj_space *sp) {
   pthread_mutex_unlock(&sp->lock); /* locked by the forking thread in the prepare handler */
   uintptr_t self = obj_tid();
+  /* tid 0: claimed by a trim in a thread that is gone; left as it is (its memory is not
+   * reused in the child). */
   for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
-    if (bs->in_use && bs->tid != self) obj_bins_abandon(bs);
+    if (bs->in_use && bs->tid != self && bs->tid != 0) obj_bins_abandon(bs);
 }

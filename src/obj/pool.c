@@ -289,10 +289,8 @@ static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
   if (mine) mine->frees++;
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
-  else if (obj_is_local(s))
-    obj_free_local(s, obj);
   else
-    obj_free_remote(seg, s, (obj_block *)obj);
+    obj_free(mine, seg, s, obj);
 }
 
 /* A validated object whose slab another thread owns (or valgrind tracks). */
@@ -302,8 +300,10 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
   if (mine) mine->frees++;
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
+  else if (mine)
+    obj_free_remote(mine, seg, s, (obj_block *)obj);
   else
-    obj_free_remote(seg, s, (obj_block *)obj);
+    obj_free_remote_now(seg, s, (obj_block *)obj);
 }
 
 void ma_pool_free(ma_pool *p, void *obj) {
