@@ -91,13 +91,20 @@ typedef struct ma_heap_stats {
   size_t committed;    /* bytes that may hold memory (mapped and not purged) */
   size_t reserved;     /* address space held (segments and large mappings) */
   size_t mapped_large; /* bytes in large blocks mapped directly from the OS */
-  size_t allocs;       /* number of allocations so far */
-  size_t frees;        /* number of frees so far */
+  size_t allocs;       /* blocks handed out so far (see the precision below) */
+  size_t frees;        /* blocks given back so far (see the precision below) */
   size_t purges;       /* number of page ranges returned to the OS */
 } ma_heap_stats;
 
 /* Fills *out with the process-wide heap statistics (per-thread counters summed on read; a
- * consistent snapshot only when no other thread allocates at the time). Thread-safe. */
+ * consistent snapshot only when no other thread allocates at the time). Thread-safe.
+ * Precision: nothing is counted on the malloc/free fast paths. `allocated` is exact (live
+ * bytes: blocks taken from slabs and large blocks, less the blocks waiting in thread
+ * caches) whenever no thread is in the middle of a call. `allocs` and `frees` count large
+ * blocks exactly and small blocks as they move between thread caches and slabs: a block
+ * reused through a thread cache (freed and allocated again by the same thread) counts once,
+ * so they are lower bounds of the calls made and differ from them by at most a cache's
+ * content per class and thread. */
 MA_API void ma_heap_stats_get(ma_heap_stats *out);
 
 /* Writes a human-readable statistics table to file descriptor fd (does not allocate, safe

@@ -67,11 +67,7 @@ MA_API void *ma_calloc(size_t n, size_t size) {
     unsigned c = heap_size_class(total);
     void *p = heap_malloc_cls(c);
     if (heap_unlikely(p == NULL)) return NULL;
-    /* Blocks carved from fresh pages are zero but for the link word (obj's free_zero). */
-    if (heap_get()->bins[c].cur->free_zero)
-      ((obj_block *)p)->next = NULL;
-    else
-      memset(p, 0, total);
+    memset(p, 0, total); /* (a cached block may come from anywhere) */
     return p;
   }
   return heap_malloc_large(total, 0, true); /* no memset on fresh pages from the OS */

@@ -38,12 +38,15 @@ const uint32_t heap_cls_size[HEAP_NCLASSES] = {
  * ---------------------------------------------------------------------------------- */
 obj_space heap_space;
 
-/* Bins whose slabs are all empty: a thread without obj bins points here, so its malloc
- * takes the slow path. */
-static obj_bin heap_empty_bins[HEAP_NCLASSES] = {
-    [0 ... HEAP_NCLASSES - 1] = {.cur = &obj_empty_slab}};
+/* The heap of a thread before its first call: empty lists, bounds 0 (every call slow). */
+heap heap_empty = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-heap heap_empty = {.bins = heap_empty_bins};
+/* Thread cache bound per class: about HEAP_TC_BYTES of blocks, 2..HEAP_TC_MAX_BLOCKS; none
+ * above HEAP_TC_MAX_SIZE (those classes go to their slabs under the lock each time). */
+#define HEAP_TC_BYTES      ((size_t)64 << 10)
+#define HEAP_TC_MAX_BLOCKS 256
+#define HEAP_TC_MAX_SIZE   ((size_t)32 << 10)
+static uint32_t heap_tc_max[HEAP_NCLASSES];
 
 #ifndef MA_TLS_DYNAMIC
 __thread heap *heap_tls __attribute__((tls_model("initial-exec"))) = &heap_empty;
@@ -115,9 +118,13 @@ void heap_global_init(void) {
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
       uint32_t a = heap_cls_size[c] & -heap_cls_size[c];
       heap_cls_align[c] = a > HEAP_MAX_ALIGN ? (uint32_t)HEAP_MAX_ALIGN : a;
+      size_t n = HEAP_TC_BYTES / heap_cls_size[c];
+      n = n > HEAP_TC_MAX_BLOCKS ? HEAP_TC_MAX_BLOCKS : n < 2 ? 2 : n;
+      heap_tc_max[c] = heap_cls_size[c] > HEAP_TC_MAX_SIZE ? 0 : (uint32_t)n;
     }
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
+    heap_space.map_tag = 0; /* heap_segment_of: map[chunk] == chunk names the heap's */
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
     heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;
@@ -184,8 +191,9 @@ static heap *heap_thread_init(void) {
     h = meta_alloc(sizeof(heap));
     if (h) {
       memset(h, 0, sizeof *h);
+      pthread_mutex_init(&h->lock, NULL);
       h->next_all = heap_all;
-      heap_all = h;
+      __atomic_store_n(&heap_all, h, __ATOMIC_RELEASE); /* walked without heap_lock */
       atomic_fetch_add(&heap_stat_heaps, 1);
     }
   }
@@ -194,10 +202,15 @@ static heap *heap_thread_init(void) {
     obj_bins_abandon(bs);
     return NULL;
   }
+  pthread_mutex_lock(&h->lock);
   h->next_orphan = NULL;
-  h->bs = bs;
   h->tracking = obj_tracking;
-  h->bins = h->tracking ? heap_empty_bins : bs->bins;
+  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+    h->tc[c].max = h->tracking ? 0 : heap_tc_max[c];
+    __atomic_store_n(&h->tc[c].room, (int32_t)h->tc[c].max, __ATOMIC_RELAXED); /* empty */
+  }
+  __atomic_store_n(&h->bs, bs, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&h->lock);
   heap_set_tls(h);
   /* After heap_tls is set: pthread_setspecific may itself call calloc. */
   pthread_setspecific(heap_key, h);
@@ -221,8 +234,18 @@ static void heap_set_tls(heap *h) {
 #endif
 
 /* ------------------------------------------------------------------------------------
- * Slow paths
+ * Slow paths. Slab state (obj) is touched only here, under h->lock.
  * ---------------------------------------------------------------------------------- */
+
+/* Statistics: relaxed stores (only h's owner, or a holder of h->lock, writes them). */
+static void heap_count_take(heap *h, size_t k, size_t bytes) {
+  __atomic_store_n(&h->takes, h->takes + k, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->out_bytes, h->out_bytes + bytes, __ATOMIC_RELAXED);
+}
+static void heap_count_give(heap *h, size_t k, size_t bytes) {
+  __atomic_store_n(&h->gives, h->gives + k, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->out_bytes, h->out_bytes - bytes, __ATOMIC_RELAXED);
+}
 
 void *heap_malloc_slow(heap *h, unsigned cls) {
   if (h->bs == NULL) {
@@ -231,30 +254,124 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
       errno = ENOMEM;
       return NULL;
     }
-    if (!h->tracking) return heap_malloc_cls(cls);
   }
+  heap_purger_poke();
+  huge_cache_purge(false);
   obj_bin *bin = &h->bs->bins[cls];
-  void *p;
+  heap_tc *tc = &h->tc[cls];
+  void *p = NULL;
+  pthread_mutex_lock(&h->lock);
   if (heap_unlikely(h->tracking)) {
     p = obj_bin_alloc_tracked(h->bs, bin, heap_cls_size[cls], false);
-  } else {
-    huge_cache_purge(false);
-    p = obj_bin_alloc_slow(h->bs, bin);
+    if (p) heap_count_take(h, 1, heap_cls_size[cls]);
+  } else if (tc->max == 0) { /* a class too large to cache */
+    p = obj_bin_alloc(h->bs, bin);
+    if (p) heap_count_take(h, 1, heap_cls_size[cls]);
+  } else if (tc->head == NULL) { /* refill half the bound from the current slab */
+    obj_block *head;
+    uint32_t k = obj_bin_take_batch(h->bs, bin, tc->max / 2 ? tc->max / 2 : 1, &head);
+    if (k) {
+      heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
+      tc->head = head;
+      __atomic_store_n(&tc->room, (int32_t)(tc->max - k), __ATOMIC_RELAXED);
+    }
   }
-  if (p) h->allocs[cls]++;
-  return p;
+  pthread_mutex_unlock(&h->lock);
+  if (tc->head) return heap_malloc_cls(cls);
+  return p; /* NULL: obj set errno */
 }
 
-#if !OBJ_SECURE
+/* The link of a cached block, checked exactly (aborts on a corrupted one). */
+static obj_block *heap_tc_next_checked(obj_block *b) {
+  obj_link_open(b);
+  obj_block *n = heap_tc_link(b);
+  obj_link_close(b);
+  if (!heap_link_valid(n)) obj_fatal("corrupted free list (write after free?)", b);
+  return n;
+}
+
 void *heap_malloc_far(heap *h, unsigned cls) {
-  void *p = obj_bin_alloc_far(&h->bins[cls]);
-  h->allocs[cls]++;
-  return p;
+  heap_tc *tc = &h->tc[cls];
+  obj_block *b = tc->head;
+  return heap_tc_pop(tc, b, heap_tc_next_checked(b), cls);
 }
-#endif
 
-/* Validates that p is the start of a handed-out block of a small-block segment. */
+/* Gives back the blocks of list `cls` after its first `keep` (the colder end): blocks of
+ * h's own slabs go back to them, the others are batched to their owners. h->lock held. */
+static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
+  heap_tc *tc = &h->tc[cls];
+  if (heap_tc_count(tc) <= keep) return;
+  obj_block *rest = tc->head;
+  if (keep == 0) {
+    tc->head = NULL;
+  } else {
+    obj_block *b = tc->head;
+    for (uint32_t i = 1; i < keep; i++) b = heap_tc_next_checked(b);
+    rest = heap_tc_next_checked(b);
+    obj_link_open(b);
+    obj_link_set(b, NULL);
+    obj_link_close(b);
+  }
+  size_t k = 0, bytes = 0;
+  while (rest) {
+    obj_block *b = rest;
+    rest = heap_tc_next_checked(b);
+    obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
+    obj_slab *s = obj_slab_of(seg, b);
+    bytes += s->stride;
+    k++;
+    if (seg->owner == h->bs)
+      obj_slab_put(s, b);
+    else
+      obj_send_remote(h->bs, seg, b);
+  }
+  __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);
+  heap_count_give(h, k, bytes);
+}
+
+void heap_free_double(const void *p) {
+  heap_misuse("double free", p);
+}
+
+/* A validated block, not free, that the fast path could not cache: the thread's first
+ * call, valgrind, a class without a cache, or a full list (the colder half goes back). */
+void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+  if (h->bs == NULL) { /* a thread that only frees (a consumer) gets a heap too */
+    int saved = errno;   /* free never changes errno */
+    heap *n = heap_thread_init();
+    errno = saved;
+    if (!n) {
+      atomic_fetch_add(&heap_stat_stray_frees, 1);
+      atomic_fetch_add(&heap_stat_stray_bytes, s->stride);
+      obj_free_remote_now(seg, s, (obj_block *)p);
+      return;
+    }
+    h = n;
+  }
+  if (heap_unlikely(h->tracking)) {
+    heap_count_give(h, 1, s->stride);
+    obj_free_tracked(seg, s, p, s->stride);
+    return;
+  }
+  unsigned cls = s->bin_idx;
+  heap_tc *tc = &h->tc[cls];
+  pthread_mutex_lock(&h->lock);
+  if (tc->max == 0) {
+    heap_count_give(h, 1, s->stride);
+    if (seg->owner == h->bs)
+      obj_free_local(s, p);
+    else
+      obj_free_remote(h->bs, seg, s, (obj_block *)p);
+  } else {
+    if (tc->room <= 0) heap_tc_trim(h, cls, tc->max / 2);
+    heap_tc_push(tc, s, (obj_block *)p);
+  }
+  pthread_mutex_unlock(&h->lock);
+}
+
+/* Validates that p is the start of a handed-out block of a heap segment. */
 static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *what) {
+  if (seg->space != &heap_space) heap_misuse(what, p); /* a pool's object */
   obj_slab *s = obj_slab_of(seg, p);
   if (obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s)) heap_misuse(what, p);
   return s;
@@ -269,8 +386,8 @@ size_t heap_usable_size(const void *p) {
   return n;
 }
 
-/* Frees that are not the owner's fast path: NULL, large blocks, foreign pointers, another
- * thread's (or an exited thread's) blocks, and every free under valgrind. */
+/* Frees the fast path does not take: NULL, large blocks, foreign pointers and pointers
+ * that are not the start of a block of a heap segment (a pool's object among them). */
 void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
@@ -278,63 +395,53 @@ void heap_free_generic(void *p) {
     if (!huge_free(p)) heap_misuse("invalid free", p);
     return;
   }
-  obj_slab *s = heap_slab_check(seg, p, "invalid free");
-  if (obj_is_local(s) && !obj_tracking) { /* not reached from the fast path */
-    heap *h = heap_get();
-    h->frees++;
-    h->freed_bytes += s->stride;
-    obj_free_local(s, p);
-    return;
-  }
-  heap_free_other(seg, s, p);
-}
-
-/* A validated block of a slab this thread does not own (another thread's, an exited
- * thread's), or any block under valgrind. */
-void heap_free_other(obj_segment *seg, obj_slab *s, void *p) {
-  if (heap_unlikely(obj_tracking)) {
-    obj_free_tracked(seg, s, p, s->stride);
-    return;
-  }
-  /* Counted as freed by the thread that frees it: the totals are what matter. A thread
-   * that only frees (a consumer) gets a heap too: its remote frees are then batched. */
-  heap *h = heap_get();
-  if (h->bs == NULL) {
-    int saved = errno; /* free never changes errno */
-    heap *n = heap_thread_init();
-    if (n) h = n;
-    errno = saved;
-  }
-  if (h->bs != NULL) {
-    h->frees++;
-    h->freed_bytes += s->stride;
-    obj_free_remote(h->bs, seg, s, (obj_block *)p);
-  } else {
-    atomic_fetch_add(&heap_stat_stray_frees, 1);
-    atomic_fetch_add(&heap_stat_stray_bytes, s->stride);
-    obj_free_remote_now(seg, s, (obj_block *)p);
-  }
+  (void)heap_slab_check(seg, p, "invalid free");
+  heap_free_inline(p); /* not reached from the fast path */
 }
 
 /* ------------------------------------------------------------------------------------
- * Collection, thread exit, fork
+ * Collection, the purger's pass, thread exit, fork
  * ---------------------------------------------------------------------------------- */
+
+/* One heap's part of a collection (h->lock held): its pending remote frees are sent and
+ * the ones sent to it filed; force: its cache (own heap only) and every free slab go back
+ * now, else only slabs whose purge delay expired. */
+static void heap_trim_locked(heap *h, bool force, bool own) {
+  obj_bins *bs = h->bs;
+  if (!bs || h->tracking) return;
+  if (force && own)
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
+  obj_outbox_flush(bs);
+  if (force) {
+    obj_bins_trim(bs);
+  } else {
+    obj_bins_file_inbox(bs);
+    if (bs->retained) (void)obj_bins_purge_check(bs);
+  }
+}
+
+/* Every heap's part (other threads' heaps too: their slabs are touched only under their
+ * lock), then parked caches and large blocks. `wait`: lock busy heaps, else skip them. */
+static void heap_trim_all(bool force, bool wait) {
+  heap *self = heap_get();
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all) {
+    if (h->forked || __atomic_load_n(&h->bs, __ATOMIC_RELAXED) == NULL) continue;
+    if (h == self || wait)
+      pthread_mutex_lock(&h->lock);
+    else if (pthread_mutex_trylock(&h->lock) != 0)
+      continue;
+    heap_trim_locked(h, force, h == self);
+    pthread_mutex_unlock(&h->lock);
+  }
+  obj_space_trim(&heap_space); /* caches of exited threads */
+}
+
 size_t heap_collect_all(bool force) {
   heap_global_init();
   if (atomic_load_explicit(&heap_init_state, memory_order_acquire) != 2) return 0;
   size_t before = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
-  heap *h = heap_get();
-  if (h->bs && !h->tracking) {
-    if (force)
-      obj_bins_trim(h->bs);
-    else
-      (void)obj_bins_purge_check(h->bs);
-  }
-  obj_space_trim(&heap_space); /* segments of exited threads */
+  heap_trim_all(force, force);
   size_t cached = huge_cache_purge(force);
-  if (force) /* other threads trim at their next slow path */
-    __atomic_add_fetch(&heap_space.trim_epoch, 1, __ATOMIC_RELAXED);
-  if (h->bs) h->bs->trim_seen = __atomic_load_n(&heap_space.trim_epoch, __ATOMIC_RELAXED);
   size_t after = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   return (before > after ? before - after : 0) + cached;
 }
@@ -346,26 +453,50 @@ int ma_heap_collect(bool force) {
   return 0;
 }
 
+bool heap_purge_pass(void) {
+  int saved = errno;
+  heap_trim_all(false, false);
+  (void)huge_cache_purge(false);
+  bool more = false; /* anything left that a later pass may return */
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h && !more; h = h->next_all) {
+    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_RELAXED);
+    more = bs && !h->forked &&
+           (__atomic_load_n(&bs->retained, __ATOMIC_RELAXED) ||
+            __atomic_load_n(&bs->inbox, __ATOMIC_RELAXED) || bs->out_used);
+  }
+  size_t hc, hb, ha, hf, cached;
+  huge_stats(&hc, &hb, &ha, &hf, &cached);
+  errno = saved;
+  return more || cached != 0;
+}
+
 static void heap_thread_done(void *arg) {
   heap *h = arg;
   if (!h || h == &heap_empty || !h->bs) return;
   int saved = errno;
   heap_set_tls(&heap_empty);
+  pthread_mutex_lock(&h->lock);
+  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+    heap_tc_trim(h, c, 0);
+    h->tc[c].max = 0;
+    __atomic_store_n(&h->tc[c].room, 0, __ATOMIC_RELAXED);
+  }
   obj_bins_abandon(h->bs);
+  __atomic_store_n(&h->bs, NULL, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&h->lock);
   pthread_mutex_lock(&heap_lock);
-  h->bs = NULL;
-  h->bins = heap_empty_bins;
   h->next_orphan = heap_orphans;
   heap_orphans = h;
   pthread_mutex_unlock(&heap_lock);
   errno = saved;
 }
 
-/* Fork: hold the global locks across fork so the child sees consistent lists. The bins of
- * the threads that do not exist in the child are left as they are (their memory is not
- * reused there, as with mimalloc): fork() may have caught such a thread in the middle of a
- * slow path, and walking its half-updated lists (obj_space_fork_child) could loop. */
+/* Fork: hold the global locks (and keep the purger out of the heaps) across fork so the
+ * child sees consistent lists. The heaps of the threads that do not exist in the child are
+ * left as they are (their memory is not reused there, as with mimalloc): fork() may have
+ * caught such a thread in a slow path, holding its heap's lock. */
 static void heap_atfork_prepare(void) {
+  heap_purger_atfork_prepare();
   pthread_mutex_lock(&heap_lock);
   if (atomic_load(&heap_init_state) == 2) pthread_mutex_lock(&heap_space.lock);
   huge_atfork_prepare();
@@ -374,6 +505,7 @@ static void heap_atfork_parent(void) {
   huge_atfork_parent();
   if (atomic_load(&heap_init_state) == 2) pthread_mutex_unlock(&heap_space.lock);
   pthread_mutex_unlock(&heap_lock);
+  heap_purger_atfork_parent();
 }
 static void heap_atfork_child(void) {
   /* Unlock, not re-init: the child's only thread is the one that locked them in prepare,
@@ -381,25 +513,26 @@ static void heap_atfork_child(void) {
    * child's next lock from another thread as a double lock). */
   huge_atfork_child();
   if (atomic_load(&heap_init_state) == 2) pthread_mutex_unlock(&heap_space.lock);
+  heap *self = heap_get();
+  for (heap *h = heap_all; h; h = h->next_all)
+    if (h != self && h->bs) h->forked = true;
   pthread_mutex_unlock(&heap_lock);
+  heap_purger_atfork_child();
 }
 
-/* Stats walk: sums every heap's counters. */
+/* Stats walk: sums every heap's counters (relaxed reads, no lock). Live small bytes are
+ * exact when no thread is between a cache move and its count. */
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained) {
   size_t a = 0, n = 0, f = 0, r = 0;
-  pthread_mutex_lock(&heap_lock);
-  for (heap *h = heap_all; h; h = h->next_all) {
-    for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      size_t na = __atomic_load_n(&h->allocs[c], __ATOMIC_RELAXED);
-      n += na;
-      a += na * heap_cls_size[c];
-    }
-    f += __atomic_load_n(&h->frees, __ATOMIC_RELAXED);
-    a -= __atomic_load_n(&h->freed_bytes, __ATOMIC_RELAXED);
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all) {
+    n += __atomic_load_n(&h->takes, __ATOMIC_RELAXED);
+    f += __atomic_load_n(&h->gives, __ATOMIC_RELAXED);
+    a += __atomic_load_n(&h->out_bytes, __ATOMIC_RELAXED);
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++)
+      a -= (size_t)heap_tc_count(&h->tc[c]) * heap_cls_size[c];
     obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_RELAXED);
     if (bs) r += __atomic_load_n(&bs->retained, __ATOMIC_RELAXED);
   }
-  pthread_mutex_unlock(&heap_lock);
   f += atomic_load(&heap_stat_stray_frees);
   a -= atomic_load(&heap_stat_stray_bytes);
   *allocated = a;

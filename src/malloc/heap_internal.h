@@ -2,15 +2,27 @@
  *
  * Small blocks (<= HEAP_MAX_SMALL = 128 KiB) are objects of the object layer (src/obj/):
  * one obj_space for the heap, one obj_bins per thread with one bin per size class. The heap
- * adds the size classes, the thread life cycle (TLS, pthread key, orphaned heaps), the
- * purge delay, statistics and misuse messages; slabs, free lists, remote frees, pointer ->
- * slab lookup and thread-exit hand-over are obj's (one mechanism for pools and heap).
+ * adds the size classes, a thread cache in front of the slabs, the thread life cycle (TLS,
+ * pthread key, orphaned heaps), the background purger, statistics and misuse messages;
+ * slabs, remote-free batches, pointer -> slab lookup and thread-exit hand-over are obj's.
  *
- * A thread's `heap` lives in metadata memory and is never freed: a thread that exits hands
- * its obj_bins back (obj_bins_abandon) and its heap struct to the orphan list, where the
- * next new thread picks it up with its counters. `heap->bins` points at the obj bins, or at
- * heap_empty_bins (every slab empty) so that the first malloc of a thread, and every malloc
- * under valgrind (obj_tracking), takes the slow path.
+ * Thread cache. Each thread keeps, per size class, a LIFO list of free blocks (heap_tc):
+ * malloc pops it, free pushes onto it whichever thread allocated the block, so a free from
+ * another thread costs what a local one does (no atomic operation, no shared line written).
+ * The lists are bounded (heap_tc.max, about 64 KiB a class): a free past the bound gives the
+ * colder half back (blocks of the thread's own slabs to their slabs, the others batched to
+ * their owners, obj's outboxes), and an empty list is refilled with a batch from the
+ * class's current slab. So the fast paths touch only the thread's own heap_tc and the
+ * block, and slab state is touched only by slow paths, under heap.lock: the owner takes it
+ * (uncontended) around every obj call, and another thread can take it to file an idle
+ * owner's remote frees and purge its empty slabs (the background purger, trims).
+ *
+ * A thread's `heap` lives in metadata memory and is never freed: a thread that exits gives
+ * its cache back, hands its obj_bins to obj (parked, see obj.h) and its heap struct to the
+ * orphan list, where the next new thread picks it up. heap_empty (every list empty, every
+ * bound 0) is the heap of a thread before its first call: its malloc and free take the
+ * slow path, which gives the thread a heap. Under valgrind (obj_tracking) every bound is 0
+ * too, so every call reaches obj's tracked paths.
  *
  * Large blocks (> 128 KiB, or over-aligned) are mapped directly (huge.c), recorded in a
  * side table; freed ones are cached as page ranges for the purge delay and reused, split,
@@ -20,6 +32,7 @@
 #define MAPALLOC_HEAP_INTERNAL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -36,15 +49,31 @@
 #define HEAP_MAX_SMALL ((size_t)128 << 10) /* largest slab class */
 #define HEAP_MAX_ALIGN ((size_t)64 << 10)  /* largest alignment served from slabs */
 
+/* A thread cache list: free blocks of one class, linked as obj free-list links (encoded
+ * in secure mode) and tagged free (their key word), so a double free of a cached block is
+ * caught as anywhere else. Written by its thread only; n is read by statistics. */
+typedef struct heap_tc {
+  obj_block *head;
+  int32_t room; /* max - blocks on the list: a free that finds 0 takes the slow path */
+  uint32_t max; /* the bound (0: every free takes the slow path) */
+} heap_tc;
+
+static inline uint32_t heap_tc_count(const heap_tc *tc) {
+  return tc->max - (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
+}
+
 typedef struct heap {
-  obj_bin *bins;                /* obj_bins->bins, or heap_empty_bins: the fast path's only load */
-  obj_bins *bs;                 /* NULL until the thread's first slow path */
-  size_t frees;                 /* blocks freed by this thread */
-  size_t allocs[HEAP_NCLASSES]; /* blocks handed out, per class */
-  size_t freed_bytes;           /* (apart from `frees`: two scalar adds beat a vectorised pair) */
-  struct heap *next_all;        /* registry of all heaps (never freed) */
+  heap_tc tc[HEAP_NCLASSES]; /* the fast paths' only state */
+  obj_bins *bs;              /* NULL until the thread's first slow path */
+  pthread_mutex_t lock;      /* bs's slabs and outbox: owner slow paths, purger, trims */
+  /* Statistics, counted where blocks move between the cache and the slabs (relaxed
+   * atomics: read by other threads). Live bytes of the thread = out_bytes - cached bytes. */
+  size_t takes, gives; /* blocks taken from / given back to slabs (or sent to owners) */
+  size_t out_bytes;    /* bytes taken minus bytes given back */
+  struct heap *next_all; /* registry of all heaps (never freed) */
   struct heap *next_orphan;
   bool tracking; /* valgrind: every call takes obj's tracked paths */
+  bool forked;   /* a fork child's copy of another thread's heap: never touched again */
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
@@ -68,7 +97,8 @@ static inline heap *heap_get(void) {
 /* ---- slow paths (heap.c, huge.c) ---- */
 void *heap_malloc_slow(heap *h, unsigned cls);
 void heap_free_generic(void *p);
-void heap_free_other(obj_segment *seg, obj_slab *s, void *p); /* validated, not ours */
+void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p); /* validated block */
+void heap_free_double(const void *p); /* aborts; not noreturn so the call is a jump */
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align, bool zero);
@@ -80,6 +110,17 @@ size_t heap_usable_size(const void *p);
 void heap_free_sized_check(void *p, size_t size, size_t align); /* aborts on a mismatch */
 #endif
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
+/* One pass of the background purger over every heap (never waits on a busy heap); true
+ * while anything is left that a later pass may return. Any thread. */
+bool heap_purge_pass(void);
+
+/* purger.c: the background purger (starts it when due; no lock may be held) */
+void heap_purger_poke(void);
+size_t heap_purger_passes(void);
+bool heap_purger_running(void);
+void heap_purger_atfork_prepare(void);
+void heap_purger_atfork_parent(void);
+void heap_purger_atfork_child(void);
 
 /* huge.c: blocks mapped directly */
 void *huge_alloc(size_t size, size_t align, bool zero); /* zero: calloc */
@@ -95,7 +136,7 @@ void huge_atfork_child(void);
 
 /* options.c */
 typedef struct heap_options {
-  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle;
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background;
 } heap_options;
 extern heap_options heap_opt;
 void heap_options_read(void);
@@ -117,9 +158,10 @@ static inline unsigned heap_size_class(size_t size) {
   return (k - 7) * 8 + (unsigned)(s >> (k - 3));
 }
 
-/* The segment of a small block, or NULL (NULL pointer, large block, foreign pointer, or no
- * segment yet). Small-block segments are never larger than 4 MiB, so the segment map entry
- * of p's 4 MiB chunk names the chunk itself. */
+/* The segment of a small block, or NULL (NULL pointer, large block, a pool's object, a
+ * foreign pointer, or no segment yet). Small-block segments are never larger than 4 MiB,
+ * so the segment map entry of p's 4 MiB chunk names the chunk itself, untagged for the
+ * heap's space (OBJ_MAP_TAG marks every other space's). */
 static inline obj_segment *heap_segment_of(const void *p) {
   const uint32_t *map = obj_segmap;
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
@@ -129,27 +171,70 @@ static inline obj_segment *heap_segment_of(const void *p) {
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
 
-#if !OBJ_SECURE
-/* heap_malloc_cls when the head block's link leaves its chunk: checked exactly (aborts on a
- * use-after-free write over the link), then handed out. */
-void *heap_malloc_far(heap *h, unsigned cls);
+/* n is NULL or a carved block of a heap slab: exact (segment map, block index). */
+static inline bool heap_link_valid(const obj_block *n) {
+  if (n == NULL) return true;
+  obj_segment *seg = heap_segment_of(n);
+  if (seg == NULL) return false;
+  const obj_slab *s = obj_slab_of(seg, n);
+  return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+}
+
+/* The link stored in a cached block, decoded but not checked. */
+static inline obj_block *heap_tc_link(const obj_block *b) {
+#if OBJ_SECURE
+  return (obj_block *)((uintptr_t)b->next ^ (uintptr_t)b ^ obj_link_key);
+#else
+  return b->next;
 #endif
+}
+
+/* Pops block b, the head of tc, whose link is n (checked by the caller). */
+static inline void *heap_tc_pop(heap_tc *tc, obj_block *b, obj_block *n, unsigned cls) {
+  tc->head = n;
+  __atomic_store_n(&tc->room, tc->room + 1, __ATOMIC_RELAXED);
+  obj_unpoison(b, heap_cls_size[cls]);
+  (void)cls;
+  b->key = 0;
+  return b;
+}
+
+/* Pushes b, a validated block of slab s that is not free (checked by the caller). */
+static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
+  obj_poison(b, s->stride);
+  obj_link_open(b);
+  obj_link_set(b, tc->head);
+  b->key = s->key;
+  obj_link_close(b);
+  tc->head = b;
+  __atomic_store_n(&tc->room, tc->room - 1, __ATOMIC_RELAXED);
+}
+
+/* heap_malloc_cls when the head's link is not plainly good (default build: it leaves the
+ * head's 4 MiB chunk; secure build: it failed the check): checked exactly, then popped;
+ * aborts on a corrupted link. */
+void *heap_malloc_far(heap *h, unsigned cls);
 
 /* ---- fast paths ---- */
 
-/* Pops a block of class `cls` from the thread's current slab (obj_bin_alloc): no lock, no
- * atomic, no division. The emptiness test is repeated here so that the slow path is ours
- * (first use of a thread, valgrind, purge delay), not obj's. */
+/* Pops a block of class `cls` from the thread cache: no lock, no atomic read-modify-write,
+ * no division, no shared line written. An empty list takes the slow path (refill from the
+ * slabs; the first call of a thread; valgrind). */
 static inline void *heap_malloc_cls(unsigned cls) {
   heap *h = heap_get();
-  obj_bin *bin = &h->bins[cls];
-  if (heap_unlikely(bin->cur->free == NULL)) return heap_malloc_slow(h, cls);
-  void *p = obj_bin_take(bin);
-#if !OBJ_SECURE
-  if (heap_unlikely(p == NULL)) return heap_malloc_far(h, cls);
+  heap_tc *tc = &h->tc[cls];
+  obj_block *b = tc->head;
+  if (heap_unlikely(b == NULL)) return heap_malloc_slow(h, cls);
+  obj_link_open(b);
+  obj_block *n = heap_tc_link(b);
+#if OBJ_SECURE
+  if (heap_unlikely(!heap_link_valid(n))) return heap_malloc_far(h, cls);
+#else
+  /* A link that stays in b's 4 MiB chunk is a block of the same segment (any slab of it
+   * is ours); one that leaves it is checked exactly out of line. */
+  if (heap_unlikely(obj_link_leaves_chunk(b, n))) return heap_malloc_far(h, cls);
 #endif
-  h->allocs[cls]++;
-  return p;
+  return heap_tc_pop(tc, b, n, cls);
 }
 
 static inline void *heap_malloc_inline(size_t size) {
@@ -158,10 +243,11 @@ static inline void *heap_malloc_inline(size_t size) {
   return heap_malloc_large(size, 0, false);
 }
 
-/* Frees p: validated in O(1) (segment map, exact block start by modular inverse), then
- * obj_free_local when this thread owns the slab. Everything else (another thread's block,
- * valgrind, a large block, NULL, a foreign pointer) goes to heap_free_generic, in tail
- * position so the common path saves no registers. */
+/* Frees p: validated in O(1) (segment map, the heap's space, exact block start by modular
+ * inverse, the free tag), then pushed onto this thread's cache for its class, whichever
+ * thread allocated it. Everything else (NULL, a large block, a foreign pointer, a full
+ * cache, a thread's first call, valgrind) goes to a slow path in tail position, so the
+ * common path saves no registers. */
 static inline void heap_free_inline(void *p) {
   const uint32_t *map = obj_segmap;
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
@@ -176,17 +262,22 @@ static inline void heap_free_inline(void *p) {
   obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
   obj_slab *s = obj_slab_of(seg, p);
   if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s))) {
-    heap_free_invalid(p);
+    heap_free_generic(p);
     return;
   }
-  if (heap_unlikely(!obj_is_local(s))) {
-    heap_free_other(seg, s, p);
+  obj_block *b = p;
+  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
+  if (heap_unlikely(b->key == s->key)) {
+    heap_free_double(p);
     return;
   }
   heap *h = heap_get();
-  h->frees++;
-  h->freed_bytes += s->stride;
-  obj_free_local(s, p);
+  heap_tc *tc = &h->tc[s->bin_idx];
+  if (heap_unlikely(tc->room <= 0)) {
+    heap_free_slow(h, seg, s, p);
+    return;
+  }
+  heap_tc_push(tc, s, b);
 }
 
 #endif /* MAPALLOC_HEAP_INTERNAL_H */

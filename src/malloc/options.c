@@ -14,7 +14,8 @@ heap_options heap_opt = {.stats = 0,
                          .purge_delay_ms = HEAP_PURGE_DELAY_DEFAULT,
                          .huge_pages = -1,
                          .secure = OBJ_SECURE,
-                         .shuffle = OBJ_SHUFFLE_DEFAULT};
+                         .shuffle = OBJ_SHUFFLE_DEFAULT,
+                         .background = 1};
 
 typedef struct heap_option_desc {
   const char *name; /* after MAPALLOC_ */
@@ -37,6 +38,8 @@ static const heap_option_desc heap_option_table[] = {
     {"SHUFFLE", &heap_opt.shuffle, OBJ_SHUFFLE_DEFAULT,
      "secure mode: allocation order shuffled within windows of this many blocks (0: off, "
      "at most 256; larger costs pointer-chasing programs more)"},
+    {"BACKGROUND", &heap_opt.background, 1,
+     "0: no background purger thread (memory of idle threads returns at their next call)"},
 };
 
 /* Parses a decimal integer (optionally negative); yes/true/on = 1, no/false/off = 0. */

@@ -250,6 +250,7 @@ struct obj_space {
   const char *name;
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
   int purge_delay_ms;  /* empty slabs kept this long (< 0: until a trim; 0: none) */
+  uint32_t map_tag;    /* or'ed into its segments' map entries: OBJ_MAP_TAG or 0 */
   size_t purges;       /* purge passes (time-based and trims), atomic */
   size_t purged_bytes; /* bytes of empty slabs returned to the OS, atomic */
 };
@@ -260,6 +261,10 @@ extern OBJ_HIDDEN uint32_t
     *obj_segmap;                     /* chunk number of the segment start, per 4 MiB of address */
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 #define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
+/* A segment map entry is the number of the segment's first 4 MiB chunk, with this bit set
+ * unless the segment belongs to a space whose map_tag is 0 (the heap's): the heap's free
+ * tells its own segments from pools' in the one compare that finds the segment. */
+#define OBJ_MAP_TAG ((uint32_t)1 << 31)
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
 #define OBJ_SHUFFLE_DEFAULT 8
@@ -288,6 +293,7 @@ static inline uintptr_t obj_tid(void) {
 static inline obj_segment *obj_segment_of(const void *p) {
   uintptr_t a = (uintptr_t)p;
   uint32_t e = obj_segmap ? obj_segmap[(a >> OBJ_SEG_SHIFT) & ((1u << OBJ_MAP_BITS) - 1)] : 0;
+  e &= ~OBJ_MAP_TAG;
   if (obj_unlikely(e <= 1)) return NULL; /* 1: the sentinel of chunk 0 */
   obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
   if (obj_unlikely(a - (uintptr_t)seg >= seg->size)) return NULL;
@@ -296,15 +302,6 @@ static inline obj_segment *obj_segment_of(const void *p) {
 
 static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
   return &seg->slabs[((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift];
-}
-
-/* Fast segment check for a pointer in the first 4 MiB of a segment (every segment but the
- * huge ones): segmap[chunk] == chunk. NULL fails too (chunk 0 holds a sentinel). */
-static inline obj_segment *obj_segment_of_fast(const void *p) {
-  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (obj_likely(obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == (uint32_t)c))
-    return (obj_segment *)(c << OBJ_SEG_SHIFT);
-  return NULL;
 }
 
 /* Index of the block starting at p; false when p is not the start of a carved block.
@@ -419,6 +416,18 @@ void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b
 void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b);
 /* Owner: sends every batch of remote frees waiting in bs's outbox. */
 void obj_outbox_flush(obj_bins *bs);
+/* Owner (or the holder of the lock that stands for it): files the blocks other threads
+ * sent to bs into their slabs, O(blocks). */
+void obj_bins_file_inbox(obj_bins *bs);
+/* Blocks already checked and tagged free (a thread cache's, see the heap): obj_slab_put
+ * returns b to s, a slab of the calling owner; obj_send_remote batches b for its owner in
+ * mine's outbox. */
+void obj_slab_put(obj_slab *s, obj_block *b);
+void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b);
+/* Owner: detaches up to n (>= 1) blocks of bin's current slab (refilled first if empty) as
+ * a NULL-terminated chain linked as a free list and tagged free; returns how many (0 and
+ * errno ENOMEM when no memory). */
+uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head);
 
 /* ---- fast paths --------------------------------------------------------------------- */
 

@@ -270,7 +270,8 @@ static obj_bins *remote_tag(obj_segment *seg, obj_slab *s, obj_block *b, obj_blo
   return __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
 }
 
-void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b) {
+/* The outbox slot of mine for seg's owner, emptied first if it held another owner's. */
+static obj_outbox *outbox_for(obj_bins *mine, obj_segment *seg, unsigned *slot) {
   obj_bins *to = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   unsigned i = (unsigned)((uintptr_t)to >> 12) & (OBJ_OUTBOX_SLOTS - 1);
   obj_outbox *o = &mine->out[i];
@@ -278,11 +279,64 @@ void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b
     if (o->n) outbox_send(mine, i);
     o->to = to;
   }
-  (void)remote_tag(seg, s, b, o->head);
+  *slot = i;
+  return o;
+}
+
+static void outbox_add(obj_bins *mine, obj_outbox *o, unsigned i, obj_block *b) {
   if (!o->head) o->tail = b;
   o->head = b;
   mine->out_used |= (uint8_t)(1u << i);
   if (++o->n >= OBJ_OUTBOX_BATCH) outbox_send(mine, i);
+}
+
+void obj_free_remote(obj_bins *mine, obj_segment *seg, obj_slab *s, obj_block *b) {
+  unsigned i;
+  obj_outbox *o = outbox_for(mine, seg, &i);
+  (void)remote_tag(seg, s, b, o->head);
+  outbox_add(mine, o, i, b);
+}
+
+void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b) {
+  unsigned i;
+  obj_outbox *o = outbox_for(mine, seg, &i);
+  obj_link_open_rt(b);
+  obj_link_set(b, o->head);
+  obj_link_close_rt(b);
+  outbox_add(mine, o, i, b);
+}
+
+void obj_slab_put(obj_slab *s, obj_block *b) {
+  obj_link_open_rt(b);
+  obj_link_set(b, s->free);
+  obj_link_close_rt(b);
+  s->free = b;
+  s->free_zero = 0;
+  if (--s->cnt <= 0) obj_slab_notify(s);
+}
+
+uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head) {
+  if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
+  obj_slab *s = bin->cur;
+  obj_block *b = s->free, *last = b;
+  uintptr_t key = s->key;
+  uint32_t k = 1;
+  for (;;) { /* every block leaves tagged free: a free of one still in a cache is caught */
+    obj_link_open_rt(last);
+    last->key = key;
+    obj_block *nx = k < n ? obj_link_next(s, last) : NULL;
+    obj_link_close_rt(last);
+    if (!nx) break;
+    last = nx;
+    k++;
+  }
+  obj_link_open_rt(last);
+  s->free = obj_link_next(s, last);
+  obj_link_set(last, NULL);
+  obj_link_close_rt(last);
+  s->cnt += (int32_t)k;
+  *head = b;
+  return k;
 }
 
 void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b) {

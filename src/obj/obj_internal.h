@@ -37,8 +37,6 @@ static inline uintptr_t obj_slab_tid(const obj_bins *bs) {
   return obj_tracking ? 1 : bs->tid;
 }
 
-/* Owner (or claimer of a parked bins): files the blocks other threads sent to bs. */
-void obj_bins_file_inbox(obj_bins *bs);
 /* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
 

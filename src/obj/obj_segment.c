@@ -210,7 +210,7 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
   uint32_t chunk0 = (uint32_t)((uintptr_t)m >> OBJ_SEG_SHIFT);
   for (size_t c = 0; c < size >> OBJ_SEG_SHIFT; c++)
-    __atomic_store_n(&obj_segmap[chunk0 + c], chunk0, __ATOMIC_RELEASE);
+    __atomic_store_n(&obj_segmap[chunk0 + c], chunk0 | sp->map_tag, __ATOMIC_RELEASE);
   __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
   return seg;
 unmap:

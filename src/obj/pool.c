@@ -309,7 +309,8 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
 void ma_pool_free(ma_pool *p, void *obj) {
   uintptr_t a = (uintptr_t)obj, c = a >> OBJ_SEG_SHIFT;
   /* p != NULL implies the segment map exists; NULL obj fails the map check (sentinel). */
-  if (obj_likely(p != NULL && obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == (uint32_t)c)) {
+  if (obj_likely(p != NULL &&
+                 obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == ((uint32_t)c | OBJ_MAP_TAG))) {
     obj_segment *seg = (obj_segment *)(a & ~(OBJ_SEG_SIZE - 1));
     if (obj_likely(seg->space == &p->space)) {
       obj_slab *s = (obj_slab *)((char *)seg->slabs + (((a & (OBJ_SEG_SIZE - 1)) >> seg->slab_shift)
