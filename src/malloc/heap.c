@@ -53,6 +53,8 @@ __thread heap *heap_tls __attribute__((tls_model("initial-exec"))) = &heap_empty
 #endif
 
 _Atomic size_t heap_stat_purges, heap_stat_heaps;
+_Atomic size_t heap_live;       /* heaps of running threads */
+_Atomic bool heap_threads_seen; /* two threads had heaps at once, or one exited */
 /* frees by threads that never allocated (no heap to count them on) */
 static _Atomic size_t heap_stat_stray_frees, heap_stat_stray_bytes;
 
@@ -202,6 +204,7 @@ static heap *heap_thread_init(void) {
     obj_bins_abandon(bs);
     return NULL;
   }
+  if (atomic_fetch_add(&heap_live, 1) > 0) atomic_store(&heap_threads_seen, true);
   pthread_mutex_lock(&h->lock);
   h->next_orphan = NULL;
   h->tracking = obj_tracking;
@@ -337,7 +340,7 @@ void heap_free_double(const void *p) {
  * call, valgrind, a class without a cache, or a full list (the colder half goes back). */
 void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
   if (h->bs == NULL) { /* a thread that only frees (a consumer) gets a heap too */
-    int saved = errno;   /* free never changes errno */
+    int saved = errno; /* free never changes errno */
     heap *n = heap_thread_init();
     errno = saved;
     if (!n) {
@@ -353,6 +356,7 @@ void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
     obj_free_tracked(seg, s, p, s->stride);
     return;
   }
+  heap_purger_poke();
   unsigned cls = s->bin_idx;
   heap_tc *tc = &h->tc[cls];
   pthread_mutex_lock(&h->lock);
@@ -405,10 +409,11 @@ void heap_free_generic(void *p) {
 
 /* One heap's part of a collection (h->lock held): its pending remote frees are sent and
  * the ones sent to it filed; force: its cache (own heap only) and every free slab go back
- * now, else only slabs whose purge delay expired. */
-static void heap_trim_locked(heap *h, bool force, bool own) {
+ * now, else only slabs whose purge delay expired. True when something is left that a later
+ * pass may return. */
+static bool heap_trim_locked(heap *h, bool force, bool own) {
   obj_bins *bs = h->bs;
-  if (!bs || h->tracking) return;
+  if (!bs || h->tracking) return false;
   if (force && own)
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
   obj_outbox_flush(bs);
@@ -418,22 +423,28 @@ static void heap_trim_locked(heap *h, bool force, bool own) {
     obj_bins_file_inbox(bs);
     if (bs->retained) (void)obj_bins_purge_check(bs);
   }
+  return bs->retained != 0;
 }
 
 /* Every heap's part (other threads' heaps too: their slabs are touched only under their
- * lock), then parked caches and large blocks. `wait`: lock busy heaps, else skip them. */
-static void heap_trim_all(bool force, bool wait) {
+ * lock), then parked caches. `wait`: lock busy heaps, else skip them. True when something
+ * is left that a later pass may return (a skipped heap counts). */
+static bool heap_trim_all(bool force, bool wait) {
   heap *self = heap_get();
+  bool more = false;
   for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all) {
     if (h->forked || __atomic_load_n(&h->bs, __ATOMIC_RELAXED) == NULL) continue;
-    if (h == self || wait)
+    if (h == self || wait) {
       pthread_mutex_lock(&h->lock);
-    else if (pthread_mutex_trylock(&h->lock) != 0)
+    } else if (pthread_mutex_trylock(&h->lock) != 0) {
+      more = true;
       continue;
-    heap_trim_locked(h, force, h == self);
+    }
+    more |= heap_trim_locked(h, force, h == self);
     pthread_mutex_unlock(&h->lock);
   }
   obj_space_trim(&heap_space); /* caches of exited threads */
+  return more;
 }
 
 size_t heap_collect_all(bool force) {
@@ -455,15 +466,8 @@ int ma_heap_collect(bool force) {
 
 bool heap_purge_pass(void) {
   int saved = errno;
-  heap_trim_all(false, false);
+  bool more = heap_trim_all(false, false);
   (void)huge_cache_purge(false);
-  bool more = false; /* anything left that a later pass may return */
-  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h && !more; h = h->next_all) {
-    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_RELAXED);
-    more = bs && !h->forked &&
-           (__atomic_load_n(&bs->retained, __ATOMIC_RELAXED) ||
-            __atomic_load_n(&bs->inbox, __ATOMIC_RELAXED) || bs->out_used);
-  }
   size_t hc, hb, ha, hf, cached;
   huge_stats(&hc, &hb, &ha, &hf, &cached);
   errno = saved;
@@ -488,6 +492,8 @@ static void heap_thread_done(void *arg) {
   h->next_orphan = heap_orphans;
   heap_orphans = h;
   pthread_mutex_unlock(&heap_lock);
+  atomic_fetch_sub(&heap_live, 1);
+  atomic_store(&heap_threads_seen, true);
   errno = saved;
 }
 
@@ -498,12 +504,18 @@ static void heap_thread_done(void *arg) {
 static void heap_atfork_prepare(void) {
   heap_purger_atfork_prepare();
   pthread_mutex_lock(&heap_lock);
-  if (atomic_load(&heap_init_state) == 2) pthread_mutex_lock(&heap_space.lock);
+  if (atomic_load(&heap_init_state) == 2) {
+    pthread_mutex_lock(&heap_space.trim_lock);
+    pthread_mutex_lock(&heap_space.lock);
+  }
   huge_atfork_prepare();
 }
 static void heap_atfork_parent(void) {
   huge_atfork_parent();
-  if (atomic_load(&heap_init_state) == 2) pthread_mutex_unlock(&heap_space.lock);
+  if (atomic_load(&heap_init_state) == 2) {
+    pthread_mutex_unlock(&heap_space.lock);
+    pthread_mutex_unlock(&heap_space.trim_lock);
+  }
   pthread_mutex_unlock(&heap_lock);
   heap_purger_atfork_parent();
 }
@@ -512,10 +524,16 @@ static void heap_atfork_child(void) {
    * and a re-init of a held mutex is invisible to ThreadSanitizer (it then reports the
    * child's next lock from another thread as a double lock). */
   huge_atfork_child();
-  if (atomic_load(&heap_init_state) == 2) pthread_mutex_unlock(&heap_space.lock);
+  if (atomic_load(&heap_init_state) == 2) {
+    pthread_mutex_unlock(&heap_space.lock);
+    pthread_mutex_unlock(&heap_space.trim_lock);
+  }
   heap *self = heap_get();
   for (heap *h = heap_all; h; h = h->next_all)
     if (h != self && h->bs) h->forked = true;
+  /* One thread: the purger starts again only when the child runs a second one. */
+  atomic_store(&heap_live, self->bs ? 1 : 0);
+  atomic_store(&heap_threads_seen, false);
   pthread_mutex_unlock(&heap_lock);
   heap_purger_atfork_child();
 }

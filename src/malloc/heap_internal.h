@@ -68,8 +68,8 @@ typedef struct heap {
   pthread_mutex_t lock;      /* bs's slabs and outbox: owner slow paths, purger, trims */
   /* Statistics, counted where blocks move between the cache and the slabs (relaxed
    * atomics: read by other threads). Live bytes of the thread = out_bytes - cached bytes. */
-  size_t takes, gives; /* blocks taken from / given back to slabs (or sent to owners) */
-  size_t out_bytes;    /* bytes taken minus bytes given back */
+  size_t takes, gives;   /* blocks taken from / given back to slabs (or sent to owners) */
+  size_t out_bytes;      /* bytes taken minus bytes given back */
   struct heap *next_all; /* registry of all heaps (never freed) */
   struct heap *next_orphan;
   bool tracking; /* valgrind: every call takes obj's tracked paths */
@@ -98,7 +98,7 @@ static inline heap *heap_get(void) {
 void *heap_malloc_slow(heap *h, unsigned cls);
 void heap_free_generic(void *p);
 void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p); /* validated block */
-void heap_free_double(const void *p); /* aborts; not noreturn so the call is a jump */
+void heap_free_double(const void *p);  /* aborts; not noreturn so the call is a jump */
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align, bool zero);
@@ -146,6 +146,8 @@ size_t heap_fmt_hex(char *buf, uint64_t v);
 
 /* stats */
 extern _Atomic size_t heap_stat_purges, heap_stat_heaps;
+extern _Atomic size_t heap_live;
+extern _Atomic bool heap_threads_seen;
 
 /* ---- size classes ---- */
 

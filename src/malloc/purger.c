@@ -7,7 +7,7 @@
  * for the caches of exited threads and the large-block cache, every half purge delay
  * while anything is left to return, every HEAP_PURGER_IDLE_MS when nothing is.
  *
- * It starts at the slow path of the first malloc after a second thread made a heap (a
+ * It starts at the first slow path after two threads had heaps at once or one exited (a
  * single-threaded program stays single-threaded: its own slow paths purge), never in the
  * dynamic loader and never holding a lock; MAPALLOC_BACKGROUND=0 turns it off. It blocks
  * every signal, takes purger_lock for each pass, and fork's prepare handler takes that lock
@@ -38,7 +38,9 @@ static void purger_sleep_ms(long ms) {
 
 static long purger_busy_ms(void) {
   long d = heap_opt.purge_delay_ms / 2;
-  return d < HEAP_PURGER_MIN_MS ? HEAP_PURGER_MIN_MS : d > HEAP_PURGER_IDLE_MS ? HEAP_PURGER_IDLE_MS : d;
+  return d < HEAP_PURGER_MIN_MS    ? HEAP_PURGER_MIN_MS
+         : d > HEAP_PURGER_IDLE_MS ? HEAP_PURGER_IDLE_MS
+                                   : d;
 }
 
 static void *purger_main(void *arg) {
@@ -59,10 +61,9 @@ static void *purger_main(void *arg) {
 }
 
 void heap_purger_poke(void) {
-  if (heap_likely(atomic_load_explicit(&purger_state, memory_order_relaxed) != PURGER_OFF))
-    return;
+  if (heap_likely(atomic_load_explicit(&purger_state, memory_order_relaxed) != PURGER_OFF)) return;
   if (heap_opt.background == 0 || heap_opt.purge_delay_ms < 0 ||
-      atomic_load_explicit(&heap_stat_heaps, memory_order_relaxed) < 2)
+      !atomic_load_explicit(&heap_threads_seen, memory_order_relaxed))
     return;
   int off = PURGER_OFF;
   if (!atomic_compare_exchange_strong(&purger_state, &off, PURGER_STARTING)) return;

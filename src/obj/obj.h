@@ -245,7 +245,8 @@ struct obj_space {
   bool populate;      /* commit-on-alloc */
   size_t max_bytes;   /* 0 = unlimited, caps `committed` */
   size_t committed, reserved, capacity;
-  pthread_mutex_t lock; /* all_bins and each bins' in_use */
+  pthread_mutex_t lock;      /* all_bins and each bins' in_use */
+  pthread_mutex_t trim_lock; /* one obj_space_trim at a time: a trim is complete on return */
   obj_bins *all_bins;
   const char *name;
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
@@ -547,8 +548,8 @@ bool obj_bins_purge_check(obj_bins *bs);
 uint64_t obj_now_ms(void);
 
 /* Pre-fork/post-fork helpers: in a fork child, bins owned by threads that no longer exist
- * are abandoned so their slabs can be adopted. Called with sp->lock held (locked by the
- * prepare handler of the thread that forked); releases it. */
+ * are parked so that the child's threads can take them over. Called with sp->trim_lock and
+ * sp->lock held (locked by the prepare handler of the thread that forked); releases both. */
 void obj_space_fork_child(obj_space *sp);
 
 #endif /* MAPALLOC_OBJ_H */

@@ -591,6 +591,7 @@ void obj_bins_abandon(obj_bins *bs) {
  * over meanwhile, trimmed as its owner would, and parked again. all_bins only grows at its
  * head and next_all never changes, so the walk survives the unlocked stretches. */
 void obj_space_trim(obj_space *sp) {
+  pthread_mutex_lock(&sp->trim_lock); /* a concurrent trim's claims would be skipped */
   pthread_mutex_lock(&sp->lock);
   for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all) {
     if (bs->in_use || __atomic_load_n(&bs->inbox, __ATOMIC_RELAXED) == NULL) continue;
@@ -601,4 +602,5 @@ void obj_space_trim(obj_space *sp) {
     bs->in_use = false;
   }
   pthread_mutex_unlock(&sp->lock);
+  pthread_mutex_unlock(&sp->trim_lock);
 }

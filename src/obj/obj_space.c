@@ -61,6 +61,10 @@ int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool popula
   sp->purge_delay_ms = OBJ_PURGE_DELAY_DEFAULT;
   sp->map_tag = OBJ_MAP_TAG;
   if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
+  if (pthread_mutex_init(&sp->trim_lock, NULL) != 0) {
+    pthread_mutex_destroy(&sp->lock);
+    return -ENOMEM;
+  }
   return 0;
 }
 
@@ -117,10 +121,12 @@ void obj_space_destroy(obj_space *sp) {
   }
   sp->all_bins = NULL;
   pthread_mutex_destroy(&sp->lock);
+  pthread_mutex_destroy(&sp->trim_lock);
 }
 
 void obj_space_fork_child(obj_space *sp) {
   pthread_mutex_unlock(&sp->lock); /* locked by the forking thread in the prepare handler */
+  pthread_mutex_unlock(&sp->trim_lock);
   uintptr_t self = obj_tid();
   /* tid 0: claimed by a trim in a thread that is gone; left as it is (its memory is not
    * reused in the child). */

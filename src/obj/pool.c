@@ -76,11 +76,17 @@ static void tld_destroy(void *arg) {
 
 static void fork_prepare(void) {
   pthread_mutex_lock(&pools_lock);
-  for (ma_pool *p = pools; p; p = p->next) pthread_mutex_lock(&p->space.lock);
+  for (ma_pool *p = pools; p; p = p->next) {
+    pthread_mutex_lock(&p->space.trim_lock);
+    pthread_mutex_lock(&p->space.lock);
+  }
 }
 
 static void fork_parent(void) {
-  for (ma_pool *p = pools; p; p = p->next) pthread_mutex_unlock(&p->space.lock);
+  for (ma_pool *p = pools; p; p = p->next) {
+    pthread_mutex_unlock(&p->space.lock);
+    pthread_mutex_unlock(&p->space.trim_lock);
+  }
   pthread_mutex_unlock(&pools_lock);
 }
 

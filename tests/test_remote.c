@@ -1,0 +1,395 @@
+/* Tests of cross-thread frees and memory return (src/obj/obj_bins.c "Remote frees",
+ * src/malloc/heap_internal.h "Thread cache", src/malloc/purger.c): frees in flight when
+ * threads exit, fork while batches are being sent, the background purger returning the
+ * memory of idle and exited threads with no call, its life at exit and in fork children,
+ * and trims racing it. Sizes are checked through ma_heap_stats (the accounting), which
+ * sanitizers do not distort. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "malloc/heap_internal.h"
+#include "mapalloc/heap.h"
+
+/* ThreadSanitizer cannot start threads in the child of a multithreaded fork: the fork
+ * tests' children stay single-threaded there (their other checks still run). */
+#if defined(__SANITIZE_THREAD__)
+#define CHILD_THREADS 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CHILD_THREADS 0
+#endif
+#endif
+#ifndef CHILD_THREADS
+#define CHILD_THREADS 1
+#endif
+
+static size_t committed(void) {
+  ma_heap_stats st;
+  ma_heap_stats_get(&st);
+  return st.committed;
+}
+
+static size_t allocated(void) {
+  ma_heap_stats st;
+  ma_heap_stats_get(&st);
+  return st.allocated;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Waits (making no allocator call) until committed bytes fall to `bound`; the time taken
+ * in ms, or -1 after `limit_ms`. */
+static long wait_committed_below(size_t bound, long limit_ms) {
+  for (long t = 0; t <= limit_ms; t += 20) {
+    if (committed() <= bound) return t;
+    sleep_ms(20);
+  }
+  return -1;
+}
+
+static int task_count(void) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+/* ---- frees in flight when threads exit --------------------------------------------- */
+
+typedef struct {
+  void **v;
+  size_t n;
+} span;
+
+static void *free_span(void *arg) {
+  span *s = arg;
+  for (size_t i = 0; i < s->n; i++) ma_free(s->v[i]); /* remote: batched, then the thread exits */
+  return NULL;
+}
+
+static void *alloc_span(void *arg) {
+  span *s = arg;
+  for (size_t i = 0; i < s->n; i++) {
+    s->v[i] = ma_malloc(16 + (i * 37) % 2000);
+    cr_assert_not_null(s->v[i]);
+    memset(s->v[i], 0x5a, 16);
+  }
+  return NULL; /* exits owning live blocks */
+}
+
+Test(remote, freeing_threads_exit_with_batches_pending) {
+  ma_heap_collect(true);
+  size_t a0 = allocated(), c0 = committed();
+  enum { N = 200000, T = 8 };
+  void **v = calloc(N, sizeof *v);
+  for (size_t i = 0; i < N; i++) cr_assert_not_null(v[i] = ma_malloc(16 + (i * 37) % 2000));
+  cr_assert_gt(committed(), c0 + (size_t)(50 << 20));
+  pthread_t t[T];
+  span s[T];
+  for (int k = 0; k < T; k++) {
+    s[k] = (span){v + (size_t)k * (N / T), N / T};
+    pthread_create(&t[k], NULL, free_span, &s[k]);
+  }
+  for (int k = 0; k < T; k++) pthread_join(t[k], NULL);
+  /* Every block came back to this thread's slabs: nothing is live, and a trim returns
+   * every page. */
+  ma_heap_collect(true);
+  cr_assert_eq(allocated(), a0, "allocated %zu, before %zu", allocated(), a0);
+  cr_assert_leq(committed(), c0 + (size_t)(2 << 20), "committed %zu, before %zu", committed(), c0);
+  free(v);
+}
+
+Test(remote, owners_exit_then_their_blocks_are_freed) {
+  ma_heap_collect(true);
+  size_t a0 = allocated(), c0 = committed();
+  enum { N = 50000, T = 6 };
+  void **v = calloc((size_t)N * T, sizeof *v);
+  pthread_t t[T];
+  span s[T];
+  for (int k = 0; k < T; k++) {
+    s[k] = (span){v + (size_t)k * N, N};
+    pthread_create(&t[k], NULL, alloc_span, &s[k]);
+  }
+  for (int k = 0; k < T; k++) pthread_join(t[k], NULL);
+  /* The owners are gone (their caches parked); half the blocks are freed here, half by
+   * threads that exit right after. */
+  for (size_t i = 0; i < (size_t)N * T; i += 2) {
+    cr_assert_eq(*(unsigned char *)v[i], 0x5a);
+    ma_free(v[i]);
+  }
+  span odd[T];
+  for (int k = 0; k < T; k++) {
+    odd[k] = (span){NULL, 0};
+    size_t lo = (size_t)k * N;
+    odd[k].v = malloc(sizeof(void *) * (N / 2 + 1));
+    for (size_t i = lo + 1; i < lo + N; i += 2) odd[k].v[odd[k].n++] = v[i];
+    pthread_create(&t[k], NULL, free_span, &odd[k]);
+  }
+  for (int k = 0; k < T; k++) pthread_join(t[k], NULL);
+  ma_heap_collect(true);
+  cr_assert_eq(allocated(), a0, "allocated %zu, before %zu", allocated(), a0);
+  cr_assert_leq(committed(), c0 + (size_t)(2 << 20), "committed %zu, before %zu", committed(), c0);
+  for (int k = 0; k < T; k++) free(odd[k].v);
+  free(v);
+}
+
+/* ---- fork while other threads send batches ------------------------------------------ */
+
+#define XN 4096
+static _Atomic(void *) xslots[XN];
+static atomic_bool xstop;
+
+static void *exchanger(void *arg) {
+  uint64_t r = (uintptr_t)arg * 0x9e3779b97f4a7c15ull + 1;
+  while (!atomic_load(&xstop)) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    void *p = ma_malloc(16 + r % 700);
+    cr_assert_not_null(p);
+    memset(p, 0x11, 16);
+    void *old = atomic_exchange(&xslots[(r >> 20) % XN], p); /* the other thread's, often */
+    ma_free(old);
+  }
+  return NULL;
+}
+
+static void *child_thread(void *arg) {
+  void **v = arg;
+  for (int i = 0; i < 64; i++) ma_free(v[i]);
+  return NULL;
+}
+
+Test(remote, fork_while_batches_are_sent) {
+  pthread_t t[3];
+  for (long k = 0; k < 3; k++) pthread_create(&t[k], NULL, exchanger, (void *)(k + 1));
+  for (int f = 0; f < 60; f++) {
+    sleep_ms(2);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+      /* The child's heap works, a thread of its own frees blocks the child allocated,
+       * and a full trim completes (other threads' heaps are left as they were). */
+      void *v[64];
+      for (int i = 0; i < 64; i++)
+        if ((v[i] = ma_malloc(24 + (size_t)i * 40)) == NULL) _exit(2);
+      if (CHILD_THREADS) {
+        pthread_t ct;
+        if (pthread_create(&ct, NULL, child_thread, v) != 0) _exit(3);
+        pthread_join(ct, NULL);
+      } else {
+        child_thread(v);
+      }
+      for (int i = 0; i < 1000; i++) ma_free(ma_malloc((size_t)i % 3000));
+      ma_heap_collect(true);
+      _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status 0x%x", f, st);
+  }
+  atomic_store(&xstop, true);
+  for (int k = 0; k < 3; k++) pthread_join(t[k], NULL);
+  for (int i = 0; i < XN; i++) ma_free(atomic_exchange(&xslots[i], NULL));
+}
+
+/* ---- the background purger ----------------------------------------------------------- */
+
+typedef struct {
+  void **v;
+  size_t n;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int stage;
+} idle_t;
+
+static void stage_wait(idle_t *x, int s) {
+  pthread_mutex_lock(&x->mu);
+  while (x->stage < s) pthread_cond_wait(&x->cv, &x->mu);
+  pthread_mutex_unlock(&x->mu);
+}
+
+static void stage_set(idle_t *x, int s) {
+  pthread_mutex_lock(&x->mu);
+  x->stage = s;
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+}
+
+static void *idle_worker(void *arg) {
+  idle_t *x = arg;
+  for (size_t i = 0; i < x->n; i++) {
+    x->v[i] = ma_malloc(256);
+    cr_assert_not_null(x->v[i]);
+    memset(x->v[i], 1, 256);
+  }
+  stage_set(x, 1);
+  stage_wait(x, 2);
+  for (size_t i = 1; i < x->n; i += 2) ma_free(x->v[i]);
+  stage_set(x, 3);
+  stage_wait(x, 4); /* idle: no allocator call until the end */
+  return NULL;
+}
+
+/* The issue's scenario: a worker allocates 64 MiB of 256-byte blocks, this thread frees
+ * half, the worker frees the rest and blocks. Nobody calls the allocator afterwards: the
+ * purger must give the memory back (here within 3 s; the figure is a benchmark's). */
+Test(purger, returns_an_idle_workers_memory_without_a_call) {
+  cr_assert(heap_opt.background != 0, "run without MAPALLOC_BACKGROUND=0");
+  ma_heap_collect(true);
+  size_t c0 = committed();
+  idle_t x = {
+      .n = (64u << 20) / 256, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  x.v = calloc(x.n, sizeof(void *));
+  pthread_t t;
+  pthread_create(&t, NULL, idle_worker, &x);
+  stage_wait(&x, 1);
+  cr_assert_gt(committed(), c0 + (size_t)(60 << 20));
+  for (size_t i = 0; i < x.n; i += 2) ma_free(x.v[i]);
+  stage_set(&x, 2);
+  stage_wait(&x, 3);
+  long ms = wait_committed_below(c0 + (size_t)(10 << 20), 3000);
+  cr_assert_geq(ms, 0, "committed still %zu MiB over the start after 3 s",
+                (committed() - c0) >> 20);
+  cr_assert(heap_purger_running());
+  stage_set(&x, 4);
+  pthread_join(t, NULL);
+  free(x.v);
+}
+
+static void *alloc_and_exit(void *arg) {
+  span *s = arg;
+  for (size_t i = 0; i < s->n; i++) cr_assert_not_null(s->v[i] = ma_malloc(200));
+  return NULL;
+}
+
+/* A thread allocates 32 MiB and exits; this thread frees it all and then makes no call:
+ * the purger files the frees into the exited thread's parked cache and returns the pages. */
+Test(purger, returns_an_exited_threads_memory_without_a_call) {
+  ma_heap_collect(true);
+  size_t c0 = committed();
+  span s = {NULL, (32u << 20) / 200};
+  s.v = calloc(s.n, sizeof(void *));
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_and_exit, &s);
+  pthread_join(t, NULL);
+  for (size_t i = 0; i < s.n; i++) ma_free(s.v[i]);
+  long ms = wait_committed_below(c0 + (size_t)(4 << 20), 3000);
+  cr_assert_geq(ms, 0, "committed still %zu MiB over the start after 3 s",
+                (committed() - c0) >> 20);
+  free(s.v);
+}
+
+static void *churn(void *arg) {
+  atomic_bool *stop = arg;
+  void *v[512] = {0};
+  uint64_t r = 88172645463325252ull;
+  while (!atomic_load(stop)) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    unsigned k = (unsigned)(r % 512);
+    ma_free(v[k]);
+    v[k] = ma_malloc(16 + (r >> 16) % 5000);
+    cr_assert_not_null(v[k]);
+    memset(v[k], (int)k, 16);
+  }
+  for (int k = 0; k < 512; k++) ma_free(v[k]);
+  return NULL;
+}
+
+static void *trimmer(void *arg) {
+  atomic_bool *stop = arg;
+  while (!atomic_load(stop)) {
+    ma_heap_collect(true);
+    ma_heap_collect(false);
+    sched_yield();
+  }
+  return NULL;
+}
+
+/* Trims from several threads and the purger's passes while threads churn: every heap is
+ * touched by at most one of them at a time (its lock); contents stay intact (the churn
+ * checks nothing was handed out twice by writing and the final accounting). */
+Test(purger, never_races_a_trim) {
+  ma_heap_collect(true);
+  size_t a0 = allocated();
+  size_t passes0 = heap_purger_passes();
+  atomic_bool stop = false;
+  pthread_t c[3], tr[2];
+  for (int k = 0; k < 3; k++) pthread_create(&c[k], NULL, churn, &stop);
+  for (int k = 0; k < 2; k++) pthread_create(&tr[k], NULL, trimmer, &stop);
+  sleep_ms(1500);
+  atomic_store(&stop, true);
+  for (int k = 0; k < 3; k++) pthread_join(c[k], NULL);
+  for (int k = 0; k < 2; k++) pthread_join(tr[k], NULL);
+  cr_assert_gt(heap_purger_passes(), passes0, "the purger ran meanwhile");
+  ma_heap_collect(true);
+  cr_assert_eq(allocated(), a0);
+}
+
+static void *touch_heap(void *arg) {
+  (void)arg;
+  ma_free(ma_malloc(100));
+  return NULL;
+}
+
+/* The purger thread does not exist in a fork child (fork's prepare handler keeps it out of
+ * every heap) and does not start while the child has one thread; a child that runs a
+ * second thread gets one of its own. */
+Test(purger, absent_in_fork_children) {
+  pthread_t t;
+  pthread_create(&t, NULL, touch_heap, NULL);
+  pthread_join(t, NULL);
+  ma_free(ma_malloc(70000)); /* a slow path: starts the purger */
+  for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
+  cr_assert(heap_purger_running());
+  cr_assert_geq(task_count(), 2);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (task_count() != 1) _exit(10);
+    if (heap_purger_running()) _exit(11);
+    ma_free(ma_malloc(70000)); /* one thread: no purger yet */
+    if (task_count() != 1) _exit(14);
+    if (!CHILD_THREADS) _exit(0);
+    pthread_t ct;
+    if (pthread_create(&ct, NULL, touch_heap, NULL) != 0) _exit(12);
+    pthread_join(ct, NULL);
+    ma_free(ma_malloc(70000));
+    for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
+    _exit(heap_purger_running() ? 0 : 13);
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFEXITED(st), "status 0x%x", st);
+  cr_assert_eq(WEXITSTATUS(st), 0);
+}
+
+/* A process that exits while the purger works exits cleanly (its destructor stops it). */
+Test(purger, stops_at_exit) {
+  for (int round = 0; round < 20; round++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      atomic_bool stop = false;
+      pthread_t c;
+      pthread_create(&c, NULL, churn, &stop);
+      sleep_ms(round * 7 % 60);
+      exit(0); /* with the churn thread still running */
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d: status 0x%x", round, st);
+  }
+}
