@@ -287,16 +287,15 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
 /* The link of a cached block, checked exactly (aborts on a corrupted one). */
 static obj_block *heap_tc_next_checked(obj_block *b) {
   obj_link_open(b);
+  bool tagged = obj_block_is_free(b);
   obj_block *n = heap_tc_link(b);
   obj_link_close(b);
-  if (!heap_link_valid(n)) obj_fatal("corrupted free list (write after free?)", b);
+  if (!tagged || !heap_link_valid(n)) obj_fatal("corrupted free list (write after free?)", b);
   return n;
 }
 
 void *heap_malloc_far(heap *h, unsigned cls) {
-  heap_tc *tc = &h->tc[cls];
-  obj_block *b = tc->head;
-  return heap_tc_pop(tc, b, heap_tc_next_checked(b), cls);
+  obj_fatal("corrupted free list (write after free?)", h->tc[cls].head);
 }
 
 /* Gives back the blocks of list `cls` after its first `keep` (the colder end): blocks of

@@ -206,15 +206,13 @@ static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
   obj_poison(b, s->stride);
   obj_link_open(b);
   obj_link_set(b, tc->head);
-  b->key = s->key;
   obj_link_close(b);
   tc->head = b;
   __atomic_store_n(&tc->room, tc->room - 1, __ATOMIC_RELAXED);
 }
 
-/* heap_malloc_cls when the head's link is not plainly good (default build: it leaves the
- * head's 4 MiB chunk; secure build: it failed the check): checked exactly, then popped;
- * aborts on a corrupted link. */
+/* heap_malloc_cls when the head's tag or link failed its check: aborts ("corrupted free
+ * list"). Not noreturn, so that the call is a jump. */
 void *heap_malloc_far(heap *h, unsigned cls);
 
 /* ---- fast paths ---- */
@@ -228,13 +226,12 @@ static inline void *heap_malloc_cls(unsigned cls) {
   obj_block *b = tc->head;
   if (heap_unlikely(b == NULL)) return heap_malloc_slow(h, cls);
   obj_link_open(b);
+  /* The free tag must hold (a write after free over the link or the tag breaks it); the
+   * secure build also checks the decoded link exactly. */
+  if (heap_unlikely(!obj_block_is_free(b))) return heap_malloc_far(h, cls);
   obj_block *n = heap_tc_link(b);
 #if OBJ_SECURE
   if (heap_unlikely(!heap_link_valid(n))) return heap_malloc_far(h, cls);
-#else
-  /* A link that stays in b's 4 MiB chunk is a block of the same segment (any slab of it
-   * is ours); one that leaves it is checked exactly out of line. */
-  if (heap_unlikely(obj_link_leaves_chunk(b, n))) return heap_malloc_far(h, cls);
 #endif
   return heap_tc_pop(tc, b, n, cls);
 }
@@ -269,7 +266,7 @@ static inline void heap_free_inline(void *p) {
   }
   obj_block *b = p;
   obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
-  if (heap_unlikely(b->key == s->key)) {
+  if (heap_unlikely(obj_block_is_free(b))) {
     heap_free_double(p);
     return;
   }

@@ -126,7 +126,7 @@
 
 typedef struct obj_block {
   struct obj_block *next;
-  uintptr_t key; /* == slab->key while free: cheap double-free detection */
+  uintptr_t key; /* while free: obj_cookie ^ the stored link word (obj_link_set) */
 } obj_block;
 
 struct obj_bins;
@@ -139,7 +139,7 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   int32_t cnt;         /* used - notify: a free takes the slow path when --cnt <= 0 */
   int32_t notify;      /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
                           (blocks out, incl. remote frees not collected) is cnt + notify */
-  uintptr_t key;       /* double-free tag: cookie ^ address */
+  uintptr_t spare0_;   /* (unused) */
   uintptr_t owner_tid; /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
   char *start;         /* first block */
   uint64_t inv;        /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
@@ -267,6 +267,7 @@ extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
  * tells its own segments from pools' in the one compare that finds the segment. */
 #define OBJ_MAP_TAG ((uint32_t)1 << 31)
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
+extern OBJ_HIDDEN uintptr_t obj_cookie;   /* random, odd: the free tag (obj_link_set) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
 #define OBJ_SHUFFLE_DEFAULT 8
 extern OBJ_HIDDEN uint32_t obj_shuffle_window;
@@ -340,12 +341,25 @@ static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {
   return n == NULL || obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
 }
 
+/* Links b to next and tags b free: its second word becomes obj_cookie ^ the stored link.
+ * Every free block carries the tag (on a slab's lists, in a thread cache, in flight to its
+ * owner) and no live one does (a pop clears it), so a free of a block whose tag holds is a
+ * double free, and a write after free over a free block's link (or tag) breaks the tag,
+ * which the heap's pop checks. The cookie is random per process: a live block's data
+ * passes for free with probability 2^-64. */
 static inline void obj_link_set(obj_block *b, obj_block *next) {
 #if OBJ_SECURE
-  b->next = (obj_block *)((uintptr_t)next ^ (uintptr_t)b ^ obj_link_key);
+  uintptr_t w = (uintptr_t)next ^ (uintptr_t)b ^ obj_link_key;
 #else
-  b->next = next;
+  uintptr_t w = (uintptr_t)next;
 #endif
+  b->next = (obj_block *)w;
+  b->key = obj_cookie ^ w;
+}
+
+/* b carries the free tag (see obj_link_set). */
+static inline bool obj_block_is_free(const obj_block *b) {
+  return b->key == (obj_cookie ^ (uintptr_t)b->next);
 }
 
 #if !OBJ_SECURE
@@ -489,11 +503,10 @@ static inline void *obj_bin_alloc_zero(obj_bins *bs, obj_bin *bin) {
 static inline void obj_free_local(obj_slab *s, void *p) {
   obj_block *b = (obj_block *)p;
   obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
-  if (obj_unlikely(b->key == s->key)) obj_fatal("double free", p);
+  if (obj_unlikely(obj_block_is_free(b))) obj_fatal("double free", p);
   obj_poison(b, s->stride);
   obj_link_open(b);
   obj_link_set(b, s->free);
-  b->key = s->key;
   obj_link_close(b);
   s->free = b;
   s->free_zero = 0;

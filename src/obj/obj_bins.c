@@ -52,7 +52,6 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   s->free = s->local_free = NULL;
   s->notify = -1;
   s->cnt = 1; /* used 0 */
-  s->key = obj_cookie ^ (uintptr_t)s;
   s->bin_idx = bin->idx;
   s->active = 1;
   s->next = s->prev = NULL;
@@ -150,7 +149,6 @@ static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
     obj_block *b = (obj_block *)(first + (size_t)order[i] * s->stride);
     obj_link_open_rt(b);
     obj_link_set(b, head);
-    b->key = s->key;
     obj_link_close_rt(b);
     head = b;
   }
@@ -259,13 +257,11 @@ void obj_outbox_flush(obj_bins *bs) {
 
 /* Checks and tags b as freed (aborts on a double free); returns its owner cache. */
 static obj_bins *remote_tag(obj_segment *seg, obj_slab *s, obj_block *b, obj_block *next) {
-  uintptr_t key = s->key;
   obj_link_open_rt(b);
-  if (b->key == key) obj_fatal("double free", b);
+  if (obj_block_is_free(b)) obj_fatal("double free", b);
   obj_poison(b, s->stride);
   obj_link_open_rt(b);
   obj_link_set(b, next);
-  b->key = key;
   obj_link_close_rt(b);
   return __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
 }
@@ -319,11 +315,9 @@ uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **
   if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
   obj_slab *s = bin->cur;
   obj_block *b = s->free, *last = b;
-  uintptr_t key = s->key;
   uint32_t k = 1;
-  for (;;) { /* every block leaves tagged free: a free of one still in a cache is caught */
+  for (;;) { /* (every block is tagged free: a free of one still in a cache is caught) */
     obj_link_open_rt(last);
-    last->key = key;
     obj_block *nx = k < n ? obj_link_next(s, last) : NULL;
     obj_link_close_rt(last);
     if (!nx) break;

@@ -6,8 +6,6 @@
 
 #define OBJ_SEG_MAGIC 0x6d61706f626a7367ull
 
-extern OBJ_HIDDEN uintptr_t obj_cookie;
-
 #define OBJ_CARVE_MAX 256 /* blocks carved at a time (a page of 16-byte blocks) */
 
 int obj_global_init(void);

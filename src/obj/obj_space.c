@@ -29,14 +29,13 @@ void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) 
 
 void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   obj_block *b = p;
-  if (b->key == s->key) obj_fatal("double free", p);
+  if (obj_block_is_free(b)) obj_fatal("double free", p);
   obj_track_free(p, size);
   obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (o && o->tid == obj_tid() && s->owner_tid == 1) {
     obj_poison(b, s->stride);
     obj_link_open_rt(b);
     obj_link_set(b, s->free);
-    b->key = s->key;
     obj_link_close_rt(b);
     s->free = b;
     s->free_zero = 0;

@@ -329,11 +329,10 @@ void ma_pool_free(ma_pool *p, void *obj) {
       }
       {
         obj_link_open(b);
-        if (obj_likely(b->key != s->key)) {
+        if (obj_likely(!obj_block_is_free(b))) {
           obj_poison(b, s->stride);
           obj_link_open(b);
           obj_link_set(b, s->free);
-          b->key = s->key;
           obj_link_close(b);
           s->free = b;
           s->free_zero = 0;
