@@ -284,13 +284,15 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
   return p; /* NULL: obj set errno */
 }
 
-/* The link of a cached block, checked exactly (aborts on a corrupted one). */
+/* The link of a cached block, checked as the pop checks it (the tag; exactly in secure
+ * mode); aborts on a corrupted one. */
 static obj_block *heap_tc_next_checked(obj_block *b) {
   obj_link_open(b);
-  bool tagged = obj_block_is_free(b);
+  bool ok = obj_block_is_free(b);
   obj_block *n = heap_tc_link(b);
   obj_link_close(b);
-  if (!tagged || !heap_link_valid(n)) obj_fatal("corrupted free list (write after free?)", b);
+  if (OBJ_SECURE && ok) ok = heap_link_valid(n);
+  if (!ok) obj_fatal("corrupted free list (write after free?)", b);
   return n;
 }
 
@@ -298,24 +300,16 @@ void *heap_malloc_far(heap *h, unsigned cls) {
   obj_fatal("corrupted free list (write after free?)", h->tc[cls].head);
 }
 
-/* Gives back the blocks of list `cls` after its first `keep` (the colder end): blocks of
- * h's own slabs go back to them, the others are batched to their owners. h->lock held. */
+/* Gives back all but `keep` blocks of list `cls`, from its head (the blocks freed last:
+ * still in this core's cache, and no walk past the ones given back): blocks of h's own
+ * slabs go back to them, the others are batched to their owners. h->lock held. */
 static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
-  if (heap_tc_count(tc) <= keep) return;
+  uint32_t n = heap_tc_count(tc);
+  if (n <= keep) return;
   obj_block *rest = tc->head;
-  if (keep == 0) {
-    tc->head = NULL;
-  } else {
-    obj_block *b = tc->head;
-    for (uint32_t i = 1; i < keep; i++) b = heap_tc_next_checked(b);
-    rest = heap_tc_next_checked(b);
-    obj_link_open(b);
-    obj_link_set(b, NULL);
-    obj_link_close(b);
-  }
   size_t k = 0, bytes = 0;
-  while (rest) {
+  for (uint32_t i = keep; i < n; i++) {
     obj_block *b = rest;
     rest = heap_tc_next_checked(b);
     obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
@@ -327,6 +321,7 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
     else
       obj_send_remote(h->bs, seg, b);
   }
+  tc->head = rest;
   __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);
   heap_count_give(h, k, bytes);
 }
