@@ -18,7 +18,12 @@
  *   access), no memory, no swap reservation.
  * - The arena does not own the descriptors given to it and keeps none open: the kernel's
  *   mapping holds its own reference to the file, so the caller may close its fd right after
- *   ma_arena_add_fd_mapping. The fd number is recorded only to be reported by foreach/find.
+ *   ma_arena_add_fd_mapping. Nor does it record descriptor numbers, which go stale (a number
+ *   closed by the caller is soon reused by an unrelated file): foreach and find report the
+ *   mapped file's identity, st_dev and st_ino taken at add time, which stays true for as
+ *   long as the mapping exists (the mapping keeps the file, so its inode cannot be reused).
+ *   A VMM that must hand "the file of this range" to a device backend keeps its own
+ *   descriptors and picks the one whose fstat matches (ma_arena_mapping_is_fd).
  * - Thread-safety: every function may be called from any thread. Operations on one arena
  *   are serialized by an internal mutex; the memory itself is accessed without any lock.
  *   A callback of ma_arena_foreach runs with the lock held: it may call the read-only
@@ -42,11 +47,12 @@ typedef struct ma_arena ma_arena;
 
 /* One mapping as reported by ma_arena_foreach and ma_arena_find. */
 typedef struct ma_arena_mapping {
-  size_t off, len; /* [off, off+len) relative to the arena base */
-  int fd;          /* the descriptor number given when added (not owned; it may since have
-                      been closed or reused), or -1 for an anonymous mapping */
-  uint64_t fd_off; /* file offset mapped at `off` (0 for anonymous) */
-  unsigned prot;   /* MA_PROT_* in effect */
+  size_t off, len;   /* [off, off+len) relative to the arena base */
+  bool anon;         /* private anonymous memory (dev, ino and fd_off are then 0) */
+  uint64_t dev, ino; /* the mapped file: st_dev and st_ino of the descriptor given at add time
+                        (no descriptor number: see the conventions above) */
+  uint64_t fd_off;   /* file offset mapped at `off` */
+  unsigned prot;     /* MA_PROT_* in effect */
 } ma_arena_mapping;
 
 /* Reserves `len` bytes of address space, inaccessible and without swap reservation (an
@@ -84,7 +90,8 @@ MA_API size_t ma_arena_len(const ma_arena *a);
  * open read-write), -ENODEV (file cannot be mapped), -ENOMEM (memory, map count,
  * RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment).
  * Mapping past the end of the file succeeds but accessing those pages raises SIGBUS (as
- * with mmap). One fcntl per call (F_GETFL, or F_GET_SEALS when prot has WRITE).
+ * with mmap). Two system calls before the mmap: fstat (the file's identity, recorded) and
+ * one fcntl (F_GETFL, or F_GET_SEALS when prot has WRITE). The descriptor is not kept.
  * Thread-safe. */
 MA_API int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
                                    unsigned prot);
@@ -136,6 +143,11 @@ MA_API int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async);
 /* Copies the mapping that contains byte `off` into *out. Errors: -EINVAL (a or out NULL,
  * off outside the arena), -ENOENT (off is not mapped). O(log n). Thread-safe. */
 MA_API int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out);
+
+/* Whether mapping `m` (from find or foreach) maps the file open at descriptor `fd`: 1 if
+ * fstat(fd) gives m's st_dev and st_ino, 0 if not (or m is anonymous).
+ * Errors: -EINVAL (m NULL), -EBADF (fd not open). Thread-safe (it reads only *m). */
+MA_API int ma_arena_mapping_is_fd(const ma_arena_mapping *m, int fd);
 
 /* The number of mappings currently recorded (a split mapping counts as its pieces).
  * 0 for a NULL arena. Thread-safe. */
