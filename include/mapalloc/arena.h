@@ -161,6 +161,63 @@ MA_API size_t ma_arena_count(const ma_arena *a);
 MA_API int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void *),
                             void *ctx);
 
+/* ---- Snapshots and lazy restore -------------------------------------------------------------
+ * A VMM that snapshots guest memory asks which pages hold memory (so a snapshot skips the
+ * rest), and one that restores lazily serves guest RAM on first touch with userfaultfd. The
+ * arena neither creates nor reads the userfaultfd: the caller owns it (userfaultfd(2), then
+ * UFFDIO_API; missing mode over memfd mappings needs UFFD_FEATURE_MISSING_SHMEM) and reads
+ * its fault messages, whose addresses are ma_arena_base(a) + off. */
+
+/* Writes one byte per page of [off, off+len), which must be entirely mapped, into vec
+ * (len / page size bytes): 1 where the page has memory, 0 where it has none. For a file
+ * mapping that is the file's page cache, whoever put the page there (this process, a
+ * backend mapping the same memfd, a write()); a page punched out with MA_ADV_REMOVE, or never
+ * written, reads 0. For an anonymous mapping it is this mapping's memory. (mincore(2).)
+ * Errors: -EINVAL (range rules, vec NULL), -ENOENT (some page not mapped), -ENOMEM, -EAGAIN.
+ * Thread-safe; the answer may be stale by the time it is read if others touch the range. */
+MA_API int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *vec);
+
+enum {
+  MA_UFFD_MISSING = 1u << 0, /* report the first touch of a page that has no memory */
+  MA_UFFD_WP = 1u << 1       /* report writes to write-protected pages (anonymous, or shmem
+                                with UFFD_FEATURE_WP_HUGETLBFS_SHMEM on kernels that have it) */
+};
+
+/* Registers [off, off+len), which must be entirely mapped, with the userfaultfd `uffd` in
+ * `modes` (MA_UFFD_*). With MA_UFFD_MISSING, an access through this process's mapping to a
+ * page without memory (see ma_arena_resident) blocks the accessing thread, or the kernel
+ * acting for it (a KVM vCPU's access to guest RAM, a read(2) into the range), until the page
+ * is supplied with ma_arena_uffd_copy. Accesses through other processes' mappings of the same
+ * file are not reported, and a page that another process has put in the file is not missing.
+ * The registration belongs to the mappings now in the range: ma_arena_remove_mapping or a new
+ * mapping over part of it ends it there (register again), and it ends when uffd is closed.
+ * Errors: -EINVAL (range rules, modes 0 or unknown, the kernel's refusal: a mode the uffd
+ * was not opened for, e.g. missing mode over memfd pages without
+ * UFFD_FEATURE_MISSING_SHMEM), -ENOENT (some page not mapped), -EBUSY (some page registered
+ * with another uffd), -EBADF/-ENOTTY (uffd is not an open userfaultfd), -EPERM, -ENOMEM.
+ * Nothing is registered on failure. Thread-safe. */
+MA_API int ma_arena_uffd_register(ma_arena *a, size_t off, size_t len, int uffd, unsigned modes);
+
+/* Ends the registration of [off, off+len) with uffd; threads blocked there are woken and
+ * retry the access (which then gets memory as without userfaultfd: zeros where nothing is).
+ * Errors: -EINVAL (range rules), -ENOENT (some page not mapped), -EBADF/-ENOTTY, -ENOMEM.
+ * Thread-safe. */
+MA_API int ma_arena_uffd_unregister(ma_arena *a, size_t off, size_t len, int uffd);
+
+/* Resolves missing-page faults: copies `len` bytes from `src` into [off, off+len) of a range
+ * registered with `uffd` (UFFDIO_COPY: each page gets its memory atomically, and the
+ * threads waiting on it are woken). *copied (may be NULL) receives the bytes copied.
+ * Errors: -EINVAL (range rules, src NULL), -EEXIST (the page at off already has memory:
+ * another thread resolved it first; nothing copied), -EAGAIN (only the first *copied bytes
+ * were copied: a later page already had memory, or the process's mappings changed under the
+ * copy; go on from off + *copied — the one error after which something has changed),
+ * -ENOENT (the range is not registered, or its mapping changed), -ESRCH (the registering
+ * process is exiting), -ENOMEM.
+ * Thread-safe and lock-free: it takes no arena lock, so a fault handler never waits for a
+ * thread that is itself waiting for the handler. */
+MA_API int ma_arena_uffd_copy(ma_arena *a, size_t off, const void *src, size_t len, int uffd,
+                              size_t *copied);
+
 /* Unmaps the whole arena (every mapping and the reservation) and frees its bookkeeping.
  * NULL is a no-op. The caller must ensure no other thread uses the arena any more.
  * Descriptors given to the arena are not touched. */

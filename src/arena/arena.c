@@ -14,8 +14,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "arena/arena_tree.h"
@@ -441,5 +444,64 @@ int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async) {
   if (r || (r = lock_rw(a))) return r;
   r = covering(a, off, off + len) ? os_sync(a->base + off, len, async) : -ENOENT;
   unlock(a);
+  return r;
+}
+
+/* ---- Snapshots and lazy restore ------------------------------------------------------------ */
+
+int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *vec) {
+  int held, r = check_range(a, off, len);
+  if (r) return r;
+  if (!vec) return -EINVAL;
+  if ((r = lock_ro(a, &held))) return r;
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (mincore(a->base + off, len, vec) != 0)
+    r = -errno;
+  if (held) unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_register(ma_arena *a, size_t off, size_t len, int uffd, unsigned modes) {
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if (modes == 0 || (modes & ~(unsigned)(MA_UFFD_MISSING | MA_UFFD_WP))) return -EINVAL;
+  if ((r = lock_rw(a))) return r;
+  struct uffdio_register reg = {
+      .range = {.start = (uint64_t)(uintptr_t)(a->base + off), .len = len},
+      .mode = ((modes & MA_UFFD_MISSING) ? UFFDIO_REGISTER_MODE_MISSING : 0) |
+              ((modes & MA_UFFD_WP) ? UFFDIO_REGISTER_MODE_WP : 0)};
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
+    r = -errno;
+  unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_unregister(ma_arena *a, size_t off, size_t len, int uffd) {
+  int r = check_range(a, off, len);
+  if (r || (r = lock_rw(a))) return r;
+  struct uffdio_range range = {.start = (uint64_t)(uintptr_t)(a->base + off), .len = len};
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (ioctl(uffd, UFFDIO_UNREGISTER, &range) != 0)
+    r = -errno;
+  unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_copy(ma_arena *a, size_t off, const void *src, size_t len, int uffd,
+                       size_t *copied) {
+  if (copied) *copied = 0;
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if (!src) return -EINVAL;
+  struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)(a->base + off),
+                          .src = (uint64_t)(uintptr_t)src,
+                          .len = len,
+                          .mode = 0};
+  r = ioctl(uffd, UFFDIO_COPY, &c) == 0 ? 0 : -errno;
+  if (copied) *copied = c.copy > 0 ? (size_t)c.copy : 0;
   return r;
 }
