@@ -24,6 +24,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/kvm.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -36,6 +39,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -494,6 +498,346 @@ static void stop_backend(int sock) {
   close(sock);
 }
 
+/* ---- Snapshots: dirty logging, full and incremental snapshots, eager and lazy restore ---- */
+
+/* The snapshot directory holds ram.lo and ram.hi (the full snapshot: each RAM memfd as a
+ * sparse file, only the pages that had memory written), incr (the incremental snapshot:
+ * records of a GPA and its page, for the pages dirtied since the full one) and meta (the
+ * layout, the vCPU's registers at the incremental snapshot, and the checksums the guest
+ * computed after it, which a restored guest must compute again). */
+struct snap_meta {
+  uint64_t magic, lo_size, hi_size, incr_pages, final_lo, final_hi;
+  struct kvm_regs regs;
+  struct kvm_sregs sregs;
+};
+#define SNAP_MAGIC 0x70616e73616d6b76ull
+
+struct snap {
+  char dir[PATH_MAX];
+  uint64_t *host_dirty[2]; /* pages this process or the backend wrote (KVM cannot see them) */
+  size_t words[2];
+  struct snap_meta meta;
+};
+
+static const char *snap_path(const struct snap *s, const char *name) {
+  static char path[PATH_MAX + 16];
+  snprintf(path, sizeof path, "%s/%s", s->dir, name);
+  return path;
+}
+
+static uint64_t region_gpa(int r) {
+  return r == 0 ? 0 : HIGH_RAM_GPA;
+}
+
+static uint64_t region_size(const struct vm *vm, int r) {
+  return r == 0 ? vm->lo_size : vm->hi_size;
+}
+
+static void snap_init(struct snap *s, const struct vm *vm) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(s->dir, sizeof s->dir, "%s/kvm-vmm-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  CHECK(mkdtemp(s->dir), "mkdtemp %s: %s", s->dir, strerror(errno));
+  for (int r = 0; r < 2; r++) {
+    s->words[r] = (region_size(vm, r) / PAGE + 63) / 64;
+    s->host_dirty[r] = calloc(s->words[r], 8);
+    CHECK(s->host_dirty[r], "out of memory");
+  }
+  s->meta = (struct snap_meta){.magic = SNAP_MAGIC, .lo_size = vm->lo_size, .hi_size = vm->hi_size};
+}
+
+/* The monitor (or its backend) wrote [gpa, gpa+len) of RAM behind KVM's back. */
+static void mark_host_dirty(struct snap *s, uint64_t gpa, uint64_t len) {
+  int r = gpa >= HIGH_RAM_GPA;
+  for (uint64_t p = (gpa - region_gpa(r)) / PAGE; p < (gpa - region_gpa(r) + len) / PAGE; p++)
+    s->host_dirty[r][p / 64] |= 1ull << (p % 64);
+}
+
+/* KVM's dirty bitmap of region r's slot since the last call (the call clears it). */
+static void get_dirty_log(const struct vm *vm, int r, uint64_t *bitmap) {
+  struct kvm_dirty_log log = {.slot = r == 0 ? SLOT_LOW : SLOT_HIGH, .dirty_bitmap = bitmap};
+  CHECK_SYS(ioctl(vm->fd, KVM_GET_DIRTY_LOG, &log));
+}
+
+static void write_all(int fd, const void *buf, size_t len, off_t off) {
+  while (len > 0) {
+    ssize_t n = pwrite(fd, buf, len, off);
+    CHECK(n > 0, "write to the snapshot: %s", n < 0 ? strerror(errno) : "short");
+    buf = (const char *)buf + n;
+    len -= (size_t)n;
+    off += n;
+  }
+}
+
+static void read_all(int fd, void *buf, size_t len, off_t off) {
+  while (len > 0) {
+    ssize_t n = pread(fd, buf, len, off);
+    CHECK(n > 0, "read from the snapshot: %s", n < 0 ? strerror(errno) : "end of file");
+    buf = (char *)buf + n;
+    len -= (size_t)n;
+    off += n;
+  }
+}
+
+/* The full snapshot, with the vCPU stopped: each RAM region's pages that have memory
+ * (ma_arena_resident), at their offsets in a sparse file. Restarts dirty tracking. */
+static void snapshot_full(const struct vm *vm, struct snap *s) {
+  uint64_t written = 0;
+  for (int r = 0; r < 2; r++) {
+    uint64_t gpa = region_gpa(r), size = region_size(vm, r), npages = size / PAGE;
+    unsigned char *vec = malloc(npages);
+    CHECK(vec, "out of memory");
+    CHECK_OK(ma_arena_resident(vm->arena, gpa, size, vec));
+    int fd =
+        open(snap_path(s, r ? "ram.hi" : "ram.lo"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    CHECK_SYS(fd);
+    CHECK_SYS(ftruncate(fd, (off_t)size));
+    for (uint64_t p = 0; p < npages;) {
+      if (!(vec[p] & 1)) {
+        p++;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < npages && (vec[q] & 1)) q++;
+      write_all(fd, vm->mem + gpa + p * PAGE, (q - p) * PAGE, (off_t)(p * PAGE));
+      written += (q - p) * PAGE;
+      p = q;
+    }
+    close(fd);
+    free(vec);
+    get_dirty_log(vm, r, s->host_dirty[r]); /* discarded: tracking starts now */
+    memset(s->host_dirty[r], 0, s->words[r] * 8);
+  }
+  say("full snapshot: %llu MiB of resident RAM written to %s", (unsigned long long)(written / MIB),
+      s->dir);
+}
+
+/* Completes the pending port I/O (KVM finishes an exit's instruction only at the next
+ * KVM_RUN) without running the guest further, then saves the registers. */
+static void save_vcpu(const struct vm *vm, struct snap_meta *m) {
+  vm->run->immediate_exit = 1;
+  CHECK(ioctl(vm->vcpu, KVM_RUN, 0) < 0 && errno == EINTR, "KVM_RUN with immediate_exit");
+  vm->run->immediate_exit = 0;
+  CHECK_SYS(ioctl(vm->vcpu, KVM_GET_REGS, &m->regs));
+  CHECK_SYS(ioctl(vm->vcpu, KVM_GET_SREGS, &m->sregs));
+}
+
+/* The incremental snapshot: the pages KVM logged as written by the guest since the full
+ * one, plus those written behind its back. `stride` pages of high RAM the guest is known to
+ * have dirtied must all be in the log. */
+static void snapshot_incremental(const struct vm *vm, struct snap *s, uint64_t stride) {
+  int fd = open(snap_path(s, "incr"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK_SYS(fd);
+  uint64_t logged = 0, pages = 0;
+  off_t off = 0;
+  for (int r = 0; r < 2; r++) {
+    uint64_t *log = calloc(s->words[r], 8);
+    CHECK(log, "out of memory");
+    get_dirty_log(vm, r, log);
+    if (r == 1) {
+      for (uint64_t p = 0; p < vm->hi_size / PAGE; p += stride)
+        CHECK(log[p / 64] >> (p % 64) & 1, "page %#llx written by the guest is not in the log",
+              (unsigned long long)(HIGH_RAM_GPA + p * PAGE));
+    }
+    for (size_t w = 0; w < s->words[r]; w++) {
+      logged += (uint64_t)__builtin_popcountll(log[w]);
+      uint64_t bits = log[w] | s->host_dirty[r][w];
+      for (; bits; bits &= bits - 1) {
+        uint64_t gpa = region_gpa(r) + (w * 64 + (uint64_t)__builtin_ctzll(bits)) * PAGE;
+        write_all(fd, &gpa, sizeof gpa, off);
+        write_all(fd, vm->mem + gpa, PAGE, off + 8);
+        off += 8 + PAGE;
+        pages++;
+      }
+    }
+    free(log);
+  }
+  close(fd);
+  uint64_t known = (vm->hi_size / PAGE + stride - 1) / stride;
+  CHECK(logged >= known && logged <= known + 64, "dirty log: %llu pages for %llu written",
+        (unsigned long long)logged, (unsigned long long)known);
+  s->meta.incr_pages = pages;
+  save_vcpu(vm, &s->meta);
+  say("incremental snapshot: %llu pages (KVM's dirty log %llu, %llu of them the guest's known "
+      "writes; the rest written by the monitor and the backend)",
+      (unsigned long long)pages, (unsigned long long)logged, (unsigned long long)known);
+}
+
+static void write_meta(const struct snap *s) {
+  int fd = open(snap_path(s, "meta"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK_SYS(fd);
+  write_all(fd, &s->meta, sizeof s->meta, 0);
+  close(fd);
+}
+
+static void snap_remove(struct snap *s) {
+  static const char *const names[] = {"ram.lo", "ram.hi", "incr", "meta"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) unlink(snap_path(s, names[i]));
+  rmdir(s->dir);
+  free(s->host_dirty[0]);
+  free(s->host_dirty[1]);
+}
+
+/* Runs `/proc/self/exe --restore DIR --lazy|--eager` and checks that it passed. */
+static void run_restore(const struct snap *s, const char *guest, bool lazy) {
+  fflush(stdout);
+  pid_t pid = fork();
+  CHECK_SYS(pid);
+  if (pid == 0) {
+    execl("/proc/self/exe", "example_kvm_vmm", "--guest", guest, "--restore", s->dir,
+          lazy ? "--lazy" : "--eager", (char *)NULL);
+    _exit(127);
+  }
+  int st;
+  CHECK(waitpid(pid, &st, 0) == pid, "waitpid: %s", strerror(errno));
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the %s restore failed (status %#x)",
+        lazy ? "lazy" : "eager", st);
+}
+
+/* ---- The restoring process -------------------------------------------------------------- */
+
+struct lazy {
+  const struct vm *vm;
+  int uffd, full[2], incr, stop_pipe;
+  uint32_t *incr_index[2]; /* per page: record number + 1 in incr, 0 if not there */
+  uint64_t served;
+};
+
+/* Serves each missing page of guest RAM from the snapshot on first touch: the incremental
+ * record when there is one, else the full snapshot's page. */
+static void *lazy_server(void *p) {
+  struct lazy *l = p;
+  char *page = aligned_alloc(PAGE, PAGE);
+  CHECK(page, "out of memory");
+  uintptr_t base = (uintptr_t)l->vm->mem;
+  for (;;) {
+    struct pollfd pfd[2] = {{.fd = l->uffd, .events = POLLIN},
+                            {.fd = l->stop_pipe, .events = POLLIN}};
+    if (poll(pfd, 2, -1) < 0) {
+      CHECK(errno == EINTR, "poll: %s", strerror(errno));
+      continue;
+    }
+    if (pfd[1].revents) break;
+    struct uffd_msg msg;
+    ssize_t n = read(l->uffd, &msg, sizeof msg);
+    if (n < 0 && errno == EAGAIN) continue;
+    CHECK(n == (ssize_t)sizeof msg, "read userfaultfd: %s", strerror(errno));
+    if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+    uint64_t gpa = ((uintptr_t)msg.arg.pagefault.address - base) & ~(PAGE - 1);
+    int r = gpa >= HIGH_RAM_GPA;
+    uint64_t idx = (gpa - region_gpa(r)) / PAGE;
+    uint32_t rec = l->incr_index[r][idx];
+    if (rec)
+      read_all(l->incr, page, PAGE, (off_t)((rec - 1) * (8 + PAGE) + 8));
+    else
+      read_all(l->full[r], page, PAGE, (off_t)(idx * PAGE));
+    int e = ma_arena_uffd_copy(l->vm->arena, gpa, page, PAGE, l->uffd, NULL);
+    CHECK(e == 0 || e == -EEXIST, "ma_arena_uffd_copy at %#llx: %s", (unsigned long long)gpa,
+          strerror(-e));
+    l->served++;
+  }
+  free(page);
+  return NULL;
+}
+
+/* Eager: the data extents of the full snapshot (SEEK_DATA skips its holes), then every
+ * incremental record, copied into guest RAM before the vCPU runs. */
+static void restore_eager(const struct vm *vm, int full[2], int incr, uint64_t incr_pages) {
+  for (int r = 0; r < 2; r++) {
+    off_t size = (off_t)region_size(vm, r), at = 0, end;
+    while (at < size && (at = lseek(full[r], at, SEEK_DATA)) >= 0 && at < size) {
+      end = lseek(full[r], at, SEEK_HOLE);
+      CHECK(end > at, "SEEK_HOLE: %s", strerror(errno));
+      read_all(full[r], vm->mem + region_gpa(r) + at, (size_t)(end - at), at);
+      at = end;
+    }
+  }
+  for (uint64_t i = 0; i < incr_pages; i++) {
+    uint64_t gpa;
+    read_all(incr, &gpa, sizeof gpa, (off_t)(i * (8 + PAGE)));
+    read_all(incr, vm->mem + gpa, PAGE, (off_t)(i * (8 + PAGE) + 8));
+  }
+}
+
+static int open_uffd(void) {
+  int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+  if (u < 0) fail("userfaultfd: %s", strerror(errno));
+  struct uffdio_api api = {.api = UFFD_API, .features = 0};
+  CHECK_SYS(ioctl(u, UFFDIO_API, &api));
+  CHECK(api.features & UFFD_FEATURE_MISSING_SHMEM, "no userfaultfd missing mode over shmem");
+  return u;
+}
+
+static int restore_main(const char *dir, bool lazy) {
+  who = lazy ? "restore-lazy" : "restore-eager";
+  double t0 = now_us();
+  struct snap s = {0};
+  snprintf(s.dir, sizeof s.dir, "%s", dir);
+  int fd = open(snap_path(&s, "meta"), O_RDONLY | O_CLOEXEC);
+  CHECK_SYS(fd);
+  read_all(fd, &s.meta, sizeof s.meta, 0);
+  close(fd);
+  CHECK(s.meta.magic == SNAP_MAGIC, "%s is not a snapshot", dir);
+
+  struct vm vm = {.lo_size = s.meta.lo_size, .hi_size = s.meta.hi_size};
+  kvm_open(&vm);
+  make_ram(&vm); /* a fresh arena and fresh memfds in this new process */
+  int full[2], incr = open(snap_path(&s, "incr"), O_RDONLY | O_CLOEXEC);
+  CHECK_SYS(incr);
+  for (int r = 0; r < 2; r++) {
+    full[r] = open(snap_path(&s, r ? "ram.hi" : "ram.lo"), O_RDONLY | O_CLOEXEC);
+    CHECK_SYS(full[r]);
+  }
+  struct lazy l = {.vm = &vm, .uffd = -1, .full = {full[0], full[1]}, .incr = incr};
+  pthread_t server;
+  int stop[2] = {-1, -1};
+  if (lazy) {
+    for (int r = 0; r < 2; r++) {
+      l.incr_index[r] = calloc(region_size(&vm, r) / PAGE, sizeof(uint32_t));
+      CHECK(l.incr_index[r], "out of memory");
+    }
+    for (uint64_t i = 0; i < s.meta.incr_pages; i++) {
+      uint64_t gpa;
+      read_all(incr, &gpa, sizeof gpa, (off_t)(i * (8 + PAGE)));
+      int r = gpa >= HIGH_RAM_GPA;
+      l.incr_index[r][(gpa - region_gpa(r)) / PAGE] = (uint32_t)(i + 1);
+    }
+    l.uffd = open_uffd();
+    CHECK_OK(ma_arena_uffd_register(vm.arena, 0, vm.lo_size, l.uffd, MA_UFFD_MISSING));
+    CHECK_OK(ma_arena_uffd_register(vm.arena, HIGH_RAM_GPA, vm.hi_size, l.uffd, MA_UFFD_MISSING));
+    CHECK_SYS(pipe2(stop, O_CLOEXEC));
+    l.stop_pipe = stop[0];
+    CHECK(pthread_create(&server, NULL, lazy_server, &l) == 0, "pthread_create");
+  } else {
+    restore_eager(&vm, full, incr, s.meta.incr_pages);
+  }
+  ram_slots(&vm, 0);
+  make_vcpu(&vm);
+  CHECK_SYS(ioctl(vm.vcpu, KVM_SET_SREGS, &s.meta.sregs));
+  CHECK_SYS(ioctl(vm.vcpu, KVM_SET_REGS, &s.meta.regs));
+  double t1 = now_us();
+  run_to(&vm, STEP_RESUMED);
+  double t2 = now_us();
+  run_to(&vm, STEP_FINAL);
+  double t3 = now_us();
+  volatile struct mbox *mb = mbox_of(&vm);
+  CHECK(mb->a == s.meta.final_lo && mb->b == s.meta.final_hi,
+        "restored guest checksums %#llx %#llx, the original computed %#llx %#llx",
+        (unsigned long long)mb->a, (unsigned long long)mb->b, (unsigned long long)s.meta.final_lo,
+        (unsigned long long)s.meta.final_hi);
+  CHECK(run_vcpu(&vm) == 0, "the restored guest did not halt");
+  if (lazy) {
+    CHECK(write(stop[1], "", 1) == 1, "stop the server");
+    pthread_join(server, NULL);
+    CHECK(l.served > 0, "no page was served lazily");
+    say("%llu pages served on first touch by userfaultfd", (unsigned long long)l.served);
+  }
+  say("RAM %llu MiB: guest resumed %.1f ms after start (memory ready %.1f ms), full checksum "
+      "%.1f ms after start: matches the original",
+      (unsigned long long)((vm.lo_size + vm.hi_size) / MIB), (t2 - t0) / 1e3, (t1 - t0) / 1e3,
+      (t3 - t0) / 1e3);
+  return 0;
+}
+
 /* ---- The run ------------------------------------------------------------------------------ */
 
 /* Kilobytes of guest RAM the kernel maps with huge pages here (ShmemPmdMapped in smaps). */
@@ -515,6 +859,8 @@ static long long huge_kib(const struct vm *vm) {
 struct options {
   const char *guest;
   uint64_t lo_mib, hi_mib;
+  const char *restore; /* internal: restore from this snapshot directory */
+  bool lazy;
 };
 
 static uint64_t parse_mib(const char *s) {
@@ -529,7 +875,8 @@ static uint64_t parse_mib(const char *s) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: example_kvm_vmm [--guest GUEST.bin] [--low-mib N] [--high-mib N]\n");
+  fprintf(stderr, "usage: example_kvm_vmm [--guest GUEST.bin] [--low-mib N] [--high-mib N]\n"
+                  "       example_kvm_vmm --restore SNAPSHOT_DIR --eager|--lazy\n");
   exit(2);
 }
 
@@ -546,6 +893,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
       o->lo_mib = parse_mib(argv[++i]);
     else if (strcmp(argv[i], "--high-mib") == 0)
       o->hi_mib = parse_mib(argv[++i]);
+    else if (strcmp(argv[i], "--restore") == 0 && i + 2 < argc)
+      o->restore = argv[++i], o->lazy = strcmp(argv[++i], "--lazy") == 0;
     else
       usage();
   }
@@ -569,6 +918,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGALRM, on_alarm);
   alarm(TIMEOUT_S);
+  if (o.restore) return restore_main(o.restore, o.lazy);
 
   struct vm vm = {.lo_size = o.lo_mib * MIB, .hi_size = o.hi_mib * MIB};
   kvm_open(&vm);
@@ -582,7 +932,9 @@ int main(int argc, char **argv) {
       (unsigned long long)vm.lo_size, (unsigned long long)HIGH_RAM_GPA,
       (unsigned long long)(HIGH_RAM_GPA + vm.hi_size));
   int sock = start_backend(&vm);
-  ram_slots(&vm, 0);
+  struct snap snap;
+  snap_init(&snap, &vm);
+  ram_slots(&vm, KVM_MEM_LOG_DIRTY_PAGES);
   int win_a = make_window_file("window-a", 0xa), win_b = make_window_file("window-b", 0xb);
   CHECK_OK(ma_arena_add_fd_mapping(vm.arena, WINDOW_GPA, WINDOW_SIZE, win_a, 0,
                                    MA_PROT_READ | MA_PROT_WRITE));
@@ -629,6 +981,7 @@ int main(int argc, char **argv) {
       "(%lld KiB on huge pages)",
       (unsigned long long)((mb->lo_end - mb->lo_start + mb->hi_end - mb->hi_start) / MIB),
       (t1 - t0) / 1e3, huge_kib(&vm));
+  snapshot_full(&vm, &snap);
 
   /* The device window: file A, swapped for file B between two exits, then removed. */
   run_to(&vm, STEP_WINDOW_A);
@@ -660,6 +1013,7 @@ int main(int argc, char **argv) {
   t0 = now_us();
   CHECK_OK(ma_arena_advise(vm.arena, bal, bal_len, MA_ADV_REMOVE));
   t1 = now_us();
+  mark_host_dirty(&snap, bal, bal_len);
   long long after = blocks_kib(vm.hi_fd);
   CHECK(before - after >= (long long)(bal_len >> 10), "st_blocks: %lld KiB -> %lld KiB", before,
         after);
@@ -676,6 +1030,7 @@ int main(int argc, char **argv) {
   run_to(&vm, STEP_DEVICE_KICK);
   struct backend_msg req = {.gpa = mb->dev_gpa, .len = mb->dev_len, .seed = mb->dev_seed};
   send_msg(sock, &req, NULL, 0);
+  mark_host_dirty(&snap, req.gpa, req.len);
   run_to(&vm, STEP_DEVICE_DONE);
   CHECK(mb->a == pattern_checksum(req.gpa + 8, req.gpa + req.len, req.seed),
         "device data checksum %#llx", (unsigned long long)mb->a);
@@ -687,7 +1042,9 @@ int main(int argc, char **argv) {
       (unsigned long long)(req.len >> 10), (unsigned long long)mb->b);
   stop_backend(sock);
 
+  /* Snapshot the guest after it dirtied known pages; restores resume it from here. */
   run_to(&vm, STEP_DIRTY);
+  snapshot_incremental(&vm, &snap, mb->dirty_stride);
   run_to(&vm, STEP_RESUMED);
   run_to(&vm, STEP_FINAL);
   CHECK(mb->a == host_checksum(&vm, mb->lo_start, mb->lo_end) &&
@@ -695,8 +1052,11 @@ int main(int argc, char **argv) {
         "final checksums differ between guest and host");
   say("final checksums agree: low %#llx, high %#llx", (unsigned long long)mb->a,
       (unsigned long long)mb->b);
+  snap.meta.final_lo = mb->a;
+  snap.meta.final_hi = mb->b;
+  write_meta(&snap);
   CHECK(run_vcpu(&vm) == 0, "the guest did not halt");
-  say("guest halted; all checks passed");
+  say("guest halted");
 
   munmap(vm.run, vm.run_size);
   close(vm.vcpu);
@@ -707,5 +1067,11 @@ int main(int argc, char **argv) {
   close(vm.hi_fd);
   close(win_a);
   close(win_b);
+
+  /* Restore in new processes, into fresh arenas: copying first, then on first touch. */
+  run_restore(&snap, o.guest, false);
+  run_restore(&snap, o.guest, true);
+  snap_remove(&snap);
+  say("all checks passed, restores included");
   return 0;
 }
