@@ -130,6 +130,8 @@ struct vm {
   char *mem; /* the arena base: guest-physical address 0 */
   int lo_fd, hi_fd;
   uint64_t lo_size, hi_size;
+  void *plain; /* benchmark peer: RAM mapped by plain mmap, no arena */
+  size_t plain_len;
   bool window_present;
   uint64_t absent_reads; /* MMIO reads answered as an absent device */
 };
@@ -161,16 +163,20 @@ static int make_memfd(const char *name, uint64_t size, bool seal) {
 }
 
 /* Guest RAM: two sealed memfds in an arena that spans the whole layout. */
-static void make_ram(struct vm *vm) {
+static void make_ram_flags(struct vm *vm, unsigned extra_flags) {
   vm->lo_fd = make_memfd("guest-ram-low", vm->lo_size, true);
   vm->hi_fd = make_memfd("guest-ram-high", vm->hi_size, true);
   CHECK_OK(ma_arena_create(HIGH_RAM_GPA + vm->hi_size,
-                           MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_HUGE_TRY, &vm->arena));
+                           MA_MAP_DONTDUMP | MA_MAP_DONTFORK | extra_flags, &vm->arena));
   vm->mem = ma_arena_base(vm->arena);
   CHECK_OK(ma_arena_add_fd_mapping(vm->arena, 0, vm->lo_size, vm->lo_fd, 0,
                                    MA_PROT_READ | MA_PROT_WRITE));
   CHECK_OK(ma_arena_add_fd_mapping(vm->arena, HIGH_RAM_GPA, vm->hi_size, vm->hi_fd, 0,
                                    MA_PROT_READ | MA_PROT_WRITE));
+}
+
+static void make_ram(struct vm *vm) {
+  make_ram_flags(vm, MA_MAP_HUGE_TRY);
 }
 
 static void set_slot(const struct vm *vm, uint32_t slot, uint64_t gpa, uint64_t size,
@@ -838,6 +844,129 @@ static int restore_main(const char *dir, bool lazy) {
   return 0;
 }
 
+struct options {
+  const char *guest;
+  uint64_t lo_mib, hi_mib;
+  const char *restore; /* internal: restore from this snapshot directory */
+  bool lazy;
+  bool bench;
+};
+
+/* ---- Benchmark: the guest's memory bandwidth on arena memory against plain mmap --------- */
+
+enum ram_kind { RAM_ARENA_HUGE, RAM_ARENA, RAM_MMAP_HUGE, RAM_MMAP, RAM_KINDS };
+static const char *const ram_kind_name[RAM_KINDS] = {"arena + THP advice", "arena",
+                                                     "plain mmap + THP advice", "plain mmap"};
+
+/* The peer: what a VMM without the arena does, a PROT_NONE reservation with the memfds
+ * mapped over it by mmap(MAP_FIXED), madvise(MADV_HUGEPAGE) when asked. */
+static void make_plain_ram(struct vm *vm, bool huge) {
+  vm->lo_fd = make_memfd("guest-ram-low", vm->lo_size, true);
+  vm->hi_fd = make_memfd("guest-ram-high", vm->hi_size, true);
+  size_t len = HIGH_RAM_GPA + vm->hi_size;
+  void *p = mmap(NULL, len + GIB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  CHECK(p != MAP_FAILED, "mmap: %s", strerror(errno));
+  vm->mem = (char *)(((uintptr_t)p + GIB - 1) & ~(uintptr_t)(GIB - 1)); /* 1 GiB aligned too */
+  const int prot = PROT_READ | PROT_WRITE, fl = MAP_SHARED | MAP_FIXED;
+  CHECK(mmap(vm->mem, vm->lo_size, prot, fl, vm->lo_fd, 0) == vm->mem, "mmap low RAM");
+  CHECK(mmap(vm->mem + HIGH_RAM_GPA, vm->hi_size, prot, fl, vm->hi_fd, 0) == vm->mem + HIGH_RAM_GPA,
+        "mmap high RAM");
+  if (huge) {
+    madvise(vm->mem, vm->lo_size, MADV_HUGEPAGE);
+    madvise(vm->mem + HIGH_RAM_GPA, vm->hi_size, MADV_HUGEPAGE);
+  }
+  vm->plain = p;
+  vm->plain_len = len + GIB;
+}
+
+struct bench_round {
+  double touch, fill, sum; /* ms: first touch + fill, fill again, checksum */
+};
+
+static struct bench_round bench_once(const struct options *o, enum ram_kind kind) {
+  struct vm vm = {.lo_size = o->lo_mib * MIB, .hi_size = o->hi_mib * MIB};
+  kvm_open(&vm);
+  if (kind == RAM_ARENA_HUGE || kind == RAM_ARENA) {
+    make_ram_flags(&vm, kind == RAM_ARENA_HUGE ? MA_MAP_HUGE_TRY : 0);
+  } else {
+    make_plain_ram(&vm, kind == RAM_MMAP_HUGE);
+  }
+  ram_slots(&vm, 0);
+  write_system_area(&vm, (HIGH_RAM_GPA + vm.hi_size + GIB - 1) / GIB);
+  load_guest(&vm, o->guest);
+  volatile struct mbox *mb = mbox_of(&vm);
+  *mb = (struct mbox){.lo_start = SYSTEM_END,
+                      .lo_end = vm.lo_size,
+                      .hi_start = HIGH_RAM_GPA,
+                      .hi_end = HIGH_RAM_GPA + vm.hi_size,
+                      .seed = 1,
+                      .bench = 1};
+  make_vcpu(&vm);
+  enter_long_mode(&vm);
+  run_to(&vm, STEP_HELLO);
+  struct bench_round b;
+  double t0 = now_us();
+  run_to(&vm, STEP_FILLED); /* first touch of every page, fill, checksum */
+  double t1 = now_us();
+  run_to(&vm, STEP_BENCH); /* fill again */
+  double t2 = now_us();
+  run_to(&vm, STEP_BENCH); /* checksum */
+  double t3 = now_us();
+  CHECK(mb->a == pattern_checksum(mb->lo_start, mb->lo_end, 1), "bench checksum");
+  b.fill = (t2 - t1) / 1e3;
+  b.sum = (t3 - t2) / 1e3;
+  b.touch = (t1 - t0) / 1e3 - b.sum; /* first touch + fill (the checksum part removed) */
+  munmap(vm.run, vm.run_size);
+  close(vm.vcpu);
+  close(vm.fd);
+  close(vm.kvm);
+  if (vm.arena) ma_arena_destroy(vm.arena);
+  if (vm.plain) munmap(vm.plain, vm.plain_len);
+  close(vm.lo_fd);
+  close(vm.hi_fd);
+  return b;
+}
+
+static int cmp_double(const void *x, const void *y) {
+  double a = *(const double *)x, b = *(const double *)y;
+  return (a > b) - (a < b);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Rounds interleaved over the four kinds of RAM; medians and ratios to plain mmap. */
+static int bench_main(const struct options *o) {
+  enum { ROUNDS = 7 };
+  double touch[RAM_KINDS][ROUNDS], fill[RAM_KINDS][ROUNDS], sum[RAM_KINDS][ROUNDS];
+  for (int r = 0; r < ROUNDS; r++) {
+    for (int k = 0; k < RAM_KINDS; k++) {
+      int kind = (k + r) % RAM_KINDS; /* rotate the order too */
+      struct bench_round b = bench_once(o, (enum ram_kind)kind);
+      touch[kind][r] = b.touch;
+      fill[kind][r] = b.fill;
+      sum[kind][r] = b.sum;
+    }
+  }
+  double gib = (double)(o->lo_mib + o->hi_mib - 2) / 1024, pages = gib * GIB / PAGE;
+  printf("guest RAM %llu MiB (work %.2f GiB), %d rounds interleaved, medians\n",
+         (unsigned long long)(o->lo_mib + o->hi_mib), gib, ROUNDS);
+  printf("%-24s %14s %12s %12s %10s %10s\n", "RAM", "first touch", "fill GiB/s", "sum GiB/s",
+         "fill/mmap", "sum/mmap");
+  double base_fill[2], base_sum[2];
+  for (int k = RAM_KINDS - 1; k >= 0; k--) {
+    double t = median(touch[k], ROUNDS), f = median(fill[k], ROUNDS), c = median(sum[k], ROUNDS);
+    int pair = k % 2; /* huge or not: compare with the plain mmap of the same advice */
+    if (k >= RAM_MMAP_HUGE) base_fill[pair] = f, base_sum[pair] = c;
+    printf("%-24s %9.0f k/s %12.2f %12.2f %10.3f %10.3f\n", ram_kind_name[k],
+           pages / (t / 1e3) / 1e3, gib / (f / 1e3), gib / (c / 1e3), base_fill[pair] / f,
+           base_sum[pair] / c);
+  }
+  return 0;
+}
+
 /* ---- The run ------------------------------------------------------------------------------ */
 
 /* Kilobytes of guest RAM the kernel maps with huge pages here (ShmemPmdMapped in smaps). */
@@ -856,13 +985,6 @@ static long long huge_kib(const struct vm *vm) {
   return sum;
 }
 
-struct options {
-  const char *guest;
-  uint64_t lo_mib, hi_mib;
-  const char *restore; /* internal: restore from this snapshot directory */
-  bool lazy;
-};
-
 static uint64_t parse_mib(const char *s) {
   char *end;
   unsigned long long v = strtoull(s, &end, 10);
@@ -876,6 +998,7 @@ static uint64_t parse_mib(const char *s) {
 
 static void usage(void) {
   fprintf(stderr, "usage: example_kvm_vmm [--guest GUEST.bin] [--low-mib N] [--high-mib N]\n"
+                  "       example_kvm_vmm --bench [--low-mib N] [--high-mib N]\n"
                   "       example_kvm_vmm --restore SNAPSHOT_DIR --eager|--lazy\n");
   exit(2);
 }
@@ -886,17 +1009,25 @@ static char default_guest[PATH_MAX];
 static void parse_options(int argc, char **argv, struct options *o) {
   *o = (struct options){.lo_mib = 64, .hi_mib = 64};
   for (int i = 1; i < argc; i++) {
-    if (i + 1 >= argc) usage();
-    if (strcmp(argv[i], "--guest") == 0)
-      o->guest = argv[++i];
-    else if (strcmp(argv[i], "--low-mib") == 0)
-      o->lo_mib = parse_mib(argv[++i]);
-    else if (strcmp(argv[i], "--high-mib") == 0)
-      o->hi_mib = parse_mib(argv[++i]);
-    else if (strcmp(argv[i], "--restore") == 0 && i + 2 < argc)
-      o->restore = argv[++i], o->lazy = strcmp(argv[++i], "--lazy") == 0;
-    else
+    const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(arg, "--bench") == 0) {
+      o->bench = true;
+      continue;
+    }
+    if (!val) usage();
+    i++;
+    if (strcmp(arg, "--guest") == 0) {
+      o->guest = val;
+    } else if (strcmp(arg, "--low-mib") == 0) {
+      o->lo_mib = parse_mib(val);
+    } else if (strcmp(arg, "--high-mib") == 0) {
+      o->hi_mib = parse_mib(val);
+    } else if (strcmp(arg, "--restore") == 0 && i + 1 < argc) {
+      o->restore = val;
+      o->lazy = strcmp(argv[++i], "--lazy") == 0;
+    } else {
       usage();
+    }
   }
   if (o->lo_mib < 4 || o->hi_mib < 8) {
     fprintf(stderr, "kvm_vmm: at least 4 MiB low and 8 MiB high RAM\n");
@@ -919,6 +1050,10 @@ int main(int argc, char **argv) {
   signal(SIGALRM, on_alarm);
   alarm(TIMEOUT_S);
   if (o.restore) return restore_main(o.restore, o.lazy);
+  if (o.bench) {
+    alarm(0);
+    return bench_main(&o);
+  }
 
   struct vm vm = {.lo_size = o.lo_mib * MIB, .hi_size = o.hi_mib * MIB};
   kvm_open(&vm);
