@@ -460,8 +460,7 @@ static void backend(int sock) {
       (unsigned long long)m.lo_size, (unsigned long long)HIGH_RAM_GPA,
       (unsigned long long)(HIGH_RAM_GPA + m.hi_size));
   while (recv_msg(sock, &m, fds) == 0 && m.len > 0) {
-    CHECK(m.gpa >= HIGH_RAM_GPA && m.gpa + m.len <= HIGH_RAM_GPA + ma_arena_len(arena) &&
-              m.len % 8 == 0,
+    CHECK(m.gpa >= HIGH_RAM_GPA && m.gpa + m.len <= ma_arena_len(arena) && m.len % 8 == 0,
           "bad request [%#llx, +%#llx)", (unsigned long long)m.gpa, (unsigned long long)m.len);
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
@@ -689,8 +688,11 @@ static void run_restore(const struct snap *s, const char *guest, bool lazy) {
   pid_t pid = fork();
   CHECK_SYS(pid);
   if (pid == 0) {
-    execl("/proc/self/exe", "example_kvm_vmm", "--guest", guest, "--restore", s->dir,
-          lazy ? "--lazy" : "--eager", (char *)NULL);
+    char lo[24], hi[24]; /* the sizes only scale the child's time limit */
+    snprintf(lo, sizeof lo, "%llu", (unsigned long long)(s->meta.lo_size / MIB));
+    snprintf(hi, sizeof hi, "%llu", (unsigned long long)(s->meta.hi_size / MIB));
+    execl("/proc/self/exe", "example_kvm_vmm", "--guest", guest, "--low-mib", lo, "--high-mib", hi,
+          "--restore", s->dir, lazy ? "--lazy" : "--eager", (char *)NULL);
     _exit(127);
   }
   int st;
@@ -1048,7 +1050,7 @@ int main(int argc, char **argv) {
   parse_options(argc, argv, &o);
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGALRM, on_alarm);
-  alarm(TIMEOUT_S);
+  alarm(TIMEOUT_S + (unsigned)((o.lo_mib + o.hi_mib) / 1024) * 60); /* large RAM: more time */
   if (o.restore) return restore_main(o.restore, o.lazy);
   if (o.bench) {
     alarm(0);
