@@ -171,16 +171,15 @@ MA_API int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping 
 /* Writes one byte per page of [off, off+len), which must be entirely mapped, into vec
  * (len / page size bytes): 1 where the page has memory, 0 where it has none. For a file
  * mapping that is the file's page cache, whoever put the page there (this process, a
- * backend mapping the same memfd, a write()); a page punched out with MA_ADV_REMOVE, or never
- * written, reads 0. For an anonymous mapping it is this mapping's memory. (mincore(2).)
- * Errors: -EINVAL (range rules, vec NULL), -ENOENT (some page not mapped), -ENOMEM, -EAGAIN.
- * Thread-safe; the answer may be stale by the time it is read if others touch the range. */
+ * backend mapping the same memfd, a write(), a read fault on a hole); a page punched out with
+ * MA_ADV_REMOVE, or never touched, reads 0. For an anonymous mapping it is this mapping's memory.
+ * (mincore(2).) Errors: -EINVAL (range rules, vec NULL), -ENOENT (some page not mapped), -ENOMEM,
+ * -EAGAIN. Thread-safe; the answer may be stale by the time it is read if others touch the range.
+ */
 MA_API int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *vec);
 
 enum {
-  MA_UFFD_MISSING = 1u << 0, /* report the first touch of a page that has no memory */
-  MA_UFFD_WP = 1u << 1       /* report writes to write-protected pages (anonymous, or shmem
-                                with UFFD_FEATURE_WP_HUGETLBFS_SHMEM on kernels that have it) */
+  MA_UFFD_MISSING = 1u << 0 /* report the first touch of a page that has no memory */
 };
 
 /* Registers [off, off+len), which must be entirely mapped, with the userfaultfd `uffd` in

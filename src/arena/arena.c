@@ -465,12 +465,11 @@ int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *
 int ma_arena_uffd_register(ma_arena *a, size_t off, size_t len, int uffd, unsigned modes) {
   int r = check_range(a, off, len);
   if (r) return r;
-  if (modes == 0 || (modes & ~(unsigned)(MA_UFFD_MISSING | MA_UFFD_WP))) return -EINVAL;
+  if (modes == 0 || (modes & ~(unsigned)MA_UFFD_MISSING)) return -EINVAL;
   if ((r = lock_rw(a))) return r;
   struct uffdio_register reg = {
       .range = {.start = (uint64_t)(uintptr_t)(a->base + off), .len = len},
-      .mode = ((modes & MA_UFFD_MISSING) ? UFFDIO_REGISTER_MODE_MISSING : 0) |
-              ((modes & MA_UFFD_WP) ? UFFDIO_REGISTER_MODE_WP : 0)};
+      .mode = UFFDIO_REGISTER_MODE_MISSING};
   if (!covering(a, off, off + len))
     r = -ENOENT;
   else if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
