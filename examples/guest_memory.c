@@ -244,8 +244,9 @@ static bool faults(volatile const char *p) {
 
 static int print_one(const ma_arena_mapping *m, void *ctx) {
   (void)ctx;
-  printf("        gpa [%#9zx, %#9zx) %5zu KiB  fd %d @ %#llx  %s%s\n", m->off, m->off + m->len,
-         m->len >> 10, m->fd, (unsigned long long)m->fd_off, m->prot & MA_PROT_READ ? "r" : "-",
+  printf("        gpa [%#9zx, %#9zx) %5zu KiB  %s %-6llu @ %#llx  %s%s\n", m->off, m->off + m->len,
+         m->len >> 10, m->anon ? "anon" : "ino", (unsigned long long)m->ino,
+         (unsigned long long)m->fd_off, m->prot & MA_PROT_READ ? "r" : "-",
          m->prot & MA_PROT_WRITE ? "w" : "-");
   return 0;
 }

@@ -238,10 +238,62 @@ Test(arena, fd_mapping_is_shared_with_the_file) {
   cr_assert_eq(ma_arena_find(a, 5 * ps + 1, &m), 0);
   cr_assert_eq(m.off, 4 * ps);
   cr_assert_eq(m.len, 3 * ps);
-  cr_assert_eq(m.fd, fd);
+  cr_assert(!m.anon);
+  struct stat st;
+  cr_assert_eq(fstat(fd, &st), 0);
+  cr_assert_eq(m.dev, (uint64_t)st.st_dev);
+  cr_assert_eq(m.ino, (uint64_t)st.st_ino);
+  cr_assert_eq(ma_arena_mapping_is_fd(&m, fd), 1);
   cr_assert_eq(m.fd_off, 2 * ps);
   cr_assert_eq(m.prot, RW);
   close(fd);
+  ma_arena_destroy(a);
+}
+
+/* The caller closes its descriptor and an unrelated file takes the same number: the arena
+ * must still describe the file it maps, never the new one (issue 11, item 3). */
+Test(arena, reused_fd_number_is_not_reported) {
+  ma_arena *a = make(16);
+  int fd = memfd_pattern(4, 0x21);
+  struct stat mapped;
+  cr_assert_eq(fstat(fd, &mapped), 0);
+  cr_assert_eq(ma_arena_add_fd_mapping(a, 2 * ps, 4 * ps, fd, 0, RW), 0);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 8 * ps, ps, RW), 0);
+  int number = fd;
+  close(fd);
+  int other = memfd_pattern(4, 0x77);
+  cr_assert_eq(other, number, "the lowest free number is reused");
+  ma_arena_mapping m;
+  cr_assert_eq(ma_arena_find(a, 3 * ps, &m), 0);
+  cr_assert(!m.anon);
+  cr_assert_eq(m.ino, (uint64_t)mapped.st_ino, "the mapped file, not the reused number's");
+  cr_assert_eq(m.dev, (uint64_t)mapped.st_dev);
+  cr_assert_eq(ma_arena_mapping_is_fd(&m, other), 0, "the new file at the same number differs");
+  cr_assert_eq(((char *)ma_arena_base(a))[3 * ps], 0x22,
+               "the mapping still shows the old file (its page 1)");
+  /* A second descriptor of the mapped file is recognised (what a VMM looks up). */
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx",
+           (unsigned long)((char *)ma_arena_base(a) + 2 * ps),
+           (unsigned long)((char *)ma_arena_base(a) + 6 * ps));
+  int again = open(path, O_RDONLY | O_CLOEXEC);
+  if (again >= 0) { /* map_files needs CAP_SYS_ADMIN */
+    cr_assert_eq(ma_arena_mapping_is_fd(&m, again), 1);
+    close(again);
+  }
+  cr_assert_eq(ma_arena_find(a, 8 * ps, &m), 0);
+  cr_assert(m.anon);
+  cr_assert_eq(m.ino, 0);
+  cr_assert_eq(ma_arena_mapping_is_fd(&m, other), 0, "anonymous maps no file");
+  cr_assert_eq(ma_arena_mapping_is_fd(NULL, other), -EINVAL);
+  cr_assert_eq(ma_arena_mapping_is_fd(&m, -1), -EBADF);
+  close(other);
+  cr_assert_eq(ma_arena_mapping_is_fd(&m, other), -EBADF, "closed");
+  /* A split keeps the identity, with fd_off advanced. */
+  cr_assert_eq(ma_arena_remove_mapping(a, 3 * ps, ps), 0);
+  cr_assert_eq(ma_arena_find(a, 5 * ps, &m), 0);
+  cr_assert_eq(m.ino, (uint64_t)mapped.st_ino);
+  cr_assert_eq(m.fd_off, 2 * ps);
   ma_arena_destroy(a);
 }
 
@@ -374,7 +426,8 @@ Test(arena, anon_mapping_is_zeroed_and_private) {
   memset(base + 2 * ps, 0x77, 2 * ps);
   ma_arena_mapping m;
   cr_assert_eq(ma_arena_find(a, 3 * ps, &m), 0);
-  cr_assert_eq(m.fd, -1);
+  cr_assert(m.anon);
+  cr_assert_eq(m.ino, 0);
   cr_assert_eq(m.fd_off, 0);
   pid_t pid = fork();
   if (pid == 0) {
@@ -466,7 +519,8 @@ Test(arena, partial_removal_splits) {
   cr_assert_eq(s.m[1].off, 14 * ps);
   cr_assert_eq(s.m[1].len, 10 * ps);
   cr_assert_eq(s.m[1].fd_off, 6 * ps);
-  cr_assert_eq(s.m[1].fd, fd);
+  cr_assert_eq(ma_arena_mapping_is_fd(&s.m[1], fd), 1);
+  cr_assert_eq(s.m[0].ino, s.m[1].ino, "both pieces map the same file");
   cr_assert_eq(base[11 * ps], 0x13);
   cr_assert_eq(base[14 * ps], 0x16);
   cr_assert(faults(base + 12 * ps, false));
@@ -948,8 +1002,8 @@ static void *racer_fn(void *p) {
       if (__atomic_load_n(r->round_wins, __ATOMIC_RELAXED) != 1) r->errors++;
       ma_arena_mapping m;
       if (ma_arena_find(r->a, ps, &m) != 0) r->errors++;
-      if (m.fd >= 0 && base[ps] != 0x11) r->errors++; /* the memfd's second page */
-      if (m.fd < 0 && base[ps] != 0) r->errors++;
+      if (!m.anon && base[ps] != 0x11) r->errors++; /* the memfd's second page */
+      if (m.anon && base[ps] != 0) r->errors++;
       if (ma_arena_remove_mapping(r->a, 0, 3 * ps) != 0 || ma_arena_count(r->a) != 0) r->errors++;
       __atomic_store_n(r->round_wins, 0, __ATOMIC_RELAXED);
     }

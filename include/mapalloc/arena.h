@@ -18,7 +18,12 @@
  *   access), no memory, no swap reservation.
  * - The arena does not own the descriptors given to it and keeps none open: the kernel's
  *   mapping holds its own reference to the file, so the caller may close its fd right after
- *   ma_arena_add_fd_mapping. The fd number is recorded only to be reported by foreach/find.
+ *   ma_arena_add_fd_mapping. Nor does it record descriptor numbers, which go stale (a number
+ *   closed by the caller is soon reused by an unrelated file): foreach and find report the
+ *   mapped file's identity, st_dev and st_ino taken at add time, which stays true for as
+ *   long as the mapping exists (the mapping keeps the file, so its inode cannot be reused).
+ *   A VMM that must hand "the file of this range" to a device backend keeps its own
+ *   descriptors and picks the one whose fstat matches (ma_arena_mapping_is_fd).
  * - Thread-safety: every function may be called from any thread. Operations on one arena
  *   are serialized by an internal mutex; the memory itself is accessed without any lock.
  *   A callback of ma_arena_foreach runs with the lock held: it may call the read-only
@@ -42,11 +47,12 @@ typedef struct ma_arena ma_arena;
 
 /* One mapping as reported by ma_arena_foreach and ma_arena_find. */
 typedef struct ma_arena_mapping {
-  size_t off, len; /* [off, off+len) relative to the arena base */
-  int fd;          /* the descriptor number given when added (not owned; it may since have
-                      been closed or reused), or -1 for an anonymous mapping */
-  uint64_t fd_off; /* file offset mapped at `off` (0 for anonymous) */
-  unsigned prot;   /* MA_PROT_* in effect */
+  size_t off, len;   /* [off, off+len) relative to the arena base */
+  bool anon;         /* private anonymous memory (dev, ino and fd_off are then 0) */
+  uint64_t dev, ino; /* the mapped file: st_dev and st_ino of the descriptor given at add time
+                        (no descriptor number: see the conventions above) */
+  uint64_t fd_off;   /* file offset mapped at `off` */
+  unsigned prot;     /* MA_PROT_* in effect */
 } ma_arena_mapping;
 
 /* Reserves `len` bytes of address space, inaccessible and without swap reservation (an
@@ -84,7 +90,8 @@ MA_API size_t ma_arena_len(const ma_arena *a);
  * open read-write), -ENODEV (file cannot be mapped), -ENOMEM (memory, map count,
  * RLIMIT_MEMLOCK with MA_MAP_LOCKED), -EAGAIN, -EINVAL (e.g. hugetlbfs alignment).
  * Mapping past the end of the file succeeds but accessing those pages raises SIGBUS (as
- * with mmap). One fcntl per call (F_GETFL, or F_GET_SEALS when prot has WRITE).
+ * with mmap). Two system calls before the mmap: fstat (the file's identity, recorded) and
+ * one fcntl (F_GETFL, or F_GET_SEALS when prot has WRITE). The descriptor is not kept.
  * Thread-safe. */
 MA_API int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off,
                                    unsigned prot);
@@ -137,6 +144,11 @@ MA_API int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async);
  * off outside the arena), -ENOENT (off is not mapped). O(log n). Thread-safe. */
 MA_API int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out);
 
+/* Whether mapping `m` (from find or foreach) maps the file open at descriptor `fd`: 1 if
+ * fstat(fd) gives m's st_dev and st_ino, 0 if not (or m is anonymous).
+ * Errors: -EINVAL (m NULL), -EBADF (fd not open). Thread-safe (it reads only *m). */
+MA_API int ma_arena_mapping_is_fd(const ma_arena_mapping *m, int fd);
+
 /* The number of mappings currently recorded (a split mapping counts as its pieces).
  * 0 for a NULL arena. Thread-safe. */
 MA_API size_t ma_arena_count(const ma_arena *a);
@@ -148,6 +160,62 @@ MA_API size_t ma_arena_count(const ma_arena *a);
  * Thread-safe. */
 MA_API int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void *),
                             void *ctx);
+
+/* ---- Snapshots and lazy restore -------------------------------------------------------------
+ * A VMM that snapshots guest memory asks which pages hold memory (so a snapshot skips the
+ * rest), and one that restores lazily serves guest RAM on first touch with userfaultfd. The
+ * arena neither creates nor reads the userfaultfd: the caller owns it (userfaultfd(2), then
+ * UFFDIO_API; missing mode over memfd mappings needs UFFD_FEATURE_MISSING_SHMEM) and reads
+ * its fault messages, whose addresses are ma_arena_base(a) + off. */
+
+/* Writes one byte per page of [off, off+len), which must be entirely mapped, into vec
+ * (len / page size bytes): 1 where the page has memory, 0 where it has none. For a file
+ * mapping that is the file's page cache, whoever put the page there (this process, a
+ * backend mapping the same memfd, a write(), a read fault on a hole); a page punched out with
+ * MA_ADV_REMOVE, or never touched, reads 0. For an anonymous mapping it is this mapping's memory.
+ * (mincore(2).) Errors: -EINVAL (range rules, vec NULL), -ENOENT (some page not mapped), -ENOMEM,
+ * -EAGAIN. Thread-safe; the answer may be stale by the time it is read if others touch the range.
+ */
+MA_API int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *vec);
+
+enum {
+  MA_UFFD_MISSING = 1u << 0 /* report the first touch of a page that has no memory */
+};
+
+/* Registers [off, off+len), which must be entirely mapped, with the userfaultfd `uffd` in
+ * `modes` (MA_UFFD_*). With MA_UFFD_MISSING, an access through this process's mapping to a
+ * page without memory (see ma_arena_resident) blocks the accessing thread, or the kernel
+ * acting for it (a KVM vCPU's access to guest RAM, a read(2) into the range), until the page
+ * is supplied with ma_arena_uffd_copy. Accesses through other processes' mappings of the same
+ * file are not reported, and a page that another process has put in the file is not missing.
+ * The registration belongs to the mappings now in the range: ma_arena_remove_mapping or a new
+ * mapping over part of it ends it there (register again), and it ends when uffd is closed.
+ * Errors: -EINVAL (range rules, modes 0 or unknown, the kernel's refusal: a mode the uffd
+ * was not opened for, e.g. missing mode over memfd pages without
+ * UFFD_FEATURE_MISSING_SHMEM), -ENOENT (some page not mapped), -EBUSY (some page registered
+ * with another uffd), -EBADF/-ENOTTY (uffd is not an open userfaultfd), -EPERM, -ENOMEM.
+ * Nothing is registered on failure. Thread-safe. */
+MA_API int ma_arena_uffd_register(ma_arena *a, size_t off, size_t len, int uffd, unsigned modes);
+
+/* Ends the registration of [off, off+len) with uffd; threads blocked there are woken and
+ * retry the access (which then gets memory as without userfaultfd: zeros where nothing is).
+ * Errors: -EINVAL (range rules), -ENOENT (some page not mapped), -EBADF/-ENOTTY, -ENOMEM.
+ * Thread-safe. */
+MA_API int ma_arena_uffd_unregister(ma_arena *a, size_t off, size_t len, int uffd);
+
+/* Resolves missing-page faults: copies `len` bytes from `src` into [off, off+len) of a range
+ * registered with `uffd` (UFFDIO_COPY: each page gets its memory atomically, and the
+ * threads waiting on it are woken). *copied (may be NULL) receives the bytes copied.
+ * Errors: -EINVAL (range rules, src NULL), -EEXIST (the page at off already has memory:
+ * another thread resolved it first; nothing copied), -EAGAIN (only the first *copied bytes
+ * were copied: a later page already had memory, or the process's mappings changed under the
+ * copy; go on from off + *copied — the one error after which something has changed),
+ * -ENOENT (the range is not registered, or its mapping changed), -ESRCH (the registering
+ * process is exiting), -ENOMEM.
+ * Thread-safe and lock-free: it takes no arena lock, so a fault handler never waits for a
+ * thread that is itself waiting for the handler. */
+MA_API int ma_arena_uffd_copy(ma_arena *a, size_t off, const void *src, size_t len, int uffd,
+                              size_t *copied);
 
 /* Unmaps the whole arena (every mapping and the reservation) and frees its bookkeeping.
  * NULL is a no-op. The caller must ensure no other thread uses the arena any more.

@@ -14,8 +14,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "arena/arena_tree.h"
 #include "os/os.h"
@@ -51,23 +55,33 @@ static int check_prot(unsigned prot) {
   return 0;
 }
 
-/* Checks the descriptor before the range is touched, with one fcntl: F_GETFL for a
- * read-only mapping (it also tells whether the descriptor is open read-write, which
- * ma_arena_advise needs to know for MA_ADV_REMOVE), F_GET_SEALS for a writable one (it fails
- * with EBADF just the same, and tells whether a memfd is write-sealed; mmap then succeeds
- * only on a read-write descriptor). The kernel refuses a write seal only after it has begun
- * to replace the range on older kernels, so that case is caught here. Descriptors open in
- * the wrong mode and O_PATH descriptors are refused by mmap itself before it changes
- * anything (-EACCES, -EBADF). */
-static int check_fd(int fd, unsigned prot, bool *maywrite) {
+/* What the record keeps of a file mapping's descriptor: never the descriptor itself. */
+struct fd_info {
+  uint64_t dev, ino; /* the file's identity, reported by find and foreach */
+  bool maywrite;     /* open read-write: MA_ADV_REMOVE may punch the file */
+};
+
+/* Checks the descriptor before the range is touched, with one fstat (EBADF, and the file's
+ * identity) and one fcntl: F_GETFL for a read-only mapping (it tells whether the descriptor
+ * is open read-write, which ma_arena_advise needs to know for MA_ADV_REMOVE), F_GET_SEALS
+ * for a writable one (it tells whether a memfd is write-sealed; mmap then succeeds only on a
+ * read-write descriptor). The kernel refuses a write seal only after it has begun to replace
+ * the range on older kernels, so that case is caught here. Descriptors open in the wrong mode
+ * and O_PATH descriptors are refused by mmap itself before it changes anything (-EACCES,
+ * -EBADF). */
+static int check_fd(int fd, unsigned prot, struct fd_info *info) {
+  struct stat st;
   if (fd < 0) return -EBADF;
+  if (fstat(fd, &st) != 0) return -errno;
+  info->dev = (uint64_t)st.st_dev;
+  info->ino = (uint64_t)st.st_ino;
   if (!(prot & MA_PROT_WRITE)) {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0) return -errno;
-    *maywrite = (fl & O_ACCMODE) == O_RDWR;
+    info->maywrite = (fl & O_ACCMODE) == O_RDWR;
     return 0;
   }
-  *maywrite = true;
+  info->maywrite = true;
   int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) return errno == EINVAL ? 0 : -errno; /* EINVAL: not a sealable file */
   return (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) ? -EPERM : 0;
@@ -125,8 +139,10 @@ static arena_node *covering(const ma_arena *a, size_t off, size_t end) {
 static void split_node(ma_arena *a, arena_node *n, size_t at, arena_node *piece) {
   piece->off = at;
   piece->len = node_end(n) - at;
-  piece->fd = n->fd;
-  piece->fd_off = n->fd >= 0 ? n->fd_off + (at - n->off) : 0;
+  piece->file = n->file;
+  piece->dev = n->dev;
+  piece->ino = n->ino;
+  piece->fd_off = n->file ? n->fd_off + (at - n->off) : 0;
   piece->prot = n->prot;
   piece->maywrite = n->maywrite;
   n->len = at - n->off;
@@ -192,8 +208,13 @@ size_t ma_arena_len(const ma_arena *a) {
 }
 
 static void to_mapping(const arena_node *n, ma_arena_mapping *m) {
-  *m = (ma_arena_mapping){
-      .off = n->off, .len = n->len, .fd = n->fd, .fd_off = n->fd_off, .prot = n->prot};
+  *m = (ma_arena_mapping){.off = n->off,
+                          .len = n->len,
+                          .anon = !n->file,
+                          .dev = n->dev,
+                          .ino = n->ino,
+                          .fd_off = n->fd_off,
+                          .prot = n->prot};
 }
 
 int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out) {
@@ -207,6 +228,14 @@ int ma_arena_find(const ma_arena *a, size_t off, ma_arena_mapping *out) {
     r = -ENOENT;
   if (held) unlock(a);
   return r;
+}
+
+int ma_arena_mapping_is_fd(const ma_arena_mapping *m, int fd) {
+  struct stat st;
+  if (!m) return -EINVAL;
+  if (fd < 0) return -EBADF;
+  if (fstat(fd, &st) != 0) return -errno;
+  return !m->anon && m->dev == (uint64_t)st.st_dev && m->ino == (uint64_t)st.st_ino;
 }
 
 size_t ma_arena_count(const ma_arena *a) {
@@ -243,10 +272,10 @@ int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void
 /* ---- Add and remove
  * ------------------------------------------------------------------------------ */
 
-/* Maps [off, off+len) (fd >= 0: shared file mapping; else private anonymous) and records
- * it. Arguments are already checked. */
+/* Maps [off, off+len) (fd >= 0: shared file mapping described by `info`; else private
+ * anonymous) and records it. Arguments are already checked. */
 static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_off, unsigned prot,
-                       bool maywrite) {
+                       const struct fd_info *info) {
   int r = lock_rw(a);
   if (r) return r;
   const arena_node *prev = arena_tree_floor(&a->tree, off + len - 1);
@@ -267,10 +296,12 @@ static int add_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_t fd_
   }
   n->off = off;
   n->len = len;
-  n->fd = fd;
+  n->file = fd >= 0;
+  n->dev = fd >= 0 ? info->dev : 0;
+  n->ino = fd >= 0 ? info->ino : 0;
   n->fd_off = fd >= 0 ? fd_off : 0;
   n->prot = prot;
-  n->maywrite = maywrite;
+  n->maywrite = fd >= 0 && info->maywrite;
   arena_tree_insert(&a->tree, n);
 out_unlock:
   unlock(a);
@@ -283,15 +314,15 @@ int ma_arena_add_fd_mapping(ma_arena *a, size_t off, size_t len, int fd, uint64_
   if (r) return r;
   if (fd_off & (os_page_size() - 1)) return -EINVAL;
   if (fd_off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - fd_off) return -EINVAL;
-  bool maywrite = false;
-  if ((r = check_prot(prot)) || (r = check_fd(fd, prot, &maywrite))) return r;
-  return add_mapping(a, off, len, fd, fd_off, prot, maywrite);
+  struct fd_info info = {0};
+  if ((r = check_prot(prot)) || (r = check_fd(fd, prot, &info))) return r;
+  return add_mapping(a, off, len, fd, fd_off, prot, &info);
 }
 
 int ma_arena_add_anon_mapping(ma_arena *a, size_t off, size_t len, unsigned prot) {
   int r = check_range(a, off, len);
   if (r || (r = check_prot(prot))) return r;
-  return add_mapping(a, off, len, -1, 0, prot, false);
+  return add_mapping(a, off, len, -1, 0, prot, NULL);
 }
 
 int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
@@ -321,7 +352,7 @@ int ma_arena_remove_mapping(ma_arena *a, size_t off, size_t len) {
       n->len = off - n->off;
     } else if (nend > end) { /* keeps its tail: the key changes */
       arena_tree_remove(&a->tree, key);
-      if (n->fd >= 0) n->fd_off += end - n->off;
+      if (n->file) n->fd_off += end - n->off;
       n->len = nend - end;
       n->off = end;
       arena_tree_insert(&a->tree, n);
@@ -387,9 +418,9 @@ out_unlock:
  * the kernel's rules and its error, so that a refusal changes nothing. */
 static int advice_refused(const ma_arena *a, arena_node *n, size_t end, enum ma_advice adv) {
   for (; n && n->off < end; n = arena_tree_next(&a->tree, n->off)) {
-    if (adv == MA_ADV_REMOVE && n->fd < 0) return -EINVAL; /* private anonymous */
+    if (adv == MA_ADV_REMOVE && !n->file) return -EINVAL; /* private anonymous */
     if (adv == MA_ADV_REMOVE && !n->maywrite) return -EACCES;
-    if (adv == MA_ADV_FREE && n->fd >= 0) return -EINVAL; /* shared file mapping */
+    if (adv == MA_ADV_FREE && n->file) return -EINVAL; /* shared file mapping */
   }
   return 0;
 }
@@ -413,5 +444,63 @@ int ma_arena_flush(ma_arena *a, size_t off, size_t len, bool async) {
   if (r || (r = lock_rw(a))) return r;
   r = covering(a, off, off + len) ? os_sync(a->base + off, len, async) : -ENOENT;
   unlock(a);
+  return r;
+}
+
+/* ---- Snapshots and lazy restore ------------------------------------------------------------ */
+
+int ma_arena_resident(const ma_arena *a, size_t off, size_t len, unsigned char *vec) {
+  int held, r = check_range(a, off, len);
+  if (r) return r;
+  if (!vec) return -EINVAL;
+  if ((r = lock_ro(a, &held))) return r;
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (mincore(a->base + off, len, vec) != 0)
+    r = -errno;
+  if (held) unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_register(ma_arena *a, size_t off, size_t len, int uffd, unsigned modes) {
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if (modes == 0 || (modes & ~(unsigned)MA_UFFD_MISSING)) return -EINVAL;
+  if ((r = lock_rw(a))) return r;
+  struct uffdio_register reg = {
+      .range = {.start = (uint64_t)(uintptr_t)(a->base + off), .len = len},
+      .mode = UFFDIO_REGISTER_MODE_MISSING};
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
+    r = -errno;
+  unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_unregister(ma_arena *a, size_t off, size_t len, int uffd) {
+  int r = check_range(a, off, len);
+  if (r || (r = lock_rw(a))) return r;
+  struct uffdio_range range = {.start = (uint64_t)(uintptr_t)(a->base + off), .len = len};
+  if (!covering(a, off, off + len))
+    r = -ENOENT;
+  else if (ioctl(uffd, UFFDIO_UNREGISTER, &range) != 0)
+    r = -errno;
+  unlock(a);
+  return r;
+}
+
+int ma_arena_uffd_copy(ma_arena *a, size_t off, const void *src, size_t len, int uffd,
+                       size_t *copied) {
+  if (copied) *copied = 0;
+  int r = check_range(a, off, len);
+  if (r) return r;
+  if (!src) return -EINVAL;
+  struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)(a->base + off),
+                          .src = (uint64_t)(uintptr_t)src,
+                          .len = len,
+                          .mode = 0};
+  r = ioctl(uffd, UFFDIO_COPY, &c) == 0 ? 0 : -errno;
+  if (copied) *copied = c.copy > 0 ? (size_t)c.copy : 0;
   return r;
 }

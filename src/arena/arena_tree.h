@@ -20,12 +20,13 @@
 
 typedef struct arena_node {
   struct arena_node *left, *right;
-  size_t off, len; /* the key is off; [off, off+len) inside the arena */
-  uint64_t fd_off; /* file offset of `off` (0 for anonymous mappings) */
-  int fd;          /* the caller's descriptor number as passed, -1 anonymous (not owned) */
-  unsigned prot;   /* MA_PROT_* currently in effect */
-  int height;      /* AVL height: 1 for a leaf */
-  bool maywrite;   /* a file mapping whose descriptor is open read-write (MADV_REMOVE works) */
+  size_t off, len;   /* the key is off; [off, off+len) inside the arena */
+  uint64_t fd_off;   /* file offset of `off` (0 for anonymous mappings) */
+  uint64_t dev, ino; /* the mapped file's st_dev and st_ino (0 for anonymous mappings) */
+  bool file;         /* a shared file mapping; false: private anonymous */
+  unsigned prot;     /* MA_PROT_* currently in effect */
+  int height;        /* AVL height: 1 for a leaf */
+  bool maywrite;     /* a file mapping whose descriptor is open read-write (MADV_REMOVE works) */
 } arena_node;
 
 typedef struct arena_tree {

@@ -94,11 +94,13 @@ static int walk_cb(const ma_arena_mapping *m, void *c) {
   walk *w = c;
   FZ_CHECK(w->i < w->n, "foreach reports more than %zu mappings (extra at %zu)", w->n, m->off);
   const run *r = &w->r[w->i++];
-  FZ_CHECK(m->off == r->off && m->len == r->len && m->fd == r->fd && m->fd_off == r->fd_off &&
+  /* The arena reports the file's identity, not a descriptor: it must be the shadow's fd's. */
+  bool same_file = r->fd < 0 ? m->anon : ma_arena_mapping_is_fd(m, r->fd) == 1;
+  FZ_CHECK(m->off == r->off && m->len == r->len && same_file && m->fd_off == r->fd_off &&
                m->prot == r->prot,
-           "mapping %zu: arena {%zu,%zu,fd %d,%llu,prot %u} shadow {%zu,%zu,fd %d,%llu,prot %u}",
-           w->i - 1, m->off, m->len, m->fd, (unsigned long long)m->fd_off, m->prot, r->off, r->len,
-           r->fd, (unsigned long long)r->fd_off, r->prot);
+           "mapping %zu: arena {%zu,%zu,ino %llu,%llu,prot %u} shadow {%zu,%zu,fd %d,%llu,prot %u}",
+           w->i - 1, m->off, m->len, (unsigned long long)m->ino, (unsigned long long)m->fd_off,
+           m->prot, r->off, r->len, r->fd, (unsigned long long)r->fd_off, r->prot);
   return 0;
 }
 
