@@ -41,7 +41,7 @@ mod pool;
 
 pub use crate::alloc::MapAlloc;
 pub use crate::arena::{Arena, Mapping};
-pub use crate::map::{Map, MapOptions};
+pub use crate::map::{Map, MapFlags, MapOptions};
 pub use crate::pool::{Pool, PoolBox, PoolOptions, PoolStats, RawPool};
 
 /// An error of the C library: the errno it returned and the function that returned it.
