@@ -20,7 +20,10 @@ fn run(cmd: &mut Command) {
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let repo = manifest.join("../..").canonicalize().expect("repository root");
+    let repo = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("repository root");
     println!("cargo:rerun-if-env-changed=MAPALLOC_BUILD_DIR");
     println!("cargo:rerun-if-env-changed=MAPALLOC_CMAKE_ARGS");
 
@@ -52,24 +55,21 @@ fn build_with_cmake(repo: &Path) -> PathBuf {
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("cmake-build");
     let mut configure = Command::new("cmake");
-    configure
-        .arg("-S")
-        .arg(repo)
-        .arg("-B")
-        .arg(&out)
-        .args([
-            "-DCMAKE_BUILD_TYPE=Release",
-            "-DMAPALLOC_BUILD_TESTS=OFF",
-            "-DMAPALLOC_BUILD_BENCH=OFF",
-        ]);
+    configure.arg("-S").arg(repo).arg("-B").arg(&out).args([
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DMAPALLOC_BUILD_TESTS=OFF",
+        "-DMAPALLOC_BUILD_BENCH=OFF",
+    ]);
     if let Ok(extra) = env::var("MAPALLOC_CMAKE_ARGS") {
         configure.args(extra.split_whitespace());
     }
     run(&mut configure);
     let jobs = env::var("NUM_JOBS").unwrap_or_else(|_| "1".into());
-    run(Command::new("cmake")
-        .arg("--build")
-        .arg(&out)
-        .args(["--target", "mapalloc_static", "-j", &jobs]));
+    run(Command::new("cmake").arg("--build").arg(&out).args([
+        "--target",
+        "mapalloc_static",
+        "-j",
+        &jobs,
+    ]));
     out
 }

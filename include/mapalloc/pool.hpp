@@ -180,9 +180,7 @@ public:
   using difference_type = std::ptrdiff_t;
   using is_always_equal = std::true_type;
   using propagate_on_container_move_assignment = std::true_type;
-  template <class U> struct rebind {
-    using other = pool_allocator<U>;
-  };
+  template <class U> struct rebind { using other = pool_allocator<U>; };
 
   pool_allocator() noexcept = default;
   template <class U> pool_allocator(const pool_allocator<U> &) noexcept {}

@@ -25,8 +25,8 @@ template <class T> using plist = std::list<T, pool_allocator<T>>;
 template <class K, class V>
 using pmap = std::map<K, V, std::less<K>, pool_allocator<std::pair<const K, V>>>;
 template <class K, class V>
-using phash = std::unordered_map<K, V, std::hash<K>, std::equal_to<K>,
-                                 pool_allocator<std::pair<const K, V>>>;
+using phash =
+    std::unordered_map<K, V, std::hash<K>, std::equal_to<K>, pool_allocator<std::pair<const K, V>>>;
 
 std::size_t heap_allocs() {
   ma_heap_stats s{};
@@ -170,9 +170,8 @@ Test(pool_allocator, propagation_and_equality) {
   static_assert(std::allocator_traits<pool_allocator<int>>::is_always_equal::value);
   static_assert(
       std::allocator_traits<pool_allocator<int>>::propagate_on_container_move_assignment::value);
-  static_assert(std::is_same_v<
-                std::allocator_traits<pool_allocator<int>>::rebind_alloc<long>,
-                pool_allocator<long>>);
+  static_assert(std::is_same_v<std::allocator_traits<pool_allocator<int>>::rebind_alloc<long>,
+                               pool_allocator<long>>);
   pmap<int, int> x, y;
   for (int i = 0; i < 100; i++) x[i] = i;
   const auto *first = &*x.begin();

@@ -100,7 +100,9 @@ impl Arena {
     pub fn new(len: usize, flags: MapFlags) -> Result<Arena> {
         let mut a = ptr::null_mut();
         // SAFETY: valid out pointer.
-        check("ma_arena_create", unsafe { ffi::ma_arena_create(len, flags.bits(), &mut a) })?;
+        check("ma_arena_create", unsafe {
+            ffi::ma_arena_create(len, flags.bits(), &mut a)
+        })?;
         Ok(Arena {
             a: NonNull::new(a).expect("ma_arena_create returned 0 and no arena"),
         })
@@ -191,7 +193,9 @@ impl Arena {
     pub fn find(&self, off: usize) -> Result<Mapping> {
         let mut m = ffi::ma_arena_mapping::default();
         // SAFETY: live arena, valid out pointer.
-        check("ma_arena_find", unsafe { ffi::ma_arena_find(self.a.as_ptr(), off, &mut m) })?;
+        check("ma_arena_find", unsafe {
+            ffi::ma_arena_find(self.a.as_ptr(), off, &mut m)
+        })?;
         Ok(Mapping::from_c(&m))
     }
 
@@ -211,7 +215,11 @@ impl Arena {
         };
         // SAFETY: live arena; w outlives the call and walk_one only uses it during it.
         let rc = unsafe {
-            ffi::ma_arena_foreach(self.a.as_ptr(), walk_one, &mut w as *mut Walk<'_> as *mut c_void)
+            ffi::ma_arena_foreach(
+                self.a.as_ptr(),
+                walk_one,
+                &mut w as *mut Walk<'_> as *mut c_void,
+            )
         };
         if let Some(p) = w.panic.take() {
             panic::resume_unwind(p);

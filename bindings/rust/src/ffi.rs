@@ -146,8 +146,12 @@ extern "C" {
         fd_off: u64,
         prot: c_uint,
     ) -> c_int;
-    pub fn ma_arena_add_anon_mapping(a: *mut ma_arena, off: usize, len: usize, prot: c_uint)
-        -> c_int;
+    pub fn ma_arena_add_anon_mapping(
+        a: *mut ma_arena,
+        off: usize,
+        len: usize,
+        prot: c_uint,
+    ) -> c_int;
     pub fn ma_arena_remove_mapping(a: *mut ma_arena, off: usize, len: usize) -> c_int;
     pub fn ma_arena_protect(a: *mut ma_arena, off: usize, len: usize, prot: c_uint) -> c_int;
     pub fn ma_arena_advise(a: *mut ma_arena, off: usize, len: usize, adv: ma_advice) -> c_int;

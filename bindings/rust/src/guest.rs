@@ -99,7 +99,8 @@ impl<B: NewBitmap> GuestArena<B> {
         let mapping = unsafe { builder.with_raw_mmap_pointer(host) }
             .build()
             .map_err(|_| vm_err("MmapRegionBuilder::build"))?;
-        let region = GuestRegionMmap::new(mapping, gpa).map_err(|_| vm_err("GuestRegionMmap::new"))?;
+        let region =
+            GuestRegionMmap::new(mapping, gpa).map_err(|_| vm_err("GuestRegionMmap::new"))?;
         let at = self.regions.partition_point(|r| r.start_addr() < gpa);
         self.regions.insert(at, Arc::new(region));
         Ok(())
@@ -128,10 +129,12 @@ impl<B: NewBitmap> GuestArena<B> {
         fd_off: u64,
     ) -> Result<()> {
         let off = self.offset(gpa, len)?;
-        let owned = fd.as_fd().try_clone_to_owned().map_err(|e| {
-            Error::new("dup", e.raw_os_error().unwrap_or(errno::EINVAL))
-        })?;
-        self.arena.add_fd_mapping(off, len, &owned, fd_off, Prot::READ_WRITE)?;
+        let owned = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::new("dup", e.raw_os_error().unwrap_or(errno::EINVAL)))?;
+        self.arena
+            .add_fd_mapping(off, len, &owned, fd_off, Prot::READ_WRITE)?;
         let file = FileOffset::new(File::from(owned), fd_off);
         self.insert(gpa, len, Some(file)).map_err(|e| {
             let _ = self.arena.remove_mapping(off, len);

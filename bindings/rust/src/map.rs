@@ -167,7 +167,9 @@ impl MapOptions {
             page_shift: 0,
         };
         // SAFETY: valid option and out pointers.
-        check("ma_map_create", unsafe { ffi::ma_map_create(&self.opts, &mut m) })?;
+        check("ma_map_create", unsafe {
+            ffi::ma_map_create(&self.opts, &mut m)
+        })?;
         Ok(Map {
             uniform: m.flags & ffi::MA_MAP_RESERVE == 0,
             m,
@@ -267,7 +269,9 @@ impl Map {
     /// committed). Errors: `EINVAL` (range not page aligned or outside), `ENOMEM`.
     pub fn commit(&mut self, off: usize, len: usize) -> Result<()> {
         // SAFETY: self.m is a live map.
-        check("ma_map_commit", unsafe { ffi::ma_map_commit(&mut self.m, off, len) })?;
+        check("ma_map_commit", unsafe {
+            ffi::ma_map_commit(&mut self.m, off, len)
+        })?;
         if off == 0 && len == self.m.len {
             self.uniform = true;
         }
@@ -278,7 +282,9 @@ impl Map {
     /// (anonymous private memory reads as zeros after the next commit).
     pub fn decommit(&mut self, off: usize, len: usize) -> Result<()> {
         // SAFETY: self.m is a live map; no slice borrows it (&mut self).
-        check("ma_map_decommit", unsafe { ffi::ma_map_decommit(&mut self.m, off, len) })?;
+        check("ma_map_decommit", unsafe {
+            ffi::ma_map_decommit(&mut self.m, off, len)
+        })?;
         self.uniform = false;
         Ok(())
     }
@@ -287,7 +293,9 @@ impl Map {
     /// was made with [`MapFlags::JIT`].
     pub fn protect(&mut self, prot: Prot) -> Result<()> {
         // SAFETY: live map, exclusively borrowed.
-        check("ma_map_protect", unsafe { ffi::ma_map_protect(&mut self.m, prot.bits()) })
+        check("ma_map_protect", unsafe {
+            ffi::ma_map_protect(&mut self.m, prot.bits())
+        })
     }
 
     /// Changes the protection of `[off, off+len)` only ([`prot`](Map::prot) is unchanged).
@@ -303,19 +311,25 @@ impl Map {
     /// Locks `[off, off+len)` in physical memory (`ENOMEM`/`EPERM` past `RLIMIT_MEMLOCK`).
     pub fn lock(&mut self, off: usize, len: usize) -> Result<()> {
         // SAFETY: live map.
-        check("ma_map_lock", unsafe { ffi::ma_map_lock(&mut self.m, off, len) })
+        check("ma_map_lock", unsafe {
+            ffi::ma_map_lock(&mut self.m, off, len)
+        })
     }
 
     /// Unlocks `[off, off+len)`.
     pub fn unlock(&mut self, off: usize, len: usize) -> Result<()> {
         // SAFETY: live map.
-        check("ma_map_unlock", unsafe { ffi::ma_map_unlock(&mut self.m, off, len) })
+        check("ma_map_unlock", unsafe {
+            ffi::ma_map_unlock(&mut self.m, off, len)
+        })
     }
 
     /// Writes a file map's dirty pages back (`msync`; `async` for `MS_ASYNC`).
     pub fn flush(&mut self, off: usize, len: usize, is_async: bool) -> Result<()> {
         // SAFETY: live map.
-        check("ma_map_flush", unsafe { ffi::ma_map_flush(&mut self.m, off, len, is_async) })
+        check("ma_map_flush", unsafe {
+            ffi::ma_map_flush(&mut self.m, off, len, is_async)
+        })
     }
 
     /// Makes instruction fetches see bytes written to `[off, off+len)` (a no-op on x86-64).
@@ -337,7 +351,9 @@ impl Map {
     pub fn split(&mut self, off: usize) -> Result<Map> {
         let mut tail = ffi::ma_map { ..self.m };
         // SAFETY: live map; tail is a distinct out descriptor.
-        check("ma_map_split", unsafe { ffi::ma_map_split(&mut self.m, off, &mut tail) })?;
+        check("ma_map_split", unsafe {
+            ffi::ma_map_split(&mut self.m, off, &mut tail)
+        })?;
         Ok(Map {
             m: tail,
             uniform: self.uniform,

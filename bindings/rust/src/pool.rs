@@ -106,7 +106,9 @@ impl RawPool {
     pub fn new(opts: &PoolOptions) -> Result<Self> {
         let mut p = ptr::null_mut();
         // SAFETY: valid pointers to the options and the out parameter.
-        check("ma_pool_create", unsafe { ffi::ma_pool_create(&opts.opts, &mut p) })?;
+        check("ma_pool_create", unsafe {
+            ffi::ma_pool_create(&opts.opts, &mut p)
+        })?;
         Ok(RawPool {
             pool: NonNull::new(p).expect("ma_pool_create returned 0 and no pool"),
             obj_size: opts.opts.obj_size,
@@ -120,7 +122,9 @@ impl RawPool {
         // SAFETY: self.pool is a live pool.
         let p = unsafe { ffi::ma_pool_alloc(self.pool.as_ptr()) } as *mut u8;
         NonNull::new(p).ok_or_else(|| {
-            let e = io::Error::last_os_error().raw_os_error().unwrap_or(errno::ENOMEM);
+            let e = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(errno::ENOMEM);
             Error::new("ma_pool_alloc", e)
         })
     }
@@ -139,7 +143,9 @@ impl RawPool {
     /// Gives empty slabs back to the OS now.
     pub fn trim(&self) -> Result<()> {
         // SAFETY: self.pool is a live pool.
-        check("ma_pool_trim", unsafe { ffi::ma_pool_trim(self.pool.as_ptr()) })
+        check("ma_pool_trim", unsafe {
+            ffi::ma_pool_trim(self.pool.as_ptr())
+        })
     }
 
     /// The pool's counters.

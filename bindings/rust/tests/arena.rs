@@ -11,10 +11,18 @@ use mapalloc::{page_size, Advice, Arena, MapFlags, Mapping, Prot};
 fn fd_and_anon_mappings() {
     let page = page_size();
     let arena = Arena::new(1 << 30, MapFlags::DONTDUMP | MapFlags::DONTFORK).unwrap();
-    assert_eq!(arena.base() as usize % (1 << 30), 0, "1 GiB arenas are 1 GiB aligned");
+    assert_eq!(
+        arena.base() as usize % (1 << 30),
+        0,
+        "1 GiB arenas are 1 GiB aligned"
+    );
     let ram = common::memfd("ram", 64 * page as u64);
-    arena.add_fd_mapping(0, 64 * page, &ram, 0, Prot::READ_WRITE).unwrap();
-    arena.add_anon_mapping(128 * page, 16 * page, Prot::READ_WRITE).unwrap();
+    arena
+        .add_fd_mapping(0, 64 * page, &ram, 0, Prot::READ_WRITE)
+        .unwrap();
+    arena
+        .add_anon_mapping(128 * page, 16 * page, Prot::READ_WRITE)
+        .unwrap();
     // SAFETY: [0, 64 pages) is mapped read-write.
     unsafe { arena.base().add(3 * page + 5).write(0x42) };
     let mut buf = [0u8; 1];
@@ -25,7 +33,13 @@ fn fd_and_anon_mappings() {
     let m = arena.find(130 * page).unwrap();
     assert_eq!(
         m,
-        Mapping { off: 128 * page, len: 16 * page, fd: None, fd_off: 0, prot: Prot::READ_WRITE }
+        Mapping {
+            off: 128 * page,
+            len: 16 * page,
+            fd: None,
+            fd_off: 0,
+            prot: Prot::READ_WRITE
+        }
     );
     let m = arena.find(page).unwrap();
     assert_eq!((m.fd, m.len), (Some(ram.as_raw_fd()), 64 * page));
@@ -33,25 +47,51 @@ fn fd_and_anon_mappings() {
     assert_eq!((e.errno(), e.op()), (libc::ENOENT, "ma_arena_find"));
 
     // Overlaps are EEXIST, never a silent replace.
-    let e = arena.add_anon_mapping(60 * page, 8 * page, Prot::READ).unwrap_err();
-    assert_eq!((e.errno(), e.op()), (libc::EEXIST, "ma_arena_add_anon_mapping"));
-    assert_eq!(arena.add_anon_mapping(1, page, Prot::READ).unwrap_err().errno(), libc::EINVAL);
+    let e = arena
+        .add_anon_mapping(60 * page, 8 * page, Prot::READ)
+        .unwrap_err();
     assert_eq!(
-        arena.add_anon_mapping(0, page, Prot::READ | Prot::WRITE | Prot::EXEC).unwrap_err().errno(),
+        (e.errno(), e.op()),
+        (libc::EEXIST, "ma_arena_add_anon_mapping")
+    );
+    assert_eq!(
+        arena
+            .add_anon_mapping(1, page, Prot::READ)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        arena
+            .add_anon_mapping(0, page, Prot::READ | Prot::WRITE | Prot::EXEC)
+            .unwrap_err()
+            .errno(),
         libc::EPERM
     );
 
     // Removing the middle splits the fd mapping; the range faults afterwards.
     arena.remove_mapping(16 * page, 16 * page).unwrap();
     let all = arena.mappings();
-    let offs: Vec<_> = all.iter().map(|m| (m.off / page, m.len / page, m.fd_off)).collect();
-    assert_eq!(offs, vec![(0, 16, 0), (32, 32, 32 * page as u64), (128, 16, 0)]);
+    let offs: Vec<_> = all
+        .iter()
+        .map(|m| (m.off / page, m.len / page, m.fd_off))
+        .collect();
+    assert_eq!(
+        offs,
+        vec![(0, 16, 0), (32, 32, 32 * page as u64), (128, 16, 0)]
+    );
     let hole = arena.base() as usize + 20 * page;
     assert_eq!(
         common::child_signal(|| unsafe { (hole as *mut u8).write_volatile(1) }),
         Some(libc::SIGSEGV)
     );
-    assert_eq!(arena.remove_mapping(16 * page, 16 * page).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(
+        arena
+            .remove_mapping(16 * page, 16 * page)
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
 }
 
 #[test]
@@ -59,7 +99,9 @@ fn protect_advise_flush() {
     let page = page_size();
     let arena = Arena::new(256 * page, MapFlags::EMPTY).unwrap();
     let ram = common::memfd("balloon", 32 * page as u64);
-    arena.add_fd_mapping(0, 32 * page, &ram, 0, Prot::READ_WRITE).unwrap();
+    arena
+        .add_fd_mapping(0, 32 * page, &ram, 0, Prot::READ_WRITE)
+        .unwrap();
     // SAFETY: mapped read-write.
     unsafe { arena.base().write_bytes(0xcc, 32 * page) };
     let before = common::blocks(&ram);
@@ -80,8 +122,17 @@ fn protect_advise_flush() {
         common::child_signal(|| unsafe { (p as *mut u8).write_volatile(1) }),
         Some(libc::SIGSEGV)
     );
-    assert_eq!(arena.protect(0, 64 * page, Prot::READ).unwrap_err().errno(), libc::ENOENT);
-    assert_eq!(arena.advise(64 * page, page, Advice::WillNeed).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(
+        arena.protect(0, 64 * page, Prot::READ).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        arena
+            .advise(64 * page, page, Advice::WillNeed)
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
 }
 
 #[test]
@@ -89,7 +140,9 @@ fn for_each_stops_reenters_and_propagates_panics() {
     let page = page_size();
     let arena = Arena::new(64 * page, MapFlags::EMPTY).unwrap();
     for i in 0..8 {
-        arena.add_anon_mapping(i * 8 * page, 4 * page, Prot::READ_WRITE).unwrap();
+        arena
+            .add_anon_mapping(i * 8 * page, 4 * page, Prot::READ_WRITE)
+            .unwrap();
     }
     let mut seen = Vec::new();
     arena
@@ -97,7 +150,10 @@ fn for_each_stops_reenters_and_propagates_panics() {
             seen.push(m.off / page);
             // Read-only calls work from inside; changes are EDEADLK, not a deadlock.
             assert_eq!(arena.find(m.off).unwrap().off, m.off);
-            assert_eq!(arena.remove_mapping(m.off, page).unwrap_err().errno(), libc::EDEADLK);
+            assert_eq!(
+                arena.remove_mapping(m.off, page).unwrap_err().errno(),
+                libc::EDEADLK
+            );
             if seen.len() == 3 {
                 ControlFlow::Break(())
             } else {
@@ -110,7 +166,11 @@ fn for_each_stops_reenters_and_propagates_panics() {
         let _ = arena.for_each(|_| panic!("stop here"));
     }));
     assert!(r.is_err(), "the panic crossed the C walk and came back");
-    assert_eq!(arena.mappings().len(), 8, "the arena is usable after the panic");
+    assert_eq!(
+        arena.mappings().len(),
+        8,
+        "the arena is usable after the panic"
+    );
     arena.remove_mapping(0, 64 * page).unwrap();
     assert_eq!(arena.count(), 0);
 }
@@ -138,7 +198,10 @@ fn threads_share_an_arena() {
     assert_eq!(arena.count(), 400);
     for m in arena.mappings() {
         // SAFETY: every remaining mapping is read-write.
-        assert_eq!(unsafe { *arena.base().add(m.off) } as usize, m.off / (2000 * page));
+        assert_eq!(
+            unsafe { *arena.base().add(m.off) } as usize,
+            m.off / (2000 * page)
+        );
     }
 }
 
@@ -146,9 +209,19 @@ fn threads_share_an_arena() {
 fn bad_arguments() {
     let e = Arena::new(0, MapFlags::EMPTY).unwrap_err();
     assert_eq!((e.errno(), e.op()), (libc::EINVAL, "ma_arena_create"));
-    assert_eq!(Arena::new(page_size(), MapFlags::SHARED).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(
+        Arena::new(page_size(), MapFlags::SHARED)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
     let arena = Arena::new(4 * page_size(), MapFlags::EMPTY).unwrap();
-    let e = arena.add_anon_mapping(0, 8 * page_size(), Prot::READ).unwrap_err();
+    let e = arena
+        .add_anon_mapping(0, 8 * page_size(), Prot::READ)
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
-    assert_eq!(format!("{}", e), "ma_arena_add_anon_mapping: Invalid argument (os error 22)");
+    assert_eq!(
+        format!("{}", e),
+        "ma_arena_add_anon_mapping: Invalid argument (os error 22)"
+    );
 }

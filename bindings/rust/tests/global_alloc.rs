@@ -15,7 +15,12 @@ fn the_heap_serves_this_binary() {
     let before = heap_stats();
     let v: Vec<Box<[u8; 100]>> = (0..1000).map(|_| Box::new([1; 100])).collect();
     let during = heap_stats();
-    assert!(during.allocs >= before.allocs + 1000, "{:?} -> {:?}", before, during);
+    assert!(
+        during.allocs >= before.allocs + 1000,
+        "{:?} -> {:?}",
+        before,
+        during
+    );
     assert!(during.allocated >= 100 * 1000);
     drop(v);
     assert!(heap_stats().frees >= before.frees + 1000);
@@ -93,13 +98,20 @@ fn large_reallocations_keep_contents() {
         v.reserve_exact(target - v.len());
         v.push(v.len() as u32);
     }
-    assert!(v.iter().enumerate().step_by(4099).all(|(i, &x)| x == i as u32));
+    assert!(v
+        .iter()
+        .enumerate()
+        .step_by(4099)
+        .all(|(i, &x)| x == i as u32));
     v.truncate(1000);
     v.shrink_to_fit();
     assert_eq!(v[999], 999);
     let mut bytes = vec![7u8; 3 << 20];
     bytes.resize(24 << 20, 9);
-    assert_eq!((bytes[(3 << 20) - 1], bytes[3 << 20], bytes[(24 << 20) - 1]), (7, 9, 9));
+    assert_eq!(
+        (bytes[(3 << 20) - 1], bytes[3 << 20], bytes[(24 << 20) - 1]),
+        (7, 9, 9)
+    );
 }
 
 #[test]
@@ -120,7 +132,9 @@ fn every_alignment_is_honoured() {
                 GLOBAL.dealloc(z, layout);
                 let q = GLOBAL.realloc(p, layout, size * 3);
                 assert_eq!(q as usize % align, 0, "realloc keeps align {}", align);
-                assert!(std::slice::from_raw_parts(q, size).iter().all(|&b| b == 0xa5));
+                assert!(std::slice::from_raw_parts(q, size)
+                    .iter()
+                    .all(|&b| b == 0xa5));
                 let q2 = GLOBAL.realloc(q, Layout::from_size_align(size * 3, align).unwrap(), size);
                 assert_eq!(q2 as usize % align, 0);
                 assert_eq!(*q2.add(size - 1), 0xa5);

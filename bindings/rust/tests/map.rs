@@ -31,7 +31,11 @@ fn reserve_commit_decommit() {
     // SAFETY: committed again; anonymous private memory reads as zeros.
     assert_eq!(unsafe { *m.as_ptr().add(page) }, 0);
     m.commit(0, m.len()).unwrap();
-    assert_eq!(m.as_slice().unwrap().len(), 65 * page, "whole map committed: safe slices");
+    assert_eq!(
+        m.as_slice().unwrap().len(),
+        65 * page,
+        "whole map committed: safe slices"
+    );
     assert_eq!(m.commit(1, page).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(m.commit(0, 66 * page).unwrap_err().errno(), libc::EINVAL);
 }
@@ -51,13 +55,18 @@ fn slices_and_protection() {
         Some(libc::SIGSEGV)
     );
     // W^X: RWX is refused without JIT, nothing changes.
-    let e = m.protect(Prot::READ | Prot::WRITE | Prot::EXEC).unwrap_err();
+    let e = m
+        .protect(Prot::READ | Prot::WRITE | Prot::EXEC)
+        .unwrap_err();
     assert_eq!((e.errno(), e.op()), (libc::EPERM, "ma_map_protect"));
     assert_eq!(m.prot(), Prot::READ);
     m.protect(Prot::READ | Prot::EXEC).unwrap();
     m.protect(Prot::READ_WRITE).unwrap();
     m.protect_range(page, page, Prot::NONE).unwrap();
-    assert!(m.as_slice().is_none(), "a range is inaccessible: no safe slice");
+    assert!(
+        m.as_slice().is_none(),
+        "a range is inaccessible: no safe slice"
+    );
     assert!(MapOptions::new(page)
         .prot(Prot::READ | Prot::WRITE | Prot::EXEC)
         .map()
@@ -96,15 +105,27 @@ fn shared_file_map() {
     let page = page_size();
     let f = common::memfd("map", 4 * page as u64);
     // SAFETY: nobody else changes or truncates the memfd while the maps live.
-    let mut a = unsafe { MapOptions::new(4 * page).flags(MapFlags::SHARED).file(&f, 0) }
-        .map()
-        .unwrap();
+    let mut a = unsafe {
+        MapOptions::new(4 * page)
+            .flags(MapFlags::SHARED)
+            .file(&f, 0)
+    }
+    .map()
+    .unwrap();
     // SAFETY: as above.
-    let b = unsafe { MapOptions::new(2 * page).flags(MapFlags::SHARED).file(&f, 2 * page as u64) }
-        .map()
-        .unwrap();
+    let b = unsafe {
+        MapOptions::new(2 * page)
+            .flags(MapFlags::SHARED)
+            .file(&f, 2 * page as u64)
+    }
+    .map()
+    .unwrap();
     a.as_mut_slice().unwrap()[2 * page + 9] = 0x77;
-    assert_eq!(b.as_slice().unwrap()[9], 0x77, "both maps see the same file pages");
+    assert_eq!(
+        b.as_slice().unwrap()[9],
+        0x77,
+        "both maps see the same file pages"
+    );
     a.flush(0, page, false).unwrap();
     drop(f); // the kernel keeps the file while it is mapped
     assert_eq!(b.as_slice().unwrap()[9], 0x77);

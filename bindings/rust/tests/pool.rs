@@ -22,7 +22,12 @@ fn box_owns_value_and_frees_on_drop() {
     let pool = Pool::<Tracked>::new().unwrap();
     let drops = Rc::new(Cell::new(0));
     let mut boxes: Vec<_> = (0..1000)
-        .map(|v| pool.alloc(Tracked { drops: drops.clone(), v }))
+        .map(|v| {
+            pool.alloc(Tracked {
+                drops: drops.clone(),
+                v,
+            })
+        })
         .collect();
     assert_eq!(pool.stats().live, 1000);
     for (i, b) in boxes.iter_mut().enumerate() {
@@ -35,12 +40,18 @@ fn box_owns_value_and_frees_on_drop() {
     addrs.sort_unstable();
     addrs.dedup();
     assert_eq!(addrs.len(), 1000);
-    assert!(addrs.iter().all(|a| a % std::mem::align_of::<Tracked>() == 0));
+    assert!(addrs
+        .iter()
+        .all(|a| a % std::mem::align_of::<Tracked>() == 0));
     boxes.truncate(10);
     assert_eq!(drops.get(), 990);
     assert_eq!(pool.stats().live, 10);
     let t = PoolBox::into_inner(boxes.pop().unwrap());
-    assert_eq!(drops.get(), 990, "into_inner moves the value out without dropping it");
+    assert_eq!(
+        drops.get(),
+        990,
+        "into_inner moves the value out without dropping it"
+    );
     assert_eq!(pool.stats().live, 9);
     drop(t);
     drop(boxes);
@@ -90,15 +101,28 @@ fn max_bytes_gives_the_value_back_with_enomem() {
     assert!(!held.is_empty() && held.len() < 256);
     assert!(pool.stats().committed_bytes <= 1 << 20);
     held.clear();
-    assert!(pool.try_alloc([0; 4096]).is_ok(), "memory is reusable after frees");
+    assert!(
+        pool.try_alloc([0; 4096]).is_ok(),
+        "memory is reusable after frees"
+    );
 }
 
 #[test]
 fn bad_options_are_einval() {
     let e = RawPool::new(&PoolOptions::new(0)).unwrap_err();
     assert_eq!((e.errno(), e.op()), (22, "ma_pool_create"));
-    assert_eq!(RawPool::new(&PoolOptions::new(64).align(48)).unwrap_err().errno(), 22);
-    assert!(e.to_string().starts_with("ma_pool_create: Invalid argument"), "{}", e);
+    assert_eq!(
+        RawPool::new(&PoolOptions::new(64).align(48))
+            .unwrap_err()
+            .errno(),
+        22
+    );
+    assert!(
+        e.to_string()
+            .starts_with("ma_pool_create: Invalid argument"),
+        "{}",
+        e
+    );
     let io: std::io::Error = e.into();
     assert_eq!(io.raw_os_error(), Some(22));
 }
@@ -119,7 +143,9 @@ fn raw_pool_zeroes_and_trims() {
     }
     let o = pool.alloc().unwrap();
     // SAFETY: a live object of 200 bytes.
-    assert!(unsafe { std::slice::from_raw_parts(o.as_ptr(), 200) }.iter().all(|&b| b == 0));
+    assert!(unsafe { std::slice::from_raw_parts(o.as_ptr(), 200) }
+        .iter()
+        .all(|&b| b == 0));
     // SAFETY: as above.
     unsafe { pool.free(o) };
     let before = pool.stats().committed_bytes;
