@@ -29,3 +29,16 @@ if(NOT MAPALLOC_SANITIZE AND NOT MAPALLOC_FAULT_INJECTION)
   set_tests_properties(rust_cargo_test PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77
     ENVIRONMENT "MAPALLOC_BUILD_DIR=${PROJECT_BINARY_DIR};CARGO_TARGET_DIR=${PROJECT_BINARY_DIR}/cargo")
 endif()
+
+# The examples (examples/pool_server.cpp, examples/rust_global_alloc.rs) must run and exit 0.
+if(TARGET example_pool_server)
+  add_test(NAME example_pool_server COMMAND example_pool_server)
+  set_tests_properties(example_pool_server PROPERTIES TIMEOUT 120)
+endif()
+if(NOT MAPALLOC_SANITIZE AND NOT MAPALLOC_FAULT_INJECTION AND NOT MAPALLOC_SECURE)
+  add_test(NAME example_rust_global_alloc
+    COMMAND ${PROJECT_SOURCE_DIR}/bindings/rust/cargo-debian.sh run --example global_alloc)
+  set_tests_properties(example_rust_global_alloc PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
+    DEPENDS rust_cargo_test
+    ENVIRONMENT "MAPALLOC_BUILD_DIR=${PROJECT_BINARY_DIR};CARGO_TARGET_DIR=${PROJECT_BINARY_DIR}/cargo")
+endif()

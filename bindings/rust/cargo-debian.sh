@@ -25,6 +25,9 @@ if ! compgen -G '/usr/share/cargo/registry/vm-memory-0.10*' >/dev/null; then
   exit 77
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$top/build/cargo}
+# Relative paths are the caller's: make them absolute before cd.
+CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR")
+if [ -n "${MAPALLOC_BUILD_DIR:-}" ]; then export MAPALLOC_BUILD_DIR=$(realpath -m "$MAPALLOC_BUILD_DIR"); fi
 export CARGO_HOME=$CARGO_TARGET_DIR/cargo-home
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 unset RUSTUP_TOOLCHAIN RUSTFLAGS
