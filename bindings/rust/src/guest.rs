@@ -162,10 +162,13 @@ impl<B: NewBitmap> GuestArena<B> {
 
     /// Frees the memory of `[gpa, gpa+len)`, which must lie in RAM, keeping it mapped: it
     /// reads as zeros afterwards (a memfd's blocks are freed with `MADV_REMOVE`, anonymous
-    /// memory with `MADV_DONTNEED`). Allowed while `GuestMemoryMmap`s are in use.
+    /// memory with `MADV_DONTNEED`). Allowed while `GuestMemoryMmap`s are in use. Errors:
+    /// `EINVAL` (range), `ENOENT` (part of the range is not RAM: nothing is freed).
     pub fn balloon(&self, gpa: GuestAddress, len: usize) -> Result<()> {
         let off = self.offset(gpa, len)?;
         let end = off + len;
+        // The pieces and their advice first, so a range running into a hole changes nothing.
+        let mut pieces = Vec::new();
         let mut pos = off;
         while pos < end {
             let m = self.arena.find(pos)?;
@@ -175,8 +178,11 @@ impl<B: NewBitmap> GuestArena<B> {
             } else {
                 Advice::DontNeed
             };
-            self.arena.advise(pos, piece, advice)?;
+            pieces.push((pos, piece, advice));
             pos += piece;
+        }
+        for (pos, piece, advice) in pieces {
+            self.arena.advise(pos, piece, advice)?;
         }
         Ok(())
     }

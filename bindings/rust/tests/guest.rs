@@ -180,6 +180,19 @@ fn balloon_remove_and_lifetimes() {
         0
     );
 
+    // A balloon running into the hole changes nothing.
+    mem.write_obj(0x55u8, GuestAddress(3 * MIB as u64 - 1))
+        .unwrap();
+    let e = g
+        .balloon(GuestAddress(2 * MIB as u64), 2 * MIB)
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(3 * MIB as u64 - 1))
+            .unwrap(),
+        0x55
+    );
+
     // A region a GuestMemoryMmap still holds cannot be removed.
     let e = g.remove(GuestAddress(4 * MIB as u64), 4 * MIB).unwrap_err();
     assert_eq!(e.errno(), libc::EBUSY);
