@@ -49,23 +49,40 @@ run_one() { # ALLOC CMD-PREFIX...: the workload's output
   shift
   local exe=${bin[with_system]}
   [ "$a" = mapalloc ] && exe=${bin[with_mapalloc]}
-  env ${preload[$a]:+LD_PRELOAD=${preload[$a]}} MAPALLOC_TRACK=0 "$@" "$exe" "$scale"
+  # $scale may carry a phase name after the scale (word splitting intended).
+  # shellcheck disable=SC2086
+  env ${preload[$a]:+LD_PRELOAD=${preload[$a]}} MAPALLOC_TRACK=0 "$@" "$exe" $scale
 }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "rust workload, scale $scale, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 if ((callgrind)); then
+  # One callgrind run per allocator and phase: the program runs that phase only, and
+  # --toggle-collect counts the instructions inside it (its producer threads included).
+  phases=(strings btree_churn hash_churn threads_boxes vec_growth)
   for a in "${allocs[@]}"; do
-    run_one "$a" valgrind --tool=callgrind --callgrind-out-file=/dev/null >/dev/null 2>"$out/$a.cg"
-    grep -o 'Collected : [0-9]*' "$out/$a.cg" | awk -v a="$a" '{print a, $3}'
+    for p in "${phases[@]}"; do
+      scale="$scale $p" run_one "$a" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        "--toggle-collect=*workload::$p*" 2>&1 >/dev/null |
+        grep -o 'Collected : [0-9]*' | awk -v a="$a" -v p="$p" '{print a, p, $3}'
+    done
   done | python3 -c '
 import sys
-ir = dict((a, int(n)) for a, n in (l.split() for l in sys.stdin))
-m = ir["mapalloc"]
-print("%-9s %15s %9s" % ("allocator", "instructions", "/mapalloc"))
-for a, n in ir.items():
-    print("%-9s %15d %9.2f" % (a, n, n / m))'
+ir = {}
+for line in sys.stdin:
+    a, p, n = line.split()
+    ir.setdefault(a, {})[p] = int(n)
+for a in ir:
+    ir[a]["total"] = sum(ir[a].values())
+allocs = list(ir)
+print("instructions (callgrind, inside each phase; ratio = allocator / mapalloc; > 1: mapalloc executes fewer)")
+print("%-14s" % "phase" + "".join("%22s" % a for a in allocs))
+for k in ir["mapalloc"]:
+    m = ir["mapalloc"][k]
+    print("%-14s" % k + "".join(
+        "%14d (%4.2fx)" % (ir[a][k], ir[a][k] / m) if a != "mapalloc" else "%14d        " % m
+        for a in allocs))'
   exit 0
 fi
 for ((r = 1; r <= runs; r++)); do

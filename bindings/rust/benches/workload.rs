@@ -3,7 +3,7 @@
 //! `with_mapalloc.rs` (`#[global_allocator] MapAlloc`) and `with_system.rs` (Rust's
 //! `System`, i.e. glibc malloc, or jemalloc/mimalloc/tcmalloc preloaded).
 //!
-//! Usage: `<bench binary> [SCALE]` (default 1.0). Prints one line per phase
+//! Usage: `<bench binary> [SCALE [PHASE]]` (default 1.0, every phase). Prints one line per phase
 //! (`phase NAME ms`) and `total ms`, `maxrss_kib` at the end.
 #![allow(dead_code)]
 
@@ -146,8 +146,12 @@ pub fn main() {
         ("threads_boxes", threads_boxes),
         ("vec_growth", vec_growth),
     ];
+    let only = std::env::args().nth(2);
     let start = Instant::now();
     for (name, f) in phases {
+        if only.as_deref().map_or(false, |o| o != name) {
+            continue;
+        }
         let t = Instant::now();
         f(scale);
         println!("phase {} {:.2}", name, t.elapsed().as_secs_f64() * 1e3);
