@@ -187,8 +187,9 @@ stage_lint() {
     xargs -P "$jobs" -n 4 clang-tidy -p "$b" --quiet --warnings-as-errors='*' 2>&1) ||
     { echo "$out" | grep -v 'warnings generated\|^Suppressed\|^Use -header-filter'; return 1; }
   echo "lint: clang-format"
-  find src include tests tools bench examples \( -name '*.[ch]' -o -name '*.[ch]pp' \) -print0 |
-    sort -z | xargs -0 clang-format --dry-run -Werror
+  { find src include tests tools bench examples -name '*.[ch]' -print0
+    find include tests/cpp bench examples -name '*.[ch]pp' -print0; } | sort -z |
+    xargs -0 clang-format --dry-run -Werror
   echo "lint: rustfmt"
   find bindings/rust examples -name '*.rs' -not -path '*/target/*' -print0 | sort -z |
     xargs -0 /usr/bin/rustfmt --edition 2021 --check # Debian 1.63, as CI
