@@ -37,7 +37,8 @@ if(TARGET example_pool_server)
 endif()
 if(NOT MAPALLOC_SANITIZE AND NOT MAPALLOC_FAULT_INJECTION AND NOT MAPALLOC_SECURE)
   add_test(NAME example_rust_global_alloc
-    COMMAND ${PROJECT_SOURCE_DIR}/bindings/rust/cargo-debian.sh run --example global_alloc)
+    COMMAND ${PROJECT_SOURCE_DIR}/bindings/rust/cargo-debian.sh run --features vm-memory
+      --example global_alloc) # the features of rust_cargo_test: nothing is rebuilt
   set_tests_properties(example_rust_global_alloc PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
     DEPENDS rust_cargo_test
     ENVIRONMENT "MAPALLOC_BUILD_DIR=${PROJECT_BINARY_DIR};CARGO_TARGET_DIR=${PROJECT_BINARY_DIR}/cargo")
