@@ -62,6 +62,7 @@ packages=(
   python3 perl git sqlite3                         # heap: real programs run preloaded
   clang-14 libclang-rt-14-dev libfuzzer-14-dev     # tsan stage, fuzzers
   cppcheck clang-tidy clang-format                 # lint stage
+  rustc cargo librust-vm-memory-dev rustfmt        # bindings/rust: Debian's 1.63, offline
 )
 . "$top/tools/lib/packages.sh"
 ensure_packages test.sh "${packages[@]}" || exit 1
@@ -186,8 +187,12 @@ stage_lint() {
     xargs -P "$jobs" -n 4 clang-tidy -p "$b" --quiet --warnings-as-errors='*' 2>&1) ||
     { echo "$out" | grep -v 'warnings generated\|^Suppressed\|^Use -header-filter'; return 1; }
   echo "lint: clang-format"
-  find src include tests tools bench examples -name '*.[ch]' -print0 | sort -z |
+  { find src include tests tools bench examples -name '*.[ch]' -print0
+    find include tests/cpp bench examples -name '*.[ch]pp' -print0; } | sort -z |
     xargs -0 clang-format --dry-run -Werror
+  echo "lint: rustfmt"
+  find bindings/rust examples -name '*.rs' -not -path '*/target/*' -print0 | sort -z |
+    xargs -0 /usr/bin/rustfmt --edition 2021 --check # Debian 1.63, as CI
 }
 
 stage_fuzz() {
