@@ -439,18 +439,30 @@ def series_chart(path, png, allocs):
             for t, m in sorted(rows):
                 f.write("%.3f %.2f\n" % (t, m))
             f.write("\n\n")
-    plots = ", ".join("'%s' index %d using 1:2 with linespoints pt 7 ps 0.5 lw 2 title '%s'"
-                      % (dat, i, a) for i, a in enumerate(shown))
+    colour = {"glibc": "#9400d3", "jemalloc": "#009e73", "mimalloc": "#56b4e9",
+              "tcmalloc": "#e69f00", "mapalloc": "#d00000", "mapalloc-secure": "#800000"}
+    plots = ", ".join("'%s' index %d using 1:2 with linespoints pt 7 ps 0.5 lw %d lc rgb '%s' "
+                      "title '%s'" % (dat, i, 3 if a in MAPALLOC else 2,
+                                      colour.get(a, "#404040"), a)
+                      for i, a in enumerate(shown))
+    trims = [t for a in shown for (ph, _), v in pts[a].items() if ph == "trim" for t, _ in v]
+    mark = ""
+    if trims:
+        t = statistics.median(trims)
+        mark = ("set arrow 1 from %.3f, graph 0 to %.3f, graph 1 nohead dt 2 lc rgb '#606060'\n"
+                "set label 1 'malloc_trim(0) from main' at %.3f, graph 0.05 right offset -0.5,0\n"
+                % (t, t, t))
     gp = """set terminal pngcairo size 1200,700 font ",11"
 set output '%(png)s'
-set title "idle worker: RSS over time (0 = the worker's last free; then no allocator call until malloc_trim(0) near the end)"
-set xlabel 'seconds since the frees ended'
+set termoption noenhanced
+set title "idle worker: RSS over time (0 = the worker's last free; no allocator call from anyone until malloc_trim(0))"
+set xlabel 'seconds since the frees ended (negative: allocation and frees)'
 set ylabel 'RSS (MiB)'
 set grid
 set key outside right top vertical
 set yrange [0:*]
-plot %(plots)s
-""" % {"png": png, "plots": plots}
+%(mark)splot %(plots)s
+""" % {"png": png, "plots": plots, "mark": mark}
     gpf = png[:-4] + ".gp"
     open(gpf, "w").write(gp)
     r = subprocess.run(["gnuplot", gpf], capture_output=True, text=True)

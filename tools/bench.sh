@@ -5,7 +5,7 @@
 #   tools/bench.sh [--quick] [--alloc glibc,jemalloc,mimalloc,tcmalloc,mapalloc] [--runs N]
 #                  [--only NAME...] [--callgrind] [--list]
 #
-#   --quick      small problem sizes (a smoke run: under 2 minutes on 2 cores); default runs 1
+#   --quick      small problem sizes (a smoke run: about 2 minutes on 2 cores); default runs 1
 #   --alloc L    comma-separated allocators (default: all five; also mapalloc-secure, the
 #                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure)
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
@@ -272,7 +272,7 @@ if ((callgrind)); then
   done
   {
     echo "Instructions per operation (callgrind, Ir difference between two sizes / op difference)."
-    echo "An op is one malloc+free pair (glibc-simple, churn), one malloc or one free (frag)."
+    echo "An op is one malloc+free pair (glibc-simple, churn, churn-W-S, alloctest), one malloc or one free (frag)."
     echo
     printf '| workload |'
     for a in "${allocs[@]}"; do printf ' %s |' "$a"; done
@@ -296,7 +296,8 @@ fi
 csv="$out.csv"
 series="$out-idle.csv"
 echo "date,host,workload,kind,alloc,run,wall_s,user_s,sys_s,maxrss_kib,status,result" >"$csv"
-field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# field KEY LINE: the value of KEY=value in a runner line (bash only: no process per call).
+field() { if [[ " $2" =~ [[:space:]]$1=([^ ]*) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
 record() { # workload kind alloc run wall user sys rss status result
   echo "$stamp,$host,$1,$2,$3,$4,$5,$6,$7,$8,$9,\"${10}\"" >>"$csv"
 }
@@ -402,7 +403,7 @@ for w in "${workloads[@]}"; do
         sed -n "s/^SAMPLE t_s=\([^ ]*\) rss_mib=\([^ ]*\) phase=\([^ ]*\)\$/$w,$a,$r,\1,\2,\3/p" \
           "$log" >>"$series"
       fi
-      printf '%6.2f s %8.1f MiB\n' "$wall" "$(awk -v k="$rss" 'BEGIN{print k/1024}')"
+      printf '%6.2f s %6d.%d MiB\n' "$wall" $((rss / 1024)) $((rss % 1024 * 10 / 1024))
     done
   done
 done
