@@ -5,14 +5,21 @@
 #   tools/bench.sh [--quick] [--alloc glibc,jemalloc,mimalloc,tcmalloc,mapalloc] [--runs N]
 #                  [--only NAME...] [--callgrind] [--list]
 #
-#   --quick      small problem sizes (a smoke run: under 2 minutes on 2 cores); default runs 1
+#   --quick      small problem sizes (a smoke run: about 2 minutes on 2 cores); default runs 1
 #   --alloc L    comma-separated allocators (default: all five; also mapalloc-secure, the
 #                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure)
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
-#   --only N...  only these workloads (names as in --list); stops at the next --option
+#   --only N...  only these workloads (names as in --list, or any point of a generated family:
+#                server-50k, churn-16K-2K, threads-64, ...); stops at the next --option
 #   --callgrind  instead of timing, count instructions per operation (valgrind) for the
 #                single-thread workloads: stable figures on a noisy machine
 #   --list       print the workload names and exit
+#
+# Generated families (one program, one parameter per point; in a name a lower-case k/m/g is
+# decimal, K/M/G binary): server-<slots per thread>, prodcons-b<batch>, churn-<window>-<largest
+# size>, threads-<count>, medium-<largest size>, remote-<live bytes per thread>. Our own
+# workloads get --seed <run - 1>: every run draws another random sequence, the same for every
+# allocator within the run, so no allocator can be tuned to one fixed sequence.
 #
 # Installs missing Debian packages (as root or with sudo), builds a Release tree in
 # build/release, runs, prints a markdown table of medians with each allocator's ratio to
@@ -26,7 +33,18 @@ cd "$top"
 all_allocs=(glibc jemalloc mimalloc tcmalloc mapalloc)
 workloads=(larson xmalloc cache-scratch cache-thrash churn glibc-simple glibc-thread mstress frag
   memcached sqlite3 python3 gcc lua)
-single_thread=(churn glibc-simple frag) # --callgrind set (mstress: a few MiB blocks dominate at callgrind sizes)
+# The generated families' default points (issue 10's "suite that cannot be tuned to").
+for n in 1k 10k 100k; do workloads+=("server-$n"); done # slots per thread, 2 threads
+for n in 16 1K; do workloads+=("prodcons-b$n"); done    # blocks per hand-over
+for w in 1K 4K 64K; do
+  for m in 128 512 4K; do workloads+=("churn-$w-$m"); done # live window x largest size
+done
+for n in 1 2 8 32; do workloads+=("threads-$n"); done # 32: oversubscribed on 2 cores
+for n in 2M 8M; do workloads+=("medium-$n"); done     # largest buffer, 2 threads
+workloads+=(alloctest idle)
+for n in 1M 1G; do workloads+=("remote-$n"); done # live bytes per thread (a pair)
+# --callgrind set (mstress: a few MiB blocks dominate at callgrind sizes)
+single_thread=(churn glibc-simple frag alloctest churn-1K-128 churn-4K-512)
 libdir=/usr/lib/x86_64-linux-gnu
 declare -A lib=(
   [glibc]=""
@@ -82,10 +100,53 @@ for a in "${allocs[@]}"; do
     exit 2
   }
 done
+
+build="$top/build/release"
+wl="$build/bench/workloads"
+data="$build/bench-data/$( ((quick)) && echo quick || echo full)"
+
+# cmd_for NAME: set the array cmd to the command line of a workload (not memcached; without
+# --quick and --seed, which the timing loop adds to our own workloads). Returns 1 for an
+# unknown name or a family point whose parameter is not a number (with a k/m/g/K/M/G suffix).
+num='^[1-9][0-9]*[kmgKMG]?$'
+cmd_for() {
+  local p=${1#*-} quick_live
+  case "$1" in
+  larson | xmalloc | cache-scratch | cache-thrash | churn | glibc-simple | glibc-thread | mstress | \
+    frag | alloctest | idle)
+    cmd=("$wl/wl_${1//-/_}")
+    ;;
+  server-*) [[ $p =~ $num ]] && cmd=("$wl/wl_server" --slots "$p") ;;
+  prodcons-b*) [[ ${p#b} =~ $num ]] && cmd=("$wl/wl_prodcons" --batch "${p#b}") ;;
+  churn-*-*) [[ ${p%-*} =~ $num && ${p#*-} =~ $num ]] &&
+    cmd=("$wl/wl_window" --window "${p%-*}" --max-size "${p#*-}") ;;
+  threads-*) [[ $p =~ $num ]] && cmd=("$wl/wl_threads" --threads "$p") ;;
+  medium-*) [[ $p =~ $num ]] && cmd=("$wl/wl_medium" --max-size "$p") ;;
+  remote-*)
+    # --quick caps the live heap at 64 MiB per thread (the RESULT line says live_mib).
+    quick_live=$p
+    ((quick)) && [[ $p == *[gG] ]] && quick_live=64M
+    [[ $p =~ $num ]] && cmd=("$wl/wl_remote" --live "$quick_live")
+    ;;
+  sqlite3) cmd=(sh -c "exec sqlite3 -bail :memory: < '$data/sqlite.sql'") ;;
+  python3) cmd=(env PYTHONMALLOC=malloc python3 "$top/bench/programs/alloc_heavy.py" "$(sz 1 4)") ;;
+  gcc) cmd=(gcc -O2 -c "$data/big.c" -o "$data/big-$$.o") ;;
+  lua) cmd=(lua5.4 "$top/bench/programs/tables.lua" "$(sz 1 4)") ;;
+  *) return 1 ;;
+  esac
+}
+kind_of() {
+  case "$1" in
+  memcached | sqlite3 | python3 | gcc | lua) echo program ;;
+  *) echo workload ;;
+  esac
+}
+sz() { if ((quick)); then echo "$1"; else echo "$2"; fi; } # sz QUICK FULL
+
 if ((${#only[@]})); then
   for w in "${only[@]}"; do
-    [[ " ${workloads[*]} " == *" $w "* ]] || {
-      echo "bench.sh: unknown workload '$w' (see --list)" >&2
+    [[ $w == memcached || " ${workloads[*]} " == *" $w "* ]] || cmd_for "$w" || {
+      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, medium-N, remote-N)" >&2
       exit 2
     }
   done
@@ -104,7 +165,6 @@ ensure_packages bench.sh "${packages[@]}" || exit 1
 # ---------------------------------------------------------------------------------------------
 # Build (Release). The preload library only exists once src/malloc/override*.c does.
 # ---------------------------------------------------------------------------------------------
-build="$top/build/release"
 mkdir -p "$build"
 echo "bench.sh: building $build (Release)"
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAPALLOC_BUILD_BENCH=ON \
@@ -132,7 +192,6 @@ if [[ " ${allocs[*]} " == *" mapalloc-secure "* ]]; then
     exit 1
   }
 fi
-wl="$build/bench/workloads"
 runner="$wl/bench-runner"
 have_mapalloc=0
 [[ -f ${lib[mapalloc]} ]] && have_mapalloc=1
@@ -148,33 +207,11 @@ done
 # ---------------------------------------------------------------------------------------------
 # Inputs for the real programs (generated once per size, deterministic).
 # ---------------------------------------------------------------------------------------------
-sz() { if ((quick)); then echo "$1"; else echo "$2"; fi; } # sz QUICK FULL
-data="$build/bench-data/$(sz quick full)"
 mkdir -p "$data"
 [[ -s $data/sqlite.sql ]] || python3 bench/programs/gen_sqlite.py "$(sz 6000 60000)" >"$data/sqlite.sql"
 [[ -s $data/big.c ]] || python3 bench/programs/gen_c.py "$(sz 40 300)" >"$data/big.c"
 qflag=()
 ((quick)) && qflag=(--quick)
-
-# cmd_for NAME: set the array cmd to the command line of a workload (not memcached).
-cmd_for() {
-  case "$1" in
-  larson | xmalloc | cache-scratch | cache-thrash | churn | glibc-simple | glibc-thread | mstress | frag)
-    cmd=("$wl/wl_${1//-/_}" "${qflag[@]}")
-    ;;
-  sqlite3) cmd=(sh -c "exec sqlite3 -bail :memory: < '$data/sqlite.sql'") ;;
-  python3) cmd=(env PYTHONMALLOC=malloc python3 "$top/bench/programs/alloc_heavy.py" "$(sz 1 4)") ;;
-  gcc) cmd=(gcc -O2 -c "$data/big.c" -o "$data/big-$$.o") ;;
-  lua) cmd=(lua5.4 "$top/bench/programs/tables.lua" "$(sz 1 4)") ;;
-  *) return 1 ;;
-  esac
-}
-kind_of() {
-  case "$1" in
-  memcached | sqlite3 | python3 | gcc | lua) echo program ;;
-  *) echo workload ;;
-  esac
-}
 
 stamp=$(date -u +%Y%m%d-%H%M)
 host=$(hostname -s 2>/dev/null || hostname)
@@ -216,7 +253,7 @@ if ((callgrind)); then
         # MAPALLOC_TRACK=0: mapalloc's valgrind client requests (memcheck support) are not
         # part of its native cost (they doubled its count); other allocators ignore it.
         "$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" -e MAPALLOC_TRACK=0 -- valgrind --tool=callgrind \
-          --callgrind-out-file=/dev/null "${cmd[0]}" "${extra[@]}" --scale "$scale" >/dev/null ||
+          --callgrind-out-file=/dev/null "${cmd[@]}" "${extra[@]}" --scale "$scale" >/dev/null ||
           {
             echo "FAILED ($log)"
             failures=$((failures + 1))
@@ -235,7 +272,7 @@ if ((callgrind)); then
   done
   {
     echo "Instructions per operation (callgrind, Ir difference between two sizes / op difference)."
-    echo "An op is one malloc+free pair (glibc-simple, churn), one malloc or one free (frag)."
+    echo "An op is one malloc+free pair (glibc-simple, churn, churn-W-S, alloctest), one malloc or one free (frag)."
     echo
     printf '| workload |'
     for a in "${allocs[@]}"; do printf ' %s |' "$a"; done
@@ -257,8 +294,10 @@ fi
 # Timing runs
 # ---------------------------------------------------------------------------------------------
 csv="$out.csv"
+series="$out-idle.csv"
 echo "date,host,workload,kind,alloc,run,wall_s,user_s,sys_s,maxrss_kib,status,result" >"$csv"
-field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# field KEY LINE: the value of KEY=value in a runner line (bash only: no process per call).
+field() { if [[ " $2" =~ [[:space:]]$1=([^ ]*) ]]; then echo "${BASH_REMATCH[1]}"; fi; }
 record() { # workload kind alloc run wall user sys rss status result
   echo "$stamp,$host,$1,$2,$3,$4,$5,$6,$7,$8,$9,\"${10}\"" >>"$csv"
 }
@@ -337,6 +376,7 @@ for w in "${workloads[@]}"; do
         cat "$logdir/$w-$a-$r.client.log" >"$log" 2>/dev/null || true
       else
         cmd_for "$w"
+        [[ $kind == workload ]] && cmd+=("${qflag[@]}" --seed $((r - 1)))
         line=$("$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" -- "${cmd[@]}") || true
       fi
       st=$(field status "$line")
@@ -357,7 +397,13 @@ for w in "${workloads[@]}"; do
       wall=$(field wall "$line") rss=$(field maxrss_kib "$line")
       record "$w" "$kind" "$a" "$r" "$wall" "$(field user "$line")" "$(field sys "$line")" \
         "$rss" 0 "$result"
-      printf '%6.2f s %8.1f MiB\n' "$wall" "$(awk -v k="$rss" 'BEGIN{print k/1024}')"
+      # A time series (idle's RSS samples): one CSV for the run, plotted by summarize.py.
+      if grep -q '^SAMPLE ' "$log"; then
+        [[ -s $series ]] || echo "workload,alloc,run,t_s,rss_mib,phase" >"$series"
+        sed -n "s/^SAMPLE t_s=\([^ ]*\) rss_mib=\([^ ]*\) phase=\([^ ]*\)\$/$w,$a,$r,\1,\2,\3/p" \
+          "$log" >>"$series"
+      fi
+      printf '%6.2f s %6d.%d MiB\n' "$wall" $((rss / 1024)) $((rss % 1024 * 10 / 1024))
     done
   done
 done
@@ -413,14 +459,16 @@ note="$note --runs $runs --alloc $(
   echo "${allocs[*]}"
 )$( ((${#only[@]})) && echo " --only ${only[*]}" || true)"
 echo
-python3 bench/summarize.py "$csv" --png "$out.png" --md "$out.md" --note "$note" || failures=$((failures + 1))
+sargs=(--png "$out.png" --md "$out.md" --note "$note")
+[[ -s $series ]] && sargs+=(--series "$series" --series-png "$out-idle.png")
+python3 bench/summarize.py "$csv" "${sargs[@]}" || failures=$((failures + 1))
 # The layer benchmarks print their own tables (ours vs the raw system calls): keep the last.
 for b in "${micro[@]}"; do
   [[ -s $logdir/$b.log ]] || continue
   printf '\n**%s** (its own output)\n\n```\n%s\n```\n' "$b" "$(tr '\r' '\n' <"$logdir/$b.log" | grep -v ': repetition [0-9]*/[0-9]* done$' | sed '/./,$!d')" | tee -a "$out.md"
 done
 echo
-echo "bench.sh: wrote $csv, $out.md and $out.png in ${elapsed} s"
+echo "bench.sh: wrote $csv, $out.md and $out.png$([[ -s $series ]] && echo " (and $series, $out-idle.png)" || true) in ${elapsed} s"
 if ((failures)); then
   echo "bench.sh: $failures failure(s)" >&2
   exit 1
