@@ -176,15 +176,21 @@ static void *meta_alloc(size_t size) {
   return r;
 }
 
+/* Puts h on the orphan list (its thread is gone, or never got it). */
+static void heap_orphan_push(heap *h) {
+  pthread_mutex_lock(&heap_lock);
+  h->next_orphan = heap_orphans;
+  heap_orphans = h;
+  pthread_mutex_unlock(&heap_lock);
+}
+
 /* Gives the calling thread a heap (an orphan if there is one, else a new one) with obj
  * bins of its own. NULL on ENOMEM. */
 static heap *heap_thread_init(void) {
   heap_global_init();
   if (atomic_load_explicit(&heap_init_state, memory_order_acquire) != 2) return NULL;
-  int saved = errno;
-  obj_bins *bs = obj_bins_get(&heap_space, HEAP_NCLASSES, heap_cls_size, heap_cls_align);
-  if (!bs) return NULL;
-  errno = saved;
+  /* An exited thread's heap is taken over whole (cache, slabs, pending frees): a thread
+   * that comes and goes costs no system call and no refill. */
   pthread_mutex_lock(&heap_lock);
   heap *h = heap_orphans;
   if (h) {
@@ -200,20 +206,29 @@ static heap *heap_thread_init(void) {
     }
   }
   pthread_mutex_unlock(&heap_lock);
-  if (!h) {
-    obj_bins_abandon(bs);
-    return NULL;
-  }
-  if (atomic_fetch_add(&heap_live, 1) > 0) atomic_store(&heap_threads_seen, true);
+  if (!h) return NULL;
   pthread_mutex_lock(&h->lock);
+  h->orphan = false;
   h->next_orphan = NULL;
-  h->tracking = obj_tracking;
-  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-    h->tc[c].max = h->tracking ? 0 : heap_tc_max[c];
-    __atomic_store_n(&h->tc[c].room, (int32_t)h->tc[c].max, __ATOMIC_RELAXED); /* empty */
+  if (!h->bs) { /* a new heap, or an orphan whose slabs a trim gave back */
+    int saved = errno;
+    obj_bins *bs = obj_bins_get(&heap_space, HEAP_NCLASSES, heap_cls_size, heap_cls_align);
+    errno = saved;
+    if (!bs) {
+      pthread_mutex_unlock(&h->lock);
+      heap_orphan_push(h);
+      return NULL;
+    }
+    h->tracking = obj_tracking;
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+      h->tc[c].max = h->tracking ? 0 : heap_tc_max[c];
+      __atomic_store_n(&h->tc[c].room, (int32_t)h->tc[c].max, __ATOMIC_RELAXED); /* empty */
+    }
+    __atomic_store_n(&h->bs, bs, __ATOMIC_RELAXED);
   }
-  __atomic_store_n(&h->bs, bs, __ATOMIC_RELAXED);
+  h->bs->tid = obj_tid();
   pthread_mutex_unlock(&h->lock);
+  if (atomic_fetch_add(&heap_live, 1) > 0) atomic_store(&heap_threads_seen, true);
   heap_set_tls(h);
   /* After heap_tls is set: pthread_setspecific may itself call calloc. */
   pthread_setspecific(heap_key, h);
@@ -401,16 +416,26 @@ void heap_free_generic(void *p) {
  * Collection, the purger's pass, thread exit, fork
  * ---------------------------------------------------------------------------------- */
 
-/* One heap's part of a collection (h->lock held): its pending remote frees are sent and
- * the ones sent to it filed; force: its cache (own heap only) and every free slab go back
- * now, else only slabs whose purge delay expired. True when something is left that a later
- * pass may return. */
-static bool heap_trim_locked(heap *h, bool force, bool own) {
+/* One heap's part of a collection (h->lock held), in two phases over all heaps so that
+ * what one heap sends another is filed in the same collection. Phase 0: its cache (own heap
+ * or an orphan on a forced trim; an orphan unclaimed for the purge delay) and its pending
+ * remote frees are sent. Phase 1: the frees sent to it are filed, and every free slab goes
+ * back (force) or those whose purge delay expired. True when something is left that a
+ * later pass may return. */
+static bool heap_trim_locked(heap *h, int phase, bool force, bool own) {
   obj_bins *bs = h->bs;
   if (!bs || h->tracking) return false;
-  if (force && own)
-    for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
-  obj_outbox_flush(bs);
+  if (phase == 0) {
+    bool idle_orphan = h->orphan && heap_space.purge_delay_ms >= 0 &&
+                       obj_now_ms() - h->orphaned_ms >= (uint64_t)heap_space.purge_delay_ms;
+    if ((force && (own || h->orphan)) || idle_orphan)
+      for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
+    obj_outbox_flush(bs);
+    bool cached = false;
+    if (h->orphan)
+      for (unsigned c = 0; c < HEAP_NCLASSES && !cached; c++) cached = h->tc[c].head != NULL;
+    return cached;
+  }
   if (force) {
     obj_bins_trim(bs);
   } else {
@@ -426,18 +451,20 @@ static bool heap_trim_locked(heap *h, bool force, bool own) {
 static bool heap_trim_all(bool force, bool wait) {
   heap *self = heap_get();
   bool more = false;
-  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all) {
-    if (h->forked || __atomic_load_n(&h->bs, __ATOMIC_RELAXED) == NULL) continue;
-    if (h == self || wait) {
-      pthread_mutex_lock(&h->lock);
-    } else if (pthread_mutex_trylock(&h->lock) != 0) {
-      more = true;
-      continue;
+  for (int phase = 0; phase < 2; phase++) {
+    for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all) {
+      if (h->forked || __atomic_load_n(&h->bs, __ATOMIC_RELAXED) == NULL) continue;
+      if (h == self || wait) {
+        pthread_mutex_lock(&h->lock);
+      } else if (pthread_mutex_trylock(&h->lock) != 0) {
+        more = true;
+        continue;
+      }
+      more |= heap_trim_locked(h, phase, force, h == self);
+      pthread_mutex_unlock(&h->lock);
     }
-    more |= heap_trim_locked(h, force, h == self);
-    pthread_mutex_unlock(&h->lock);
   }
-  obj_space_trim(&heap_space); /* caches of exited threads */
+  obj_space_trim(&heap_space); /* caches parked by obj (not the heap's orphans) */
   return more;
 }
 
@@ -468,24 +495,20 @@ bool heap_purge_pass(void) {
   return more || cached != 0;
 }
 
+/* Thread exit: the heap becomes an orphan with everything in it, for the next new thread;
+ * its pending remote frees are sent now, and the purger (or a trim) returns its cache and
+ * its free slabs once the purge delay has passed with no thread taking it over. */
 static void heap_thread_done(void *arg) {
   heap *h = arg;
   if (!h || h == &heap_empty || !h->bs) return;
   int saved = errno;
   heap_set_tls(&heap_empty);
   pthread_mutex_lock(&h->lock);
-  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-    heap_tc_trim(h, c, 0);
-    h->tc[c].max = 0;
-    __atomic_store_n(&h->tc[c].room, 0, __ATOMIC_RELAXED);
-  }
-  obj_bins_abandon(h->bs);
-  __atomic_store_n(&h->bs, NULL, __ATOMIC_RELAXED);
+  obj_outbox_flush(h->bs);
+  h->orphan = true;
+  h->orphaned_ms = obj_now_ms();
   pthread_mutex_unlock(&h->lock);
-  pthread_mutex_lock(&heap_lock);
-  h->next_orphan = heap_orphans;
-  heap_orphans = h;
-  pthread_mutex_unlock(&heap_lock);
+  heap_orphan_push(h);
   atomic_fetch_sub(&heap_live, 1);
   atomic_store(&heap_threads_seen, true);
   errno = saved;
@@ -523,8 +546,12 @@ static void heap_atfork_child(void) {
     pthread_mutex_unlock(&heap_space.trim_lock);
   }
   heap *self = heap_get();
-  for (heap *h = heap_all; h; h = h->next_all)
-    if (h != self && h->bs) h->forked = true;
+  for (heap *h = heap_all; h; h = h->next_all) {
+    if (h->orphan) /* no thread of the child holds it (a trim in another thread may have) */
+      pthread_mutex_init(&h->lock, NULL);
+    else if (h != self && h->bs)
+      h->forked = true;
+  }
   /* One thread: the purger starts again only when the child runs a second one. */
   atomic_store(&heap_live, self->bs ? 1 : 0);
   atomic_store(&heap_threads_seen, false);

@@ -72,8 +72,10 @@ typedef struct heap {
   size_t out_bytes;      /* bytes taken minus bytes given back */
   struct heap *next_all; /* registry of all heaps (never freed) */
   struct heap *next_orphan;
-  bool tracking; /* valgrind: every call takes obj's tracked paths */
-  bool forked;   /* a fork child's copy of another thread's heap: never touched again */
+  bool tracking;        /* valgrind: every call takes obj's tracked paths */
+  bool forked;          /* a fork child's copy of another thread's heap: never touched again */
+  bool orphan;          /* its thread exited (h->lock): the purger may empty its cache */
+  uint64_t orphaned_ms; /* obj_now_ms() at the exit */
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
