@@ -34,12 +34,7 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (o && o->tid == obj_tid() && s->owner_tid == 1) {
     obj_poison(b, s->stride);
-    obj_link_open_rt(b);
-    obj_link_set(b, s->free);
-    obj_link_close_rt(b);
-    s->free = b;
-    s->free_zero = 0;
-    if (--s->cnt <= 0) obj_slab_notify(s);
+    obj_slab_put(s, b);
   } else {
     obj_free_remote_now(seg, s, b);
   }
