@@ -98,7 +98,7 @@ fn main() {
         postings.stats()
     );
     assert!(
-        after.allocs - before.allocs > 10_000,
-        "the heap served the program"
+        after.allocs > before.allocs && after.allocated > 0,
+        "the heap served the program (allocs counts blocks leaving the slabs)"
     );
 }

@@ -359,12 +359,12 @@ slow:
 int ma_pool_trim(ma_pool *p) {
   if (!p) return -EINVAL;
   __atomic_add_fetch(&p->space.trim_epoch, 1, __ATOMIC_RELAXED);
-  obj_space_trim(&p->space);
   obj_bins *bs = pool_bins_peek(p);
-  if (bs) {
+  if (bs) { /* first: sends this thread's batches to caches the space trim then files */
     bs->trim_seen = __atomic_load_n(&p->space.trim_epoch, __ATOMIC_RELAXED);
     obj_bins_trim(bs);
   }
+  obj_space_trim(&p->space);
   return 0;
 }
 

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::os::raw::{c_int, c_void};
-use std::os::unix::io::{AsFd, AsRawFd, RawFd};
+use std::os::unix::io::{AsFd, AsRawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
@@ -18,9 +18,10 @@ pub struct Mapping {
     pub off: usize,
     /// Length in bytes.
     pub len: usize,
-    /// The descriptor number given when the mapping was added (not owned, possibly closed
-    /// since), or `None` for anonymous memory.
-    pub fd: Option<RawFd>,
+    /// The mapped file's identity (`st_dev`, `st_ino` of the descriptor given when the
+    /// mapping was added; the arena keeps no descriptor number, which could go stale), or
+    /// `None` for anonymous memory.
+    pub file: Option<(u64, u64)>,
     /// The file offset mapped at `off` (0 for anonymous memory).
     pub fd_off: u64,
     /// The protection in effect.
@@ -32,7 +33,7 @@ impl Mapping {
         Mapping {
             off: m.off,
             len: m.len,
-            fd: if m.fd >= 0 { Some(m.fd) } else { None },
+            file: if m.anon { None } else { Some((m.dev, m.ino)) },
             fd_off: m.fd_off,
             prot: Prot::from_bits(m.prot),
         }

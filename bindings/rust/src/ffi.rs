@@ -92,7 +92,9 @@ pub struct ma_heap_stats {
 pub struct ma_arena_mapping {
     pub off: usize,
     pub len: usize,
-    pub fd: c_int,
+    pub anon: bool,
+    pub dev: u64,
+    pub ino: u64,
     pub fd_off: u64,
     pub prot: c_uint,
 }

@@ -173,7 +173,7 @@ impl<B: NewBitmap> GuestArena<B> {
         while pos < end {
             let m = self.arena.find(pos)?;
             let piece = m.end().min(end) - pos;
-            let advice = if m.fd.is_some() {
+            let advice = if m.file.is_some() {
                 Advice::Remove
             } else {
                 Advice::DontNeed

@@ -2,8 +2,7 @@
 mod common;
 
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use mapalloc::{page_size, Advice, Arena, MapFlags, Mapping, Prot};
 
@@ -36,13 +35,18 @@ fn fd_and_anon_mappings() {
         Mapping {
             off: 128 * page,
             len: 16 * page,
-            fd: None,
+            file: None,
             fd_off: 0,
             prot: Prot::READ_WRITE
         }
     );
     let m = arena.find(page).unwrap();
-    assert_eq!((m.fd, m.len), (Some(ram.as_raw_fd()), 64 * page));
+    let st = ram.metadata().unwrap();
+    assert_eq!(
+        (m.file, m.len),
+        (Some((st.dev(), st.ino())), 64 * page),
+        "the file's identity, not a descriptor number"
+    );
     let e = arena.find(100 * page).unwrap_err();
     assert_eq!((e.errno(), e.op()), (libc::ENOENT, "ma_arena_find"));
 
