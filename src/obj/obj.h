@@ -19,6 +19,9 @@
  *    pass 16 for malloc). Slab size follows the stride (>= 16 blocks per slab). Keep the
  *    pointer in an initial-exec TLS variable; all bins of one space must use the same
  *    strides table (abandoned slabs are re-filed by bin index).
+ * (Since 2026-12-04 the heap keeps a thread cache of free blocks in front of these paths
+ * and calls the obj functions only in its slow paths, under its heap lock: see
+ * src/malloc/heap_internal.h. The pools use them as described here.)
  * 3. Fast paths (inline, no lock, no atomic RMW, no division, no syscall):
  *      p = obj_bin_alloc(bs, &bs->bins[cls]);       NULL + errno = ENOMEM on failure
  *      p = obj_bin_alloc_zero(bs, &bs->bins[cls]);  calloc: no memset on fresh pages
