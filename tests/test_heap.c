@@ -14,6 +14,7 @@
 
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
+#include "mapalloc/pool.h"
 
 /* Under AddressSanitizer the process's RSS also holds shadow memory and ASan's own thread
  * bookkeeping, which never shrink: the RSS bounds that are about *our* memory are checked in
@@ -383,6 +384,33 @@ static void expect_message(void (*fn)(void), const char *msg) {
   cr_assert_gt(n, 0);
   cr_assert(strstr(buf, msg) != NULL, "message was: %s", buf);
   cr_assert(strstr(buf, " of 0x") != NULL, "message was: %s", buf);
+}
+
+/* Pools and the heap never accept each other's blocks: the segment map's tag tells a
+ * pool's segment from the heap's in the free path's one compare. */
+static ma_pool *misuse_pool(void) {
+  ma_pool *p;
+  cr_assert_eq(ma_pool_create(&(ma_pool_opts){.obj_size = 64}, &p), 0);
+  return p;
+}
+static void do_free_pool_object(void) {
+  ma_free(ma_pool_alloc(misuse_pool()));
+}
+static void do_realloc_pool_object(void) {
+  (void)ma_realloc(ma_pool_alloc(misuse_pool()), 200);
+}
+static void do_usable_size_pool_object(void) {
+  (void)ma_usable_size(ma_pool_alloc(misuse_pool()));
+}
+static void do_pool_free_heap_block(void) {
+  ma_pool_free(misuse_pool(), ma_malloc(64));
+}
+
+Test(heap_misuse, pool_objects_and_heap_blocks_stay_apart) {
+  expect_message(do_free_pool_object, "mapalloc: invalid free");
+  expect_message(do_realloc_pool_object, "mapalloc: invalid pointer");
+  expect_message(do_usable_size_pool_object, "mapalloc: invalid pointer");
+  expect_message(do_pool_free_heap_block, "mapalloc: free of another pool's object");
 }
 
 static void do_double_free(void) {
