@@ -316,6 +316,27 @@ Test(heap_aligned, posix_memalign_einval_leaves_out_alone) {
   }
 }
 
+/* glibc's memalign: a power of two up to 2^63 is a valid alignment (too large: ENOMEM),
+ * another alignment is rounded up to one, and only one above 2^63 is EINVAL. */
+Test(heap_aligned, memalign_errors_follow_glibc) {
+  size_t enomem[] = {(size_t)1 << 63, ((size_t)1 << 62) + 1, (size_t)1 << 62};
+  for (size_t i = 0; i < sizeof enomem / sizeof enomem[0]; i++) {
+    errno = 0;
+    cr_assert_null(heap_memalign(enomem[i], 16), "align %#zx", enomem[i]);
+    cr_assert_eq(errno, ENOMEM, "align %#zx: errno %d", enomem[i], errno);
+  }
+  size_t einval[] = {((size_t)1 << 63) + 1, SIZE_MAX};
+  for (size_t i = 0; i < sizeof einval / sizeof einval[0]; i++) {
+    errno = 0;
+    cr_assert_null(heap_memalign(einval[i], 16), "align %#zx", einval[i]);
+    cr_assert_eq(errno, EINVAL, "align %#zx: errno %d", einval[i], errno);
+  }
+  void *p = heap_memalign(48, 100); /* rounded up to 64 */
+  cr_assert_not_null(p);
+  cr_assert_eq((uintptr_t)p % 64, 0);
+  ma_free(p);
+}
+
 /* ---------------------------------------------------------------------------------
  * Misuse aborts
  * ------------------------------------------------------------------------------- */

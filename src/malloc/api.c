@@ -135,10 +135,10 @@ MA_API int ma_posix_memalign(void **out, size_t align, size_t size) {
   return 0;
 }
 
-/* memalign/valloc/pvalloc semantics for override.c (glibc rounds a non-power-of-two
- * alignment up). */
+/* memalign/valloc/pvalloc semantics for override.c, glibc's: a non-power-of-two alignment
+ * is rounded up, one above 2^63 (which cannot be) is EINVAL, 2^63 itself ENOMEM. */
 void *heap_memalign(size_t align, size_t size) {
-  if (align > ((size_t)1 << 62)) {
+  if (align > ((size_t)1 << 63)) {
     errno = EINVAL;
     return NULL;
   }

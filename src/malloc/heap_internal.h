@@ -104,6 +104,8 @@ void heap_free_double(const void *p);  /* aborts; not noreturn so the call is a 
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 __attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align, bool zero);
+/* memalign's semantics (api.c): glibc's errors and rounding of the alignment. */
+void *heap_memalign(size_t align, size_t size);
 uint64_t heap_now_ms(void);
 size_t heap_collect_all(bool force);
 void heap_global_init(void);

@@ -11,8 +11,6 @@
 #include "malloc/heap_internal.h"
 #include "os/os.h"
 
-void *heap_memalign(size_t align, size_t size);
-
 /* Not declared by glibc 2.36 headers. */
 void free_sized(void *p, size_t size);
 void free_aligned_sized(void *p, size_t align, size_t size);

@@ -419,6 +419,9 @@ static inline void obj_unpoison(void *p, size_t n) {
 /* Memcheck client requests (no-ops unless obj_tracking). */
 void obj_track_alloc(void *p, size_t size, bool zero);
 void obj_track_free(void *p, size_t size);
+/* Before a tracked free reads the free tag of p: its words become defined for memcheck
+ * (a live block's first words may never have been written; a freed one aborts). */
+void obj_track_peek(void *p);
 /* Tracked (valgrind) versions of obj_bin_alloc/obj_free: `size` is the user-visible size. */
 void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero);
 void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size);

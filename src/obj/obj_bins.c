@@ -26,6 +26,16 @@ static void partial_unlink(obj_bin *bin, obj_slab *s) {
   s->next = s->prev = NULL;
 }
 
+/* bs->retained is written by its owner (or the holder of the lock that stands for it) and
+ * read by statistics from any thread: relaxed stores, plain on x86. */
+static void retained_add(obj_bins *bs, size_t len) {
+  __atomic_store_n(&bs->retained, bs->retained + len, __ATOMIC_RELAXED);
+}
+
+static void retained_sub(obj_bins *bs, size_t len) {
+  __atomic_store_n(&bs->retained, bs->retained - len, __ATOMIC_RELAXED);
+}
+
 /* ---- slabs ---------------------------------------------------------------------------- */
 
 static size_t slab_len(const obj_segment *seg, const obj_slab *s) {
@@ -66,7 +76,7 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
 static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
   for (uint32_t i = 0; i < seg->nslabs; i++) {
     obj_slab *s = &seg->slabs[i];
-    if (!s->active && s->committed) bs->retained -= slab_len(seg, s);
+    if (!s->active && s->committed) retained_sub(bs, slab_len(seg, s));
   }
   obj_seg_unlink(&bs->segs[seg->kind], seg);
   obj_segment_release(seg);
@@ -101,7 +111,7 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
   int delay = bs->space->purge_delay_ms;
   if (delay != 0 && bs->retained + len <= cap) {
     if (bs->retained == 0) bs->retained_since = delay > 0 ? obj_now_ms() : 0;
-    bs->retained += len;
+    retained_add(bs, len);
   } else {
     obj_slab_decommit(seg, s);
   }
@@ -378,7 +388,7 @@ static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
       }
       obj_slab *s = &seg->slabs[pick];
       if (s->committed)
-        bs->retained -= slab_len(seg, s);
+        retained_sub(bs, slab_len(seg, s));
       else if (obj_slab_commit(seg, s) != 0)
         return NULL;
       slab_activate(bs, bin, seg, pick);
@@ -525,7 +535,7 @@ static void bins_purge(obj_bins *bs) {
       obj_segment *next = seg->next;
       for (uint32_t i = 0; i < seg->nslabs; i++) {
         obj_slab *s = &seg->slabs[i];
-        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
+        if (!s->active && s->committed) retained_sub(bs, obj_slab_decommit(seg, s));
       }
       if (seg->nactive == 0 && (seg->next || seg->prev)) bins_release_segment(bs, seg);
       seg = next;
@@ -560,7 +570,7 @@ void obj_bins_trim(obj_bins *bs) {
       obj_segment *next = seg->next;
       for (uint32_t i = 0; i < seg->nslabs; i++) {
         obj_slab *s = &seg->slabs[i];
-        if (!s->active && s->committed) bs->retained -= obj_slab_decommit(seg, s);
+        if (!s->active && s->committed) retained_sub(bs, obj_slab_decommit(seg, s));
       }
       if (seg->nactive == 0) bins_release_segment(bs, seg);
       seg = next;

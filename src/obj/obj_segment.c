@@ -125,6 +125,13 @@ void obj_track_alloc(void *p, size_t size, bool zero) {
   (void)p, (void)size, (void)zero;
 }
 
+void obj_track_peek(void *p) {
+#ifdef MA_HAVE_VALGRIND
+  if (obj_tracking) VALGRIND_MAKE_MEM_DEFINED(p, sizeof(obj_block));
+#endif
+  (void)p;
+}
+
 void obj_track_free(void *p, size_t size) {
 #ifdef MA_HAVE_VALGRIND
   if (obj_tracking) VALGRIND_FREELIKE_BLOCK(p, 0);

@@ -29,6 +29,7 @@ void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero) 
 
 void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   obj_block *b = p;
+  obj_track_peek(b);
   if (obj_block_is_free(b)) obj_fatal("double free", p);
   obj_track_free(p, size);
   obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
