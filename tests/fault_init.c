@@ -1,6 +1,6 @@
 /* Fault sweep of the start-up path (built with -DMAPALLOC_FAULT_INJECTION=ON; see
- * docs/testing.md): the heap initialises in a constructor (the segment map: a 256 MiB
- * reservation, its commit and name), before any test could arm the hook. This program arms
+ * docs/testing.md): the heap initialises in a constructor (its first segment, the segment
+ * map leaf that covers it, their names), before any test could arm the hook. This program arms
  * it in an earlier constructor from MAPALLOC_FAULT_AT=N, so the Nth call of start-up fails,
  * and main checks that the heap and a pool work anyway (a failed start-up must be tried
  * again, not remembered) and that start-up left nothing behind.
@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
   for (unsigned long n = 1; n <= k; n++) {
     if (run(argv[0], (long)n, &c, &mapped) != 0) {
       bad = 1;
-    } else if (mapped > base + ((size_t)1 << 20)) { /* the segment map is 256 MiB */
+    } else if (mapped > base + ((size_t)1 << 20)) { /* a segment is 4 MiB, a map leaf 256 KiB */
       fprintf(stderr, "fault_init: start-up call %lu failed: %zu bytes more mapped\n", n,
               mapped - base);
       bad = 1;

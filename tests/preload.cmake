@@ -18,6 +18,12 @@ if(TARGET mapalloc_preload AND NOT MAPALLOC_SANITIZE)
             MAPALLOC_HUGE_PAGES=0 MAPALLOC_STATS=1 $<TARGET_FILE:preload_override_check>)
   add_test(NAME preload_programs
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/preload/run-programs.sh $<TARGET_FILE:mapalloc_preload>)
+  # The same programs under RLIMIT_AS = 100000 KiB (issue 12.6): each one that runs on glibc
+  # under the limit must run on mapalloc too.
+  add_test(NAME preload_programs_rlimit_as
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/preload/run-programs.sh $<TARGET_FILE:mapalloc_preload>
+            100000)
   set_tests_properties(preload_override_check preload_override_check_purge_now
-    preload_override_check_purge_never preload_programs PROPERTIES TIMEOUT 300)
+    preload_override_check_purge_never preload_programs preload_programs_rlimit_as
+    PROPERTIES TIMEOUT 300)
 endif()

@@ -126,7 +126,7 @@ void heap_global_init(void) {
     }
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
-    heap_space.map_tag = 0; /* heap_segment_of: map[chunk] == chunk names the heap's */
+    heap_space.map_tag = OBJ_MAP_HEAP; /* heap_segment_of: one compare names the heap's */
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
     heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;

@@ -57,6 +57,7 @@ typedef struct heap_tc {
   int32_t room; /* max - blocks on the list: a free that finds 0 takes the slow path */
   uint32_t max; /* the bound (0: every free takes the slow path) */
 } heap_tc;
+_Static_assert(sizeof(heap_tc) == 1u << OBJ_BIN_OFF_SHIFT, "obj_slab.bin_off indexes heap_tc");
 
 static inline uint32_t heap_tc_count(const heap_tc *tc) {
   return tc->max - (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
@@ -166,14 +167,11 @@ static inline unsigned heap_size_class(size_t size) {
 
 /* The segment of a small block, or NULL (NULL pointer, large block, a pool's object, a
  * foreign pointer, or no segment yet). Small-block segments are never larger than 4 MiB,
- * so the segment map entry of p's 4 MiB chunk names the chunk itself, untagged for the
- * heap's space (OBJ_MAP_TAG marks every other space's). */
+ * so the segment map entry of p's 4 MiB chunk names the chunk itself, tagged as the
+ * heap's (OBJ_MAP_HEAP). */
 static inline obj_segment *heap_segment_of(const void *p) {
-  const uint32_t *map = obj_segmap;
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (heap_unlikely(map == NULL) ||
-      heap_unlikely(map[c & ((1u << OBJ_MAP_BITS) - 1)] != (uint32_t)c))
-    return NULL;
+  if (heap_unlikely(obj_map_entry(c) != ((uint32_t)c | OBJ_MAP_HEAP))) return NULL;
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
 
@@ -252,14 +250,12 @@ static inline void *heap_malloc_inline(size_t size) {
  * cache, a thread's first call, valgrind) goes to a slow path in tail position, so the
  * common path saves no registers. */
 static inline void heap_free_inline(void *p) {
-  const uint32_t *map = obj_segmap;
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (heap_unlikely(map == NULL) ||
-      heap_unlikely(map[c & ((1u << OBJ_MAP_BITS) - 1)] != (uint32_t)c)) {
+  if (heap_unlikely(obj_map_entry(c) != ((uint32_t)c | OBJ_MAP_HEAP))) {
     heap_free_generic(p);
     return;
   }
-  /* Chunk 0 is never a segment's (obj_init marks map[0] so): no code, but the static
+  /* Chunk 0 is never a segment's (its entry is 0, never tagged): no code, but the static
    * analyser learns that seg is not NULL. */
   if (c == 0) __builtin_unreachable();
   obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
@@ -275,7 +271,7 @@ static inline void heap_free_inline(void *p) {
     return;
   }
   heap *h = heap_get();
-  heap_tc *tc = &h->tc[s->bin_idx];
+  heap_tc *tc = (heap_tc *)((char *)h->tc + s->bin_off);
   if (heap_unlikely(tc->room <= 0)) {
     heap_free_slow(h, seg, s, p);
     return;

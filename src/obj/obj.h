@@ -4,8 +4,9 @@
  * Model. A segment is OBJ_SEG_SIZE (4 MiB) aligned: a header (magic, space, owner bins, the
  * slab descriptors) then 2^(22-shift) slabs of 2^shift bytes (shift 16..22; slab 0 starts
  * after the header), or one slab for big strides ("huge", any multiple of 4 MiB). The
- * global segment map (obj_segmap, 4 bytes per 4 MiB of address space, reserved lazily)
- * says which chunks start one of our segments: pointer -> segment -> slab is O(1) and
+ * global segment map (obj_segmap: a static root of 1024 leaves, each leaf 4 bytes per 4 MiB
+ * chunk of a 256 GiB region, mapped when a segment first lands there) says which chunks
+ * belong to one of our segments: pointer -> segment -> slab is O(1) and
  * lock-free, and a pointer we did not hand out is recognised.
  *
  * HOW THE HEAP USES THIS LAYER
@@ -35,7 +36,7 @@
  *    can pick a class whose stride the alignment divides. obj_free aborts "mapalloc: double free of
  * 0x..." when the block is already free (a keyed tag in its second word, cleared on alloc).
  *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand
- *    (~16 and ~40 instructions) with obj_segment_of_fast (one map compare).
+ *    (~16 and ~40 instructions) with obj_map_entry (one map compare).
  * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor: sends the thread's
  *    pending remote frees, files its inbox, returns its empty slabs and segments, and parks
  *    the cache with its live segments; the next obj_bins_get takes it over whole, and
@@ -142,7 +143,9 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   int32_t cnt;         /* used - notify: a free takes the slow path when --cnt <= 0 */
   int32_t notify;      /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
                           (blocks out, incl. remote frees not collected) is cnt + notify */
-  uintptr_t spare0_;   /* (unused) */
+  uint32_t bin_off;    /* bin_idx << OBJ_BIN_OFF_SHIFT: the heap indexes its 16-byte thread
+                          cache entries with it from this line (one shift less per free) */
+  uint32_t spare0_;    /* (unused) */
   uintptr_t owner_tid; /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
   char *start;         /* first block */
   uint64_t inv;        /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
@@ -172,6 +175,7 @@ static inline void obj_slab_set_notify(obj_slab *s, int32_t n) {
 }
 
 #define OBJ_SLAB_DESC_SHIFT 7 /* sizeof(obj_slab) == 128 */
+#define OBJ_BIN_OFF_SHIFT   4 /* obj_slab.bin_off */
 _Static_assert(sizeof(obj_slab) == 1u << OBJ_SLAB_DESC_SHIFT, "slab descriptor size");
 
 typedef struct obj_space obj_space;
@@ -254,21 +258,27 @@ struct obj_space {
   const char *name;
   unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
   int purge_delay_ms;  /* empty slabs kept this long (< 0: until a trim; 0: none) */
-  uint32_t map_tag;    /* or'ed into its segments' map entries: OBJ_MAP_TAG or 0 */
+  uint32_t map_tag;    /* or'ed into its segments' map entries: OBJ_MAP_POOL or _HEAP */
   size_t purges;       /* purge passes (time-based and trims), atomic */
   size_t purged_bytes; /* bytes of empty slabs returned to the OS, atomic */
 };
 
 #define OBJ_HIDDEN __attribute__((visibility("hidden")))
 extern OBJ_HIDDEN obj_slab obj_empty_slab;
-extern OBJ_HIDDEN uint32_t
-    *obj_segmap;                     /* chunk number of the segment start, per 4 MiB of address */
+/* The segment map: two levels, so that address space is reserved in proportion to use (a
+ * program under RLIMIT_AS pays 256 KiB per 256 GiB region holding segments, not a flat
+ * table for 2^48 bytes). Root entries start at a static leaf of zeros that is never
+ * written; obj_map_cover installs a real leaf before a segment's entries are set. */
+#define OBJ_MAP_LEAF_BITS 16   /* chunks per leaf: 2^16 x 4 MiB = 256 GiB */
+#define OBJ_MAP_ROOT_LEN  1024 /* leaves: 1024 x 256 GiB = 2^48 bytes of address space */
+extern OBJ_HIDDEN uint32_t *obj_segmap[OBJ_MAP_ROOT_LEN];
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
-#define OBJ_MAP_BITS 26              /* covers 2^48 bytes of address space */
-/* A segment map entry is the number of the segment's first 4 MiB chunk, with this bit set
- * unless the segment belongs to a space whose map_tag is 0 (the heap's): the heap's free
- * tells its own segments from pools' in the one compare that finds the segment. */
-#define OBJ_MAP_TAG ((uint32_t)1 << 31)
+/* A segment map entry is the number of the segment's first 4 MiB chunk (< 2^26) or'ed with
+ * its space's tag: the heap's free tells its own segments from pools' in the one compare
+ * that finds the segment. An entry of 0 is no segment (chunk 0 never holds one). */
+#define OBJ_MAP_HEAP ((uint32_t)1 << 31)
+#define OBJ_MAP_POOL ((uint32_t)1 << 30)
+#define OBJ_MAP_TAGS (OBJ_MAP_HEAP | OBJ_MAP_POOL)
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
 extern OBJ_HIDDEN uintptr_t obj_cookie;   /* random, odd: the free tag (obj_link_set) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
@@ -294,19 +304,32 @@ static inline uintptr_t obj_tid(void) {
 
 /* ---- pointer -> metadata: O(1), lock-free ---------------------------------------- */
 
+/* The map entry of 4 MiB chunk c (address >> OBJ_SEG_SHIFT): two dependent loads, no
+ * branch. Relaxed: a pointer's own segment was published to this thread by whatever
+ * handed it the pointer. Addresses past 2^48 alias, but their chunk number does not
+ * match the entry (it is compared in full by every caller). */
+static inline uint32_t obj_map_entry(uintptr_t c) {
+  const uint32_t *leaf = __atomic_load_n(
+      &obj_segmap[(c >> OBJ_MAP_LEAF_BITS) & (OBJ_MAP_ROOT_LEN - 1)], __ATOMIC_RELAXED);
+  return __atomic_load_n(&leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
+}
+
 /* The segment holding p, or NULL when p is not inside a live segment of ours. */
 static inline obj_segment *obj_segment_of(const void *p) {
   uintptr_t a = (uintptr_t)p;
-  uint32_t e = obj_segmap ? obj_segmap[(a >> OBJ_SEG_SHIFT) & ((1u << OBJ_MAP_BITS) - 1)] : 0;
-  e &= ~OBJ_MAP_TAG;
-  if (obj_unlikely(e <= 1)) return NULL; /* 1: the sentinel of chunk 0 */
+  uint32_t e = obj_map_entry(a >> OBJ_SEG_SHIFT) & ~OBJ_MAP_TAGS;
+  if (obj_unlikely(e == 0)) return NULL;
   obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
   if (obj_unlikely(a - (uintptr_t)seg >= seg->size)) return NULL;
   return seg;
 }
 
 static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
-  return &seg->slabs[((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift];
+  /* Byte offset, not an array index: GCC then addresses every field of the descriptor
+   * from one register (with &slabs[i] it rebuilt the address for the atomic `carved`
+   * load, two instructions more per free). */
+  uintptr_t off = (((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift) << OBJ_SLAB_DESC_SHIFT;
+  return (obj_slab *)((char *)seg->slabs + off);
 }
 
 /* Index of the block starting at p; false when p is not the start of a carved block.

@@ -16,7 +16,11 @@
 #endif
 
 obj_slab obj_empty_slab = {.notify = -1};
-uint32_t *obj_segmap;
+/* Every root entry starts at this leaf of zeros ("no segment"), never written, so a lookup
+ * needs no NULL test. It stays in .bss: untouched pages of it are never made resident. */
+static uint32_t obj_map_none[(size_t)1 << OBJ_MAP_LEAF_BITS];
+uint32_t *obj_segmap[OBJ_MAP_ROOT_LEN] = {[0 ... OBJ_MAP_ROOT_LEN - 1] = obj_map_none};
+static bool obj_inited;
 bool obj_tracking;
 uintptr_t obj_cookie;
 uintptr_t obj_link_key;
@@ -25,23 +29,14 @@ uint32_t obj_shuffle_window = OBJ_SHUFFLE_DEFAULT;
 bool obj_secure_rt;
 #endif
 
-/* Not a pthread_once: a failure (no address space for the map) must not stick, the next
- * space to be made tries again. */
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int obj_init(void) {
-  size_t len = sizeof(uint32_t) << OBJ_MAP_BITS;
-  void *m = os_reserve(len, 0, NULL);
-  if (!m) return -ENOMEM;
-  if (os_commit(m, len, MA_PROT_READ | MA_PROT_WRITE) != 0) {
-    os_release_owned(m, len);
-    return -ENOMEM;
-  }
-  os_name(m, len, "mapalloc-segmap");
-  ((uint32_t *)m)[0] = 1; /* chunk 0 never holds a segment: NULL fails the fast check */
+/* The keys and the valgrind switch. Nothing here can fail: the segment map needs no
+ * start-up reservation (obj_map_cover maps a leaf when a segment first needs it). */
+static void obj_init(void) {
   uintptr_t c[2] = {0, 0};
   if (os_random(c, sizeof c) != 0) { /* no entropy yet (early boot): weaker, still varied */
-    c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)m;
+    c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)&c;
     c[1] =
         (c[0] ^ (uintptr_t)&init_lock) * 0xbf58476d1ce4e5b9ull ^ (uintptr_t)__builtin_ia32_rdtsc();
   }
@@ -52,16 +47,43 @@ static int obj_init(void) {
   const char *e = getenv("MAPALLOC_TRACK");
   obj_tracking = RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0');
 #endif
-  __atomic_store_n(&obj_segmap, (uint32_t *)m, __ATOMIC_RELEASE);
-  return 0;
+  __atomic_store_n(&obj_inited, true, __ATOMIC_RELEASE);
 }
 
 int obj_global_init(void) {
-  if (__atomic_load_n(&obj_segmap, __ATOMIC_ACQUIRE)) return 0;
+  if (__atomic_load_n(&obj_inited, __ATOMIC_ACQUIRE)) return 0;
   pthread_mutex_lock(&init_lock);
-  int rc = obj_segmap ? 0 : obj_init();
+  if (!obj_inited) obj_init();
   pthread_mutex_unlock(&init_lock);
-  return rc;
+  return 0;
+}
+
+/* Makes sure chunks [c0, c0 + n) have real leaves: a leaf (256 KiB, zero) is mapped the
+ * first time a segment lands in its 256 GiB region and is never unmapped. Two threads
+ * racing for one root entry both map; the loser unmaps its own. */
+static int obj_map_cover(uintptr_t c0, size_t n) {
+  const size_t len = sizeof(uint32_t) << OBJ_MAP_LEAF_BITS;
+  for (uintptr_t r = c0 >> OBJ_MAP_LEAF_BITS; r <= (c0 + n - 1) >> OBJ_MAP_LEAF_BITS; r++) {
+    uint32_t *cur = __atomic_load_n(&obj_segmap[r], __ATOMIC_ACQUIRE);
+    if (cur != obj_map_none) continue;
+    uint32_t *leaf = os_alloc(len, 0, false);
+    if (!leaf) return -ENOMEM;
+    os_name(leaf, len, "mapalloc-segmap");
+    if (!__atomic_compare_exchange_n(&obj_segmap[r], &cur, leaf, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      os_release(leaf, len);
+  }
+  return 0;
+}
+
+/* Sets the entries of chunks [c0, c0 + n), whose leaves obj_map_cover installed. Release:
+ * a thread that finds the entry (relaxed) got the pointer through some release/acquire
+ * pair after this store, so the segment header reads initialised. */
+static void obj_map_set(uintptr_t c0, size_t n, uint32_t e) {
+  for (uintptr_t c = c0; c < c0 + n; c++) {
+    uint32_t *leaf = obj_segmap[c >> OBJ_MAP_LEAF_BITS];
+    __atomic_store_n(&leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)], e, __ATOMIC_RELEASE);
+  }
 }
 
 void obj_fatal(const char *what, const void *p) {
@@ -201,7 +223,9 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   if (!obj_account_commit(sp, hdr)) goto nomem;
   char *m = os_reserve(size, OBJ_SEG_SIZE, NULL);
   if (!m) goto unaccount;
-  if ((uintptr_t)m + size > ((uintptr_t)1 << (OBJ_MAP_BITS + OBJ_SEG_SHIFT))) goto unmap;
+  uintptr_t chunk0 = (uintptr_t)m >> OBJ_SEG_SHIFT, nchunks = size >> OBJ_SEG_SHIFT;
+  if (chunk0 + nchunks > (uintptr_t)OBJ_MAP_ROOT_LEN << OBJ_MAP_LEAF_BITS) goto unmap;
+  if (obj_map_cover(chunk0, nchunks) != 0) goto unmap;
   unsigned hflags = sp->map_flags & (MA_MAP_LOCKED | MA_MAP_DONTDUMP | MA_MAP_DONTFORK);
   if (os_map_fixed(m, hdr, MA_PROT_READ | MA_PROT_WRITE, hflags, -1, 0) != 0) goto unmap;
   if (sp->name) os_name(m, size, sp->name);
@@ -215,9 +239,7 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->slab_shift = shift;
   seg->kind = shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
   seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
-  uint32_t chunk0 = (uint32_t)((uintptr_t)m >> OBJ_SEG_SHIFT);
-  for (size_t c = 0; c < size >> OBJ_SEG_SHIFT; c++)
-    __atomic_store_n(&obj_segmap[chunk0 + c], chunk0 | sp->map_tag, __ATOMIC_RELEASE);
+  obj_map_set(chunk0, nchunks, (uint32_t)chunk0 | sp->map_tag);
   __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
   return seg;
 unmap:
@@ -242,10 +264,8 @@ void obj_segment_release(obj_segment *seg) {
       committed += (size_t)(hi - lo);
     }
   }
-  uint32_t chunk0 = (uint32_t)((uintptr_t)seg >> OBJ_SEG_SHIFT);
   size_t size = seg->size;
-  for (size_t c = 0; c < size >> OBJ_SEG_SHIFT; c++)
-    __atomic_store_n(&obj_segmap[chunk0 + c], 0, __ATOMIC_RELEASE);
+  obj_map_set((uintptr_t)seg >> OBJ_SEG_SHIFT, size >> OBJ_SEG_SHIFT, 0);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
   /* ASan: free blocks are poisoned, and the shadow outlives the mapping; a large block or

@@ -54,7 +54,7 @@ int obj_space_init(obj_space *sp, unsigned prot, unsigned map_flags, bool popula
   sp->max_bytes = max_bytes;
   sp->name = name;
   sp->purge_delay_ms = OBJ_PURGE_DELAY_DEFAULT;
-  sp->map_tag = OBJ_MAP_TAG;
+  sp->map_tag = OBJ_MAP_POOL;
   if (pthread_mutex_init(&sp->lock, NULL) != 0) return -ENOMEM;
   if (pthread_mutex_init(&sp->trim_lock, NULL) != 0) {
     pthread_mutex_destroy(&sp->lock);

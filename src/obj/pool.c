@@ -314,13 +314,12 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
 
 void ma_pool_free(ma_pool *p, void *obj) {
   uintptr_t a = (uintptr_t)obj, c = a >> OBJ_SEG_SHIFT;
-  /* p != NULL implies the segment map exists; NULL obj fails the map check (sentinel). */
-  if (obj_likely(p != NULL &&
-                 obj_segmap[c & ((1u << OBJ_MAP_BITS) - 1)] == ((uint32_t)c | OBJ_MAP_TAG))) {
+  /* NULL obj fails the map check (chunk 0's entry is 0, never tagged); a NULL pool fails
+   * the space compare (done on integers: &p->space of a NULL p would be undefined). */
+  if (obj_likely(obj_map_entry(c) == ((uint32_t)c | OBJ_MAP_POOL))) {
     obj_segment *seg = (obj_segment *)(a & ~(OBJ_SEG_SIZE - 1));
-    if (obj_likely(seg->space == &p->space)) {
-      obj_slab *s = (obj_slab *)((char *)seg->slabs + (((a & (OBJ_SEG_SIZE - 1)) >> seg->slab_shift)
-                                                       << OBJ_SLAB_DESC_SHIFT));
+    if (obj_likely((uintptr_t)seg->space == (uintptr_t)p + offsetof(ma_pool, space))) {
+      obj_slab *s = obj_slab_of(seg, obj);
       obj_block *b = obj;
       if (obj_unlikely(obj_block_q(s, a) >= obj_slab_carved(s))) goto slow;
       if (obj_unlikely(!obj_is_local(s))) {

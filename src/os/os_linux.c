@@ -38,6 +38,10 @@ static int native_prot(unsigned prot) {
   return p;
 }
 
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
 /* Maps with mmap, then trims the misaligned head and the tail so the start is a multiple
  * of `align`. On failure nothing stays mapped. */
 static void *map_aligned(size_t len, size_t align, void *hint, int prot, int flags) {
@@ -51,6 +55,16 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   if (p == MAP_FAILED) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
   os_release_owned(p, len);
+  /* The kernel places maps top-down at the high end of a gap: the aligned address just
+   * below p is usually free too. Trying it first needs no more address space than len,
+   * which matters under RLIMIT_AS, where the over-sized map below can fail near the limit
+   * although len would fit. (Kernels before 4.17 take NOREPLACE as a plain hint.) */
+  void *down = (void *)((uintptr_t)p & ~(uintptr_t)(align - 1));
+  if (down != NULL) {
+    void *q = sys_mmap(down, len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (q == down) return q;
+    if (q != MAP_FAILED) os_release_owned(q, len);
+  }
   size_t over = len + align - ps;
   if (over < len) {
     errno = ENOMEM;
@@ -250,9 +264,6 @@ int os_sync(void *addr, size_t len, bool async) {
 
 /* ---- Added for the public page layer -------------------------------------------------- */
 
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
 #endif

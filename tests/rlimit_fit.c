@@ -1,0 +1,127 @@
+/* Life under RLIMIT_AS (issue 12.6): in a child process whose address space is limited to
+ * what it maps now plus HEADROOM MiB, allocate blocks of one size until the allocator says
+ * no, for glibc's malloc and for ma_malloc in turn. mapalloc must fit at least 90% of
+ * glibc's count, fail with ENOMEM (not a crash), and after freeing everything fit as many
+ * again (nothing leaked, the failure not remembered).
+ *
+ * Usage: rlimit_fit [HEADROOM_MIB]   (default 256). Exit status 0 when every size passes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <mapalloc/heap.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct {
+  void *(*alloc)(size_t);
+  void (*release)(void *);
+  const char *name;
+} allocator;
+
+static const allocator glibc = {malloc, free, "glibc"};
+static const allocator ours = {ma_malloc, ma_free, "mapalloc"};
+
+/* The process's mapped bytes (VmSize), or 0. */
+static size_t vm_size(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  size_t kib = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %zu kB", &kib) == 1) break;
+  fclose(f);
+  return kib << 10;
+}
+
+/* Allocates `size`-byte blocks until failure, chaining them through their first word (no
+ * other memory is used). Returns the count; *err gets errno of the failure. */
+static size_t fill(const allocator *a, size_t size, void **chain, int *err) {
+  size_t n = 0;
+  for (;;) {
+    errno = 0;
+    void **b = a->alloc(size);
+    if (!b) {
+      *err = errno;
+      return n;
+    }
+    *b = *chain;
+    *chain = b;
+    n++;
+  }
+}
+
+static void drain(const allocator *a, void *chain) {
+  while (chain) {
+    void *next = *(void **)chain;
+    a->release(chain);
+    chain = next;
+  }
+}
+
+/* Child: limit, fill, check ENOMEM, drain, fill again. Writes the first count to fd. */
+static int child(const allocator *a, size_t size, size_t headroom, int fd) {
+  size_t base = vm_size();
+  struct rlimit rl = {base + headroom, base + headroom};
+  if (base == 0 || setrlimit(RLIMIT_AS, &rl) != 0) return 10;
+  void *chain = NULL;
+  int err = 0;
+  size_t n1 = fill(a, size, &chain, &err);
+  if (err != ENOMEM) {
+    dprintf(2, "rlimit_fit: %s %zu B: failed with errno %d, not ENOMEM\n", a->name, size, err);
+    return 11;
+  }
+  drain(a, chain);
+  chain = NULL;
+  size_t n2 = fill(a, size, &chain, &err);
+  drain(a, chain);
+  if (n2 < n1 - n1 / 20) { /* 5% slack: the allocator's own metadata may stay */
+    dprintf(2, "rlimit_fit: %s %zu B: %zu blocks, then only %zu after freeing them\n", a->name,
+            size, n1, n2);
+    return 12;
+  }
+  return write(fd, &n1, sizeof n1) == (ssize_t)sizeof n1 ? 0 : 13;
+}
+
+/* Runs child() in a fresh process; returns its count or 0 on failure. */
+static size_t count_in_child(const allocator *a, size_t size, size_t headroom) {
+  int p[2];
+  if (pipe(p) != 0) return 0;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(p[0]);
+    _exit(child(a, size, headroom, p[1]));
+  }
+  close(p[1]);
+  size_t n = 0;
+  if (pid < 0 || read(p[0], &n, sizeof n) != (ssize_t)sizeof n) n = 0;
+  close(p[0]);
+  int st = 0;
+  if (pid > 0) waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    fprintf(stderr, "rlimit_fit: %s %zu B: child status %#x\n", a->name, size, st);
+    return 0;
+  }
+  return n;
+}
+
+int main(int argc, char **argv) {
+  size_t headroom = (argc > 1 ? strtoul(argv[1], NULL, 10) : 256) << 20;
+  static const size_t sizes[] = {16, 512, 4000, 40000, 300000, 3 << 20};
+  bool ok = true;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    size_t g = count_in_child(&glibc, sizes[i], headroom);
+    size_t m = count_in_child(&ours, sizes[i], headroom);
+    bool fits = g > 0 && m > 0 && (double)m >= 0.9 * (double)g;
+    printf("%8zu B: glibc %9zu blocks, mapalloc %9zu (%.2fx) %s\n", sizes[i], g, m,
+           g ? (double)m / (double)g : 0.0, fits ? "ok" : "FAIL");
+    ok &= fits;
+  }
+  printf("rlimit_fit (headroom %zu MiB): %s\n", headroom >> 20, ok ? "ok" : "FAILED");
+  return ok ? 0 : 1;
+}
