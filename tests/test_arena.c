@@ -1032,3 +1032,81 @@ Test(arena, racing_adds_one_winner) {
   close(fd);
   ma_arena_destroy(a);
 }
+
+/* ---- Fork (issue 12.3): no arena lock is inherited held ----------------------------------- */
+
+static volatile int cb_inside;
+
+static int slow_callback(const ma_arena_mapping *m, void *ctx) {
+  (void)m;
+  (void)ctx;
+  cb_inside = 1;
+  usleep(200 * 1000); /* fork() is called meanwhile: its prepare handler must wait */
+  return 0;
+}
+
+static void *foreach_thread(void *arg) {
+  ma_arena_foreach(arg, slow_callback, NULL);
+  return NULL;
+}
+
+/* The child runs fn(a) under a 10 s alarm; true when it exited 0. */
+static bool child_ok(ma_arena *a, int (*fn)(ma_arena *)) {
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    alarm(10); /* a lock inherited held: the child hangs, SIGALRM ends it */
+    _exit(fn(a));
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static int child_adds(ma_arena *a) {
+  if (ma_arena_add_anon_mapping(a, 2 * ps, ps, RW) != 0) return 1;
+  ((char *)ma_arena_base(a))[2 * ps] = 1;
+  return ma_arena_count(a) == 2 ? 0 : 2;
+}
+
+Test(arena, fork_while_another_thread_holds_the_lock) {
+  ma_arena *a = make(8);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, ps, RW), 0);
+  cb_inside = 0;
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, foreach_thread, a), 0);
+  while (!cb_inside) usleep(1000);
+  cr_assert(child_ok(a, child_adds), "the fork child could not use the arena");
+  pthread_join(t, NULL);
+  cr_assert_eq(ma_arena_count(a), 1, "the child's mapping is not the parent's");
+  ma_arena_destroy(a);
+}
+
+static ma_arena *cb_arena;
+static int cb_child_ok = -1;
+
+static int child_in_callback(ma_arena *a) {
+  /* Still inside the callback: reads work, changes are refused as in the parent. */
+  if (ma_arena_count(a) != 1) return 1;
+  return ma_arena_add_anon_mapping(a, 2 * ps, ps, RW) == -EDEADLK ? 0 : 2;
+}
+
+static int forking_callback(const ma_arena_mapping *m, void *ctx) {
+  (void)m;
+  (void)ctx;
+  cb_child_ok = child_ok(cb_arena, child_in_callback);
+  return 0;
+}
+
+Test(arena, fork_inside_a_foreach_callback) {
+  ma_arena *a = make(8);
+  cr_assert_eq(ma_arena_add_anon_mapping(a, 0, ps, RW), 0);
+  pthread_t t; /* a second thread: fork handlers run as in a threaded program */
+  cr_assert_eq(pthread_create(&t, NULL, foreach_thread, a), 0);
+  pthread_join(t, NULL);
+  cb_arena = a;
+  cr_assert_eq(ma_arena_foreach(a, forking_callback, NULL), 0);
+  cr_assert_eq(cb_child_ok, 1, "the child inside the callback saw the wrong lock state");
+  cr_assert(child_ok(a, child_adds), "after the callback the child could not use the arena");
+  ma_arena_destroy(a);
+}

@@ -35,6 +35,8 @@ struct ma_arena {
   pthread_mutex_t lock;
   arena_tree tree;
   arena_node_pool nodes;
+  struct ma_arena *next_all; /* the fork registry (arenas_lock) */
+  int fork_held;             /* fork: 1 prepare took the lock, 2 the forking thread held it */
 };
 
 #define ARENA_FLAGS (MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_HUGE_TRY | MA_MAP_LOCKED)
@@ -88,6 +90,75 @@ static int check_fd(int fd, unsigned prot, struct fd_info *info) {
 }
 
 /* ---- Locking -------------------------------------------------------------------------------- */
+
+static int lock_init(pthread_mutex_t *m) {
+  pthread_mutexattr_t attr;
+  if (pthread_mutexattr_init(&attr) != 0) return ENOMEM;
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+  int r = pthread_mutex_init(m, &attr);
+  pthread_mutexattr_destroy(&attr);
+  return r;
+}
+
+/* Fork: every arena's lock is held across fork() (a child must not inherit one held by a
+ * thread it does not have), through a registry of live arenas. The error-checking mutex
+ * records its owner's thread id, which the child's thread does not share: the child
+ * re-initialises each lock, and locks again the ones its thread held before the fork (a
+ * fork from inside a foreach callback). A process that never had a second thread takes
+ * nothing (see os_single_threaded). */
+static pthread_mutex_t arenas_lock = PTHREAD_MUTEX_INITIALIZER;
+static ma_arena *arenas;
+static pthread_once_t arenas_once = PTHREAD_ONCE_INIT;
+static bool arenas_fork_skip;
+
+static void arenas_fork_prepare(void) {
+  arenas_fork_skip = os_single_threaded();
+  if (arenas_fork_skip) return;
+  pthread_mutex_lock(&arenas_lock);
+  for (ma_arena *a = arenas; a; a = a->next_all) {
+    int r = pthread_mutex_lock(&a->lock);
+    a->fork_held = r == 0 ? 1 : r == EDEADLK ? 2 : 0;
+  }
+}
+
+static void arenas_fork_parent(void) {
+  if (arenas_fork_skip) return;
+  for (ma_arena *a = arenas; a; a = a->next_all)
+    if (a->fork_held == 1) pthread_mutex_unlock(&a->lock);
+  pthread_mutex_unlock(&arenas_lock);
+}
+
+static void arenas_fork_child(void) {
+  if (arenas_fork_skip) return;
+  for (ma_arena *a = arenas; a; a = a->next_all) {
+    if (a->fork_held == 0) continue;
+    lock_init(&a->lock);
+    if (a->fork_held == 2) pthread_mutex_lock(&a->lock);
+  }
+  pthread_mutex_unlock(&arenas_lock);
+}
+
+static void arenas_register_fork(void) {
+  pthread_atfork(arenas_fork_prepare, arenas_fork_parent, arenas_fork_child);
+}
+
+static void arenas_link(ma_arena *a) {
+  pthread_once(&arenas_once, arenas_register_fork);
+  pthread_mutex_lock(&arenas_lock);
+  a->next_all = arenas;
+  arenas = a;
+  pthread_mutex_unlock(&arenas_lock);
+}
+
+static void arenas_unlink(ma_arena *a) {
+  pthread_mutex_lock(&arenas_lock);
+  for (ma_arena **pp = &arenas; *pp; pp = &(*pp)->next_all)
+    if (*pp == a) {
+      *pp = a->next_all;
+      break;
+    }
+  pthread_mutex_unlock(&arenas_lock);
+}
 
 /* For changes: the error-checking mutex turns a call from inside a foreach callback into
  * -EDEADLK. */
@@ -169,18 +240,14 @@ int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out) {
   char *base = os_reserve(len, align, NULL);
   if (!base) goto fail_release_header;
 
-  pthread_mutexattr_t attr;
-  if (pthread_mutexattr_init(&attr) != 0) goto fail_release_base;
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-  int r = pthread_mutex_init(&a->lock, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (r != 0) goto fail_release_base;
+  if (lock_init(&a->lock) != 0) goto fail_release_base;
 
   a->base = base;
   a->len = len;
   a->flags = map_flags;
   a->tree = (arena_tree){0};
   a->nodes = (arena_node_pool){0};
+  arenas_link(a);
   *out = a;
   return 0;
 
@@ -193,6 +260,7 @@ fail_release_header:
 
 void ma_arena_destroy(ma_arena *a) {
   if (!a) return;
+  arenas_unlink(a);
   os_release_owned(a->base, a->len);
   arena_node_pool_release(&a->nodes);
   pthread_mutex_destroy(&a->lock);

@@ -518,7 +518,10 @@ static void heap_thread_done(void *arg) {
  * child sees consistent lists. The heaps of the threads that do not exist in the child are
  * left as they are (their memory is not reused there, as with mimalloc): fork() may have
  * caught such a thread in a slow path, holding its heap's lock. */
+static bool heap_fork_skip; /* this fork takes no lock: see os_single_threaded */
 static void heap_atfork_prepare(void) {
+  heap_fork_skip = os_single_threaded();
+  if (heap_fork_skip) return;
   heap_purger_atfork_prepare();
   pthread_mutex_lock(&heap_lock);
   if (atomic_load(&heap_init_state) == 2) {
@@ -528,6 +531,7 @@ static void heap_atfork_prepare(void) {
   huge_atfork_prepare();
 }
 static void heap_atfork_parent(void) {
+  if (heap_fork_skip) return;
   huge_atfork_parent();
   if (atomic_load(&heap_init_state) == 2) {
     pthread_mutex_unlock(&heap_space.lock);
@@ -539,7 +543,9 @@ static void heap_atfork_parent(void) {
 static void heap_atfork_child(void) {
   /* Unlock, not re-init: the child's only thread is the one that locked them in prepare,
    * and a re-init of a held mutex is invisible to ThreadSanitizer (it then reports the
-   * child's next lock from another thread as a double lock). */
+   * child's next lock from another thread as a double lock). A process that never had a
+   * second thread took no lock and has nothing to fix: the child is its exact copy. */
+  if (heap_fork_skip) return;
   huge_atfork_child();
   if (atomic_load(&heap_init_state) == 2) {
     pthread_mutex_unlock(&heap_space.lock);

@@ -29,32 +29,31 @@ uint32_t obj_shuffle_window = OBJ_SHUFFLE_DEFAULT;
 bool obj_secure_rt;
 #endif
 
-static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* The keys and the valgrind switch. Nothing here can fail: the segment map needs no
- * start-up reservation (obj_map_cover maps a leaf when a segment first needs it). */
-static void obj_init(void) {
+/* The keys and the valgrind switch, set once. No lock (a fork could catch one held for
+ * ever): racing threads each draw keys and the first compare-and-swap of each wins. Nothing
+ * here can fail: the segment map needs no start-up reservation (obj_map_cover maps a leaf
+ * when a segment first needs it). */
+int obj_global_init(void) {
+  if (__atomic_load_n(&obj_inited, __ATOMIC_ACQUIRE)) return 0;
   uintptr_t c[2] = {0, 0};
   if (os_random(c, sizeof c) != 0) { /* no entropy yet (early boot): weaker, still varied */
     c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)&c;
     c[1] =
-        (c[0] ^ (uintptr_t)&init_lock) * 0xbf58476d1ce4e5b9ull ^ (uintptr_t)__builtin_ia32_rdtsc();
+        (c[0] ^ (uintptr_t)&obj_inited) * 0xbf58476d1ce4e5b9ull ^ (uintptr_t)__builtin_ia32_rdtsc();
   }
-  obj_cookie = c[0] | 1;
-  obj_link_key = c[1] | 1; /* separate from the tag key, which sits in freed blocks */
+  uintptr_t none = 0; /* acquire on failure: the winner's key happens-before our readers */
+  __atomic_compare_exchange_n(&obj_cookie, &none, c[0] | 1, false, __ATOMIC_ACQ_REL,
+                              __ATOMIC_ACQUIRE);
+  none = 0; /* separate from the tag key, which sits in freed blocks */
+  __atomic_compare_exchange_n(&obj_link_key, &none, c[1] | 1, false, __ATOMIC_ACQ_REL,
+                              __ATOMIC_ACQUIRE);
 #ifdef MA_HAVE_VALGRIND
   /* MAPALLOC_TRACK=0 turns the client requests off (for callgrind/cachegrind runs). */
   const char *e = getenv("MAPALLOC_TRACK");
-  obj_tracking = RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0');
+  __atomic_store_n(&obj_tracking, RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0'),
+                   __ATOMIC_RELAXED);
 #endif
   __atomic_store_n(&obj_inited, true, __ATOMIC_RELEASE);
-}
-
-int obj_global_init(void) {
-  if (__atomic_load_n(&obj_inited, __ATOMIC_ACQUIRE)) return 0;
-  pthread_mutex_lock(&init_lock);
-  if (!obj_inited) obj_init();
-  pthread_mutex_unlock(&init_lock);
   return 0;
 }
 

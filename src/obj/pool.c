@@ -74,7 +74,10 @@ static void tld_destroy(void *arg) {
   os_release_owned(t, sizeof *t);
 }
 
+static bool fork_skip; /* this fork takes no lock: see os_single_threaded */
 static void fork_prepare(void) {
+  fork_skip = os_single_threaded();
+  if (fork_skip) return;
   pthread_mutex_lock(&pools_lock);
   for (ma_pool *p = pools; p; p = p->next) {
     pthread_mutex_lock(&p->space.trim_lock);
@@ -83,6 +86,7 @@ static void fork_prepare(void) {
 }
 
 static void fork_parent(void) {
+  if (fork_skip) return;
   for (ma_pool *p = pools; p; p = p->next) {
     pthread_mutex_unlock(&p->space.lock);
     pthread_mutex_unlock(&p->space.trim_lock);
@@ -92,6 +96,7 @@ static void fork_parent(void) {
 
 /* The child unlocks what prepare locked (same thread): see heap_atfork_child. */
 static void fork_child(void) {
+  if (fork_skip) return;
   for (ma_pool *p = pools; p; p = p->next) obj_space_fork_child(&p->space);
   pthread_mutex_unlock(&pools_lock);
 }

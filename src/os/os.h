@@ -43,6 +43,12 @@ int os_release_owned(void *addr, size_t len);
 /* Retries the deferred unmaps of os_release_owned; returns how many are still pending. */
 size_t os_release_retry(void);
 
+/* True when the process has never had a second thread (glibc's __libc_single_threaded;
+ * false where the C library does not say). Fork handlers skip their locks then: nothing
+ * else can hold them, and a fork() from a signal handler that interrupted a fork() (which
+ * POSIX allows in a single-threaded process) must not wait on its own prepare handler. */
+bool os_single_threaded(void);
+
 /* Makes a reserved range accessible with `prot` (MA_PROT_*). */
 int os_commit(void *addr, size_t len, unsigned prot);
 

@@ -9,6 +9,12 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h> /* glibc 2.32+ */
+#define OS_HAVE_SINGLE_THREADED 1
+#endif
+#endif
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -127,6 +133,30 @@ size_t os_release_retry(void) {
   pthread_mutex_unlock(&deferred_lock);
   errno = saved;
   return left;
+}
+
+/* Fork: a child must not inherit deferred_lock held by a thread it does not have. The
+ * handlers are registered before any other layer's (constructor priority 101), so this
+ * prepare runs last and this child handler first: the heap's and pools' handlers, which
+ * hold their locks across fork, may call into the page layer. */
+static bool deferred_fork_skip;
+static void deferred_fork_prepare(void) {
+  deferred_fork_skip = os_single_threaded();
+  if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
+}
+static void deferred_fork_resume(void) {
+  if (!deferred_fork_skip) pthread_mutex_unlock(&deferred_lock);
+}
+__attribute__((constructor(101))) static void deferred_fork_register(void) {
+  pthread_atfork(deferred_fork_prepare, deferred_fork_resume, deferred_fork_resume);
+}
+
+bool os_single_threaded(void) {
+#if OS_HAVE_SINGLE_THREADED
+  return __libc_single_threaded != 0;
+#else
+  return false;
+#endif
 }
 
 int os_release_owned(void *addr, size_t len) {
