@@ -11,7 +11,9 @@ void *heap_malloc_large(size_t size, size_t align, bool zero) {
     return NULL;
   }
   heap_global_init();
-  return huge_alloc(size, align, zero);
+  void *p = huge_alloc(size, align, zero);
+  if (heap_unlikely(p == NULL) && heap_release_for_retry()) p = huge_alloc(size, align, zero);
+  return p;
 }
 
 /* Over-aligned allocation: a slab class whose size is a multiple of `align` gives aligned

@@ -265,7 +265,7 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
   __atomic_store_n(&h->out_bytes, h->out_bytes - bytes, __ATOMIC_RELAXED);
 }
 
-void *heap_malloc_slow(heap *h, unsigned cls) {
+static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   if (h->bs == NULL) {
     h = heap_thread_init();
     if (!h) {
@@ -297,6 +297,20 @@ void *heap_malloc_slow(heap *h, unsigned cls) {
   pthread_mutex_unlock(&h->lock);
   if (tc->head) return heap_malloc_cls(cls);
   return p; /* NULL: obj set errno */
+}
+
+bool heap_release_for_retry(void) {
+  if (errno != ENOMEM) return false;
+  heap_collect_all(true);
+  errno = ENOMEM;
+  return true;
+}
+
+void *heap_malloc_slow(heap *h, unsigned cls) {
+  void *p = heap_malloc_slow_once(h, cls);
+  if (heap_unlikely(p == NULL) && heap_release_for_retry())
+    p = heap_malloc_slow_once(heap_get(), cls);
+  return p;
 }
 
 /* The link of a cached block, checked as the pop checks it (the tag; exactly in secure

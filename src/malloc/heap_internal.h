@@ -99,6 +99,10 @@ static inline heap *heap_get(void) {
 
 /* ---- slow paths (heap.c, huge.c) ---- */
 void *heap_malloc_slow(heap *h, unsigned cls);
+/* Out of memory, or of address space under RLIMIT_AS (errno ENOMEM): gives back all the
+ * heap keeps for reuse (the large-block cache, every thread's empty slabs and cached
+ * blocks, as ma_heap_collect(true)) and returns true: the caller tries once more. */
+bool heap_release_for_retry(void);
 void heap_free_generic(void *p);
 void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p); /* validated block */
 void heap_free_double(const void *p);  /* aborts; not noreturn so the call is a jump */
