@@ -174,9 +174,7 @@ static inline unsigned heap_size_class(size_t size) {
  * so the segment map entry of p's 4 MiB chunk names the chunk itself, tagged as the
  * heap's (OBJ_MAP_HEAP). */
 static inline obj_segment *heap_segment_of(const void *p) {
-  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (heap_unlikely(obj_map_entry(c) != ((uint32_t)c | OBJ_MAP_HEAP))) return NULL;
-  return (obj_segment *)(c << OBJ_SEG_SHIFT);
+  return obj_segment_of_tagged(p, OBJ_MAP_HEAP);
 }
 
 /* n is NULL or a carved block of a heap slab: exact (segment map, block index). */
@@ -254,15 +252,11 @@ static inline void *heap_malloc_inline(size_t size) {
  * cache, a thread's first call, valgrind) goes to a slow path in tail position, so the
  * common path saves no registers. */
 static inline void heap_free_inline(void *p) {
-  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (heap_unlikely(obj_map_entry(c) != ((uint32_t)c | OBJ_MAP_HEAP))) {
+  obj_segment *seg = heap_segment_of(p);
+  if (heap_unlikely(seg == NULL)) {
     heap_free_generic(p);
     return;
   }
-  /* Chunk 0 is never a segment's (its entry is 0, never tagged): no code, but the static
-   * analyser learns that seg is not NULL. */
-  if (c == 0) __builtin_unreachable();
-  obj_segment *seg = (obj_segment *)(c << OBJ_SEG_SHIFT);
   obj_slab *s = obj_slab_of(seg, p);
   if (heap_unlikely(obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s))) {
     heap_free_generic(p);

@@ -314,6 +314,17 @@ static inline uint32_t obj_map_entry(uintptr_t c) {
   return __atomic_load_n(&leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
 }
 
+/* The segment starting at p's 4 MiB chunk when the map tags it `tag` (OBJ_MAP_HEAP or
+ * OBJ_MAP_POOL), else NULL: the one map compare of the heap's and the pools' fast frees.
+ * Only for segments of at most 4 MiB (a bigger one is found by obj_segment_of). Chunk 0's
+ * entry is 0, never tagged, so NULL gives NULL. */
+static inline obj_segment *obj_segment_of_tagged(const void *p, uint32_t tag) {
+  uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
+  if (obj_unlikely(obj_map_entry(c) != ((uint32_t)c | tag))) return NULL;
+  if (c == 0) __builtin_unreachable(); /* no code: callers' NULL tests fold away */
+  return (obj_segment *)(c << OBJ_SEG_SHIFT);
+}
+
 /* The segment holding p, or NULL when p is not inside a live segment of ours. */
 static inline obj_segment *obj_segment_of(const void *p) {
   uintptr_t a = (uintptr_t)p;

@@ -318,11 +318,11 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
 }
 
 void ma_pool_free(ma_pool *p, void *obj) {
-  uintptr_t a = (uintptr_t)obj, c = a >> OBJ_SEG_SHIFT;
-  /* NULL obj fails the map check (chunk 0's entry is 0, never tagged); a NULL pool fails
-   * the space compare (done on integers: &p->space of a NULL p would be undefined). */
-  if (obj_likely(obj_map_entry(c) == ((uint32_t)c | OBJ_MAP_POOL))) {
-    obj_segment *seg = (obj_segment *)(a & ~(OBJ_SEG_SIZE - 1));
+  uintptr_t a = (uintptr_t)obj;
+  obj_segment *seg = obj_segment_of_tagged(obj, OBJ_MAP_POOL);
+  /* A NULL pool fails the space compare (done on integers: &p->space of a NULL p would be
+   * undefined). */
+  if (obj_likely(seg != NULL)) {
     if (obj_likely((uintptr_t)seg->space == (uintptr_t)p + offsetof(ma_pool, space))) {
       obj_slab *s = obj_slab_of(seg, obj);
       obj_block *b = obj;
