@@ -29,6 +29,11 @@
  *   A callback of ma_arena_foreach runs with the lock held: it may call the read-only
  *   functions (find, count, foreach) on the same arena; any other call on that arena
  *   returns -EDEADLK instead of deadlocking.
+ * - fork(): every arena's lock is held across fork() (a pthread_atfork handler), so the
+ *   child finds each arena consistent and usable from its one thread. Hence, while another
+ *   thread may call fork(), a foreach callback must not call functions of a different
+ *   arena, nor fork() itself (a fork from a callback is supported when no other thread
+ *   forks at the same time: the child's thread then still holds the walked arena's lock).
  */
 #ifndef MAPALLOC_ARENA_H
 #define MAPALLOC_ARENA_H

@@ -47,7 +47,7 @@ void heap_free_sized_check(void *p, size_t size, size_t align) {
   size_t usable = heap_usable_size(p); /* aborts on an invalid pointer */
   size_t slack = usable > HEAP_MAX_SMALL ? os_page_size() : 16;
   size_t least = align <= 16 && usable / 2 > slack ? usable / 2 - slack : 0;
-  if (size > usable || size < least) heap_misuse("free_sized with a wrong size", p);
+  if (size > usable || size < least) obj_fatal("free_sized with a wrong size", p);
 }
 #endif
 
@@ -178,7 +178,7 @@ static void print_row(int fd, const char *name, size_t v, bool bytes, const char
     v >>= 10;
     unit = " KiB";
   }
-  k = heap_fmt_u64(num, v);
+  k = obj_fmt_uint(num, v, 10);
   char line[160];
   size_t n = 0;
   line[n++] = ' ';

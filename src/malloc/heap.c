@@ -77,29 +77,8 @@ static void heap_set_tls(heap *h);
 /* ------------------------------------------------------------------------------------
  * Misuse and time
  * ---------------------------------------------------------------------------------- */
-void heap_misuse(const char *what, const void *p) {
-  char buf[96];
-  size_t n = 0;
-  const char *pre = "mapalloc: ";
-  while (*pre) buf[n++] = *pre++;
-  while (*what && n < 60) buf[n++] = *what++;
-  const char *of = " of 0x";
-  while (*of) buf[n++] = *of++;
-  n += heap_fmt_hex(buf + n, (uintptr_t)p);
-  buf[n++] = '\n';
-  ssize_t r = write(2, buf, n);
-  (void)r;
-  abort();
-}
-
 void heap_free_invalid(const void *p) {
-  heap_misuse("invalid free", p);
-}
-
-uint64_t heap_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  obj_fatal("invalid free", p);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -356,7 +335,7 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
 }
 
 void heap_free_double(const void *p) {
-  heap_misuse("double free", p);
+  obj_fatal("double free", p);
 }
 
 /* A validated block, not free, that the fast path could not cache: the thread's first
@@ -398,9 +377,9 @@ void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
 
 /* Validates that p is the start of a handed-out block of a heap segment. */
 static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *what) {
-  if (seg->space != &heap_space) heap_misuse(what, p); /* a pool's object */
+  if (seg->space != &heap_space) obj_fatal(what, p); /* a pool's object */
   obj_slab *s = obj_slab_of(seg, p);
-  if (obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s)) heap_misuse(what, p);
+  if (obj_block_q(s, (uintptr_t)p) >= obj_slab_carved(s)) obj_fatal(what, p);
   return s;
 }
 
@@ -409,7 +388,7 @@ size_t heap_usable_size(const void *p) {
   obj_segment *seg = heap_segment_of(p);
   if (seg) return heap_slab_check(seg, p, "invalid pointer")->stride;
   size_t n = huge_usable(p);
-  if (!n) heap_misuse("invalid pointer", p);
+  if (!n) obj_fatal("invalid pointer", p);
   return n;
 }
 
@@ -419,7 +398,7 @@ void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
-    if (!huge_free(p)) heap_misuse("invalid free", p);
+    if (!huge_free(p)) obj_fatal("invalid free", p);
     return;
   }
   (void)heap_slab_check(seg, p, "invalid free");

@@ -107,11 +107,9 @@ void heap_free_generic(void *p);
 void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p); /* validated block */
 void heap_free_double(const void *p);  /* aborts; not noreturn so the call is a jump */
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
-__attribute__((noreturn)) void heap_misuse(const char *what, const void *p);
 void *heap_malloc_large(size_t size, size_t align, bool zero);
 /* memalign's semantics (api.c): glibc's errors and rounding of the alignment. */
 void *heap_memalign(size_t align, size_t size);
-uint64_t heap_now_ms(void);
 size_t heap_collect_all(bool force);
 void heap_global_init(void);
 size_t heap_usable_size(const void *p);
@@ -150,8 +148,6 @@ typedef struct heap_options {
 extern heap_options heap_opt;
 void heap_options_read(void);
 void heap_write_str(int fd, const char *s);
-size_t heap_fmt_u64(char *buf, uint64_t v);
-size_t heap_fmt_hex(char *buf, uint64_t v);
 
 /* stats */
 extern _Atomic size_t heap_stat_purges, heap_stat_heaps;

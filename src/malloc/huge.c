@@ -252,7 +252,7 @@ static void huge_unmap_all(const huge_cached *v, size_t n) {
 
 size_t huge_cache_purge(bool all) {
   if (atomic_load_explicit(&huge_cache_pub, memory_order_relaxed) == 0) return 0;
-  uint64_t now = heap_now_ms();
+  uint64_t now = obj_now_ms();
   if (!all && now < atomic_load_explicit(&huge_cache_next, memory_order_relaxed)) return 0;
   huge_cached victims[HUGE_CACHE_N];
   pthread_mutex_lock(&huge_lock);
@@ -281,7 +281,7 @@ static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
   huge_cached victims[HUGE_CACHE_N + 1];
   size_t nv = 0;
   if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0)
-    nv = huge_cache_put(c, heap_now_ms(), victims);
+    nv = huge_cache_put(c, obj_now_ms(), victims);
   else
     victims[nv++] = c;
   pthread_mutex_unlock(&huge_lock);
@@ -368,7 +368,7 @@ bool huge_free(void *p) {
     bool again = false;
     for (unsigned k = 0; k < 16; k++) again |= huge_recent[k] == (uintptr_t)p;
     pthread_mutex_unlock(&huge_lock);
-    if (again) heap_misuse("double free", p);
+    if (again) obj_fatal("double free", p);
     return false;
   }
   huge_rec r = huge_tab[i];
@@ -426,7 +426,7 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   size_t i = huge_find((uintptr_t)p);
   if (i == SIZE_MAX) {
     pthread_mutex_unlock(&huge_lock);
-    heap_misuse("invalid realloc", p);
+    obj_fatal("invalid realloc", p);
   }
   huge_rec r = huge_tab[i];
   if (nlen == r.len) {

@@ -81,7 +81,7 @@ static void heap_write_long(int fd, long v) {
   char buf[32];
   size_t n = 0;
   if (v < 0) buf[n++] = '-';
-  n += heap_fmt_u64(buf + n, (uint64_t)(v < 0 ? -v : v));
+  n += obj_fmt_uint(buf + n, (uint64_t)(v < 0 ? -v : v), 10);
   buf[n] = 0;
   heap_write_str(fd, buf);
 }
@@ -139,26 +139,4 @@ void heap_write_str(int fd, const char *s) {
     s += w;
     n -= (size_t)w;
   }
-}
-
-size_t heap_fmt_u64(char *buf, uint64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  for (size_t i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
-  return n;
-}
-
-size_t heap_fmt_hex(char *buf, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[n++] = "0123456789abcdef"[v & 15];
-    v >>= 4;
-  } while (v);
-  for (size_t i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
-  return n;
 }

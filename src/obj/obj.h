@@ -371,7 +371,11 @@ static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *i
  * and checked to be NULL or a carved block of the same slab, so a use-after-free write
  * over a freed block's link aborts at the next allocation instead of handing out a wild
  * pointer (an attacker who does not know the key cannot forge a link). */
+/* Writes "mapalloc: <what> of 0x<p>" to fd 2 (no stdio, no allocation) and aborts: the
+ * one report of a misuse or corruption, for every layer above the page layer. */
 __attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
+/* v in base 10 or 16 into buf (room for 20 digits), no terminator; returns the length. */
+size_t obj_fmt_uint(char *buf, uint64_t v, unsigned base);
 
 /* The exact link check of both builds: n ends the list or is a carved block of slab s. */
 static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {
@@ -538,18 +542,25 @@ static inline void *obj_bin_alloc_zero(obj_bins *bs, obj_bin *bin) {
   return b;
 }
 
-/* Frees p, a validated block of slab s, from the slab's owner thread (s->owner_tid ==
- * obj_tid()). */
-static inline void obj_free_local(obj_slab *s, void *p) {
-  obj_block *b = (obj_block *)p;
-  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
-  if (obj_unlikely(obj_block_is_free(b))) obj_fatal("double free", p);
+/* Pushes b, a validated live block (not yet tagged free), onto its slab's local free list
+ * (LIFO: cache-warm) and tags it free: the owner's push, shared by obj_free_local and the
+ * pools' fast free. The caller counts it (s->cnt). */
+static inline void obj_push_local(obj_slab *s, obj_block *b) {
   obj_poison(b, s->stride);
   obj_link_open(b);
   obj_link_set(b, s->free);
   obj_link_close(b);
   s->free = b;
   s->free_zero = 0;
+}
+
+/* Frees p, a validated block of slab s, from the slab's owner thread (s->owner_tid ==
+ * obj_tid()). */
+static inline void obj_free_local(obj_slab *s, void *p) {
+  obj_block *b = (obj_block *)p;
+  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
+  if (obj_unlikely(obj_block_is_free(b))) obj_fatal("double free", p);
+  obj_push_local(s, b);
   if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
 }
 

@@ -2,7 +2,6 @@
  * See obj.h for the model. */
 #include "obj/obj.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -85,13 +84,28 @@ static void obj_map_set(uintptr_t c0, size_t n, uint32_t e) {
   }
 }
 
+size_t obj_fmt_uint(char *buf, uint64_t v, unsigned base) {
+  char tmp[24];
+  size_t n = 0;
+  do {
+    tmp[n++] = "0123456789abcdef"[v % base];
+    v /= base;
+  } while (v);
+  for (size_t i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
+  return n;
+}
+
+/* No stdio: a misuse may be reported from a corrupted heap or a signal handler. */
 void obj_fatal(const char *what, const void *p) {
   char buf[96];
-  int n = snprintf(buf, sizeof buf, "mapalloc: %s of %p\n", what, p);
-  if (n > 0) {
-    ssize_t w = write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-    (void)w;
-  }
+  size_t n = 0;
+  for (const char *s = "mapalloc: "; *s; s++) buf[n++] = *s;
+  while (*what && n < 60) buf[n++] = *what++;
+  for (const char *s = " of 0x"; *s; s++) buf[n++] = *s;
+  n += obj_fmt_uint(buf + n, (uintptr_t)p, 16);
+  buf[n++] = '\n';
+  ssize_t w = write(2, buf, n);
+  (void)w;
   abort();
 }
 

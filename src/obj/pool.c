@@ -334,12 +334,7 @@ void ma_pool_free(ma_pool *p, void *obj) {
       {
         obj_link_open(b);
         if (obj_likely(!obj_block_is_free(b))) {
-          obj_poison(b, s->stride);
-          obj_link_open(b);
-          obj_link_set(b, s->free);
-          obj_link_close(b);
-          s->free = b;
-          s->free_zero = 0;
+          obj_push_local(s, b);
           seg->owner->frees++;
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
           /* --cnt, slow path at <= 0, as one instruction pair */

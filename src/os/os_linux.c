@@ -142,6 +142,7 @@ size_t os_release_retry(void) {
 static bool deferred_fork_skip;
 static void deferred_fork_prepare(void) {
   deferred_fork_skip = os_single_threaded();
+  // cppcheck-suppress knownConditionTrueFalse ; constant only where libc cannot say
   if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
 }
 static void deferred_fork_resume(void) {
