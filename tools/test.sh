@@ -12,7 +12,7 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-all_stages=(main asan tsan secure valgrind lint fuzz stress)
+all_stages=(main asan tsan secure valgrind lint fuzz stress debug)
 declare -A stage_desc=(
   [main]="RelWithDebInfo build with tests and benchmarks, full ctest"
   [asan]="AddressSanitizer + fatal UBSan (+ fault injection), ctest"
@@ -22,6 +22,7 @@ declare -A stage_desc=(
   [lint]="cppcheck, clang-tidy and clang-format over the sources"
   [fuzz]="tools/fuzz.sh 20 (when present)"
   [stress]="tools/stress.sh 30 (when present)"
+  [debug]="MAPALLOC_DEBUG=ON checked build: full ctest, then ma_stress 30 s on it"
 )
 
 usage() {
@@ -203,6 +204,19 @@ stage_fuzz() {
 stage_stress() {
   if [ -x "$top/tools/stress.sh" ]; then "$top/tools/stress.sh" 30; else
     echo "stress: SKIPPED, tools/stress.sh does not exist"; fi
+}
+
+# The checked build (docs/testing.md): MA_CHECK invariants compiled into the slow paths,
+# RelWithDebInfo so the suite and the stress run keep their speed (a -O0 Debug build works
+# too, but its ctest alone took almost 6 minutes on 2 cores). Then the stress program of
+# this build (tests/stress, as tools/stress.sh runs it) for 30 s, --quiet.
+stage_debug() {
+  local b=$top/build/test-debug
+  configure "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAPALLOC_DEBUG=ON
+  build "$b"
+  ctest --test-dir "$b" --output-on-failure -j "$jobs"
+  echo "debug: $b/tests/ma_stress 30 --quiet"
+  "$b/tests/ma_stress" 30 --quiet
 }
 
 # ---- Run -----------------------------------------------------------------------------------

@@ -119,6 +119,29 @@ MA_API void ma_heap_stats_print(int fd);
  * operations cannot fail in a way the caller can act on). Thread-safe. */
 MA_API int ma_heap_collect(bool force);
 
+/* Walks the whole heap and checks its invariants; for tests and debugging (compiled in
+ * every build; -DMAPALLOC_DEBUG=ON also compiles checks into the allocator's slow paths).
+ * What: every thread heap's slabs (the used/count/notify encoding of each slab against the
+ * lengths of its free lists, every link a block of its slab tagged free, list membership:
+ * current slab, partial lists, full slabs), its segments (header magic, owner, free mask,
+ * segment map entries) and its byte accounting (retained, active and peak bytes); the
+ * thread cache of the calling thread and of exited threads' heaps (each block a free block
+ * of its size class, counts); the segment map against the live segments and the space's
+ * reserved/committed/capacity totals; the large blocks' table and their cache of freed
+ * ranges (sorted, disjoint, not overlapping a live block, inside read-write mappings per
+ * /proc/self/maps when readable).
+ * Errors: returns 0 when everything holds; on the first inconsistency it writes
+ * "mapalloc: check failed at FILE:LINE: CONDITION (values)" to stderr and aborts (a heap
+ * that fails a check cannot be trusted to continue).
+ * Thread-safety: any thread, at any time. It takes every heap's lock in turn and holds them
+ * (other threads' slow paths wait; their fast paths go on), so it is exact even while other
+ * threads allocate, except for what a live thread owns without a lock: other running
+ * threads' thread caches are not walked. In a fork child the heaps of the threads that did
+ * not survive the fork are skipped, and so are the whole-space totals. Takes O(heap size):
+ * every free block is visited. Does not allocate; must not be called from a signal
+ * handler. */
+MA_API int ma_heap_check(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -77,6 +77,21 @@ MA_API int ma_pool_trim(ma_pool *p);
  * when no thread is using the pool). Thread-safe. No-op if p or out is NULL. */
 MA_API void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out);
 
+/* Walks pool p and checks its invariants; for tests and debugging (compiled in every
+ * build; -DMAPALLOC_DEBUG=ON also compiles checks into the slow paths). Checks the caches
+ * of the calling thread and of exited threads: every segment (magic, owner, free mask,
+ * segment map entries), every slab (the used/count/notify encoding against its free
+ * lists, each link a block of the slab tagged free, list membership) and each cache's
+ * retained/active/peak byte accounting; when no other thread holds a cache of p, also the
+ * pool's reserved/committed/capacity totals and max_bytes.
+ * Returns 0 when everything walked holds; -EBUSY when it holds but the caches of other
+ * live threads that used p were skipped (a thread uses its cache without a lock: call it
+ * when those threads have exited, or accept a partial walk); -EINVAL for p NULL. On an
+ * inconsistency it writes "mapalloc: check failed at FILE:LINE: CONDITION (values)" to
+ * stderr and aborts. Thread-safety: any thread; trims of p wait meanwhile. Does not
+ * allocate. */
+MA_API int ma_pool_check(ma_pool *p);
+
 /* Releases every slab, live objects included, and the pool. No thread may use the pool or
  * its objects any more. NULL is a no-op. */
 MA_API void ma_pool_destroy(ma_pool *p);

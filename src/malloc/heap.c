@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "obj/obj_check.h"
 #include "os/os.h"
 
 /* ------------------------------------------------------------------------------------
@@ -267,6 +268,7 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   } else if (tc->head == NULL) { /* refill half the bound from the current slab */
     obj_block *head;
     uint32_t k = obj_bin_take_batch(h->bs, bin, tc->max / 2 ? tc->max / 2 : 1, &head);
+    MA_CHECK(k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k, tc->max);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
       tc->head = head;
@@ -314,6 +316,8 @@ void *heap_malloc_far(heap *h, unsigned cls) {
 static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
+  MA_CHECK(tc->room >= 0 && n <= tc->max, "class %u: %u cached blocks, bound %u, room %d", cls, n,
+           tc->max, tc->room);
   if (n <= keep) return;
   obj_block *rest = tc->head;
   size_t k = 0, bytes = 0;
@@ -353,9 +357,11 @@ void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
     }
     h = n;
   }
-  if (heap_unlikely(h->tracking)) {
+  if (heap_unlikely(h->tracking)) { /* under the lock: it may put p back into its slab */
+    pthread_mutex_lock(&h->lock);
     heap_count_give(h, 1, s->stride);
     obj_free_tracked(seg, s, p, s->stride);
+    pthread_mutex_unlock(&h->lock);
     return;
   }
   heap_purger_poke();
@@ -577,4 +583,105 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
   *allocs = n;
   *frees = f;
   *retained = r;
+}
+
+/* ------------------------------------------------------------------------------------
+ * Consistency walk (ma_heap_check; obj/obj_check.h)
+ * ---------------------------------------------------------------------------------- */
+
+/* The blocks of h's thread cache: each a carved block of an active heap slab of its class,
+ * tagged free; as many as the list's count says. h's thread cannot run meanwhile (it is
+ * the caller, or h is an orphan under h->lock). */
+static void heap_tc_check(heap *h) {
+  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+    heap_tc *tc = &h->tc[c];
+    uint32_t n = 0;
+    for (obj_block *b = tc->head; b;) {
+      MA_VERIFY(n < tc->max, "thread cache %p class %u: more than its bound %u blocks", (void *)h,
+                c, tc->max);
+      obj_segment *seg = heap_segment_of(b);
+      MA_VERIFY(seg != NULL, "thread cache %p class %u: block %p is not in a heap segment",
+                (void *)h, c, (void *)b);
+      obj_slab *s = obj_slab_of(seg, b);
+      MA_VERIFY(s->active && obj_block_q(s, (uintptr_t)b) < obj_slab_carved(s) &&
+                    s->stride == heap_cls_size[c],
+                "thread cache %p class %u: block %p is not a block of its class (slab %p, "
+                "active %u, stride %u)",
+                (void *)h, c, (void *)b, (void *)s, s->active, s->stride);
+      obj_link_open(b);
+      bool tagged = obj_block_is_free(b);
+      obj_block *next = heap_tc_link(b);
+      obj_link_close(b);
+      MA_VERIFY(tagged, "thread cache %p class %u: block %p does not carry the free tag", (void *)h,
+                c, (void *)b);
+      n++;
+      b = next;
+    }
+    MA_VERIFY(n == heap_tc_count(tc), "thread cache %p class %u: %u blocks, count %u (room %d)",
+              (void *)h, c, n, heap_tc_count(tc), tc->room);
+  }
+}
+
+int ma_heap_check(void) {
+  heap_global_init();
+  if (atomic_load_explicit(&heap_init_state, memory_order_acquire) != 2) return 0;
+  int saved = errno;
+  heap *self = heap_get();
+  /* Lock order as elsewhere: heap_lock (no heap joins or leaves the registry or the orphan
+   * list), then each heap's lock (its slabs; taken one at a time elsewhere, never with
+   * heap_lock wanted), then the space's trim_lock and lock (parked caches). The heaps of
+   * threads a fork left behind are not locked: their lock may be held for ever, and their
+   * state may be torn (fork caught them mid-call); they are not walked. */
+  pthread_mutex_lock(&heap_lock);
+  bool forked = false;
+  for (heap *h = heap_all; h; h = h->next_all) {
+    if (h->forked)
+      forked = true;
+    else /* (also a heap without bs: its thread may be giving it one) */
+      pthread_mutex_lock(&h->lock);
+  }
+  pthread_mutex_lock(&heap_space.trim_lock);
+  pthread_mutex_lock(&heap_space.lock);
+  obj_check_totals t = {0};
+  size_t heaps = 0;
+  for (heap *h = heap_all; h; h = h->next_all) {
+    if (h->forked || !h->bs) continue;
+    MA_VERIFY(h->bs->space == &heap_space && h->bs->in_use && h->bs->nbins == HEAP_NCLASSES,
+              "heap %p: cache %p of space %p, in_use %d, %u bins", (void *)h, (void *)h->bs,
+              (void *)h->bs->space, h->bs->in_use, h->bs->nbins);
+    obj_bins_check(h->bs, &t);
+    /* Another live thread's cache is its own (no lock): walked only for orphans. */
+    if (h == self || h->orphan) heap_tc_check(h);
+    heaps++;
+  }
+  size_t caches = 0;
+  for (obj_bins *bs = heap_space.all_bins; bs; bs = bs->next_all) {
+    caches++;
+    if (!bs->in_use) obj_bins_check(bs, &t); /* parked by obj (a fork child's) */
+  }
+  MA_VERIFY(caches >= heaps, "%zu caches in the heap space, %zu heaps hold one", caches, heaps);
+  if (!forked) {
+    size_t entries = obj_map_check(&heap_space, OBJ_MAP_HEAP);
+    MA_VERIFY(entries == t.chunks,
+              "%zu segment map entries name heap segments, the caches own %zu chunks", entries,
+              t.chunks);
+    MA_VERIFY(caches == heaps, "%zu caches in the heap space, %zu heaps hold one", caches, heaps);
+    size_t reserved = __atomic_load_n(&heap_space.reserved, __ATOMIC_RELAXED);
+    size_t committed = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
+    size_t capacity = __atomic_load_n(&heap_space.capacity, __ATOMIC_RELAXED);
+    MA_VERIFY(reserved == t.reserved, "heap space reserved %zu, its segments %zu", reserved,
+              t.reserved);
+    MA_VERIFY(committed == t.committed, "heap space committed %zu, headers and slabs %zu",
+              committed, t.committed);
+    MA_VERIFY(capacity == t.capacity, "heap space capacity %zu, active slabs hold %zu", capacity,
+              t.capacity);
+  }
+  pthread_mutex_unlock(&heap_space.lock);
+  pthread_mutex_unlock(&heap_space.trim_lock);
+  for (heap *h = heap_all; h; h = h->next_all)
+    if (!h->forked) pthread_mutex_unlock(&h->lock);
+  pthread_mutex_unlock(&heap_lock);
+  huge_check();
+  errno = saved;
+  return 0;
 }

@@ -140,6 +140,8 @@ void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees, siz
 void huge_atfork_prepare(void);
 void huge_atfork_parent(void);
 void huge_atfork_child(void);
+/* The table and the cache of large blocks (ma_heap_check): aborts on an inconsistency. */
+void huge_check(void);
 
 /* options.c */
 typedef struct heap_options {

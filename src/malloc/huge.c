@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "malloc/heap_internal.h"
+#include "obj/obj_check.h"
 #include "os/os.h"
 
 typedef struct huge_rec {
@@ -49,8 +50,12 @@ static size_t huge_cache_n, huge_cache_bytes;
 static _Atomic size_t huge_cache_pub;    /* huge_cache_n, readable without the lock */
 static _Atomic uint64_t huge_cache_next; /* earliest expiry in the cache (ms) */
 
-/* Publishes the cache's size and earliest expiry; huge_lock held. */
+static void huge_cache_check_locked(void);
+
+/* Publishes the cache's size and earliest expiry after every change of the cache (checked
+ * then in a debug build); huge_lock held. */
 static void huge_cache_publish(void) {
+  if (MA_DEBUG_ON) huge_cache_check_locked();
   uint64_t next = UINT64_MAX;
   for (size_t i = 0; i < huge_cache_n; i++)
     if (huge_cache[i].expires < next) next = huge_cache[i].expires;
@@ -514,4 +519,105 @@ void huge_atfork_parent(void) {
 }
 void huge_atfork_child(void) {
   pthread_mutex_unlock(&huge_lock); /* the child's thread is the one that locked it */
+}
+
+/* ---- consistency checks (obj/obj_check.h) ---------------------------------------------- */
+
+/* Cached ranges sorted by address into out[]; huge_lock held. */
+static size_t huge_cache_sorted(huge_cached *out) {
+  size_t n = huge_cache_n;
+  for (size_t i = 0; i < n; i++) {
+    huge_cached c = huge_cache[i];
+    size_t j = i;
+    for (; j > 0 && out[j - 1].ptr > c.ptr; j--) out[j] = out[j - 1];
+    out[j] = c;
+  }
+  return n;
+}
+
+/* The cache's own invariants (count, byte total, page-aligned non-empty ranges, sorted
+ * copy disjoint); huge_lock held. O(n^2) with n <= 64: the debug build runs it after every
+ * change of the cache. */
+static void huge_cache_check_locked(void) {
+  size_t ps = os_page_size(), bytes = 0;
+  MA_VERIFY(huge_cache_n <= HUGE_CACHE_N, "large-block cache holds %zu ranges", huge_cache_n);
+  huge_cached s[HUGE_CACHE_N];
+  size_t n = huge_cache_sorted(s);
+  for (size_t i = 0; i < n; i++) {
+    MA_VERIFY(s[i].len > 0 && (s[i].ptr & (ps - 1)) == 0 && (s[i].len & (ps - 1)) == 0,
+              "cached range %#lx + %zu", (unsigned long)s[i].ptr, s[i].len);
+    MA_VERIFY(s[i].ptr + s[i].len > s[i].ptr, "cached range %#lx + %zu wraps",
+              (unsigned long)s[i].ptr, s[i].len);
+    if (i > 0)
+      MA_VERIFY(s[i - 1].ptr + s[i - 1].len <= s[i].ptr,
+                "cached ranges overlap: %#lx + %zu and %#lx + %zu", (unsigned long)s[i - 1].ptr,
+                s[i - 1].len, (unsigned long)s[i].ptr, s[i].len);
+    bytes += s[i].len;
+  }
+  MA_VERIFY(bytes == huge_cache_bytes, "cached ranges hold %zu bytes, huge_cache_bytes %zu", bytes,
+            huge_cache_bytes);
+}
+
+typedef struct huge_cover {
+  uintptr_t at; /* covered up to here */
+  bool ok;
+} huge_cover;
+
+/* ma_areas_query callback: areas in address order must cover [at, end) read-write. */
+static int huge_cover_cb(const ma_area *a, void *ctx) {
+  huge_cover *c = ctx;
+  if (a->start > c->at ||
+      (a->prot & (MA_PROT_READ | MA_PROT_WRITE)) != (MA_PROT_READ | MA_PROT_WRITE)) {
+    c->ok = false;
+    return 1;
+  }
+  if (a->end > c->at) c->at = a->end;
+  return 0;
+}
+
+void huge_check(void) {
+  pthread_mutex_lock(&huge_lock);
+  huge_cache_check_locked();
+  size_t ps = os_page_size(), n = 0, bytes = 0;
+  huge_cached s[HUGE_CACHE_N];
+  size_t nc = huge_cache_sorted(s);
+  for (size_t i = 0; i < huge_cap; i++) {
+    const huge_rec *r = &huge_tab[i];
+    if (!r->ptr) continue;
+    MA_VERIFY((r->ptr & (ps - 1)) == 0 && r->len > 0 && (r->len & (ps - 1)) == 0,
+              "large block %#lx + %zu", (unsigned long)r->ptr, r->len);
+    MA_VERIFY(r->align == 0 || (r->ptr & (r->align - 1)) == 0, "large block %#lx align %zu",
+              (unsigned long)r->ptr, r->align);
+    MA_VERIFY(huge_find(r->ptr) == i, "large block %#lx not found at its slot %zu",
+              (unsigned long)r->ptr, i);
+    /* No cached range may overlap a live block (its guard page included). */
+    uintptr_t lo = r->ptr, hi = r->ptr + r->len + r->guard;
+    size_t a = 0, b = nc; /* first cached range ending after lo */
+    while (a < b) {
+      size_t m = (a + b) / 2;
+      if (s[m].ptr + s[m].len <= lo)
+        a = m + 1;
+      else
+        b = m;
+    }
+    MA_VERIFY(a == nc || s[a].ptr >= hi,
+              "cached range %#lx + %zu overlaps the live large block %#lx + %zu",
+              (unsigned long)s[a].ptr, s[a].len, (unsigned long)r->ptr, r->len);
+    n++;
+    bytes += r->len;
+  }
+  MA_VERIFY(n == huge_count, "%zu large blocks in the table, huge_count %zu", n, huge_count);
+  MA_VERIFY(bytes == huge_bytes, "large blocks hold %zu bytes, huge_bytes %zu", bytes, huge_bytes);
+  MA_VERIFY(atomic_load_explicit(&huge_cache_pub, memory_order_relaxed) == huge_cache_n,
+            "published cache size %zu, %zu ranges", atomic_load(&huge_cache_pub), huge_cache_n);
+  /* Each cached range lies inside read-write mappings (its pages are reused as they are). */
+  for (size_t i = 0; i < nc; i++) {
+    huge_cover c = {s[i].ptr, true};
+    int rc = ma_areas_query(0, s[i].ptr, s[i].ptr + s[i].len, huge_cover_cb, &c);
+    if (rc < 0) continue; /* /proc unreadable (no /proc, EMFILE, fault injection): unchecked */
+    MA_VERIFY(c.ok && c.at >= s[i].ptr + s[i].len,
+              "cached range %#lx + %zu is not mapped read-write (covered to %#lx)",
+              (unsigned long)s[i].ptr, s[i].len, (unsigned long)c.at);
+  }
+  pthread_mutex_unlock(&huge_lock);
 }

@@ -5,11 +5,15 @@
 #include <limits.h>
 #include <time.h>
 
+#include "obj/obj_check.h"
 #include "obj/obj_internal.h"
 
 /* ---- bin lists ------------------------------------------------------------------------ */
 
 static void partial_push(obj_bin *bin, obj_slab *s) {
+  MA_CHECK(s->active && s->notify == INT32_MAX && s->bin_idx == bin->idx,
+           "partial push of slab %p: active %u notify %d bin %u/%u", (void *)s, s->active,
+           s->notify, s->bin_idx, bin->idx);
   obj_slab_set_notify(s, 0);
   s->prev = NULL;
   s->next = bin->partial;
@@ -18,6 +22,11 @@ static void partial_push(obj_bin *bin, obj_slab *s) {
 }
 
 static void partial_unlink(obj_bin *bin, obj_slab *s) {
+  MA_CHECK(s->notify == 0 && (s->prev ? s->prev->next == s : bin->partial == s) &&
+               (!s->next || s->next->prev == s),
+           "partial unlink of slab %p not on bin %u's partial list: notify %d prev %p next %p "
+           "head %p",
+           (void *)s, bin->idx, s->notify, (void *)s->prev, (void *)s->next, (void *)bin->partial);
   if (s->prev)
     s->prev->next = s->next;
   else
@@ -46,6 +55,9 @@ static size_t slab_len(const obj_segment *seg, const obj_slab *s) {
 
 static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t i) {
   obj_slab *s = &seg->slabs[i];
+  MA_CHECK(!s->active && ((seg->free_mask >> i) & 1) && seg->nactive < seg->nslabs,
+           "activating slab %u of segment %p: active %u free_mask %#llx nactive %u", i, (void *)seg,
+           s->active, (unsigned long long)seg->free_mask, seg->nactive);
   char *lo, *hi;
   obj_slab_range(seg, i, &lo, &hi);
   uintptr_t a = bin->align;
@@ -87,6 +99,9 @@ static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
  * that emptied and released the whole segment. */
 static bool slab_retire(obj_bins *bs, obj_slab *s) {
   obj_segment *seg = obj_segment_of_slab(s);
+  MA_CHECK(s->active && obj_slab_used(s) == 0 && seg->owner == bs,
+           "retiring slab %p: active %u used %d (cnt %d notify %d), owner %p not %p", (void *)s,
+           s->active, obj_slab_used(s), s->cnt, s->notify, (void *)seg->owner, (void *)bs);
   obj_bin *bin = &bs->bins[s->bin_idx];
   if (s->notify == 0) partial_unlink(bin, s);
   if (bin->cur == s) bin->cur = &obj_empty_slab;
@@ -98,12 +113,13 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
   __atomic_store_n(&s->owner_tid, 0, __ATOMIC_RELAXED);
   seg->free_mask |= (uint64_t)1 << (s - seg->slabs);
   seg->nactive--;
-  if (seg->kind == OBJ_NSHIFTS - 1) {
-    bins_release_segment(bs, seg);
-    return true;
-  }
   size_t len = slab_len(seg, s);
   bs->active_bytes = bs->active_bytes > len ? bs->active_bytes - len : 0;
+  if (seg->kind == OBJ_NSHIFTS - 1) { /* a one-slab segment goes at once: never retained */
+    obj_seg_unlink(&bs->segs[seg->kind], seg);
+    obj_segment_release(seg);
+    return true;
+  }
   /* Retention: the slab stays committed (reusable without a fault or a syscall) while the
    * bins retains less than its recent peak >> OBJ_RETAIN_SHIFT (at least OBJ_RETAIN_BYTES); the
    * purge check gives it back after the space's purge delay. */
@@ -360,6 +376,9 @@ void obj_bins_file_inbox(obj_bins *bs) {
     obj_slab *s = obj_slab_of(seg, b);
     if (obj_unlikely(!s->active || obj_block_q(s, (uintptr_t)b) >= obj_slab_carved(s)))
       obj_fatal("corrupted remote free list", b);
+    MA_CHECK(obj_slab_used(s) > 0,
+             "remote free %p filed into slab %p with used %d (cnt %d notify %d)", (void *)b,
+             (void *)s, obj_slab_used(s), s->cnt, s->notify);
     obj_link_open_rt(b);
     obj_block *next = chain_next(b);
     obj_link_set(b, s->local_free);
@@ -420,6 +439,9 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
   if (bs->out_used) obj_outbox_flush(bs);
   obj_bins_file_inbox(bs);
   obj_slab *s = bin->cur;
+  MA_CHECK(s == &obj_empty_slab || (s->active && s->notify == -1 && s->bin_idx == bin->idx),
+           "refill of bin %u: current slab %p active %u notify %d bin %u", bin->idx, (void *)s,
+           s->active, s->notify, s->bin_idx);
   if (s != &obj_empty_slab) {
     if (slab_refill(s)) return true;
     obj_slab_set_notify(s, INT32_MAX); /* full: unlisted until a free arrives */
@@ -454,7 +476,12 @@ void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
 }
 
 void obj_slab_notify(obj_slab *s) {
+  MA_CHECK(s->active && (s->notify == -1 || s->notify == 0 || s->notify == INT32_MAX),
+           "slab %p: active %u notify %d (cnt %d): not -1, 0 or INT32_MAX", (void *)s, s->active,
+           s->notify, s->cnt);
   if (obj_slab_used(s) < 0) obj_fatal("double free", s->free);
+  MA_CHECK(obj_slab_used(s) <= (int32_t)s->carved, "slab %p used %d > carved %u", (void *)s,
+           obj_slab_used(s), s->carved);
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
@@ -544,6 +571,7 @@ static void bins_purge(obj_bins *bs) {
   }
   bs->peak_bytes = bs->active_bytes;
   __atomic_add_fetch(&bs->space->purges, 1, __ATOMIC_RELAXED);
+  if (MA_DEBUG_ON) obj_bins_check_accounting(bs);
   errno = saved;
 }
 
@@ -580,6 +608,7 @@ void obj_bins_trim(obj_bins *bs) {
   bs->peak_bytes = bs->active_bytes;
   bs->retained_since = 0;
   __atomic_add_fetch(&bs->space->purges, 1, __ATOMIC_RELAXED);
+  if (MA_DEBUG_ON) obj_bins_check(bs, NULL); /* the whole cache: a trim is rare */
 }
 
 void obj_bins_abandon(obj_bins *bs) {

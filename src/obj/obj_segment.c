@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "obj/obj_check.h"
 #include "obj/obj_internal.h"
 
 #if OBJ_ASAN
@@ -254,6 +255,8 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
   obj_map_set(chunk0, nchunks, (uint32_t)chunk0 | sp->map_tag);
   __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
+  MA_CHECK(obj_segment_of(m + size - 1) == seg, "new segment %p: the map names %p", (void *)seg,
+           (void *)obj_segment_of(m + size - 1));
   return seg;
 unmap:
   os_release_owned(m, size);
@@ -267,6 +270,11 @@ nomem:
 /* Unmaps a segment; the caller has unlinked it. Active slabs are dropped with it. */
 void obj_segment_release(obj_segment *seg) {
   obj_space *sp = seg->space;
+  MA_CHECK(seg->magic == (OBJ_SEG_MAGIC ^ (uintptr_t)seg) &&
+               obj_map_entry((uintptr_t)seg >> OBJ_SEG_SHIFT) ==
+                   ((uint32_t)((uintptr_t)seg >> OBJ_SEG_SHIFT) | sp->map_tag),
+           "releasing segment %p: magic %#llx, map entry %#x", (void *)seg,
+           (unsigned long long)seg->magic, obj_map_entry((uintptr_t)seg >> OBJ_SEG_SHIFT));
   size_t committed = seg->hdr_size;
   for (uint32_t i = 0; i < seg->nslabs; i++) {
     obj_slab *s = &seg->slabs[i];

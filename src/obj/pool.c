@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "obj/obj.h"
+#include "obj/obj_check.h"
 
 #define POOL_SLOTS 256
 #define POOL_NONE  UINT32_MAX
@@ -398,4 +399,43 @@ void ma_pool_destroy(ma_pool *p) {
   pthread_mutex_unlock(&pools_lock);
   obj_space_destroy(&p->space);
   os_release_owned(p, sizeof *p);
+}
+
+int ma_pool_check(ma_pool *p) {
+  if (!p) return -EINVAL;
+  int saved = errno;
+  uintptr_t self = obj_tid();
+  obj_check_totals t = {0};
+  size_t skipped = 0;
+  /* trim_lock: no trim claims a parked cache meanwhile; lock: no thread takes one over. */
+  pthread_mutex_lock(&p->space.trim_lock);
+  pthread_mutex_lock(&p->space.lock);
+  for (obj_bins *bs = p->space.all_bins; bs; bs = bs->next_all) {
+    MA_VERIFY(bs->space == &p->space && bs->nbins == 1 && bs->bins[0].stride == p->stride,
+              "pool %p: cache %p of space %p, %u bins, stride %u (pool's %u)", (void *)p,
+              (void *)bs, (void *)bs->space, bs->nbins, bs->bins[0].stride, p->stride);
+    if (bs->in_use && bs->tid != self) { /* another thread's cache: it runs without a lock */
+      skipped++;
+      continue;
+    }
+    obj_bins_check(bs, &t);
+  }
+  if (skipped == 0) {
+    size_t reserved = __atomic_load_n(&p->space.reserved, __ATOMIC_RELAXED);
+    size_t committed = __atomic_load_n(&p->space.committed, __ATOMIC_RELAXED);
+    size_t capacity = __atomic_load_n(&p->space.capacity, __ATOMIC_RELAXED);
+    MA_VERIFY(reserved == t.reserved, "pool %p reserved %zu, its segments %zu", (void *)p, reserved,
+              t.reserved);
+    MA_VERIFY(committed == t.committed, "pool %p committed %zu, headers and slabs %zu", (void *)p,
+              committed, t.committed);
+    MA_VERIFY(capacity == t.capacity, "pool %p capacity %zu, active slabs hold %zu", (void *)p,
+              capacity, t.capacity);
+  }
+  size_t committed = __atomic_load_n(&p->space.committed, __ATOMIC_RELAXED);
+  MA_VERIFY(p->space.max_bytes == 0 || committed <= p->space.max_bytes,
+            "pool %p committed %zu > max_bytes %zu", (void *)p, committed, p->space.max_bytes);
+  pthread_mutex_unlock(&p->space.lock);
+  pthread_mutex_unlock(&p->space.trim_lock);
+  errno = saved;
+  return skipped ? -EBUSY : 0;
 }

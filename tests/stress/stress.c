@@ -517,6 +517,8 @@ static void child_work(worker *w) {
   }
   for (int i = 0; i < CHILD_THREADS; i++) pthread_join(t[i], NULL);
   ma_heap_collect(true);
+  /* The walk skips the heaps of the parent's other threads (their state may be torn). */
+  if (ma_heap_check() != 0) die("ma_heap_check failed in a fork child");
   _exit(0);
 }
 
@@ -645,6 +647,11 @@ static void phase_end(rng *r) {
       atomic_store(&slots[i], NULL);
     }
   }
+  /* The walks abort with their own message on an inconsistency. No worker runs: every
+   * pool cache but this thread's is parked, so each pool is walked whole. */
+  if (ma_heap_check() != 0) die("ma_heap_check failed at phase end");
+  for (int i = 0; i < NPOOLS; i++)
+    if (ma_pool_check(pools[i]) != 0) die("ma_pool_check of pool %d failed at phase end", i);
   ma_pool_stats st;
   ma_pool_stats_get(pools[NPOOLS - 1], &st);
   if (st.committed_bytes > pool_opts[NPOOLS - 1].max_bytes)
@@ -670,6 +677,7 @@ static void final_checks(rng *r) {
     ma_pool_destroy(pools[i]);
   }
   ma_heap_collect(true);
+  if (ma_heap_check() != 0) die("ma_heap_check failed at the end");
   ma_heap_stats hs;
   ma_heap_stats_get(&hs);
   if (hs.allocated != 0 || hs.allocs != hs.frees)
