@@ -228,6 +228,7 @@ size_t os_release_pending(void) {
 static bool deferred_fork_skip;
 static void deferred_fork_prepare(void) {
   deferred_fork_skip = os_single_threaded();
+  // cppcheck-suppress knownConditionTrueFalse ; it misses <sys/single_threaded.h> (__has_include)
   if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
 }
 static void deferred_fork_resume(void) {
