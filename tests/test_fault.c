@@ -654,9 +654,12 @@ Test(fault, refused_unmap_is_deferred_then_done) {
   unsigned char v;
   char *a = os_alloc(2 * ps, 0, false);
   cr_assert_not_null(a);
-  os_fault_arm_run(1, 2, ENOMEM);
-  cr_assert_eq(os_release_owned(a, ps), 0);      /* call 1 fails: deferred */
-  cr_assert_eq(os_release_owned(a + ps, ps), 0); /* call 2 (retry of a) fails, 3 unmaps */
+  /* Call 1 (munmap of a) fails: a's pages are given back (call 2, MADV_DONTNEED, refused
+   * here too, which changes nothing) and a is deferred. */
+  os_fault_arm_run(1, 3, ENOMEM);
+  cr_assert_eq(os_release_owned(a, ps), 0);
+  cr_assert_eq(os_release_owned(a + ps, ps), 0); /* call 3 (retry of a) fails, 4 unmaps */
+  cr_assert_eq(os_fault_calls(), 4);
   os_fault_disarm();
   a[0] = 1; /* still mapped */
   cr_assert_eq(mincore(a + ps, ps, &v), -1, "the second range is gone");
@@ -734,4 +737,147 @@ static void rlimit_body(void) {
 
 Test(fault, rlimit_as_failures_are_clean_and_recoverable) {
   in_child(rlimit_body);
+}
+
+/* ---- Refused unmaps past the old 64-entry table (issue 12, item 4) ----------------------- */
+
+/* Resident pages of [p, p+len), or SIZE_MAX when some of it is not mapped. */
+static size_t resident_pages(const void *p, size_t len) {
+  static unsigned char vec[1 << 16];
+  size_t ps = ma_page_size(), n = (len + ps - 1) / ps, r = 0;
+  CHECK(n <= sizeof vec, "mincore vector");
+  if (mincore((void *)p, len, vec) != 0) return SIZE_MAX;
+  for (size_t i = 0; i < n; i++) r += vec[i] & 1;
+  return r;
+}
+
+enum { STORM_BLOCKS = 100, STORM_POOLS = 40, STORM_RES = 100, STORM_BLOCK = 256 << 10 };
+static void *storm_blk[STORM_BLOCKS], *storm_res[STORM_RES];
+static void *storm_obj[STORM_POOLS];
+
+/* munmap refused 300+ times in a row (heap large blocks given back by a collect, pools
+ * destroyed with their segments, page-layer reservations): every range is kept with its
+ * pages given back, errno is untouched, and once munmap works again one retry unmaps it
+ * all, in a fork child too. The old 64-entry table dropped every range past the 64th. */
+static void storm_body(void) {
+  child_setup();
+  size_t ps = ma_page_size();
+  ma_free(ma_malloc(STORM_BLOCK)); /* the large-block table exists */
+  CHECK(pool_small() == 0, "pool");
+  settle();
+  snap_take(&snap_base);
+
+  for (size_t i = 0; i < STORM_BLOCKS; i++) {
+    storm_blk[i] = ma_malloc(STORM_BLOCK);
+    CHECK(storm_blk[i], "malloc");
+    memset(storm_blk[i], 0x5a, STORM_BLOCK); /* resident */
+  }
+  ma_pool *pools[STORM_POOLS];
+  for (size_t i = 0; i < STORM_POOLS; i++) {
+    ma_pool_opts po = {.obj_size = 64 + 64 * i};
+    CHECK(ma_pool_create(&po, &pools[i]) == 0, "pool create");
+    storm_obj[i] = ma_pool_alloc(pools[i]);
+    CHECK(storm_obj[i], "pool alloc");
+    memset(storm_obj[i], 0x5a, po.obj_size);
+  }
+  for (size_t i = 0; i < STORM_RES; i++) {
+    storm_res[i] = os_reserve(4 * ps, 0, NULL);
+    CHECK(storm_res[i], "reserve");
+  }
+
+  os_fault_arm_munmap(OS_FAULT_ALL, ENOMEM);
+  errno = 4242;
+  for (size_t i = 0; i < STORM_BLOCKS; i++) ma_free(storm_blk[i]);
+  ma_heap_collect(true); /* the cached blocks go back: every munmap refused */
+  for (size_t i = 0; i < STORM_POOLS; i++) ma_pool_destroy(pools[i]);
+  for (size_t i = 0; i < STORM_RES; i++)
+    CHECK(os_release_owned(storm_res[i], 4 * ps) == 0, "release %zu deferred", i);
+  CHECK(errno == 4242, "errno changed to %d by the release paths", errno);
+  unsigned long refused = os_fault_munmap_fired();
+  size_t pending = os_release_pending();
+  fprintf(stderr, "munmap storm: %lu munmaps refused, %zu ranges pending\n", refused, pending);
+  CHECK(refused > 3 * 64, "only %lu munmaps refused", refused);
+  CHECK(pending >= STORM_RES + STORM_POOLS, "%zu ranges pending", pending);
+
+  /* Still mapped, but not resident: at most the page that holds a range's list node. */
+  size_t res_pages = 0;
+  for (size_t i = 0; i < STORM_BLOCKS; i++) {
+    size_t r = resident_pages(storm_blk[i], STORM_BLOCK);
+    CHECK(r != SIZE_MAX, "a refused block is gone");
+    res_pages += r;
+  }
+  CHECK(res_pages <= STORM_BLOCKS, "%zu pages of %d refused blocks still resident", res_pages,
+        STORM_BLOCKS);
+  for (size_t i = 0; i < STORM_RES; i++)
+    CHECK(resident_pages(storm_res[i], 4 * ps) == 0, "reservation %zu", i);
+
+  /* A fork child inherits the list and can drain it (the lock was not left held). */
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) {
+    os_fault_arm_munmap(0, 0);
+    if (os_release_retry() != 0) _exit(2);
+    for (size_t i = 0; i < STORM_BLOCKS; i++)
+      if (resident_pages(storm_blk[i], STORM_BLOCK) != SIZE_MAX) _exit(3);
+    _exit(0);
+  }
+  int st;
+  CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+        "fork child drain: status %d", st);
+  CHECK(os_release_pending() == pending, "the child's retry changed the parent");
+
+  os_fault_arm_munmap(0, 0);
+  errno = 4242;
+  CHECK(os_release_retry() == 0, "deferred unmaps still pending");
+  CHECK(errno == 4242, "retry changed errno");
+  for (size_t i = 0; i < STORM_BLOCKS; i++)
+    CHECK(resident_pages(storm_blk[i], STORM_BLOCK) == SIZE_MAX, "block %zu still mapped", i);
+  for (size_t i = 0; i < STORM_RES; i++)
+    CHECK(resident_pages(storm_res[i], 4 * ps) == SIZE_MAX, "reservation %zu still mapped", i);
+  settle();
+  snap_take(&snap_now);
+  CHECK(snap_same(&snap_base, &snap_now), "refused unmaps left mappings behind");
+
+  /* Usable again. */
+  for (size_t i = 0; i < STORM_BLOCKS; i++) {
+    storm_blk[i] = ma_malloc(STORM_BLOCK);
+    CHECK(storm_blk[i], "malloc after the storm");
+    memset(storm_blk[i], 1, STORM_BLOCK);
+  }
+  for (size_t i = 0; i < STORM_BLOCKS; i++) ma_free(storm_blk[i]);
+  CHECK(pool_small() == 0, "pool after the storm");
+}
+
+Test(fault, refused_unmaps_past_the_table_are_kept_then_done) {
+  in_child(storm_body);
+}
+
+/* Ranges without room for a node (reservations) fill a table; while half of it is taken
+ * the page layer maps nothing new (ENOMEM), and maps again once the retry drains it. */
+static void gate_body(void) {
+  size_t ps = ma_page_size();
+  os_fault_arm_munmap(OS_FAULT_ALL, ENOMEM);
+  size_t n = 0;
+  void *p;
+  while (n < 100000 && (p = os_reserve(ps, 0, NULL)) != NULL) {
+    CHECK(os_release_owned(p, ps) == 0, "release %zu", n);
+    n++;
+  }
+  CHECK(n > 64 && n < 100000 && errno == ENOMEM, "reserve refused after %zu: errno %d", n, errno);
+  CHECK(os_alloc(ps, 0, false) == NULL && errno == ENOMEM, "alloc behind a closed gate");
+  ma_map_opts mo = MA_MAP_OPTS_DEFAULT;
+  mo.len = ps;
+  ma_map mm;
+  CHECK(ma_map_create(&mo, &mm) == -ENOMEM, "ma_map_create behind a closed gate");
+  fprintf(stderr, "mapping gate closed after %zu refused unmaps\n", n);
+  os_fault_arm_munmap(0, 0);
+  void *m = os_alloc(ps, 0, false);
+  CHECK(m != NULL, "alloc once munmap works again");
+  CHECK(os_release_pending() == 0, "the gate's retry drained the table");
+  CHECK(os_release_owned(m, ps) == 0, "release");
+}
+
+Test(fault, deferred_table_closes_the_mapping_gate) {
+  in_child(gate_body);
 }

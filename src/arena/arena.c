@@ -254,7 +254,7 @@ int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out) {
 fail_release_base:
   os_release_owned(base, len);
 fail_release_header:
-  os_release_owned(a, hdr);
+  os_release_owned_rw(a, hdr);
   return -ENOMEM;
 }
 
@@ -264,7 +264,7 @@ void ma_arena_destroy(ma_arena *a) {
   os_release_owned(a->base, a->len);
   arena_node_pool_release(&a->nodes);
   pthread_mutex_destroy(&a->lock);
-  os_release_owned(a, round_up(sizeof(ma_arena), os_page_size()));
+  os_release_owned_rw(a, round_up(sizeof(ma_arena), os_page_size()));
 }
 
 void *ma_arena_base(const ma_arena *a) {

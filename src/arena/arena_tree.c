@@ -200,7 +200,7 @@ void arena_node_pool_release(arena_node_pool *p) {
   void *c = p->chunks;
   while (c) {
     void *next = *(void **)c;
-    os_release_owned(c, CHUNK_SIZE);
+    os_release_owned_rw(c, CHUNK_SIZE);
     c = next;
   }
   p->chunks = NULL;

@@ -100,7 +100,7 @@ static bool huge_reserve_slot(void) {
   os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
   for (size_t i = 0; i < huge_cap; i++)
     if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
-  if (huge_tab) os_release_owned(huge_tab, huge_cap * sizeof(huge_rec));
+  if (huge_tab) os_release_owned_rw(huge_tab, huge_cap * sizeof(huge_rec));
   errno = saved;
   huge_tab = nt;
   huge_cap = ncap;
@@ -251,7 +251,7 @@ static size_t huge_cache_put(huge_cached c, uint64_t now, huge_cached *victims) 
 
 static void huge_unmap_all(const huge_cached *v, size_t n) {
   int saved = errno;
-  for (size_t i = 0; i < n; i++) os_release_owned((void *)v[i].ptr, v[i].len);
+  for (size_t i = 0; i < n; i++) os_release_owned_rw((void *)v[i].ptr, v[i].len);
   errno = saved;
 }
 
@@ -313,7 +313,7 @@ static void *huge_map(size_t len, size_t a, size_t guard) {
   void *p = os_alloc(len + guard, a, false);
   if (!p) return NULL;
   if (guard && os_protect((char *)p + len, guard, MA_PROT_NONE) != 0) {
-    os_release_owned(p, len + guard);
+    os_release_owned_rw(p, len + guard);
     return NULL;
   }
   return p;
@@ -349,7 +349,7 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release_owned(p, len + g);
+    os_release_owned_rw(p, len + g);
     errno = ENOMEM;
     return NULL;
   }

@@ -293,8 +293,13 @@ void obj_segment_release(obj_segment *seg) {
    * anything else mapped here later would read as use-after-poison. */
   obj_unpoison(seg, size);
   /* Nothing refers to the segment any more: if munmap is refused (a VMA split at the map
-   * count limit) the page layer keeps the range and unmaps it at a later release. */
-  os_release_owned(seg, size);
+   * count limit) the page layer keeps the range and unmaps it at a later release. The
+   * header page is private read-write and holds the page layer's note of it then, unless
+   * a fork child would not inherit it (MA_MAP_DONTFORK). */
+  if (sp->map_flags & MA_MAP_DONTFORK)
+    os_release_owned(seg, size);
+  else
+    os_release_owned_rw(seg, size);
 }
 
 /* A space whose empty slabs can be purged with MADV_DONTNEED: private (shared anonymous

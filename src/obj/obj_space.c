@@ -87,7 +87,7 @@ static void untrack_live(obj_segment *seg) {
     for (uint32_t k = 0; k < s->carved; k++)
       if (!(freed[k / 64] & ((uint64_t)1 << (k % 64))))
         obj_track_free(s->start + (size_t)k * s->stride, s->stride);
-    os_release_owned(freed, len);
+    os_release_owned_rw(freed, len);
   }
 }
 
@@ -111,7 +111,7 @@ void obj_space_destroy(obj_space *sp) {
         obj_segment_release(seg);
       }
     }
-    os_release_owned(bs, bs->alloc_size);
+    os_release_owned_rw(bs, bs->alloc_size);
     bs = next;
   }
   sp->all_bins = NULL;

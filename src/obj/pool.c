@@ -72,7 +72,7 @@ static void tld_destroy(void *arg) {
   if (tls_tld == t) tls_tld = NULL;
   tls_last.uid = 0; /* those bins may go to another thread now */
   tls_last.bins = NULL;
-  os_release_owned(t, sizeof *t);
+  os_release_owned_rw(t, sizeof *t);
 }
 
 static bool fork_skip; /* this fork takes no lock: see os_single_threaded */
@@ -117,7 +117,7 @@ static __attribute__((noinline)) obj_bins *pool_bins_slow(ma_pool *p) {
     t = os_alloc(sizeof *t, 0, false);
     if (!t) goto nomem;
     if (pthread_setspecific(tld_key, t) != 0) {
-      os_release_owned(t, sizeof *t);
+      os_release_owned_rw(t, sizeof *t);
       goto nomem;
     }
     tls_tld = t;
@@ -210,7 +210,7 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
   int rc = obj_space_init(&p->space, prot, opts->map_flags & ~(unsigned)MA_MAP_POPULATE, populate,
                           opts->max_bytes, "mapalloc-pool");
   if (rc) {
-    os_release_owned(p, sizeof *p);
+    os_release_owned_rw(p, sizeof *p);
     return rc;
   }
   p->obj_size = size;
@@ -365,6 +365,7 @@ int ma_pool_trim(ma_pool *p) {
     obj_bins_trim(bs);
   }
   obj_space_trim(&p->space);
+  (void)os_release_retry(); /* unmaps the kernel refused earlier (map count limit) */
   return 0;
 }
 
@@ -398,7 +399,7 @@ void ma_pool_destroy(ma_pool *p) {
   if (p->slot != POOL_NONE) slots_used[p->slot / 64] &= ~((uint64_t)1 << (p->slot % 64));
   pthread_mutex_unlock(&pools_lock);
   obj_space_destroy(&p->space);
-  os_release_owned(p, sizeof *p);
+  os_release_owned_rw(p, sizeof *p);
 }
 
 int ma_pool_check(ma_pool *p) {

@@ -44,6 +44,33 @@ int os_fault_hit(void) {
   return fault_err;
 }
 
+int os_fault_munmap_armed;
+static unsigned long munmap_left, munmap_fired;
+static int munmap_err;
+
+void os_fault_arm_munmap(unsigned long count, int err) {
+  __atomic_store_n(&os_fault_munmap_armed, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&munmap_fired, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&munmap_left, count, __ATOMIC_SEQ_CST);
+  munmap_err = err;
+  __atomic_store_n(&os_fault_munmap_armed, count != 0, __ATOMIC_SEQ_CST);
+}
+
+unsigned long os_fault_munmap_fired(void) {
+  return __atomic_load_n(&munmap_fired, __ATOMIC_SEQ_CST);
+}
+
+int os_fault_munmap_hit(void) {
+  unsigned long left = __atomic_load_n(&munmap_left, __ATOMIC_SEQ_CST);
+  do {
+    if (left == 0) return 0;
+  } while (left != OS_FAULT_ALL &&
+           !__atomic_compare_exchange_n(&munmap_left, &left, left - 1, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST));
+  __atomic_add_fetch(&munmap_fired, 1, __ATOMIC_SEQ_CST);
+  return munmap_err;
+}
+
 #else
 typedef int os_fault_disabled; /* ISO C wants a translation unit to declare something */
 #endif

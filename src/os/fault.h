@@ -38,6 +38,23 @@ unsigned long os_fault_fired(void);
 /* Called by sys_inject(): 0 to let the call through, else the errno to fail it with. */
 int os_fault_hit(void);
 
+/* A second, independent hook for munmap alone (a process at vm.max_map_count refuses
+ * unmaps that split a VMA while everything else works): the next `count` munmap calls
+ * fail with `err` (OS_FAULT_ALL: every one until disarmed); count 0 disarms. These calls
+ * are not counted by os_fault_calls. Thread-safe. */
+void os_fault_arm_munmap(unsigned long count, int err);
+
+/* munmap calls failed by os_fault_arm_munmap since it was armed. */
+unsigned long os_fault_munmap_fired(void);
+
+int os_fault_munmap_hit(void);
+extern int os_fault_munmap_armed;
+
+static inline int os_fault_check_munmap(void) {
+  if (__builtin_expect(__atomic_load_n(&os_fault_munmap_armed, __ATOMIC_RELAXED) == 0, 1)) return 0;
+  return os_fault_munmap_hit();
+}
+
 extern int os_fault_armed; /* non-zero while armed: sys_inject's one-load fast check */
 
 static inline int os_fault_check(void) {

@@ -34,14 +34,27 @@ int os_release(void *addr, size_t len);
 /* Unmaps [addr, addr+len) for a caller that forgets the range afterwards (a freed segment
  * or block, a trimmed head or tail). munmap can fail on a range we own: ENOMEM when the
  * unmap splits a VMA of a process at vm.max_map_count (or a test's injected failure). The
- * range is then kept in a small table and unmapped by the next os_release_owned or
- * os_release_retry, never lost. Returns 0 (unmapped or deferred), or -ENOMEM when the
- * table is full too (the range stays mapped: the caller may still use or retry it).
+ * range's pages are then given back (MADV_DONTNEED, which needs no split) and the range is
+ * kept and unmapped by a later os_release_owned* or os_release_retry, never lost: in a
+ * table of 1024 ranges, while half of which is in use (after a retry) the page layer's new
+ * mappings (os_reserve, os_alloc, os_map other than in place) fail with ENOMEM. Returns 0
+ * (unmapped or deferred), or -ENOMEM when the table is full too (the range stays mapped,
+ * its pages given back: the caller may still use or retry it). Preserves errno.
  * Thread-safe. */
 int os_release_owned(void *addr, size_t len);
 
-/* Retries the deferred unmaps of os_release_owned; returns how many are still pending. */
+/* os_release_owned for a range whose first page is private read-write memory, not
+ * MA_MAP_DONTFORK, that nobody reads or writes any more (a freed block, segment or
+ * metadata page): a refused range then keeps its bookkeeping in that page (16 bytes, in an
+ * unbounded list), so this never fails; the rest of its pages are given back. Returns 0. */
+int os_release_owned_rw(void *addr, size_t len);
+
+/* Retries the deferred unmaps of os_release_owned*; returns how many are still pending.
+ * Preserves errno. */
 size_t os_release_retry(void);
+
+/* How many deferred unmaps are pending (a relaxed read, for statistics and tests). */
+size_t os_release_pending(void);
 
 /* True when the process has never had a second thread (glibc's __libc_single_threaded;
  * false where the C library does not say). Fork handlers skip their locks then: nothing

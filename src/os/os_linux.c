@@ -48,10 +48,16 @@ static int native_prot(unsigned prot) {
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
+static bool deferred_gate_closed(void);
+static int release_owned(void *addr, size_t len, bool rw);
+
 /* Maps with mmap, then trims the misaligned head and the tail so the start is a multiple
  * of `align`. On failure nothing stays mapped. */
 static void *map_aligned(size_t len, size_t align, void *hint, int prot, int flags) {
   size_t ps = os_page_size();
+  /* Our own fresh private pages when writable: a refused trim may hold its list node. */
+  bool rw = (prot & PROT_WRITE) != 0;
+  if (deferred_gate_closed()) return NULL;
   if (align <= ps) {
     void *p = sys_mmap(hint, len, prot, flags, -1, 0);
     return p == MAP_FAILED ? NULL : p;
@@ -60,7 +66,7 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   void *p = sys_mmap(hint, len, prot, flags, -1, 0);
   if (p == MAP_FAILED) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
-  os_release_owned(p, len);
+  release_owned(p, len, rw);
   /* The kernel places maps top-down at the high end of a gap: the aligned address just
    * below p is usually free too. Trying it first needs no more address space than len,
    * which matters under RLIMIT_AS, where the over-sized map below can fail near the limit
@@ -69,7 +75,7 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   if (down != NULL) {
     void *q = sys_mmap(down, len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
     if (q == down) return q;
-    if (q != MAP_FAILED) os_release_owned(q, len);
+    if (q != MAP_FAILED) release_owned(q, len, rw);
   }
   size_t over = len + align - ps;
   if (over < len) {
@@ -83,13 +89,13 @@ static void *map_aligned(size_t len, size_t align, void *hint, int prot, int fla
   size_t tail = over - head - len;
   /* A trim that cannot be unmapped now is deferred; only a full table fails the call, and
    * then what is not in the table yet goes. */
-  if (head && os_release_owned(p, head) != 0) {
-    os_release_owned(p, over);
+  if (head && release_owned(p, head, rw) != 0) {
+    release_owned(p, over, rw);
     errno = ENOMEM;
     return NULL;
   }
-  if (tail && os_release_owned((void *)(start + len), tail) != 0) {
-    os_release_owned((void *)start, len + tail);
+  if (tail && release_owned((void *)(start + len), tail, rw) != 0) {
+    release_owned((void *)start, len + tail, rw);
     errno = ENOMEM;
     return NULL;
   }
@@ -110,29 +116,109 @@ int os_release(void *addr, size_t len) {
   return sys_munmap(addr, len) == 0 ? 0 : -errno;
 }
 
-/* Deferred unmaps (os_release_owned): a fixed table, as the page layer allocates nothing. */
-enum { DEFERRED_MAX = 64 };
+/* Deferred unmaps (os_release_owned, os_release_owned_rw). The page layer allocates nothing
+ * (a map of its own would need the very map count that is missing), so a refused range is
+ * kept in one of two places:
+ *   - a range whose first page is private read-write memory we may scribble on
+ *     (os_release_owned_rw) carries its own list node there: an unbounded list;
+ *   - any other range (a reservation, a guard page, a user's map) goes to a fixed table.
+ *     While half of it is in use after a retry, new mappings of the page layer fail with
+ *     ENOMEM (deferred_gate_closed), so only frees of what is already mapped can fill the
+ *     other half.
+ * Either way its pages are given back first (MADV_DONTNEED never splits a VMA, so it works
+ * at the map count limit): a deferred range costs address space, not memory, apart from
+ * the one page that holds a node. All of it is under deferred_lock. */
+enum { DEFERRED_MAX = 1024, DEFERRED_GATE = DEFERRED_MAX / 2, DEFERRED_TRY = 64 };
 static struct {
   void *addr;
   size_t len;
 } deferred[DEFERRED_MAX];
-static size_t deferred_n; /* read without the lock as a hint */
+static size_t deferred_n; /* table entries; read without the lock as a hint */
+typedef struct deferred_node {
+  struct deferred_node *next;
+  size_t len;
+} deferred_node;
+static deferred_node *deferred_list;
+static size_t deferred_list_n;
+static size_t deferred_pending; /* deferred_n + deferred_list_n; read without the lock */
 static pthread_mutex_t deferred_lock = PTHREAD_MUTEX_INITIALIZER;
 
-size_t os_release_retry(void) {
-  if (__atomic_load_n(&deferred_n, __ATOMIC_RELAXED) == 0) return 0;
+/* The node lives in memory the layers above handed back; under ASan it may still be
+ * poisoned (a freed block), which does not make it less ours. */
+__attribute__((no_sanitize("address"))) static void node_write(deferred_node *n,
+                                                               deferred_node *next, size_t len) {
+  n->next = next;
+  n->len = len;
+}
+__attribute__((no_sanitize("address"))) static deferred_node *node_next(const deferred_node *n) {
+  return n->next;
+}
+__attribute__((no_sanitize("address"))) static size_t node_len(const deferred_node *n) {
+  return n->len;
+}
+__attribute__((no_sanitize("address"))) static void node_set_next(deferred_node *n,
+                                                                  deferred_node *next) {
+  n->next = next;
+}
+
+/* Retries under deferred_lock; stops after `max_fail` refusals (SIZE_MAX: tries all). */
+static size_t deferred_retry_locked(size_t max_fail) {
+  size_t fails = 0;
+  for (size_t i = 0; i < deferred_n && fails < max_fail;) {
+    if (sys_munmap(deferred[i].addr, deferred[i].len) == 0) {
+      deferred[i] = deferred[--deferred_n];
+    } else {
+      fails++;
+      i++;
+    }
+  }
+  __atomic_store_n(&deferred_n, deferred_n, __ATOMIC_RELAXED);
+  deferred_node *prev = NULL;
+  for (deferred_node *n = deferred_list; n && fails < max_fail;) {
+    deferred_node *next = node_next(n); /* read before the node goes */
+    if (sys_munmap(n, node_len(n)) == 0) {
+      if (prev)
+        node_set_next(prev, next);
+      else
+        deferred_list = next;
+      deferred_list_n--;
+    } else {
+      fails++;
+      prev = n;
+    }
+    n = next;
+  }
+  size_t left = deferred_n + deferred_list_n;
+  __atomic_store_n(&deferred_pending, left, __ATOMIC_RELAXED);
+  return left;
+}
+
+static size_t deferred_retry(size_t max_fail) {
+  if (__atomic_load_n(&deferred_pending, __ATOMIC_RELAXED) == 0) return 0;
   int saved = errno;
   pthread_mutex_lock(&deferred_lock);
-  for (size_t i = 0; i < deferred_n;) {
-    if (sys_munmap(deferred[i].addr, deferred[i].len) == 0)
-      deferred[i] = deferred[--deferred_n];
-    else
-      i++;
-  }
-  size_t left = deferred_n;
+  size_t left = deferred_retry_locked(max_fail);
   pthread_mutex_unlock(&deferred_lock);
   errno = saved;
   return left;
+}
+
+size_t os_release_retry(void) {
+  return deferred_retry(SIZE_MAX);
+}
+
+/* True when new mappings must wait: half of the table is taken even after a retry. */
+static bool deferred_gate_closed(void) {
+  if (__builtin_expect(__atomic_load_n(&deferred_n, __ATOMIC_RELAXED) < DEFERRED_GATE, 1))
+    return false;
+  (void)os_release_retry();
+  if (__atomic_load_n(&deferred_n, __ATOMIC_RELAXED) < DEFERRED_GATE) return false;
+  errno = ENOMEM;
+  return true;
+}
+
+size_t os_release_pending(void) {
+  return __atomic_load_n(&deferred_pending, __ATOMIC_RELAXED);
 }
 
 /* Fork: a child must not inherit deferred_lock held by a thread it does not have. The
@@ -142,7 +228,7 @@ size_t os_release_retry(void) {
 static bool deferred_fork_skip;
 static void deferred_fork_prepare(void) {
   deferred_fork_skip = os_single_threaded();
-  // cppcheck-suppress knownConditionTrueFalse ; constant only where libc cannot say
+  // cppcheck-suppress knownConditionTrueFalse ; it misses <sys/single_threaded.h> (__has_include)
   if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
 }
 static void deferred_fork_resume(void) {
@@ -160,22 +246,46 @@ bool os_single_threaded(void) {
 #endif
 }
 
-int os_release_owned(void *addr, size_t len) {
-  os_release_retry();
+/* A refused range: its pages go back to the system, then it is kept (see deferred[]). */
+static int release_owned(void *addr, size_t len, bool rw) {
+  /* Old entries first, then this range. The retry of a release gives up after a few
+   * refusals: at the map count limit each costs a system call, and the full retries
+   * (os_release_retry: trims, collects, a closed gate) try them all. */
+  (void)deferred_retry(DEFERRED_TRY);
   int saved = errno;
   if (sys_munmap(addr, len) == 0) return 0;
+  size_t ps = os_page_size();
   int r = 0;
-  pthread_mutex_lock(&deferred_lock);
-  if (deferred_n < DEFERRED_MAX) {
-    deferred[deferred_n].addr = addr;
-    deferred[deferred_n].len = len;
-    __atomic_store_n(&deferred_n, deferred_n + 1, __ATOMIC_RELAXED);
+  if (rw) {
+    /* Keep the first page for the node. */
+    if (len > ps) (void)sys_madvise((char *)addr + ps, len - ps, MADV_DONTNEED);
+    pthread_mutex_lock(&deferred_lock);
+    node_write(addr, deferred_list, len);
+    deferred_list = addr;
+    deferred_list_n++;
   } else {
-    r = -ENOMEM;
+    (void)sys_madvise(addr, len, MADV_DONTNEED);
+    pthread_mutex_lock(&deferred_lock);
+    if (deferred_n < DEFERRED_MAX) {
+      deferred[deferred_n].addr = addr;
+      deferred[deferred_n].len = len;
+      __atomic_store_n(&deferred_n, deferred_n + 1, __ATOMIC_RELAXED);
+    } else {
+      r = -ENOMEM;
+    }
   }
+  __atomic_store_n(&deferred_pending, deferred_n + deferred_list_n, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&deferred_lock);
   errno = saved;
   return r;
+}
+
+int os_release_owned(void *addr, size_t len) {
+  return release_owned(addr, len, false);
+}
+
+int os_release_owned_rw(void *addr, size_t len) {
+  return release_owned(addr, len, true);
 }
 
 int os_commit(void *addr, size_t len, unsigned prot) {
@@ -315,6 +425,7 @@ int os_map(void *hint, size_t len, unsigned prot, unsigned flags, int fd, uint64
   if (huge_shift) f |= MAP_HUGETLB | (int)(huge_shift << MAP_HUGE_SHIFT);
   if (place == OS_PLACE_NOREPLACE) f |= MAP_FIXED_NOREPLACE;
   if (place == OS_PLACE_FIXED) f |= MAP_FIXED;
+  if (place != OS_PLACE_FIXED && deferred_gate_closed()) return -ENOMEM;
   void *p = sys_mmap(hint, len, native_prot(prot), f, fd < 0 ? -1 : fd, (off_t)off);
   if (p == MAP_FAILED) return -errno;
   if (place == OS_PLACE_NOREPLACE && p != hint) {

@@ -50,6 +50,13 @@ static inline void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd
 
 static inline int sys_munmap(void *addr, size_t len) {
   SYS_INJECT_OR(-1);
+#ifdef MA_FAULT_INJECTION
+  int e = os_fault_check_munmap(); /* munmap alone refused (fault.h) */
+  if (__builtin_expect(e != 0, 0)) {
+    errno = e;
+    return -1;
+  }
+#endif
   return munmap(addr, len);
 }
 
