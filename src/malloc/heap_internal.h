@@ -143,12 +143,10 @@ void huge_atfork_prepare(void);
 void huge_atfork_parent(void);
 void huge_atfork_child(void);
 
-/* options.c */
-typedef struct heap_options {
-  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background;
-} heap_options;
-extern heap_options heap_opt;
-void heap_options_read(void);
+/* Run-time options: the library's (src/obj/obj_options.c), read once at its first use. */
+#define heap_opt obj_opt
+
+/* options.c: output without allocating */
 void heap_write_str(int fd, const char *s);
 size_t heap_fmt_u64(char *buf, uint64_t v);
 size_t heap_fmt_hex(char *buf, uint64_t v);

@@ -107,8 +107,8 @@
 /* Secure mode (see "SECURE MODE" above). OBJ_SECURE: compiled in (-DMAPALLOC_SECURE=ON),
  * the fast paths encode and check free-list links. obj_secure_on(): the slow-path parts
  * (guard pages, random carve order, tagged carving), always on in a secure build and
- * selectable per run in the default one (obj_secure_rt, set by the heap's
- * MAPALLOC_SECURE=1 before its first segment). */
+ * selectable per run in the default one (obj_secure_rt, set from MAPALLOC_SECURE=1 when the
+ * options are read, before the first segment of the heap or of any pool). */
 #ifdef MA_SECURE
 #define OBJ_SECURE 1
 #else
@@ -290,6 +290,18 @@ extern OBJ_HIDDEN uint32_t obj_shuffle_window;
 extern OBJ_HIDDEN bool obj_secure_rt;
 #define obj_secure_on() obj_secure_rt
 #endif
+
+/* Run-time options of the whole library (MAPALLOC_* environment variables, obj_options.c):
+ * read once by obj_options_read at the first use of the library (the first malloc or pool,
+ * through obj_global_init; the heap calls it first) and never changed afterwards. */
+typedef struct obj_options {
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track;
+} obj_options;
+extern OBJ_HIDDEN obj_options obj_opt;
+/* Reads the options (once; later calls return at once, concurrent ones wait for the
+ * first), sets obj_shuffle_window and obj_secure_rt, prints them with MAPALLOC_VERBOSE=1.
+ * Keeps errno. Any thread; never allocates. */
+void obj_options_read(void);
 
 /* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). */
 static inline uintptr_t obj_tid(void) {

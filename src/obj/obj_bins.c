@@ -453,14 +453,18 @@ void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
   return obj_bin_alloc(bs, bin);
 }
 
+/* Reached from frees only (the pools' inline free jumps here): errno is kept, as free
+ * keeps it, whatever the purge or segment unmap of a retirement runs into. */
 void obj_slab_notify(obj_slab *s) {
   if (obj_slab_used(s) < 0) obj_fatal("double free", s->free);
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
   if (s->notify == 0 && obj_slab_used(s) == 0) {
+    int saved = errno;
     (void)slab_retire(bs, s);
     if (bs->retained) (void)obj_bins_purge_check(bs);
+    errno = saved;
   }
 }
 

@@ -35,14 +35,23 @@ typedef struct pool_tld {
   obj_bins *bins[POOL_SLOTS];
 } pool_tld;
 
-static __thread pool_tld *tls_tld __attribute__((tls_model("initial-exec")));
+/* TLS model: initial-exec (one %fs-relative load) unless the library is built for dlopen
+ * with -DMA_TLS_DYNAMIC (as the heap, heap_internal.h): global-dynamic then, which a library
+ * loaded after start-up can always get (static TLS space may be exhausted by then). */
+#ifdef MA_TLS_DYNAMIC
+#define POOL_TLS __attribute__((tls_model("global-dynamic")))
+#else
+#define POOL_TLS __attribute__((tls_model("initial-exec")))
+#endif
+
+static __thread pool_tld *tls_tld POOL_TLS;
 
 /* The pool this thread used last: the alloc fast path is one compare away from its bins. */
 typedef struct {
   uint64_t uid;
   obj_bins *bins;
 } pool_last;
-static __thread pool_last tls_last __attribute__((tls_model("initial-exec")));
+static __thread pool_last tls_last POOL_TLS;
 
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 static ma_pool *pools;
@@ -286,8 +295,11 @@ static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment
   obj_fatal("invalid free (interior pointer)", obj);
 }
 
+/* ma_pool_free never changes errno (a purge's or an unmap's failure, or a cache that cannot
+ * be made, would set it): the slow paths save and restore it. */
 static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
   if (obj == NULL) return;
+  int saved = errno;
   if (p == NULL) obj_fatal("invalid free (NULL pool)", obj);
   obj_segment *seg = obj_segment_of(obj);
   if (seg == NULL || seg->space != &p->space) bad_free(p, seg, obj);
@@ -302,11 +314,13 @@ static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
     obj_free_tracked(seg, s, obj, p->obj_size);
   else
     obj_free(mine, seg, s, obj);
+  errno = saved;
 }
 
 /* A validated object whose slab another thread owns (or valgrind tracks). */
 static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *seg, obj_slab *s,
                                                       void *obj) {
+  int saved = errno;
   obj_bins *mine = pool_bins_last(p);
   if (mine) mine->frees++;
   if (obj_tracking)
@@ -315,6 +329,7 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
     obj_free_remote(mine, seg, s, (obj_block *)obj);
   else
     obj_free_remote_now(seg, s, (obj_block *)obj);
+  errno = saved;
 }
 
 void ma_pool_free(ma_pool *p, void *obj) {
