@@ -220,10 +220,11 @@ static heap *heap_thread_init(void) {
     }
     h->tracking = obj_tracking;
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      h->tc[c].max = h->tracking ? 0 : heap_tc_max[c];
-      __atomic_store_n(&h->tc[c].room, (int32_t)h->tc[c].max, __ATOMIC_RELAXED); /* empty */
+      uint32_t max = h->tracking ? 0 : heap_tc_max[c];
+      __atomic_store_n(&h->tc[c].max, max, __ATOMIC_RELAXED);           /* statistics read it */
+      __atomic_store_n(&h->tc[c].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
-    __atomic_store_n(&h->bs, bs, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->bs, bs, __ATOMIC_RELEASE); /* statistics read *bs without a lock */
   }
   h->bs->tid = obj_tid();
   pthread_mutex_unlock(&h->lock);
@@ -596,7 +597,7 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
     a += __atomic_load_n(&h->out_bytes, __ATOMIC_RELAXED);
     for (unsigned c = 0; c < HEAP_NCLASSES; c++)
       a -= (size_t)heap_tc_count(&h->tc[c]) * heap_cls_size[c];
-    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_RELAXED);
+    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_ACQUIRE); /* its initialisation */
     if (bs) r += __atomic_load_n(&bs->retained, __ATOMIC_RELAXED);
   }
   f += atomic_load(&heap_stat_stray_frees);

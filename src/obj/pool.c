@@ -266,7 +266,7 @@ static __attribute__((noinline)) void *pool_alloc_slow(ma_pool *p) {
     o = obj_bin_alloc_zero(bs, bs->bins);
   else
     o = obj_bin_alloc(bs, bs->bins);
-  if (obj_likely(o != NULL)) bs->allocs++;
+  if (obj_likely(o != NULL)) obj_stat_inc(&bs->allocs);
   return o;
 }
 
@@ -277,7 +277,7 @@ void *ma_pool_alloc(ma_pool *p) {
     if (obj_likely(bin->cur->free != NULL)) {
       void *o = obj_bin_take(bin); /* NULL: a link out of its chunk, checked on the slow path */
       if (obj_likely(o != NULL)) {
-        bs->allocs++; /* plain: stats readers tolerate a torn view */
+        obj_stat_inc(&bs->allocs); /* one add to memory, as a plain ++ */
         return o;
       }
     }
@@ -309,7 +309,7 @@ static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
   /* Count the free on this thread's cache (made if need be) before the block goes: the
    * free may release the segment. Without a cache (ENOMEM) the count is lost. */
   obj_bins *mine = pool_bins_last(p);
-  if (mine) mine->frees++;
+  if (mine) obj_stat_inc(&mine->frees);
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
   else
@@ -322,7 +322,7 @@ static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *s
                                                       void *obj) {
   int saved = errno;
   obj_bins *mine = pool_bins_last(p);
-  if (mine) mine->frees++;
+  if (mine) obj_stat_inc(&mine->frees);
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
   else if (mine)
@@ -355,7 +355,7 @@ void ma_pool_free(ma_pool *p, void *obj) {
           obj_link_close(b);
           s->free = b;
           s->free_zero = 0;
-          seg->owner->frees++;
+          obj_stat_inc(&seg->owner->frees);
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
           /* --cnt, slow path at <= 0, as one instruction pair */
           __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
