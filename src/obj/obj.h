@@ -322,7 +322,7 @@ static inline uintptr_t obj_tid(void) {
  * a single aligned 8-byte store that no reader can see torn, opaque to the compiler, and
  * with one writer no increment is lost. (The TSan stage builds with clang: the atomic form,
  * which TSan sees.) */
-static inline void obj_stat_inc(uint64_t *x) {
+static inline void obj_stat_inc(uint64_t *x) { // NOLINT(readability-non-const-parameter)
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM) && !defined(__clang__)
   __asm__ volatile("addq $1, %0" : "+m"(*x));
 #else

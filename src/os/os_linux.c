@@ -142,6 +142,8 @@ size_t os_release_retry(void) {
 static bool deferred_fork_skip;
 static void deferred_fork_prepare(void) {
   deferred_fork_skip = os_single_threaded();
+  /* (cppcheck does not see OS_HAVE_SINGLE_THREADED, takes the `return false` branch) */
+  // cppcheck-suppress knownConditionTrueFalse
   if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
 }
 static void deferred_fork_resume(void) {
