@@ -50,8 +50,9 @@ static seen look(void *block, bool heap_mode) {
                 obj_secure_on(),         seg->guard};
 }
 
+/* argv[1], read before main (the program's path may be long: a page of room). */
 static const char *mode(void) {
-  static char buf[64];
+  static char buf[4096];
   FILE *f = fopen("/proc/self/cmdline", "r");
   size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
   if (f) fclose(f);
