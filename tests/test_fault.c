@@ -630,6 +630,62 @@ Test(fault, arena) {
   in_child(sweep_arena);
 }
 
+/* free never changes errno (heap.h), even when the purge or unmap a free triggers fails:
+ * with purging at once, every free below empties a slab or a segment (or unmaps a large
+ * block) while every system call fails; errno must still be what the caller left there. */
+enum { ERRNO_BLOCKS = 64 };
+static void *eblocks[ERRNO_BLOCKS];
+
+#define FREE_KEEPS_ERRNO(what, call)                                                               \
+  do {                                                                                             \
+    errno = EDOM;                                                                                  \
+    call;                                                                                          \
+    CHECK(errno == EDOM, "%s changed errno to %d", what, errno);                                   \
+  } while (0)
+
+static void free_errno_body(void) {
+  child_setup();
+  heap_space.purge_delay_ms = 0; /* an emptied slab is purged by the free that empties it */
+  heap_opt.purge_delay_ms = 0;   /* a freed large block is unmapped at once */
+  const size_t sizes[] = {96 << 10, 40 << 10, 64, 1 << 20};
+  for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+    for (int i = 0; i < ERRNO_BLOCKS; i++) CHECK((eblocks[i] = ma_malloc(sizes[k])), "malloc");
+    os_fault_arm_run(1, OS_FAULT_ALL, ENOMEM);
+    for (int i = 0; i < ERRNO_BLOCKS; i++) {
+      if (i % 2)
+        FREE_KEEPS_ERRNO("ma_free", ma_free(eblocks[i]));
+      else
+        FREE_KEEPS_ERRNO("ma_realloc(p, 0)", CHECK(ma_realloc(eblocks[i], 0) == NULL, "realloc"));
+    }
+    FREE_KEEPS_ERRNO("ma_heap_collect", ma_heap_collect(true));
+    unsigned long fired = os_fault_fired();
+    os_fault_disarm();
+    CHECK(fired > 0, "size %zu: no system call failed during the frees", sizes[k]);
+    settle();
+  }
+  /* Pools: objects of one segment each (the free unmaps it) and small ones past the
+   * retention. */
+  const size_t osizes[] = {5 << 20, 256 << 10};
+  for (size_t k = 0; k < sizeof osizes / sizeof *osizes; k++) {
+    ma_pool *pool;
+    ma_pool_opts po = {.obj_size = osizes[k]};
+    CHECK(ma_pool_create(&po, &pool) == 0, "pool");
+    int n = k == 0 ? 8 : ERRNO_BLOCKS;
+    for (int i = 0; i < n; i++) CHECK((eblocks[i] = ma_pool_alloc(pool)), "pool alloc");
+    os_fault_arm_run(1, OS_FAULT_ALL, ENOMEM);
+    for (int i = 0; i < n; i++) FREE_KEEPS_ERRNO("ma_pool_free", ma_pool_free(pool, eblocks[i]));
+    unsigned long fired = os_fault_fired();
+    os_fault_disarm();
+    CHECK(fired > 0, "pool %zu: no system call failed during the frees", osizes[k]);
+    ma_pool_destroy(pool);
+    settle();
+  }
+}
+
+Test(fault, free_keeps_errno_when_the_purge_fails) {
+  in_child(free_errno_body);
+}
+
 /* The hook itself: counts, fails exactly the armed call with the armed errno, disarms. */
 Test(fault, hook_fails_the_nth_call) {
   size_t ps = ma_page_size();

@@ -748,3 +748,58 @@ Test(pool, producers_exit_while_consumers_free) {
   free(x->q);
   free(x);
 }
+
+/* ---- statistics read while other threads allocate (ThreadSanitizer: tools/test.sh --stage
+ * tsan). The counters are written by one thread each (relaxed stores, obj_stat_inc) and
+ * read with relaxed loads; a plain ++ there is a data race TSan reports. */
+
+#include "mapalloc/heap.h"
+
+enum { STATS_WORKERS = 2, STATS_ROUNDS = 300, STATS_BATCH = 64 };
+
+typedef struct {
+  ma_pool *pool;
+  atomic_int running;
+} stats_ctx;
+
+static void *stats_worker(void *arg) {
+  stats_ctx *c = arg;
+  void *objs[STATS_BATCH], *blocks[STATS_BATCH];
+  for (int r = 0; r < STATS_ROUNDS; r++) {
+    for (int i = 0; i < STATS_BATCH; i++) {
+      objs[i] = ma_pool_alloc(c->pool);
+      blocks[i] = ma_malloc((size_t)16 << (i % 8)); /* 16 B .. 2 KiB */
+      if (!objs[i] || !blocks[i]) abort();
+    }
+    for (int i = 0; i < STATS_BATCH; i++) {
+      /* objects in a scrambled order (7 is prime to the batch), heap blocks in order */
+      ma_pool_free(c->pool, objs[(i * 7) % STATS_BATCH]);
+      ma_free(blocks[i]);
+    }
+  }
+  atomic_fetch_sub(&c->running, 1);
+  return NULL;
+}
+
+Test(pool, stats_read_while_threads_allocate) {
+  stats_ctx c = {.pool = mk(48, 0, false, false, 0), .running = STATS_WORKERS};
+  pthread_t th[STATS_WORKERS];
+  for (int i = 0; i < STATS_WORKERS; i++)
+    cr_assert_eq(pthread_create(&th[i], NULL, stats_worker, &c), 0);
+  size_t last_allocs = 0, reads = 0;
+  while (atomic_load(&c.running) > 0 || reads < 10) {
+    ma_pool_stats ps = st(c.pool);
+    ma_heap_stats hs;
+    ma_heap_stats_get(&hs);
+    cr_assert_geq(ps.allocs, last_allocs, "pool allocs went backwards");
+    cr_assert_leq(ps.allocs, (size_t)STATS_WORKERS * STATS_ROUNDS * STATS_BATCH);
+    last_allocs = ps.allocs;
+    reads++;
+  }
+  for (int i = 0; i < STATS_WORKERS; i++) pthread_join(th[i], NULL);
+  ma_pool_stats ps = st(c.pool);
+  cr_assert_eq(ps.allocs, (size_t)STATS_WORKERS * STATS_ROUNDS * STATS_BATCH);
+  cr_assert_eq(ps.frees, ps.allocs);
+  cr_assert_eq(ps.live, 0);
+  ma_pool_destroy(c.pool);
+}

@@ -18,6 +18,12 @@
  * Under valgrind (memcheck) objects are reported as heap blocks (MALLOCLIKE/FREELIKE); with
  * -fsanitize=address free objects are poisoned. MAPALLOC_TRACK=0 turns the valgrind client
  * requests off (for callgrind runs).
+ *
+ * Run-time options (README) apply to pools as to the heap, from the first use of the
+ * library on, a pool made before any malloc included: MAPALLOC_SECURE=1 gives pool slabs
+ * guard pages and a shuffled allocation order too.
+ *
+ * ma_pool_free never changes errno.
  */
 #ifndef MAPALLOC_POOL_H
 #define MAPALLOC_POOL_H

@@ -194,13 +194,13 @@ static void print_row(int fd, const char *name, size_t v, bool bytes, const char
   for (const char *s = desc; *s && n < sizeof line - 2; s++) line[n++] = *s;
   line[n++] = '\n';
   line[n] = 0;
-  heap_write_str(fd, line);
+  obj_write_str(fd, line);
 }
 
 MA_API void ma_heap_stats_print(int fd) {
   ma_heap_stats st;
   ma_heap_stats_get(&st);
-  heap_write_str(fd, "mapalloc heap statistics\n");
+  obj_write_str(fd, "mapalloc heap statistics\n");
   print_row(fd, "allocated", st.allocated, true, "bytes in live blocks");
   print_row(fd, "active", st.active, true, "committed minus empty slabs kept for reuse");
   print_row(fd, "committed", st.committed, true, "mapped and not purged");

@@ -96,7 +96,7 @@ void heap_global_init(void) {
   if (heap_likely(st >= 2)) return;
   int zero = 0;
   if (atomic_compare_exchange_strong(&heap_init_state, &zero, 1)) {
-    heap_options_read();
+    obj_options_read(); /* once for the whole run: see obj_options.c */
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
       uint32_t a = heap_cls_size[c] & -heap_cls_size[c];
       heap_cls_align[c] = a > HEAP_MAX_ALIGN ? (uint32_t)HEAP_MAX_ALIGN : a;
@@ -125,8 +125,7 @@ void heap_global_init(void) {
 static int heap_stats_fd = 2;
 
 __attribute__((constructor)) static void heap_constructor(void) {
-  heap_global_init();
-  heap_options_read(); /* again: environ may have been unset at the first malloc */
+  heap_global_init(); /* options included: read once, at the first use of the library */
   pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
   if (heap_opt.stats) {
     int saved = errno;
@@ -201,10 +200,11 @@ static heap *heap_thread_init(void) {
     }
     h->tracking = obj_tracking;
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      h->tc[c].max = h->tracking ? 0 : heap_tc_max[c];
-      __atomic_store_n(&h->tc[c].room, (int32_t)h->tc[c].max, __ATOMIC_RELAXED); /* empty */
+      uint32_t max = h->tracking ? 0 : heap_tc_max[c];
+      __atomic_store_n(&h->tc[c].max, max, __ATOMIC_RELAXED);           /* statistics read it */
+      __atomic_store_n(&h->tc[c].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
-    __atomic_store_n(&h->bs, bs, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->bs, bs, __ATOMIC_RELEASE); /* statistics read *bs without a lock */
   }
   h->bs->tid = obj_tid();
   pthread_mutex_unlock(&h->lock);
@@ -343,12 +343,12 @@ void heap_free_double(const void *p) {
 }
 
 /* A validated block, not free, that the fast path could not cache: the thread's first
- * call, valgrind, a class without a cache, or a full list (the colder half goes back). */
-void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+ * call, valgrind, a class without a cache, or a full list (the colder half goes back).
+ * free never changes errno: the caller (heap_free_slow) saves and restores it around
+ * everything here (a purge's madvise or munmap, a heap's creation may fail and set it). */
+static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p) {
   if (h->bs == NULL) { /* a thread that only frees (a consumer) gets a heap too */
-    int saved = errno; /* free never changes errno */
     heap *n = heap_thread_init();
-    errno = saved;
     if (!n) {
       atomic_fetch_add(&heap_stat_stray_frees, 1);
       atomic_fetch_add(&heap_stat_stray_bytes, s->stride);
@@ -381,6 +381,12 @@ void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
   pthread_mutex_unlock(&h->lock);
 }
 
+void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+  int saved = errno;
+  heap_free_slow_errno(h, seg, s, p);
+  errno = saved;
+}
+
 /* Validates that p is the start of a handed-out block of a heap segment. */
 static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *what) {
   if (seg->space != &heap_space) obj_fatal(what, p); /* a pool's object */
@@ -404,7 +410,9 @@ void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
+    int saved = errno; /* free never changes errno (an unmap may fail) */
     if (!huge_free(p)) obj_fatal("invalid free", p);
+    errno = saved;
     return;
   }
   (void)heap_slab_check(seg, p, "invalid free");
@@ -576,7 +584,7 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
     a += __atomic_load_n(&h->out_bytes, __ATOMIC_RELAXED);
     for (unsigned c = 0; c < HEAP_NCLASSES; c++)
       a -= (size_t)heap_tc_count(&h->tc[c]) * heap_cls_size[c];
-    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_RELAXED);
+    obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_ACQUIRE); /* its initialisation */
     if (bs) r += __atomic_load_n(&bs->retained, __ATOMIC_RELAXED);
   }
   f += atomic_load(&heap_stat_stray_frees);

@@ -55,12 +55,14 @@
 typedef struct heap_tc {
   obj_block *head;
   int32_t room; /* max - blocks on the list: a free that finds 0 takes the slow path */
-  uint32_t max; /* the bound (0: every free takes the slow path) */
+  uint32_t max; /* the bound (0: every free takes the slow path); set (relaxed) when the
+                   heap gets its bins, read by statistics */
 } heap_tc;
 _Static_assert(sizeof(heap_tc) == 1u << OBJ_BIN_OFF_SHIFT, "obj_slab.bin_off indexes heap_tc");
 
 static inline uint32_t heap_tc_count(const heap_tc *tc) {
-  return tc->max - (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
+  return __atomic_load_n(&tc->max, __ATOMIC_RELAXED) -
+         (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
 }
 
 typedef struct heap {
@@ -143,13 +145,8 @@ void huge_atfork_child(void);
 /* The table and the cache of large blocks (ma_heap_check): aborts on an inconsistency. */
 void huge_check(void);
 
-/* options.c */
-typedef struct heap_options {
-  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background;
-} heap_options;
-extern heap_options heap_opt;
-void heap_options_read(void);
-void heap_write_str(int fd, const char *s);
+/* Run-time options: the library's (src/obj/obj_options.c), read once at its first use. */
+#define heap_opt obj_opt
 
 /* stats */
 extern _Atomic size_t heap_stat_purges, heap_stat_heaps;

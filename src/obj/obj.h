@@ -107,8 +107,8 @@
 /* Secure mode (see "SECURE MODE" above). OBJ_SECURE: compiled in (-DMAPALLOC_SECURE=ON),
  * the fast paths encode and check free-list links. obj_secure_on(): the slow-path parts
  * (guard pages, random carve order, tagged carving), always on in a secure build and
- * selectable per run in the default one (obj_secure_rt, set by the heap's
- * MAPALLOC_SECURE=1 before its first segment). */
+ * selectable per run in the default one (obj_secure_rt, set from MAPALLOC_SECURE=1 when the
+ * options are read, before the first segment of the heap or of any pool). */
 #ifdef MA_SECURE
 #define OBJ_SECURE 1
 #else
@@ -233,7 +233,7 @@ typedef struct obj_bins {
   size_t active_bytes;     /* bytes of slabs this bins activated and has not retired */
   size_t peak_bytes;       /* most active_bytes since the last purge pass */
   uint64_t retained_since; /* obj_now_ms() when retained last became non-zero */
-  uint64_t allocs, frees;  /* stats, written by the owner only */
+  uint64_t allocs, frees;  /* stats, written by the owner only (obj_stat_inc) */
   struct obj_bins *next_all;
   size_t alloc_size;
   unsigned trim_seen;
@@ -291,6 +291,18 @@ extern OBJ_HIDDEN bool obj_secure_rt;
 #define obj_secure_on() obj_secure_rt
 #endif
 
+/* Run-time options of the whole library (MAPALLOC_* environment variables, obj_options.c):
+ * read once by obj_options_read at the first use of the library (the first malloc or pool,
+ * through obj_global_init; the heap calls it first) and never changed afterwards. */
+typedef struct obj_options {
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track;
+} obj_options;
+extern OBJ_HIDDEN obj_options obj_opt;
+/* Reads the options (once; later calls return at once, concurrent ones wait for the
+ * first), sets obj_shuffle_window and obj_secure_rt, prints them with MAPALLOC_VERBOSE=1.
+ * Keeps errno. Any thread; never allocates. */
+void obj_options_read(void);
+
 /* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). */
 static inline uintptr_t obj_tid(void) {
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
@@ -299,6 +311,22 @@ static inline uintptr_t obj_tid(void) {
   return t;
 #else
   return (uintptr_t)__builtin_thread_pointer();
+#endif
+}
+
+/* A statistics counter written by one thread and read by others (ma_pool_stats_get):
+ * incremented with a relaxed atomic store (the reader's relaxed load then races with
+ * nothing), at the cost of the plain ++ it replaces. Clang fuses the relaxed load and store
+ * into one add to memory; GCC 12 does not (a load, an add and a store: two instructions
+ * more on the pools' fast paths), so with GCC on x86-64 it is that one add, written out:
+ * a single aligned 8-byte store that no reader can see torn, opaque to the compiler, and
+ * with one writer no increment is lost. (The TSan stage builds with clang: the atomic form,
+ * which TSan sees.) */
+static inline void obj_stat_inc(uint64_t *x) { // NOLINT(readability-non-const-parameter)
+#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM) && !defined(__clang__)
+  __asm__ volatile("addq $1, %0" : "+m"(*x));
+#else
+  __atomic_store_n(x, __atomic_load_n(x, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 #endif
 }
 
@@ -376,6 +404,8 @@ static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *i
 __attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
 /* v in base 10 or 16 into buf (room for 20 digits), no terminator; returns the length. */
 size_t obj_fmt_uint(char *buf, uint64_t v, unsigned base);
+/* Writes the string s to fd in full (retrying short writes), without allocating. */
+void obj_write_str(int fd, const char *s);
 
 /* The exact link check of both builds: n ends the list or is a carved block of slab s. */
 static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {

@@ -475,6 +475,8 @@ void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
   return obj_bin_alloc(bs, bin);
 }
 
+/* Reached from frees only (the pools' inline free jumps here): errno is kept, as free
+ * keeps it, whatever the purge or segment unmap of a retirement runs into. */
 void obj_slab_notify(obj_slab *s) {
   MA_CHECK(s->active && (s->notify == -1 || s->notify == 0 || s->notify == INT32_MAX),
            "slab %p: active %u notify %d (cnt %d): not -1, 0 or INT32_MAX", (void *)s, s->active,
@@ -486,8 +488,10 @@ void obj_slab_notify(obj_slab *s) {
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);
   if (s->notify == 0 && obj_slab_used(s) == 0) {
+    int saved = errno;
     (void)slab_retire(bs, s);
     if (bs->retained) (void)obj_bins_purge_check(bs);
+    errno = saved;
   }
 }
 

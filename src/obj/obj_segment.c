@@ -35,6 +35,7 @@ bool obj_secure_rt;
  * when a segment first needs it). */
 int obj_global_init(void) {
   if (__atomic_load_n(&obj_inited, __ATOMIC_ACQUIRE)) return 0;
+  obj_options_read(); /* the first use of the library: every option in effect from here */
   uintptr_t c[2] = {0, 0};
   if (os_random(c, sizeof c) != 0) { /* no entropy yet (early boot): weaker, still varied */
     c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)&c;
@@ -49,9 +50,7 @@ int obj_global_init(void) {
                               __ATOMIC_ACQUIRE);
 #ifdef MA_HAVE_VALGRIND
   /* MAPALLOC_TRACK=0 turns the client requests off (for callgrind/cachegrind runs). */
-  const char *e = getenv("MAPALLOC_TRACK");
-  __atomic_store_n(&obj_tracking, RUNNING_ON_VALGRIND != 0 && !(e && e[0] == '0'),
-                   __ATOMIC_RELAXED);
+  __atomic_store_n(&obj_tracking, RUNNING_ON_VALGRIND != 0 && obj_opt.track != 0, __ATOMIC_RELAXED);
 #endif
   __atomic_store_n(&obj_inited, true, __ATOMIC_RELEASE);
   return 0;

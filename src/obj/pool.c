@@ -36,14 +36,23 @@ typedef struct pool_tld {
   obj_bins *bins[POOL_SLOTS];
 } pool_tld;
 
-static __thread pool_tld *tls_tld __attribute__((tls_model("initial-exec")));
+/* TLS model: initial-exec (one %fs-relative load) unless the library is built for dlopen
+ * with -DMA_TLS_DYNAMIC (as the heap, heap_internal.h): global-dynamic then, which a library
+ * loaded after start-up can always get (static TLS space may be exhausted by then). */
+#ifdef MA_TLS_DYNAMIC
+#define POOL_TLS __attribute__((tls_model("global-dynamic")))
+#else
+#define POOL_TLS __attribute__((tls_model("initial-exec")))
+#endif
+
+static __thread pool_tld *tls_tld POOL_TLS;
 
 /* The pool this thread used last: the alloc fast path is one compare away from its bins. */
 typedef struct {
   uint64_t uid;
   obj_bins *bins;
 } pool_last;
-static __thread pool_last tls_last __attribute__((tls_model("initial-exec")));
+static __thread pool_last tls_last POOL_TLS;
 
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 static ma_pool *pools;
@@ -258,7 +267,7 @@ static __attribute__((noinline)) void *pool_alloc_slow(ma_pool *p) {
     o = obj_bin_alloc_zero(bs, bs->bins);
   else
     o = obj_bin_alloc(bs, bs->bins);
-  if (obj_likely(o != NULL)) bs->allocs++;
+  if (obj_likely(o != NULL)) obj_stat_inc(&bs->allocs);
   return o;
 }
 
@@ -269,7 +278,7 @@ void *ma_pool_alloc(ma_pool *p) {
     if (obj_likely(bin->cur->free != NULL)) {
       void *o = obj_bin_take(bin); /* NULL: a link out of its chunk, checked on the slow path */
       if (obj_likely(o != NULL)) {
-        bs->allocs++; /* plain: stats readers tolerate a torn view */
+        obj_stat_inc(&bs->allocs); /* one add to memory, as a plain ++ */
         return o;
       }
     }
@@ -287,8 +296,11 @@ static __attribute__((noinline, noreturn)) void bad_free(ma_pool *p, obj_segment
   obj_fatal("invalid free (interior pointer)", obj);
 }
 
+/* ma_pool_free never changes errno (a purge's or an unmap's failure, or a cache that cannot
+ * be made, would set it): the slow paths save and restore it. */
 static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
   if (obj == NULL) return;
+  int saved = errno;
   if (p == NULL) obj_fatal("invalid free (NULL pool)", obj);
   obj_segment *seg = obj_segment_of(obj);
   if (seg == NULL || seg->space != &p->space) bad_free(p, seg, obj);
@@ -298,24 +310,27 @@ static __attribute__((noinline)) void pool_free_slow(ma_pool *p, void *obj) {
   /* Count the free on this thread's cache (made if need be) before the block goes: the
    * free may release the segment. Without a cache (ENOMEM) the count is lost. */
   obj_bins *mine = pool_bins_last(p);
-  if (mine) mine->frees++;
+  if (mine) obj_stat_inc(&mine->frees);
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
   else
     obj_free(mine, seg, s, obj);
+  errno = saved;
 }
 
 /* A validated object whose slab another thread owns (or valgrind tracks). */
 static __attribute__((noinline)) void pool_free_other(ma_pool *p, obj_segment *seg, obj_slab *s,
                                                       void *obj) {
+  int saved = errno;
   obj_bins *mine = pool_bins_last(p);
-  if (mine) mine->frees++;
+  if (mine) obj_stat_inc(&mine->frees);
   if (obj_tracking)
     obj_free_tracked(seg, s, obj, p->obj_size);
   else if (mine)
     obj_free_remote(mine, seg, s, (obj_block *)obj);
   else
     obj_free_remote_now(seg, s, (obj_block *)obj);
+  errno = saved;
 }
 
 void ma_pool_free(ma_pool *p, void *obj) {
@@ -336,7 +351,7 @@ void ma_pool_free(ma_pool *p, void *obj) {
         obj_link_open(b);
         if (obj_likely(!obj_block_is_free(b))) {
           obj_push_local(s, b);
-          seg->owner->frees++;
+          obj_stat_inc(&seg->owner->frees);
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
           /* --cnt, slow path at <= 0, as one instruction pair */
           __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
