@@ -145,7 +145,7 @@ void huge_atfork_child(void);
 
 /* options.c */
 typedef struct heap_options {
-  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background;
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, guard_madvise;
 } heap_options;
 extern heap_options heap_opt;
 void heap_options_read(void);

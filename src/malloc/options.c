@@ -15,7 +15,8 @@ heap_options heap_opt = {.stats = 0,
                          .huge_pages = -1,
                          .secure = OBJ_SECURE,
                          .shuffle = OBJ_SHUFFLE_DEFAULT,
-                         .background = 1};
+                         .background = 1,
+                         .guard_madvise = 1};
 
 typedef struct heap_option_desc {
   const char *name; /* after MAPALLOC_ */
@@ -38,6 +39,9 @@ static const heap_option_desc heap_option_table[] = {
     {"SHUFFLE", &heap_opt.shuffle, OBJ_SHUFFLE_DEFAULT,
      "secure mode: allocation order shuffled within windows of this many blocks (0: off, "
      "at most 256; larger costs pointer-chasing programs more)"},
+    {"GUARD_MADVISE", &heap_opt.guard_madvise, 1,
+     "secure mode: 1 slab guard pages inside one mapping (MADV_GUARD_INSTALL) where the "
+     "kernel has them (Linux 6.13+); 0 PROT_NONE holes, a mapping per slab"},
     {"BACKGROUND", &heap_opt.background, 1,
      "0: no background purger thread (memory of idle threads returns at their next call)"},
 };
@@ -115,6 +119,7 @@ void heap_options_read(void) {
 #else
   obj_secure_rt = heap_opt.secure > 0; /* new segments, carves and large blocks only */
 #endif
+  if (heap_opt.guard_madvise == 0) os_guard_disable(); /* before the first segment */
   if (heap_opt.verbose) {
     for (size_t i = 0; i < sizeof heap_option_table / sizeof heap_option_table[0]; i++) {
       heap_write_str(2, "mapalloc: option MAPALLOC_");
