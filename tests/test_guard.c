@@ -38,9 +38,11 @@ static long maps_count(void) {
   return n;
 }
 
-/* Secure mode for the heap of this process (start-up has read the options already). */
+/* Secure mode for the heap of this process, before its first segment (a default build's
+ * segments made before keep no guards, and small classes share segments). The options are
+ * read first: reading them sets obj_secure_rt from MAPALLOC_SECURE. */
 static void secure_on(void) {
-  ma_free(ma_malloc(1));
+  heap_options_read();
 #if !OBJ_SECURE
   obj_secure_rt = true;
 #endif

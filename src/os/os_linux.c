@@ -146,6 +146,8 @@ size_t os_release_retry(void) {
 static bool deferred_fork_skip;
 static void deferred_fork_prepare(void) {
   deferred_fork_skip = os_single_threaded();
+  /* (cppcheck sees os_single_threaded() without __libc_single_threaded: constant false) */
+  // cppcheck-suppress knownConditionTrueFalse
   if (!deferred_fork_skip) pthread_mutex_lock(&deferred_lock);
 }
 static void deferred_fork_resume(void) {
