@@ -294,7 +294,7 @@ extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
 extern OBJ_HIDDEN uintptr_t obj_cookie;   /* random, odd: the free tag (obj_link_set) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
-#define OBJ_SHUFFLE_DEFAULT 8
+#define OBJ_SHUFFLE_DEFAULT 4 /* docs/hardening.md: cost and entropy */
 extern OBJ_HIDDEN uint32_t obj_shuffle_window;
 #if OBJ_SECURE
 #define obj_secure_on() true
