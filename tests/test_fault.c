@@ -609,6 +609,29 @@ static void sweep_heap(void) {
   sweep("heap huge realloc", heap_realloc_huge);
 }
 
+/* Secure mode (guard pages; turned on at run time in a default build): the slab area's
+ * guards with MADV_GUARD_INSTALL where the kernel has them (each install is a call the
+ * sweep fails), and the PROT_NONE holes of the fallback. */
+static void sweep_secure(void) {
+  child_setup();
+#if !OBJ_SECURE
+  obj_secure_rt = true;
+#endif
+  (void)os_guard_supported(); /* probed (and cached) before counting */
+  sweep("secure pool small objects", pool_small);
+  sweep("secure heap small", heap_small);
+}
+
+static void sweep_secure_holes(void) {
+  os_guard_disable();
+  child_setup();
+#if !OBJ_SECURE
+  obj_secure_rt = true;
+#endif
+  sweep("secure pool small objects, holes", pool_small);
+  sweep("secure heap small, holes", heap_small);
+}
+
 static void sweep_arena(void) {
   child_setup();
   sweep("arena", arena_use);
@@ -624,6 +647,14 @@ Test(fault, pools) {
 
 Test(fault, heap) {
   in_child(sweep_heap);
+}
+
+Test(fault, secure) {
+  in_child(sweep_secure);
+}
+
+Test(fault, secure_holes) {
+  in_child(sweep_secure_holes);
 }
 
 Test(fault, arena) {

@@ -69,8 +69,13 @@
  *    block of the same slab, else "mapalloc: corrupted free list"); every list goes through
  *    those two helpers, which are plain loads and stores in the default build. The slow-path
  *    parts follow obj_secure_on() (always in a secure build, MAPALLOC_SECURE=1 per run in
- *    the default one): segments created then keep a PROT_NONE guard page at the end of each
- *    slab (seg->guard, excluded by obj_slab_range; slabs are then mapped one by one), and
+ *    the default one): segments created then keep a guard page at the end of each slab
+ *    (seg->guard, excluded by obj_slab_range). Where the kernel has MADV_GUARD_INSTALL
+ *    (os_guard_install, Linux 6.13+) the slab area is still mapped read-write in one call and
+ *    each slab's last page becomes a guard inside that mapping (seg->guard_mode: no mapping
+ *    per slab; purges keep the guards); elsewhere (old kernel, MAPALLOC_GUARD_MADVISE=0, a
+ *    space the kernel refuses guards in) the guard is a PROT_NONE hole of the segment's
+ *    reservation and slabs are mapped one by one (a mapping per slab), and
  *    carving links blocks in a random order (within windows of obj_shuffle_window blocks),
  *    each tagged free.
  *
@@ -180,6 +185,12 @@ _Static_assert(sizeof(obj_slab) == 1u << OBJ_SLAB_DESC_SHIFT, "slab descriptor s
 
 typedef struct obj_space obj_space;
 
+/* obj_segment.guard_mode. HOLES: each guard is a PROT_NONE hole of the reservation and
+ * slabs are mapped one by one (also every segment without guards). MADV_PENDING: no slab
+ * committed yet; the first commit maps the slab area in one call and installs the guards
+ * with MADV_GUARD_INSTALL (MADV then; HOLES if the kernel refuses them there). */
+enum { OBJ_GUARD_HOLES, OBJ_GUARD_MADV_PENDING, OBJ_GUARD_MADV };
+
 /* A segment: OBJ_SEG_SIZE aligned (a multiple of it for huge ones); header then slabs. */
 typedef struct obj_segment {
   uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
@@ -192,8 +203,9 @@ typedef struct obj_segment {
   uint32_t nslabs;
   uint32_t nactive;
   uint8_t slab_shift;
-  uint8_t kind;   /* index in bins->segs */
-  uint32_t guard; /* bytes of PROT_NONE guard at the end of each slab (secure), else 0 */
+  uint8_t kind;       /* index in bins->segs */
+  uint8_t guard_mode; /* OBJ_GUARD_*: how the guards of a secure segment are made */
+  uint32_t guard;     /* bytes of guard at the end of each slab (secure), else 0 */
   obj_slab slabs[];
 } obj_segment;
 
@@ -282,7 +294,7 @@ extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
 extern OBJ_HIDDEN uintptr_t obj_cookie;   /* random, odd: the free tag (obj_link_set) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
-#define OBJ_SHUFFLE_DEFAULT 8
+#define OBJ_SHUFFLE_DEFAULT 4 /* docs/hardening.md: cost and entropy */
 extern OBJ_HIDDEN uint32_t obj_shuffle_window;
 #if OBJ_SECURE
 #define obj_secure_on() true
@@ -295,7 +307,8 @@ extern OBJ_HIDDEN bool obj_secure_rt;
  * read once by obj_options_read at the first use of the library (the first malloc or pool,
  * through obj_global_init; the heap calls it first) and never changed afterwards. */
 typedef struct obj_options {
-  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track;
+  long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track,
+      guard_madvise;
 } obj_options;
 extern OBJ_HIDDEN obj_options obj_opt;
 /* Reads the options (once; later calls return at once, concurrent ones wait for the

@@ -27,7 +27,8 @@ obj_options obj_opt = {.stats = 0,
                        .secure = OBJ_SECURE,
                        .shuffle = OBJ_SHUFFLE_DEFAULT,
                        .background = 1,
-                       .track = 1};
+                       .track = 1,
+                       .guard_madvise = 1};
 
 typedef struct opt_desc {
   const char *name; /* after MAPALLOC_ */
@@ -50,6 +51,9 @@ static const opt_desc opt_table[] = {
     {"SHUFFLE", &obj_opt.shuffle, OBJ_SHUFFLE_DEFAULT,
      "secure mode: allocation order shuffled within windows of this many blocks (0: off, "
      "at most 256; larger costs pointer-chasing programs more)"},
+    {"GUARD_MADVISE", &obj_opt.guard_madvise, 1,
+     "secure mode: 1 slab guard pages inside one mapping (MADV_GUARD_INSTALL) where the "
+     "kernel has them (Linux 6.13+); 0 PROT_NONE holes, a mapping per slab"},
     {"BACKGROUND", &obj_opt.background, 1,
      "0: no background purger thread (memory of idle threads returns at their next call)"},
     {"TRACK", &obj_opt.track, 1,
@@ -184,6 +188,7 @@ void obj_options_read(void) {
 #else
   obj_secure_rt = obj_opt.secure > 0;
 #endif
+  if (obj_opt.guard_madvise == 0) os_guard_disable(); /* before the first segment */
   if (obj_opt.verbose) {
     for (size_t i = 0; i < OPT_N; i++) {
       obj_write_str(2, "mapalloc: option MAPALLOC_");

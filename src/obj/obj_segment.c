@@ -221,13 +221,20 @@ void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi) {
   *hi = base + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
 }
 
+/* A space whose empty slabs can be purged with MADV_DONTNEED: private (shared anonymous
+ * memory keeps its pages) and not locked. Its segments get their slab area mapped once. */
+static bool space_resettable(const obj_space *sp) {
+  return !(sp->map_flags & (MA_MAP_SHARED | MA_MAP_LOCKED));
+}
+
 obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) {
   uint32_t nslabs = shift == OBJ_SHIFT_HUGE ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
   size_t hdr = header_size(nslabs);
   size_t size = OBJ_SEG_SIZE;
-  /* Secure: the last page of each slab stays PROT_NONE (it is never mapped: the segment
-   * is reserved inaccessible and slabs are committed one by one), so a linear overflow off
-   * a slab run faults. Slab shifts leave room for it (obj_slab_shift_for). */
+  /* Secure: the last page of each slab is a guard, so a linear overflow off a slab run
+   * faults: a MADV_GUARD_INSTALL page inside the slab area's one mapping where the kernel
+   * has them (map_guarded_area), else never mapped (the segment is reserved inaccessible and
+   * slabs are committed one by one). Slab shifts leave room for it (obj_slab_shift_for). */
   size_t guard = obj_secure_on() ? os_page_size() : 0;
   if (shift == OBJ_SHIFT_HUGE) {
     if (huge_need > OBJ_MAX_STRIDE * 2) goto nomem;
@@ -248,6 +255,9 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->size = size;
   seg->hdr_size = hdr;
   seg->guard = (uint32_t)guard;
+  /* Decided once, before any slab is mapped: the two schemes must not meet in a segment. */
+  if (guard && shift != OBJ_SHIFT_HUGE && space_resettable(sp) && os_guard_supported())
+    seg->guard_mode = OBJ_GUARD_MADV_PENDING;
   seg->nslabs = nslabs;
   seg->slab_shift = shift;
   seg->kind = shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
@@ -301,10 +311,33 @@ void obj_segment_release(obj_segment *seg) {
     os_release_owned_rw(seg, size);
 }
 
-/* A space whose empty slabs can be purged with MADV_DONTNEED: private (shared anonymous
- * memory keeps its pages) and not locked. Its segments get their slab area mapped once. */
-static bool space_resettable(const obj_space *sp) {
-  return !(sp->map_flags & (MA_MAP_SHARED | MA_MAP_LOCKED));
+/* Secure, first use of a segment's slab area where the kernel has guard pages: the area is
+ * mapped read-write in one call and the last page of every slab becomes a guard inside the
+ * mapping (MADV_GUARD_INSTALL), so the segment costs no mapping per slab. The guards stay
+ * through purges (MADV_DONTNEED) and go with the segment's munmap. Returns 0 (every slab
+ * mapped and guarded), 1 when the kernel refuses guards here (-EINVAL/-ENOSYS: the area is
+ * a PROT_NONE reservation again and the caller maps slabs one by one, PROT_NONE holes for
+ * guards), or a negative errno with nothing of the area accessible, or at worst accessible
+ * without all its guards on a fresh segment the caller releases at once (its first slab's
+ * commit failed; the segment stays MADV_PENDING, no slab mapped, so a retry is safe). */
+static int map_guarded_area(obj_segment *seg) {
+  obj_space *sp = seg->space;
+  char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;
+  int rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
+  if (rc != 0) return rc;
+  for (uint32_t i = 0; i < seg->nslabs && rc == 0; i++) {
+    char *g = (char *)seg + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
+    rc = os_guard_install(g, seg->guard);
+  }
+  if (rc == 0) {
+    seg->guard_mode = OBJ_GUARD_MADV;
+    for (uint32_t i = 0; i < seg->nslabs; i++) seg->slabs[i].mapped = 1;
+    return 0;
+  }
+  /* Back to a reservation (this also drops the guards already installed). */
+  int undo = os_decommit(a, (size_t)(b - a));
+  if (undo != 0) return undo;
+  return rc == -EINVAL || rc == -ENOSYS ? 1 : rc;
 }
 
 int obj_slab_commit(obj_segment *seg, obj_slab *s) {
@@ -313,6 +346,15 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
   size_t len = (size_t)(hi - lo);
   if (!obj_account_commit(sp, len)) return -ENOMEM;
+  int rc;
+  if (seg->guard_mode == OBJ_GUARD_MADV_PENDING) {
+    rc = map_guarded_area(seg);
+    if (rc < 0) {
+      obj_account_decommit(sp, len);
+      return rc;
+    }
+    if (rc > 0) seg->guard_mode = OBJ_GUARD_HOLES;
+  }
   if (s->mapped) { /* mapped, purged or never touched: zero pages on the next fault */
     if (sp->populate) (void)os_populate(lo, len);
   } else if (seg->slab_shift != OBJ_SHIFT_HUGE && !sp->populate && space_resettable(sp) &&
@@ -320,7 +362,7 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
     /* First use of a segment's slab area: map all of it read-write in one call; the other
      * slabs fault in lazily when they are used (no mmap per slab). */
     char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;
-    int rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
+    rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
     if (rc != 0) {
       obj_account_decommit(sp, len);
       return rc;
@@ -328,7 +370,7 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
     for (uint32_t i = 0; i < seg->nslabs; i++) seg->slabs[i].mapped = 1;
   } else {
     unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
-    int rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
+    rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
     if (rc != 0) {
       obj_account_decommit(sp, len);
       return rc;

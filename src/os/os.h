@@ -148,4 +148,30 @@ int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **o
  * the caller falls back to a weaker source. Never allocates. */
 int os_random(void *buf, size_t len);
 
+/* Guard pages that split no mapping: MADV_GUARD_INSTALL (Linux 6.13+) makes the pages of
+ * [addr, addr+len) fault (SIGSEGV) on any access without changing the mapping (no new VMA,
+ * so /proc/PID/maps and vm.max_map_count do not see it). Whatever the pages held is
+ * discarded. The guard survives MADV_DONTNEED/MADV_FREE (os_reset), mprotect and fork; a
+ * new mapping over the range (os_map_fixed, os_decommit) or munmap removes it, and
+ * MADV_POPULATE_WRITE over it fails (populate around it). The kernel refuses locked and
+ * huge-TLB mappings (-EINVAL). addr and len must be page aligned and len non-zero, else
+ * -EINVAL. Returns 0, -ENOSYS when the kernel lacks guard pages (or os_guard_disable was
+ * called), or another negative errno (-ENOMEM: no memory for page tables). Thread-safe. */
+int os_guard_install(void *addr, size_t len);
+
+/* Removes the guard pages of [addr, addr+len) (MADV_GUARD_REMOVE): they read as zeros
+ * again. Pages without a guard are left as they are. Same arguments and errors as
+ * os_guard_install. */
+int os_guard_remove(void *addr, size_t len);
+
+/* Whether os_guard_install can work here: probed once (an empty madvise, which a kernel
+ * without guard pages refuses with EINVAL), then cached. False after os_guard_disable.
+ * Thread-safe. */
+bool os_guard_supported(void);
+
+/* Makes os_guard_supported() false and os_guard_install/remove return -ENOSYS from now on,
+ * as on a kernel without guard pages (MAPALLOC_GUARD_MADVISE=0, and the tests of the
+ * fallback). Guards already installed stay. Thread-safe. */
+void os_guard_disable(void);
+
 #endif /* MAPALLOC_OS_H */

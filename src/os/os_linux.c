@@ -19,6 +19,10 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
+#ifndef MADV_GUARD_INSTALL /* Linux 6.13 uapi; older headers lack them */
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE  103
+#endif
 #ifndef PR_SET_VMA
 #define PR_SET_VMA           0x53564d41
 #define PR_SET_VMA_ANON_NAME 0
@@ -508,4 +512,55 @@ int os_random(void *buf, size_t len) {
   ssize_t n = sys_getrandom(buf, len, 0x1 /* GRND_NONBLOCK */);
   if (n < 0) return -errno;
   return (size_t)n == len ? 0 : -EAGAIN;
+}
+
+/* ---- Guard pages inside a mapping (MADV_GUARD_INSTALL) -------------------------------- */
+
+/* 1: the kernel has guard pages, -1: it has not (or os_guard_disable), 0: not probed yet. */
+static int guard_support;
+
+bool os_guard_supported(void) {
+  int s = __atomic_load_n(&guard_support, __ATOMIC_RELAXED);
+  if (s == 0) {
+    /* An empty range: a kernel that knows the advice returns 0 before looking at any
+     * mapping, an older one refuses the advice with EINVAL. Only that answer is cached; an
+     * injected or transient failure says nothing about the kernel. */
+    int saved = errno;
+    if (sys_madvise((void *)os_page_size(), 0, MADV_GUARD_INSTALL) == 0)
+      s = 1;
+    else if (errno == EINVAL)
+      s = -1;
+    errno = saved;
+    if (s == 0) return false;
+    int none = 0; /* os_guard_disable may have raced ahead: it wins */
+    if (!__atomic_compare_exchange_n(&guard_support, &none, s, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED))
+      s = none;
+  }
+  return s > 0;
+}
+
+void os_guard_disable(void) {
+  __atomic_store_n(&guard_support, -1, __ATOMIC_RELAXED);
+}
+
+static int guard_advise(void *addr, size_t len, int advice) {
+  size_t ps = os_page_size();
+  if (len == 0 || ((uintptr_t)addr | len) & (ps - 1) || (uintptr_t)addr + len < (uintptr_t)addr)
+    return -EINVAL;
+  if (!os_guard_supported()) return -ENOSYS;
+  /* The kernel restarts the walk itself when a page-table race asks for it; EINTR/EAGAIN
+   * are only seen when a fatal signal is pending or on a busy range: a few more tries. */
+  for (int tries = 0;; tries++) {
+    if (sys_madvise(addr, len, advice) == 0) return 0;
+    if ((errno != EINTR && errno != EAGAIN) || tries == 3) return -errno;
+  }
+}
+
+int os_guard_install(void *addr, size_t len) {
+  return guard_advise(addr, len, MADV_GUARD_INSTALL);
+}
+
+int os_guard_remove(void *addr, size_t len) {
+  return guard_advise(addr, len, MADV_GUARD_REMOVE);
 }

@@ -1,0 +1,283 @@
+/* Secure-mode guard pages (issue 12 item 8): the page layer's os_guard_install/remove
+ * (MADV_GUARD_INSTALL, Linux 6.13+) and the object layer's use of them. In secure mode a
+ * slab's guard page is a guard inside the segment's one slab-area mapping where the kernel
+ * has guard pages, so the number of mappings no longer grows per slab; the fallback (old
+ * kernels, MAPALLOC_GUARD_MADVISE=0, forced here with os_guard_disable) keeps PROT_NONE holes,
+ * a mapping per slab. Either way a linear overflow off a slab faults at its last page.
+ * Criterion runs each test in a fresh process; the default build turns secure mode on at
+ * run time (obj_secure_rt), the secure build has it always. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "malloc/heap_internal.h"
+#include "mapalloc/heap.h"
+#include "mapalloc/pool.h"
+#include "os/os.h"
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+/* Every slab is a power of two of at least 64 KiB, aligned to its size in its segment. */
+#define SLAB_MIN (64 * KiB)
+
+/* Lines of /proc/self/maps: one per mapping. */
+static long maps_count(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert_not_null(f);
+  long n = 0;
+  int c;
+  while ((c = fgetc(f)) != EOF) n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+/* Secure mode for the heap of this process, before its first segment (a default build's
+ * segments made before keep no guards, and small classes share segments). The options are
+ * read first: reading them sets obj_secure_rt from MAPALLOC_SECURE. */
+static void secure_on(void) {
+  obj_options_read();
+#if !OBJ_SECURE
+  obj_secure_rt = true;
+#endif
+}
+
+/* Does touching `p` (a write) kill a child with SIGSEGV? */
+static bool write_faults(volatile char *p) {
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    *p = 1;
+    _exit(0);
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+}
+
+/* ---- page layer ---------------------------------------------------------------------------- */
+
+Test(guard_os, bad_arguments_are_einval) {
+  size_t ps = os_page_size();
+  char *p = os_alloc(4 * ps, 0, false);
+  cr_assert_not_null(p);
+  cr_assert_eq(os_guard_install(p + 1, ps), -EINVAL);
+  cr_assert_eq(os_guard_install(p, ps - 1), -EINVAL);
+  cr_assert_eq(os_guard_install(p, 0), -EINVAL);
+  cr_assert_eq(os_guard_remove(p + 1, ps), -EINVAL);
+  cr_assert_eq(os_guard_install((void *)(-ps), 2 * ps), -EINVAL, "wraps around");
+  cr_assert_eq(os_release(p, 4 * ps), 0);
+}
+
+Test(guard_os, install_faults_remove_reads_zero) {
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  size_t ps = os_page_size();
+  char *p = os_alloc(4 * ps, 0, false);
+  cr_assert_not_null(p);
+  memset(p, 7, 4 * ps);
+  long before = maps_count();
+  cr_assert_eq(os_guard_install(p + ps, ps), 0);
+  cr_assert_eq(maps_count(), before, "a guard splits no mapping");
+  cr_assert(write_faults(p + ps));
+  cr_assert(!write_faults(p + ps - 1));
+  cr_assert(!write_faults(p + 2 * ps));
+  cr_assert_eq(os_reset(p, 4 * ps), 0);
+  cr_assert(write_faults(p + ps), "MADV_DONTNEED keeps the guard");
+  cr_assert_eq(os_guard_remove(p + ps, ps), 0);
+  cr_assert_eq(p[ps], 0, "a removed guard reads as zeros");
+  p[ps] = 1;
+  cr_assert_eq(os_release(p, 4 * ps), 0);
+}
+
+Test(guard_os, disabled_is_enosys) {
+  size_t ps = os_page_size();
+  char *p = os_alloc(2 * ps, 0, false);
+  cr_assert_not_null(p);
+  os_guard_disable();
+  cr_assert(!os_guard_supported());
+  cr_assert_eq(os_guard_install(p, ps), -ENOSYS);
+  cr_assert_eq(os_guard_remove(p, ps), -ENOSYS);
+  p[0] = 1; /* nothing installed */
+  cr_assert_eq(os_release(p, 2 * ps), 0);
+}
+
+/* ---- object layer, through the heap ------------------------------------------------------- */
+
+enum { NBLOCKS = 64 * 1024 }; /* 1 KiB blocks: 64 MiB, about 1,000 slabs */
+
+/* Allocates NBLOCKS 1 KiB blocks, touching each lightly; returns the growth in mappings.
+ * *nslabs gets the number of distinct 64 KiB slab-sized regions used. */
+static long fill_heap(void **blocks, long *nregions) {
+  long before = maps_count();
+  uintptr_t last = 0;
+  long regions = 0;
+  for (size_t i = 0; i < NBLOCKS; i++) {
+    char *b = ma_malloc(KiB);
+    cr_assert_not_null(b, "block %zu", i);
+    b[0] = (char)i;
+    b[KiB - 1] = (char)i;
+    blocks[i] = b;
+    if ((uintptr_t)b / SLAB_MIN != last) regions++, last = (uintptr_t)b / SLAB_MIN;
+  }
+  *nregions = regions;
+  return maps_count() - before;
+}
+
+static void check_heap(void **blocks) {
+  for (size_t i = 0; i < NBLOCKS; i++) {
+    const char *b = blocks[i];
+    cr_assert(b[0] == (char)i && b[KiB - 1] == (char)i, "block %zu intact", i);
+  }
+}
+
+/* A linear overflow off block `b` (writing forwards a page at a time) faults at the first
+ * page of the guard after its slab: the page that ends a 64 KiB-aligned region. */
+static void overflow_faults_at_slab_end(char *b) {
+  size_t ps = os_page_size();
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    int fd[2];
+    if (pipe(fd) != 0) _exit(3);
+    pid_t g = fork(); /* the grandchild overflows and reports how far it got */
+    if (g == 0) {
+      close(fd[0]);
+      signal(SIGSEGV, SIG_DFL);
+      volatile char *c = b;
+      uintptr_t end = ((uintptr_t)b | (SLAB_MIN - 1)) + 1 + 4 * MiB;
+      for (uintptr_t a = (uintptr_t)b; a < end; a = (a | (ps - 1)) + 1) {
+        if (write(fd[1], &a, sizeof a) != sizeof a) _exit(4);
+        c[a - (uintptr_t)b] = 1;
+      }
+      _exit(0); /* no fault: missed */
+    }
+    close(fd[1]);
+    uintptr_t a = 0, last = 0;
+    while (read(fd[0], &a, sizeof a) == sizeof a) last = a;
+    int st;
+    if (waitpid(g, &st, 0) != g) _exit(5);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGSEGV) _exit(6);
+    /* The faulting page is a guard page: the last page before a slab boundary. */
+    _exit(((last & ~(uintptr_t)(ps - 1)) + ps) % SLAB_MIN == 0 ? 0 : 7);
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFEXITED(st), "status %#x", st);
+  cr_assert_eq(WEXITSTATUS(st), 0,
+               "exit %d (6: the overflow did not fault, 7: it faulted elsewhere than at a "
+               "slab's last page)",
+               WEXITSTATUS(st));
+}
+
+/* (a) The growth in mappings is far less than one per slab (it was about two per slab, the
+ * slab and its hole, with PROT_NONE holes). */
+Test(guard_heap, many_slabs_few_mappings) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  void **blocks = calloc(NBLOCKS, sizeof *blocks);
+  cr_assert_not_null(blocks);
+  long slabs, grown = fill_heap(blocks, &slabs);
+  cr_log_info("%ld slab regions, %ld more mappings\n", slabs, grown);
+  cr_assert_geq(slabs, 900);
+  cr_assert_lt(grown, slabs / 16, "%ld more mappings for %ld slabs", grown, slabs);
+  check_heap(blocks);
+  for (size_t i = 0; i < NBLOCKS; i++) ma_free(blocks[i]);
+  free(blocks);
+}
+
+/* (b) Guards inside the mapping: an overflow off a slab still faults, at the guard, also
+ * after the slab was purged (MADV_DONTNEED keeps guards) and used again. */
+Test(guard_heap, overflow_off_a_slab_faults) {
+  secure_on();
+  void **blocks = calloc(NBLOCKS, sizeof *blocks);
+  cr_assert_not_null(blocks);
+  long slabs;
+  (void)fill_heap(blocks, &slabs);
+  overflow_faults_at_slab_end(blocks[0]);
+  overflow_faults_at_slab_end(blocks[NBLOCKS / 2]);
+  overflow_faults_at_slab_end(blocks[NBLOCKS - 1]);
+  /* Every block but the first goes (its segment stays); the empty slabs are purged; new
+   * blocks fault their pages in again. */
+  void *kept = blocks[0];
+  for (size_t i = 1; i < NBLOCKS; i++) ma_free(blocks[i]);
+  cr_assert_eq(ma_heap_collect(true), 0);
+  (void)fill_heap(blocks, &slabs);
+  check_heap(blocks);
+  overflow_faults_at_slab_end(blocks[1]);
+  overflow_faults_at_slab_end(blocks[NBLOCKS - 1]);
+  for (size_t i = 0; i < NBLOCKS; i++) ma_free(blocks[i]);
+  ma_free(kept);
+  free(blocks);
+}
+
+/* (c) The fallback (a kernel without guard pages): PROT_NONE holes, a mapping per slab;
+ * the heap works and an overflow faults all the same. */
+Test(guard_heap, fallback_holes_work) {
+  os_guard_disable();
+  secure_on();
+  void **blocks = calloc(NBLOCKS, sizeof *blocks);
+  cr_assert_not_null(blocks);
+  long slabs, grown = fill_heap(blocks, &slabs);
+  cr_log_info("fallback: %ld slab regions, %ld more mappings\n", slabs, grown);
+  cr_assert_geq(grown, slabs / 2, "the fallback maps slabs one by one");
+  check_heap(blocks);
+  overflow_faults_at_slab_end(blocks[0]);
+  overflow_faults_at_slab_end(blocks[NBLOCKS - 1]);
+  void *kept = blocks[0];
+  for (size_t i = 1; i < NBLOCKS; i++) ma_free(blocks[i]);
+  cr_assert_eq(ma_heap_collect(true), 0);
+  (void)fill_heap(blocks, &slabs);
+  check_heap(blocks);
+  overflow_faults_at_slab_end(blocks[NBLOCKS - 1]);
+  for (size_t i = 0; i < NBLOCKS; i++) ma_free(blocks[i]);
+  ma_free(kept);
+  free(blocks);
+}
+
+/* ---- object layer, through the pools ------------------------------------------------------ */
+
+/* Pools share the segments' code: guards inside the mapping, purges (trim) keep them, and
+ * a commit pool (populated pages) populates around them. */
+static void pool_case(bool commit) {
+  secure_on();
+  ma_pool *p;
+  cr_assert_eq(ma_pool_create(&(ma_pool_opts){.obj_size = 1000, .commit = commit}, &p), 0);
+  enum { N = 16 * 1024 };
+  static char *o[N];
+  long before = maps_count();
+  for (size_t i = 0; i < N; i++) {
+    o[i] = ma_pool_alloc(p);
+    cr_assert_not_null(o[i]);
+    memset(o[i], (int)(i & 0x7f), 1000);
+  }
+  long grown = maps_count() - before;
+  if (os_guard_supported()) cr_assert_lt(grown, 32, "%ld more mappings", grown);
+  for (size_t i = 0; i < N; i++) cr_assert_eq(o[i][999], (char)(i & 0x7f));
+  overflow_faults_at_slab_end(o[N - 1]);
+  for (size_t i = 1; i < N; i++) ma_pool_free(p, o[i]);
+  cr_assert_eq(ma_pool_trim(p), 0);
+  for (size_t i = 1; i < N; i++) {
+    o[i] = ma_pool_alloc(p);
+    cr_assert_not_null(o[i]);
+    o[i][0] = 1;
+  }
+  overflow_faults_at_slab_end(o[N - 1]);
+  ma_pool_destroy(p);
+}
+
+Test(guard_pool, lazy_pool) {
+  pool_case(false);
+}
+
+Test(guard_pool, commit_pool) {
+  pool_case(true);
+}
