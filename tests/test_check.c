@@ -14,6 +14,7 @@
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
+#include "common.h"
 #include "obj/obj.h"
 
 static uint64_t rng_next(uint64_t *s) {
@@ -203,30 +204,6 @@ Test(check, pool_with_another_live_thread_is_busy) {
   ma_pool_destroy(busy_pool);
 }
 
-/* Runs fn in a child with stderr on a pipe; expects an abort whose message holds every
- * string of want[]. */
-static void expect_check_abort(void (*fn)(void), const char *const *want) {
-  int fds[2];
-  cr_assert_eq(pipe(fds), 0);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    dup2(fds[1], 2);
-    fn();
-    _exit(0);
-  }
-  close(fds[1]);
-  char buf[1024] = {0};
-  size_t n = 0;
-  ssize_t k;
-  while (n < sizeof buf - 1 && (k = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)k;
-  close(fds[0]);
-  int status;
-  waitpid(pid, &status, 0);
-  cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child did not abort: %s", buf);
-  for (; *want; want++) cr_assert(strstr(buf, *want) != NULL, "message was: %s", buf);
-}
-
 static obj_slab *slab_of(void *p) {
   obj_segment *seg = obj_segment_of(p);
   cr_assert_not_null(seg);
@@ -244,8 +221,8 @@ static void corrupt_pool_slab(void) {
 }
 
 Test(check, walk_catches_a_corrupted_pool_slab) {
-  expect_check_abort(corrupt_pool_slab, (const char *const[]){"mapalloc: check failed at ",
-                                                              "obj_check.c:", "!= carved", NULL});
+  expect_abort_saying(corrupt_pool_slab, (const char *const[]){"mapalloc: check failed at ",
+                                                               "obj_check.c:", "!= carved", NULL});
 }
 
 static void corrupt_heap_slab(void) {
@@ -256,8 +233,8 @@ static void corrupt_heap_slab(void) {
 }
 
 Test(check, walk_catches_a_corrupted_heap_slab) {
-  expect_check_abort(corrupt_heap_slab,
-                     (const char *const[]){"mapalloc: check failed at ", "notify 7", NULL});
+  expect_abort_saying(corrupt_heap_slab,
+                      (const char *const[]){"mapalloc: check failed at ", "notify 7", NULL});
 }
 
 static void corrupt_heap_accounting(void) {
@@ -269,8 +246,8 @@ static void corrupt_heap_accounting(void) {
 }
 
 Test(check, walk_catches_wrong_retained_bytes) {
-  expect_check_abort(corrupt_heap_accounting,
-                     (const char *const[]){"mapalloc: check failed at ", "retained", NULL});
+  expect_abort_saying(corrupt_heap_accounting,
+                      (const char *const[]){"mapalloc: check failed at ", "retained", NULL});
 }
 
 #if defined(MA_DEBUG) && MA_DEBUG
@@ -287,8 +264,8 @@ static void corrupt_then_free(void) {
 }
 
 Test(check_debug, slow_path_catches_a_bad_notify) {
-  expect_check_abort(corrupt_then_free, (const char *const[]){"mapalloc: check failed at ",
-                                                              "obj_bins.c:", "notify 5", NULL});
+  expect_abort_saying(corrupt_then_free, (const char *const[]){"mapalloc: check failed at ",
+                                                               "obj_bins.c:", "notify 5", NULL});
 }
 
 /* A partial-list unlink of a slab that is not on the list. */
@@ -305,7 +282,7 @@ static void corrupt_list(void) {
 }
 
 Test(check_debug, slow_path_catches_a_broken_partial_list) {
-  expect_check_abort(corrupt_list,
-                     (const char *const[]){"mapalloc: check failed at ", "partial", NULL});
+  expect_abort_saying(corrupt_list,
+                      (const char *const[]){"mapalloc: check failed at ", "partial", NULL});
 }
 #endif

@@ -15,6 +15,7 @@
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
+#include "common.h"
 
 /* Under AddressSanitizer the process's RSS also holds shadow memory and ASan's own thread
  * bookkeeping, which never shrink: the RSS bounds that are about *our* memory are checked in
@@ -386,25 +387,7 @@ Test(heap_misuse, usable_size_of_foreign_pointer, .signal = SIGABRT) {
 }
 
 static void expect_message(void (*fn)(void), const char *msg) {
-  int fds[2];
-  cr_assert_eq(pipe(fds), 0);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    dup2(fds[1], 2);
-    fn();
-    _exit(0);
-  }
-  close(fds[1]);
-  char buf[256] = {0};
-  ssize_t n = read(fds[0], buf, sizeof buf - 1);
-  close(fds[0]);
-  int status;
-  waitpid(pid, &status, 0);
-  cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child did not abort");
-  cr_assert_gt(n, 0);
-  cr_assert(strstr(buf, msg) != NULL, "message was: %s", buf);
-  cr_assert(strstr(buf, " of 0x") != NULL, "message was: %s", buf);
+  expect_abort_saying(fn, (const char *const[]){msg, " of 0x", NULL});
 }
 
 /* Pools and the heap never accept each other's blocks: the segment map's tag tells a

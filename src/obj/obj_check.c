@@ -117,6 +117,16 @@ static void slab_check(const obj_bins *bs, const obj_segment *seg, const obj_sla
               nf, nl, s->carved, s->capacity);
 }
 
+/* A cache's byte accounting against what its slabs hold (computed by the caller). */
+static void check_bytes(const obj_bins *bs, size_t retained, size_t active) {
+  MA_VERIFY(bs->retained == retained, "cache %p retained %zu, empty committed slabs hold %zu",
+            (const void *)bs, bs->retained, retained);
+  MA_VERIFY(bs->active_bytes == active, "cache %p active_bytes %zu, active slabs hold %zu",
+            (const void *)bs, bs->active_bytes, active);
+  MA_VERIFY(bs->peak_bytes >= bs->active_bytes, "cache %p peak_bytes %zu < active_bytes %zu",
+            (const void *)bs, bs->peak_bytes, bs->active_bytes);
+}
+
 static void segment_check(const obj_bins *bs, int kind, const obj_segment *seg,
                           const obj_segment *prev) {
   const void *g = seg;
@@ -215,12 +225,7 @@ void obj_bins_check(const obj_bins *bs, obj_check_totals *t) {
   }
   MA_VERIFY(listed == n0, "%zu slabs on partial lists, %zu with notify 0", listed, n0);
   MA_VERIFY(cur == ncur, "%zu current slabs, %zu with notify -1", cur, ncur);
-  MA_VERIFY(bs->retained == retained, "cache %p retained %zu, empty committed slabs hold %zu",
-            (const void *)bs, bs->retained, retained);
-  MA_VERIFY(bs->active_bytes == active, "cache %p active_bytes %zu, active slabs hold %zu",
-            (const void *)bs, bs->active_bytes, active);
-  MA_VERIFY(bs->peak_bytes >= bs->active_bytes, "cache %p peak_bytes %zu < active_bytes %zu",
-            (const void *)bs, bs->peak_bytes, bs->active_bytes);
+  check_bytes(bs, retained, active);
   if (t) {
     t->segments += tot.segments;
     t->chunks += tot.chunks;
@@ -242,12 +247,7 @@ void obj_bins_check_accounting(const obj_bins *bs) {
         else if (s->committed)
           retained += slab_bytes(seg, s);
       }
-  MA_VERIFY(bs->retained == retained, "cache %p retained %zu, empty committed slabs hold %zu",
-            (const void *)bs, bs->retained, retained);
-  MA_VERIFY(bs->active_bytes == active, "cache %p active_bytes %zu, active slabs hold %zu",
-            (const void *)bs, bs->active_bytes, active);
-  MA_VERIFY(bs->peak_bytes >= bs->active_bytes, "cache %p peak_bytes %zu < active_bytes %zu",
-            (const void *)bs, bs->peak_bytes, bs->active_bytes);
+  check_bytes(bs, retained, active);
 }
 
 size_t obj_map_check(const obj_space *sp, uint32_t tag) {
