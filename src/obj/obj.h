@@ -507,7 +507,7 @@ void obj_track_peek(void *p);
 void *obj_bin_alloc_tracked(obj_bins *bs, obj_bin *bin, size_t size, bool zero);
 void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size);
 
-/* ---- slow paths (obj.c) ------------------------------------------------------------- */
+/* ---- slow paths (obj_bins.c, obj_segment.c) ---------------------------------------- */
 void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin);
 void obj_slab_notify(obj_slab *s);
 /* Frees b (validated, of slab s in seg) from a thread that does not own s: batched in the

@@ -152,12 +152,10 @@ static uint64_t carve_rand(uint64_t *state) {
  * the next allocation is not predictable from the last, and each carries the free tag, so
  * a free of a block that was purged and re-carved is still a double free.
  * The order is shuffled within windows of obj_shuffle_window blocks taken in address
- * order. Programs that walk their objects in allocation order pay for any shuffle (the
- * hardware prefetchers lose the stride): python3 (its GC walks the object list) took 1.35x
- * the user time with windows of 2 blocks, 1.8x with 8 and 2.4x with a whole page (256);
- * allocator-bound loops do not notice. Hence windows, 4 by default (log2(4!) = 4.6 bits
- * per window; 8 cost the secure build 1.13x the default's time, over its 1.10 goal), set
- * per run with MAPALLOC_SHUFFLE. */
+ * order: programs that walk their objects in allocation order pay for any shuffle (the
+ * hardware prefetchers lose the stride), so the window is small, 4 by default, set per run
+ * with MAPALLOC_SHUFFLE. docs/hardening.md has the entropy it leaves and the measured
+ * cost of each window. */
 static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
   uint16_t order[OBJ_CARVE_MAX] = {0}; /* (secure carve only; the analyser can't see n) */
   uint64_t st = obj_link_key ^ (uintptr_t)first ^ __builtin_ia32_rdtsc();
