@@ -347,6 +347,10 @@ void heap_free_double(const void *p) {
  * free never changes errno: the caller (heap_free_slow) saves and restores it around
  * everything here (a purge's madvise or munmap, a heap's creation may fail and set it). */
 static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+  if (!obj_tracking) { /* the fast path leaves the double-free check to us; valgrind's: below */
+    obj_link_open((obj_block *)p);
+    if (heap_unlikely(obj_block_is_free((obj_block *)p))) heap_free_double(p);
+  }
   if (h->bs == NULL) { /* a thread that only frees (a consumer) gets a heap too */
     heap *n = heap_thread_init();
     if (!n) {

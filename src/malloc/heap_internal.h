@@ -257,16 +257,19 @@ static inline void heap_free_inline(void *p) {
     heap_free_generic(p);
     return;
   }
-  obj_block *b = p;
-  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
-  if (heap_unlikely(obj_block_is_free(b))) {
-    heap_free_double(p);
-    return;
-  }
+  /* The cache's room first: under valgrind every free takes the slow path (room 0) before
+   * the tag of a block the program may never have written is read (memcheck would call the
+   * compare a use of uninitialised memory); the slow path checks the tag itself. */
   heap *h = heap_get();
   heap_tc *tc = (heap_tc *)((char *)h->tc + s->bin_off);
   if (heap_unlikely(tc->room <= 0)) {
     heap_free_slow(h, seg, s, p);
+    return;
+  }
+  obj_block *b = p;
+  obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
+  if (heap_unlikely(obj_block_is_free(b))) {
+    heap_free_double(p);
     return;
   }
   heap_tc_push(tc, s, b);

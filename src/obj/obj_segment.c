@@ -79,7 +79,7 @@ static int obj_map_cover(uintptr_t c0, size_t n) {
  * pair after this store, so the segment header reads initialised. */
 static void obj_map_set(uintptr_t c0, size_t n, uint32_t e) {
   for (uintptr_t c = c0; c < c0 + n; c++) {
-    uint32_t *leaf = obj_segmap[c >> OBJ_MAP_LEAF_BITS];
+    uint32_t *leaf = __atomic_load_n(&obj_segmap[c >> OBJ_MAP_LEAF_BITS], __ATOMIC_ACQUIRE);
     __atomic_store_n(&leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)], e, __ATOMIC_RELEASE);
   }
 }
