@@ -527,16 +527,20 @@ static void heap_thread_done(void *arg) {
   errno = saved;
 }
 
-/* Fork: hold the global locks (and keep the purger out of the heaps) across fork so the
- * child sees consistent lists. The heaps of the threads that do not exist in the child are
- * left as they are (their memory is not reused there, as with mimalloc): fork() may have
- * caught such a thread in a slow path, holding its heap's lock. */
+/* Fork: hold the global locks, every heap's lock (as ma_heap_check: heap_lock, then the
+ * heaps, then the space) and keep the purger out, so the child sees every heap consistent:
+ * no slow path, trim or adoption of another thread is caught half done. In the child the
+ * heaps of threads it does not have are unlocked and left as they are (marked forked:
+ * their memory is not reused there, as with mimalloc). Heaps a fork already left behind
+ * in an ancestor are skipped (nobody else touches them). */
 static bool heap_fork_skip; /* this fork takes no lock: see os_single_threaded */
 static void heap_atfork_prepare(void) {
   heap_fork_skip = os_single_threaded();
   if (heap_fork_skip) return;
   heap_purger_atfork_prepare();
   pthread_mutex_lock(&heap_lock);
+  for (heap *h = heap_all; h; h = h->next_all)
+    if (!h->forked) pthread_mutex_lock(&h->lock);
   if (atomic_load(&heap_init_state) == 2) {
     pthread_mutex_lock(&heap_space.trim_lock);
     pthread_mutex_lock(&heap_space.lock);
@@ -550,6 +554,8 @@ static void heap_atfork_parent(void) {
     pthread_mutex_unlock(&heap_space.lock);
     pthread_mutex_unlock(&heap_space.trim_lock);
   }
+  for (heap *h = heap_all; h; h = h->next_all)
+    if (!h->forked) pthread_mutex_unlock(&h->lock);
   pthread_mutex_unlock(&heap_lock);
   heap_purger_atfork_parent();
 }
@@ -566,10 +572,9 @@ static void heap_atfork_child(void) {
   }
   heap *self = heap_get();
   for (heap *h = heap_all; h; h = h->next_all) {
-    if (h->orphan) /* no thread of the child holds it (a trim in another thread may have) */
-      pthread_mutex_init(&h->lock, NULL);
-    else if (h != self && h->bs)
-      h->forked = true;
+    if (h->forked) continue;
+    pthread_mutex_unlock(&h->lock);
+    if (!h->orphan && h != self && h->bs) h->forked = true;
   }
   /* One thread: the purger starts again only when the child runs a second one. */
   atomic_store(&heap_live, self->bs ? 1 : 0);
