@@ -527,12 +527,15 @@ static void heap_thread_done(void *arg) {
   errno = saved;
 }
 
-/* Fork: hold the global locks, every heap's lock (as ma_heap_check: heap_lock, then the
- * heaps, then the space) and keep the purger out, so the child sees every heap consistent:
- * no slow path, trim or adoption of another thread is caught half done. In the child the
- * heaps of threads it does not have are unlocked and left as they are (marked forked:
- * their memory is not reused there, as with mimalloc). Heaps a fork already left behind
- * in an ancestor are skipped (nobody else touches them). */
+/* Fork (docs/fork.md): hold the global locks, every heap's lock (as ma_heap_check:
+ * heap_lock, then the heaps, then the space) and keep the purger out, so the child sees
+ * every heap's slabs consistent: no slow path, trim or adoption is caught half done. Only a
+ * thread cache (its owner's, lock-free) may be torn. In the child the heaps of threads it
+ * does not have are left behind (forked, obj_bins_forked): never walked, trimmed or reused;
+ * their cached blocks, slabs and pending remote frees stay allocated there. Heaps of no
+ * thread (orphans, incl. one caught between its thread's exit and the orphan list, or taken
+ * off the list by a thread that had not locked it yet) make the child's orphan list. Heaps
+ * a fork already left behind in an ancestor are skipped (nobody touches them). */
 static bool heap_fork_skip; /* this fork takes no lock: see os_single_threaded */
 static void heap_atfork_prepare(void) {
   heap_fork_skip = os_single_threaded();
@@ -571,10 +574,19 @@ static void heap_atfork_child(void) {
     pthread_mutex_unlock(&heap_space.trim_lock);
   }
   heap *self = heap_get();
+  heap_orphans = NULL;
   for (heap *h = heap_all; h; h = h->next_all) {
     if (h->forked) continue;
     pthread_mutex_unlock(&h->lock);
-    if (!h->orphan && h != self && h->bs) h->forked = true;
+    if (h == self) continue;
+    if (!h->orphan && h->bs) { /* its thread is gone; its cache may be torn */
+      h->forked = true;
+      obj_bins_forked(h->bs);
+    } else { /* no thread's: consistent (h->lock), for the child's threads to take over */
+      h->orphan = true;
+      h->next_orphan = heap_orphans;
+      heap_orphans = h;
+    }
   }
   /* One thread: the purger starts again only when the child runs a second one. */
   atomic_store(&heap_live, self->bs ? 1 : 0);

@@ -654,9 +654,23 @@ bool obj_bins_purge_check(obj_bins *bs);
 /* CLOCK_MONOTONIC_COARSE in milliseconds (vDSO, no syscall). */
 uint64_t obj_now_ms(void);
 
-/* Pre-fork/post-fork helpers: in a fork child, bins owned by threads that no longer exist
- * are parked so that the child's threads can take them over. Called with sp->trim_lock and
- * sp->lock held (locked by the prepare handler of the thread that forked); releases both. */
+/* Fork policy (docs/fork.md): in a fork child the caches of threads the child does not
+ * have are left behind: never walked, trimmed, taken over or filed again, since their
+ * owners ran without a lock and the fork may have caught them mid-operation. Their blocks
+ * stay allocated in the child; frees of them are accepted (sent to the cache's inbox, never
+ * filed). OBJ_TID_FORKED marks such a cache (bs->tid; in_use stays true): no thread pointer
+ * equals it, so a child thread that glibc gives a dead parent thread's thread pointer never
+ * finds the cache by tid. */
+#define OBJ_TID_FORKED ((uintptr_t)2)
+/* Fork child, for bs of a thread the child does not have: bs->tid = OBJ_TID_FORKED and
+ * every slab of its segments gets owner_tid 0 (no free is local to it, whatever the thread
+ * pointer). Reads only the segment lists' forward links and slab counts, which a slow path
+ * caught half done leaves walkable (a segment is linked after it is initialised and
+ * unlinked before it is unmapped). */
+void obj_bins_forked(obj_bins *bs);
+/* Fork child: unlocks sp->lock and sp->trim_lock (held by the prepare handler of the
+ * thread that forked) and leaves behind (obj_bins_forked) every cache in use by another
+ * thread. Parked caches stay parked: nobody was touching them. */
 void obj_space_fork_child(obj_space *sp);
 
 #endif /* MAPALLOC_OBJ_H */

@@ -624,6 +624,14 @@ void obj_bins_abandon(obj_bins *bs) {
   pthread_mutex_unlock(&sp->lock);
 }
 
+void obj_bins_forked(obj_bins *bs) {
+  bs->tid = OBJ_TID_FORKED;
+  for (int k = 0; k < OBJ_NSHIFTS; k++)
+    for (obj_segment *seg = bs->segs[k]; seg; seg = seg->next)
+      for (uint32_t i = 0; i < seg->nslabs; i++)
+        __atomic_store_n(&seg->slabs[i].owner_tid, 0, __ATOMIC_RELAXED);
+}
+
 /* Parked caches: each is claimed under the lock (in_use, tid 0) so that no thread takes it
  * over meanwhile, trimmed as its owner would, and parked again. all_bins only grows at its
  * head and next_all never changes, so the walk survives the unlocked stretches. */

@@ -123,8 +123,6 @@ void obj_space_fork_child(obj_space *sp) {
   pthread_mutex_unlock(&sp->lock); /* locked by the forking thread in the prepare handler */
   pthread_mutex_unlock(&sp->trim_lock);
   uintptr_t self = obj_tid();
-  /* tid 0: claimed by a trim in a thread that is gone; left as it is (its memory is not
-   * reused in the child). */
   for (obj_bins *bs = sp->all_bins; bs; bs = bs->next_all)
-    if (bs->in_use && bs->tid != self && bs->tid != 0) obj_bins_abandon(bs);
+    if (bs->in_use && bs->tid != self && bs->tid != OBJ_TID_FORKED) obj_bins_forked(bs);
 }
