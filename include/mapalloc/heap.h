@@ -127,6 +127,15 @@ MA_API void ma_heap_stats_print(int fd);
  * operations cannot fail in a way the caller can act on). Thread-safe. */
 MA_API int ma_heap_collect(bool force);
 
+/* Fork (docs/fork.md): fork() is supported from any thread, also while other threads
+ * allocate and free. The child's heap is consistent and usable, also by threads it starts.
+ * The heaps of the parent's other threads are left behind in the child: their cached
+ * blocks, slabs and pending remote frees stay allocated there and are never reused (a
+ * fork may have caught their lock-free thread caches mid-operation); the child may still
+ * free blocks of theirs it holds, from any thread. Heaps of exited threads are reused. A
+ * child thread that gets a dead parent thread's thread pointer gets a heap of its own. The
+ * pools follow the same policy (pool.h). */
+
 /* Walks the whole heap and checks its invariants; for tests and debugging (compiled in
  * every build; -DMAPALLOC_DEBUG=ON also compiles checks into the allocator's slow paths).
  * What: every thread heap's slabs (the used/count/notify encoding of each slab against the
@@ -145,7 +154,8 @@ MA_API int ma_heap_collect(bool force);
  * (other threads' slow paths wait; their fast paths go on), so it is exact even while other
  * threads allocate, except for what a live thread owns without a lock: other running
  * threads' thread caches are not walked. In a fork child the heaps of the threads that did
- * not survive the fork are skipped, and so are the whole-space totals. Takes O(heap size):
+ * not survive the fork are skipped (left behind: see "Fork" above), and so are the
+ * whole-space totals. Takes O(heap size):
  * every free block is visited. Does not allocate; must not be called from a signal
  * handler. */
 MA_API int ma_heap_check(void);

@@ -83,6 +83,14 @@ MA_API int ma_pool_trim(ma_pool *p);
  * when no thread is using the pool). Thread-safe. No-op if p or out is NULL. */
 MA_API void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out);
 
+/* Fork (docs/fork.md; the heap's policy, heap.h): fork() is supported from any thread, also
+ * while other threads use the pool. In the child the calling thread's caches and those of
+ * exited threads are used as before; the caches of the parent's other threads are left
+ * behind: their objects and slabs stay allocated there and are never reused (a fork may
+ * have caught such a cache mid-operation), though the child may free objects of theirs it
+ * holds, from any thread. A child thread that gets a dead parent thread's thread pointer
+ * gets a cache of its own. */
+
 /* Walks pool p and checks its invariants; for tests and debugging (compiled in every
  * build; -DMAPALLOC_DEBUG=ON also compiles checks into the slow paths). Checks the caches
  * of the calling thread and of exited threads: every segment (magic, owner, free mask,
@@ -92,7 +100,9 @@ MA_API void ma_pool_stats_get(ma_pool *p, ma_pool_stats *out);
  * pool's reserved/committed/capacity totals and max_bytes.
  * Returns 0 when everything walked holds; -EBUSY when it holds but the caches of other
  * live threads that used p were skipped (a thread uses its cache without a lock: call it
- * when those threads have exited, or accept a partial walk); -EINVAL for p NULL. On an
+ * when those threads have exited, or accept a partial walk); in a fork child the caches the
+ * fork left behind are skipped, with the totals, and do not make it -EBUSY; -EINVAL for p
+ * NULL. On an
  * inconsistency it writes "mapalloc: check failed at FILE:LINE: CONDITION (values)" to
  * stderr and aborts. Thread-safety: any thread; trims of p wait meanwhile. Does not
  * allocate. */
