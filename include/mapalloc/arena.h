@@ -166,6 +166,25 @@ MA_API size_t ma_arena_count(const ma_arena *a);
 MA_API int ma_arena_foreach(const ma_arena *a, int (*fn)(const ma_arena_mapping *, void *),
                             void *ctx);
 
+/* Checks the arena's record and its agreement with the kernel; for tests and debugging
+ * (compiled in every build). The record: its tree (balanced, ordered, its count), each
+ * mapping page-aligned, non-empty, inside the arena, disjoint from the next, with a valid
+ * protection. Against /proc/self/maps: every page of a mapping is mapped with the
+ * mapping's protection (shared, at the recorded file offset, for a file mapping; private
+ * for an anonymous one), every other page is reserved (PROT_NONE, private), and no page of
+ * the arena is unmapped (in a fork child of the creating process, the mappings of an arena
+ * created with MA_MAP_DONTFORK may be absent: the kernel does not copy them). So it reports
+ * what was done to the range behind the arena's back (an mprotect, an mmap or munmap over
+ * part of it).
+ * Errors: returns 0 when everything holds; -EINVAL (a NULL); the negative errno of reading
+ * /proc/self/maps (e.g. -EACCES; the record checks still ran). On the
+ * first inconsistency it writes "mapalloc: check failed at FILE:LINE: CONDITION (values)"
+ * to stderr and aborts. Thread-safety: any thread; it holds the arena's lock (other calls
+ * on the arena wait; callable from a foreach callback), but accesses and mprotect/mmap
+ * calls by other threads on the range are not excluded. Does not allocate; O(mappings +
+ * areas of the process's maps). */
+MA_API int ma_arena_check(const ma_arena *a);
+
 /* ---- Snapshots and lazy restore -------------------------------------------------------------
  * A VMM that snapshots guest memory asks which pages hold memory (so a snapshot skips the
  * rest), and one that restores lazily serves guest RAM on first touch with userfaultfd. The

@@ -20,7 +20,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "arena/arena_check.h"
 #include "arena/arena_tree.h"
 #include "os/os.h"
 
@@ -36,6 +38,7 @@ struct ma_arena {
   arena_tree tree;
   arena_node_pool nodes;
   struct ma_arena *next_all; /* the fork registry (arenas_lock) */
+  pid_t pid;                 /* the creating process (ma_arena_check in a fork child) */
   int fork_held;             /* fork: 1 prepare took the lock, 2 the forking thread held it */
 };
 
@@ -245,6 +248,7 @@ int ma_arena_create(size_t len, unsigned map_flags, ma_arena **out) {
   a->base = base;
   a->len = len;
   a->flags = map_flags;
+  a->pid = getpid();
   a->tree = (arena_tree){0};
   a->nodes = (arena_node_pool){0};
   arenas_link(a);
@@ -313,6 +317,17 @@ size_t ma_arena_count(const ma_arena *a) {
   size_t c = a->tree.count;
   if (held) unlock(a);
   return c;
+}
+
+int ma_arena_check(const ma_arena *a) {
+  if (!a) return -EINVAL;
+  int held, r = lock_ro(a, &held);
+  if (r) return r;
+  /* A fork child has no copy of a DONTFORK arena's mappings (the reservation stays). */
+  bool absent_ok = (a->flags & MA_MAP_DONTFORK) && getpid() != a->pid;
+  r = arena_check_record(&a->tree, a->base, a->len, absent_ok);
+  if (held) unlock(a);
+  return r;
 }
 
 struct walk_ctx {

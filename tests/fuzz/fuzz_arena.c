@@ -110,6 +110,8 @@ static void check_view(void) {
   FZ_CHECK(ma_arena_count(ar) == w.n, "count %zu, shadow %zu", ma_arena_count(ar), w.n);
   FZ_CHECK(ma_arena_foreach(ar, walk_cb, &w) == 0, "foreach");
   FZ_CHECK(w.i == w.n, "foreach reported %zu of %zu", w.i, w.n);
+  /* The record against /proc/self/maps (aborts with its message on a disagreement). */
+  FZ_CHECK(ma_arena_check(ar) == 0, "ma_arena_check could not read /proc/self/maps");
 }
 
 static void check_find(size_t i) {
