@@ -199,8 +199,8 @@ Test(fork, child_threads_free_parent_threads_blocks, .timeout = 120) {
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status 0x%x", f, st);
   }
   /* glibc gives a child thread a parent thread's cached stack and descriptor. */
-  cr_log_info("%d of %d child threads had a parent thread's pthread_t", atomic_load(aliased),
-              4 * (CHILD_THREADS ? PARENTS / 2 : 0));
+  fprintf(stderr, "test_fork: %d of %d child threads had a parent thread's pthread_t\n",
+          atomic_load(aliased), 4 * (CHILD_THREADS ? PARENTS / 2 : 0));
   munmap(aliased, 4096);
   pthread_barrier_wait(&release_bar);
   for (int p = 0; p < PARENTS; p++) pthread_join(t[p], NULL);
@@ -317,6 +317,6 @@ Test(fork, forks_while_threads_hammer_remote_frees, .timeout = 300) {
   }
   cr_assert_eq(ma_heap_check(), 0);
   for (int k = 0; k < NPOOLS; k++) cr_assert_eq(ma_pool_check(pools[k]), 0);
-  cr_log_info("%d forks in %.1f s, every child walked", forks, elapsed);
+  fprintf(stderr, "test_fork: %d forks in %.1f s, every child walked\n", forks, elapsed);
   pools_destroy();
 }

@@ -115,7 +115,8 @@ stage_tsan() {
   local b=$top/build/test-tsan
   configure "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAPALLOC_SANITIZE=thread \
     -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14
-  local tests=(test_pool test_heap test_remote test_arena test_arena_tree test_retention)
+  local tests=(test_pool test_heap test_remote test_fork test_arena test_arena_tree test_arena_check
+    test_retention)
   build "$b" --target "${tests[@]}"
   local bits wrap=()
   bits=$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)
