@@ -129,6 +129,16 @@ static void *parent_thread(void *arg) {
  * in a shared page, so the parent can report it. */
 static atomic_int *aliased;
 
+/* Frees o, an object of a parent thread's pool cache, which the child left behind: whatever
+ * this thread's thread pointer (often the dead parent thread's), the free is not the
+ * owner's push onto the object's slab (that slab's state may be torn in the child). */
+static void pool_free_left_behind(ma_pool *p, void *o) {
+  obj_slab *s = obj_slab_of(obj_segment_of(o), o);
+  ma_pool_free(p, o);
+  CHILD_ASSERT(s->free != o, "a left-behind cache's slab %p took %p on its free list", (void *)s,
+               o);
+}
+
 /* A child thread: frees the blocks of parent threads (p and the next), allocates and
  * frees its own (slabs fill and empty, so frees reach slab state), and walks its heap. */
 static void *child_freer(void *arg) {
@@ -140,7 +150,7 @@ static void *child_freer(void *arg) {
     for (int i = 1; i < PER; i += 2) {
       CHILD_ASSERT(((unsigned char *)b->heap[i])[7] == 0x3c, "parent block %p changed", b->heap[i]);
       ma_free(b->heap[i]);
-      for (int k = 0; k < NPOOLS; k++) ma_pool_free(pools[k], b->pool[k][i]);
+      for (int k = 0; k < NPOOLS; k++) pool_free_left_behind(pools[k], b->pool[k][i]);
     }
   }
   void *mine[2000];
