@@ -7,6 +7,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* ThreadSanitizer cannot start threads in the child of a multithreaded fork: fork tests'
+ * children stay single-threaded there (their other checks still run). */
+#if defined(__SANITIZE_THREAD__)
+#define CHILD_THREADS 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CHILD_THREADS 0
+#endif
+#endif
+#ifndef CHILD_THREADS
+#define CHILD_THREADS 1
+#endif
+
 /* Runs fn in a forked child with its stderr on a pipe; asserts that the child aborts and
  * that what it wrote holds every string of want[] (NULL-terminated). */
 static inline void expect_abort_saying(void (*fn)(void), const char *const *want) {

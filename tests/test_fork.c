@@ -20,17 +20,7 @@
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
 
-/* ThreadSanitizer cannot start threads in the child of a multithreaded fork. */
-#if defined(__SANITIZE_THREAD__)
-#define CHILD_THREADS 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define CHILD_THREADS 0
-#endif
-#endif
-#ifndef CHILD_THREADS
-#define CHILD_THREADS 1
-#endif
+#include "common.h"
 
 /* A child's failure: a message on stderr and exit status 2 (a failed check aborts). */
 #define CHILD_ASSERT(cond, ...)                                                                    \

@@ -19,18 +19,7 @@
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 
-/* ThreadSanitizer cannot start threads in the child of a multithreaded fork: the fork
- * tests' children stay single-threaded there (their other checks still run). */
-#if defined(__SANITIZE_THREAD__)
-#define CHILD_THREADS 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define CHILD_THREADS 0
-#endif
-#endif
-#ifndef CHILD_THREADS
-#define CHILD_THREADS 1
-#endif
+#include "common.h"
 
 static size_t committed(void) {
   ma_heap_stats st;
