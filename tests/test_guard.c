@@ -295,3 +295,87 @@ Test(guard_pool, lazy_pool) {
 Test(guard_pool, commit_pool) {
   pool_case(true);
 }
+
+/* ---- large blocks --------------------------------------------------------------------------- */
+
+enum { NLARGE = 256 };
+
+/* Every usable byte of large block p (of `u` usable bytes) takes a write and reads it back,
+ * and the byte after them faults. */
+static void large_block_guarded(char *p, size_t u) {
+  memset(p, 0x5a, u);
+  cr_assert_eq(p[0], 0x5a);
+  cr_assert_eq(p[u - 1], 0x5a, "the last usable byte of %p + %zu", (void *)p, u);
+  cr_assert(write_faults(p + u), "a write just past %p + %zu usable bytes must fault", (void *)p,
+            u);
+}
+
+/* `NLARGE` secure large blocks of 256 KiB..1.2 MiB; returns how many mappings they added. */
+static long map_large(char **b) {
+  long before = maps_count();
+  for (size_t i = 0; i < NLARGE; i++) {
+    b[i] = ma_malloc(256 * KiB + i * 4 * KiB);
+    cr_assert_not_null(b[i]);
+  }
+  return maps_count() - before;
+}
+
+/* (d) A secure large block's guard page is a guard marker inside its mapping: the blocks
+ * add far fewer mappings than one each (a PROT_NONE guard splits each block's mapping in
+ * two: about two per block, and vm.max_map_count was reached at half the blocks), and a
+ * write past a block still faults. */
+Test(guard_large, many_blocks_few_mappings) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  static char *b[NLARGE];
+  long grown = map_large(b);
+  cr_log_info("%d large blocks, %ld more mappings\n", NLARGE, grown);
+  cr_assert_leq(grown, NLARGE / 2, "%ld more mappings for %d blocks", grown, NLARGE);
+  for (size_t i = 0; i < NLARGE; i += 51) large_block_guarded(b[i], ma_usable_size(b[i]));
+  for (size_t i = 0; i < NLARGE; i++) ma_free(b[i]);
+}
+
+/* (e) Growth and shrinking move the guard: after each realloc every usable byte (the old
+ * guard page included: a marker left inside the block would fault or read zeros) is
+ * writable, the byte past them faults, and the contents are kept. */
+Test(guard_large, realloc_moves_the_guard) {
+  secure_on();
+  char *p = ma_malloc(300 * KiB);
+  cr_assert_not_null(p);
+  size_t u = ma_usable_size(p);
+  large_block_guarded(p, u);
+  static const size_t sizes[] = {2 * MiB,   700 * KiB, 5 * MiB + 123,
+                                 200 * KiB, 9 * MiB,   9 * MiB + 8 * KiB};
+  for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+    size_t keep = u < sizes[k] ? u : sizes[k];
+    char *q = ma_realloc(p, sizes[k]);
+    cr_assert_not_null(q);
+    for (size_t i = 0; i < keep; i += 997) cr_assert_eq(q[i], 0x5a, "byte %zu after %zu", i, k);
+    cr_assert_eq(q[keep - 1], 0x5a);
+    p = q;
+    u = ma_usable_size(p);
+    cr_assert_geq(u, sizes[k]);
+    large_block_guarded(p, u);
+  }
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_free(p);
+}
+
+/* (f) The fallback: PROT_NONE guards, a mapping each; overflows fault all the same, also
+ * after a realloc. */
+Test(guard_large, fallback_prot_none_guards) {
+  os_guard_disable();
+  secure_on();
+  static char *b[NLARGE];
+  long grown = map_large(b);
+  cr_log_info("fallback: %d large blocks, %ld more mappings\n", NLARGE, grown);
+  cr_assert_geq(grown, NLARGE, "a PROT_NONE guard is a mapping of its own");
+  large_block_guarded(b[0], ma_usable_size(b[0]));
+  b[1] = ma_realloc(b[1], 3 * MiB);
+  cr_assert_not_null(b[1]);
+  large_block_guarded(b[1], ma_usable_size(b[1]));
+  b[2] = ma_realloc(b[2], 160 * KiB + 1);
+  cr_assert_not_null(b[2]);
+  large_block_guarded(b[2], ma_usable_size(b[2]));
+  for (size_t i = 0; i < NLARGE; i++) ma_free(b[i]);
+}

@@ -22,7 +22,7 @@
  * Secure mode (-DMAPALLOC_SECURE=ON; docs/hardening.md) adds: free-list links encoded with
  * a per-process random key and checked when followed (a write after free over a freed
  * block's link aborts with "mapalloc: corrupted free list" at the next allocation), a
- * PROT_NONE guard page after each slab and each large block (a linear overflow off a large
+ * guard page after each slab and each large block (a linear overflow off a large
  * block faults at once), a random allocation order within a slab, and ma_free_sized
  * aborting on a size the block cannot have ("free_sized with a wrong size"). Blocks and
  * semantics are otherwise the same. MAPALLOC_SECURE=1 in the environment turns on the parts

@@ -30,7 +30,8 @@ typedef struct huge_rec {
   size_t len;    /* mapped read-write bytes = usable size */
   size_t align;  /* > page size: must not be moved by mremap */
   uint64_t map;  /* id of the mapping (one kernel VMA) the block was carved from */
-  size_t guard;  /* secure: a PROT_NONE page mapped after the block (part of the mapping) */
+  size_t guard;  /* secure: an inaccessible page after the block (part of the mapping) */
+  bool marker;   /* the guard is a guard marker in the block's mapping, not a PROT_NONE one */
 } huge_rec;
 
 #define HUGE_CACHE_N         64
@@ -301,21 +302,34 @@ static void huge_release_unlock(huge_rec r) {
                        r.align == 0 && r.guard == 0);
 }
 
-/* Secure mode: a PROT_NONE page after each large block, so a linear overflow off its end
- * (past the usable size) faults at once. Guarded blocks bypass the cache: its splits and
- * merges would each have to move a guard page. */
+/* Secure mode: an inaccessible page after each large block, so a linear overflow off its
+ * end (past the usable size) faults at once. Guarded blocks bypass the cache: its splits
+ * and merges would each have to move a guard page. */
 static size_t huge_guard(void) {
   return obj_secure_on() ? os_page_size() : 0;
 }
 
-/* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible. */
-static void *huge_map(size_t len, size_t a, size_t guard) {
+/* Makes the guard page at `at` inaccessible: a guard marker (MADV_GUARD_INSTALL) where the
+ * kernel has them, so that a block stays one mapping and vm.max_map_count is not reached
+ * at half the blocks; else a PROT_NONE page, a mapping of its own (old kernels, locked
+ * mappings). Returns 1 for a marker, 0 for PROT_NONE, -1 when neither worked. */
+static int huge_guard_put(char *at, size_t guard) {
+  if (os_guard_install(at, guard) == 0) return 1;
+  return os_protect(at, guard, MA_PROT_NONE) == 0 ? 0 : -1;
+}
+
+/* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible;
+ * *marker says how (huge_guard_put). */
+static void *huge_map(size_t len, size_t a, size_t guard, bool *marker) {
   void *p = os_alloc(len + guard, a, false);
-  if (!p) return NULL;
-  if (guard && os_protect((char *)p + len, guard, MA_PROT_NONE) != 0) {
+  *marker = false;
+  if (!p || !guard) return p;
+  int kind = huge_guard_put((char *)p + len, guard);
+  if (kind < 0) {
     os_release_owned_rw(p, len + guard);
     return NULL;
   }
+  *marker = kind == 1;
   return p;
 }
 
@@ -332,14 +346,15 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
     huge_cached c;
     pthread_mutex_lock(&huge_lock);
     if (huge_reserve_slot() && huge_cache_take(len, roomy, &c)) {
-      huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0});
+      huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0, false});
       pthread_mutex_unlock(&huge_lock);
       if (zero) memset((void *)c.ptr, 0, size);
       return (void *)c.ptr;
     }
     pthread_mutex_unlock(&huge_lock);
   }
-  void *p = huge_map(len, a, g);
+  bool marker;
+  void *p = huge_map(len, a, g, &marker);
   if (!p) {
     errno = ENOMEM;
     return NULL;
@@ -353,7 +368,7 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
     errno = ENOMEM;
     return NULL;
   }
-  huge_record((huge_rec){(uintptr_t)p, len, a, ++huge_map_ids, g});
+  huge_record((huge_rec){(uintptr_t)p, len, a, ++huge_map_ids, g, marker});
   pthread_mutex_unlock(&huge_lock);
   return p;
 }
@@ -404,7 +419,7 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
     return NULL;
   huge_remove_at(i);
   huge_bytes -= r.len;
-  huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0});
+  huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0, false});
   huge_allocs--;
   pthread_mutex_unlock(&huge_lock);
   memcpy((void *)c.ptr, (void *)r.ptr, r.len);
@@ -440,11 +455,16 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   }
   int saved = errno;
   if (nlen < r.len) { /* the tail is cached (or unmapped) as a freed block would be */
-    /* A guarded block gets its new guard page first; if that fails it keeps its size. */
-    if (r.guard && os_protect((char *)p + nlen, r.guard, MA_PROT_NONE) != 0) {
-      pthread_mutex_unlock(&huge_lock);
-      errno = saved;
-      return p;
+    /* A guarded block gets its new guard page first; if that fails it keeps its size. The
+     * old guard goes with the tail. */
+    if (r.guard) {
+      int kind = huge_guard_put((char *)p + nlen, r.guard);
+      if (kind < 0) {
+        pthread_mutex_unlock(&huge_lock);
+        errno = saved;
+        return p;
+      }
+      huge_tab[i].marker = kind == 1;
     }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
@@ -471,18 +491,26 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
    * thread before the old record is gone. */
   void *np = NULL;
   /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. A guarded
-   * block moves with a page more, which becomes its new guard; the old guard page (a
-   * mapping of its own once protected) stays behind and is unmapped. */
-  int rc = os_remap(p, r.len, wlen + r.guard, r.align == 0, &np);
-  if (rc == 0 && r.guard) {
-    (void)os_protect((char *)np + wlen, r.guard, MA_PROT_NONE); /* best effort */
-    if (np != p) os_release_owned((char *)p + r.len, r.guard);
+   * block gets a page more, which becomes its new guard. A guard marker lies inside the
+   * block's mapping: it is removed first (else it would stay inside the grown block) and
+   * the mapping remapped whole. A PROT_NONE guard is a mapping of its own: it stays behind
+   * and is unmapped. */
+  int rc, kind = 0;
+  if (r.marker) {
+    (void)os_guard_remove((char *)p + r.len, r.guard);
+    rc = os_remap(p, r.len + r.guard, wlen + r.guard, r.align == 0, &np);
+    if (rc != 0) (void)huge_guard_put((char *)p + r.len, r.guard); /* as it was */
+  } else {
+    rc = os_remap(p, r.len, wlen + r.guard, r.align == 0, &np);
+    if (rc == 0 && r.guard && np != p) os_release_owned((char *)p + r.len, r.guard);
   }
+  if (rc == 0 && r.guard) kind = huge_guard_put((char *)np + wlen, r.guard); /* best effort */
   if (rc == 0) {
     huge_remove_at(i);
     /* Moved: the block is a mapping of its own now. */
     huge_put(huge_tab, huge_cap,
-             (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids, r.guard});
+             (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids, r.guard,
+                        kind == 1});
     huge_count++;
     huge_bytes += wlen - r.len;
     pthread_mutex_unlock(&huge_lock);
