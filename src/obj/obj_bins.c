@@ -329,12 +329,12 @@ void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b) {
 }
 
 void obj_slab_put(obj_slab *s, obj_block *b) {
-  obj_link_open_rt(b);
-  obj_link_set(b, s->free);
-  obj_link_close_rt(b);
-  s->free = b;
+  bool vg = obj_tracking;
+  if (obj_unlikely(vg)) obj_link_open_vg(b);
   s->free_zero = 0;
-  if (--s->cnt <= 0) obj_slab_notify(s);
+  obj_slab_push(s, b);
+  /* (after a notify that may have retired the slab: memcheck's marks outlive a mapping) */
+  if (obj_unlikely(vg)) obj_link_close_vg(b);
 }
 
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head) {

@@ -5,9 +5,15 @@
 
 #include "obj/obj_types.h"
 
-/* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). */
+/* A unique id of the calling thread: its thread pointer (one load, no TLS lookup). Read
+ * through GCC's and clang's %fs address space where they have it, so that a compare with
+ * it (obj_is_local) takes its operand from memory: one instruction less per pool free
+ * than the inline asm load. Not under the sanitizers, which would instrument that load. */
 static inline uintptr_t obj_tid(void) {
-#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
+#if defined(__x86_64__) && defined(__SEG_FS) && !OBJ_ASAN && !defined(__SANITIZE_THREAD__) &&      \
+    !defined(MA_NO_INLINE_ASM)
+  return *(const uintptr_t __seg_fs *)0;
+#elif defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
   uintptr_t t;
   __asm__("movq %%fs:0, %0" : "=r"(t));
   return t;
@@ -16,19 +22,32 @@ static inline uintptr_t obj_tid(void) {
 #endif
 }
 
-/* A statistics counter written by one thread and read by others (ma_pool_stats_get):
- * incremented with a relaxed atomic store (the reader's relaxed load then races with
- * nothing), at the cost of the plain ++ it replaces. Clang fuses the relaxed load and store
- * into one add to memory; GCC 12 does not (a load, an add and a store: two instructions
- * more on the pools' fast paths), so with GCC on x86-64 it is that one add, written out:
- * a single aligned 8-byte store that no reader can see torn, opaque to the compiler, and
- * with one writer no increment is lost. (The TSan stage builds with clang: the atomic form,
- * which TSan sees.) */
-static inline void obj_stat_inc(uint64_t *x) { // NOLINT(readability-non-const-parameter)
+/* Counters written by one thread and read by others (ma_pool_stats_get, the heap's thread
+ * cache room): changed with a relaxed atomic store (the reader's relaxed load then races
+ * with nothing), at the cost of the plain ++ it replaces. Clang fuses the relaxed load and
+ * store into one add to memory; GCC 12 does not (a load, an add and a store: two
+ * instructions more on the fast paths), so with GCC on x86-64 it is that one add, written
+ * out: a single aligned store that no reader can see torn, opaque to the compiler, and with
+ * one writer no change is lost. (The TSan stage builds with clang: the atomic form, which
+ * TSan sees.) */
 #if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM) && !defined(__clang__)
+#define OBJ_ADD_ASM 1
+#else
+#define OBJ_ADD_ASM 0
+#endif
+static inline void obj_stat_inc(uint64_t *x) { // NOLINT(readability-non-const-parameter)
+#if OBJ_ADD_ASM
   __asm__ volatile("addq $1, %0" : "+m"(*x));
 #else
   __atomic_store_n(x, __atomic_load_n(x, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+#endif
+}
+static inline void obj_count_add32(int32_t *x,
+                                   int32_t d) { // NOLINT(readability-non-const-parameter)
+#if OBJ_ADD_ASM
+  __asm__ volatile("addl %1, %0" : "+m"(*x) : "ir"(d));
+#else
+  __atomic_store_n(x, __atomic_load_n(x, __ATOMIC_RELAXED) + d, __ATOMIC_RELAXED);
 #endif
 }
 
@@ -274,16 +293,28 @@ static inline void *obj_bin_alloc_zero(obj_bins *bs, obj_bin *bin) {
   return b;
 }
 
-/* Pushes b, a validated live block (not yet tagged free), onto its slab's local free list
- * (LIFO: cache-warm) and tags it free: the owner's push, shared by obj_free_local and the
- * pools' fast free. The caller counts it (s->cnt). */
-static inline void obj_push_local(obj_slab *s, obj_block *b) {
+/* The owner's local free: pushes b, a validated live block of slab s (not yet tagged
+ * free), onto s->free (LIFO: cache-warm), tags it free and counts it (--cnt, the slab's
+ * slow path at <= 0). The one local-free push of the pools' fast free (ma_pool_free), the
+ * object layer's (obj_free_local) and the heap's (obj_slab_put: blocks a thread cache gives
+ * back, tracked frees). It leaves s->free_zero alone: a push onto a zero pool's slab comes
+ * only through obj_free_local or obj_slab_put, which clear it (zero pools' segments carry
+ * OBJ_MAP_POOL_SLOW, so their frees never reach the pools' fast path). */
+static inline void obj_slab_push(obj_slab *s, obj_block *b) {
   obj_poison(b, s->stride);
   obj_link_open(b);
   obj_link_set(b, s->free);
   obj_link_close(b);
   s->free = b;
-  s->free_zero = 0;
+#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
+  /* --cnt and the test as one instruction pair (GCC otherwise tests the result again) */
+  __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
+  return;
+notify:
+  obj_slab_notify(s);
+#else
+  if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
+#endif
 }
 
 /* Frees p, a validated block of slab s, from the slab's owner thread (s->owner_tid ==
@@ -292,8 +323,8 @@ static inline void obj_free_local(obj_slab *s, void *p) {
   obj_block *b = (obj_block *)p;
   obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
   if (obj_unlikely(obj_block_is_free(b))) obj_fatal("double free", p);
-  obj_push_local(s, b);
-  if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
+  s->free_zero = 0;
+  obj_slab_push(s, b);
 }
 
 static inline bool obj_is_local(const obj_slab *s) {

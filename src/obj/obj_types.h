@@ -206,6 +206,10 @@ extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 #define OBJ_MAP_HEAP ((uint32_t)1 << 31)
 #define OBJ_MAP_POOL ((uint32_t)1 << 30)
 #define OBJ_MAP_TAGS (OBJ_MAP_HEAP | OBJ_MAP_POOL)
+/* A pool whose frees all take the slow path (zero pools: a free clears the slab's
+ * free_zero, which the fast push leaves alone); neither the heap's nor the pools' fast
+ * compare matches it. */
+#define OBJ_MAP_POOL_SLOW OBJ_MAP_TAGS
 extern OBJ_HIDDEN uintptr_t obj_link_key; /* random, odd: free-list link encoding (secure) */
 extern OBJ_HIDDEN uintptr_t obj_cookie;   /* random, odd: the free tag (obj_link_set) */
 /* Secure carving shuffles blocks within windows of this many (<= 1: no shuffle). */
