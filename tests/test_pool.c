@@ -141,7 +141,7 @@ Test(pool, big_objects_get_their_own_slabs) {
         cr_assert(v[i] + sizes[k] <= v[j] || v[j] + sizes[k] <= v[i], "overlap");
     for (int i = 0; i < 4; i++) ma_pool_free(p, v[i]);
     ma_pool_trim(p);
-    cr_assert_lt(st(p).committed_bytes, sizes[k], "empty huge slabs go back");
+    cr_assert_lt(st(p).committed_bytes, sizes[k], "empty solo slabs go back");
     ma_pool_destroy(p);
   }
 }

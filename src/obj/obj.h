@@ -3,7 +3,8 @@
  *
  * Model. A segment is OBJ_SEG_SIZE (4 MiB) aligned: a header (magic, space, owner bins, the
  * slab descriptors) then 2^(22-shift) slabs of 2^shift bytes (shift 16..22; slab 0 starts
- * after the header), or one slab for big strides ("huge", any multiple of 4 MiB). The
+ * after the header), or one slab for big strides (a "solo" segment, OBJ_SHIFT_SOLO, any
+ * multiple of 4 MiB: docs/internals.md has the size names of every layer). The
  * global segment map (obj_segmap: a static root of 1024 leaves, each leaf 4 bytes per 4 MiB
  * chunk of a 256 GiB region, mapped when a segment first lands there) says which chunks
  * belong to one of our segments: pointer -> segment -> slab is O(1) and
@@ -35,8 +36,9 @@
  *    aligned to the largest power of two dividing S (up to the page size): aligned_alloc
  *    can pick a class whose stride the alignment divides. obj_free aborts "mapalloc: double free of
  * 0x..." when the block is already free (a keyed tag in its second word, cleared on alloc).
- *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand
- *    (~16 and ~40 instructions) with obj_map_entry (one map compare).
+ *    pool.c's ma_pool_alloc/ma_pool_free show the same paths written out by hand with
+ *    obj_segment_of_tagged (one map compare) and obj_slab_push (the owner's push); their
+ *    instruction counts are in docs/internals.md.
  * 4. Thread exit: obj_bins_abandon(bs) from the pthread_key destructor: sends the thread's
  *    pending remote frees, files its inbox, returns its empty slabs and segments, and parks
  *    the cache with its live segments; the next obj_bins_get takes it over whole, and
@@ -44,15 +46,15 @@
  * 5. Purging: an emptied slab stays committed (reused with no syscall and no fault) while
  *    the thread retains at most max(OBJ_RETAIN_BYTES, its recent peak of active slab bytes
  *    >> OBJ_RETAIN_SHIFT) of empty slabs; past that it is purged at once. The time bound is
- *    what returns memory; the byte cap only stops a runaway (a shift of 3 purged and
- *    refaulted 18k slabs in glibc-simple's 400-block batches). space->purge_delay_ms after
- *    the retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
+ *    what returns memory; the byte cap only stops a runaway (a smaller cap purged and
+ *    refaulted slabs over and over in batch workloads: docs/internals.md). space->purge_delay_ms
+ * after the retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
  *    MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next slow
  *    path (a refill, or a free that empties a slab) purges every retained slab and unmaps its
  *    empty segments but the last of each kind (obj_bins_purge_check; coarse clock, read only
  *    when something is retained). A purge is MADV_DONTNEED (os_reset): the slab stays mapped
  *    read-write, so reuse costs page faults but no mmap; spaces with MA_MAP_SHARED or
- *    MA_MAP_LOCKED, and huge segments, still remap PROT_NONE (os_decommit). A segment's slab
+ *    MA_MAP_LOCKED, and solo segments, still remap PROT_NONE (os_decommit). A segment's slab
  *    area is mapped read-write in one call on first use (pages fault in lazily); committed
  *    still counts slabs in use or retained, not the mapping. space->purges counts purge
  *    passes, space->purged_bytes the bytes given back. obj_bins_trim(bs) (owner) purges
@@ -103,7 +105,7 @@ void obj_space_destroy(obj_space *sp);
  * empty slabs and segments to the OS. */
 void obj_space_trim(obj_space *sp);
 
-/* Slab shift suited to a stride (>= 16 blocks a slab), OBJ_SHIFT_HUGE for big strides. */
+/* Slab shift suited to a stride (>= 16 blocks a slab), OBJ_SHIFT_SOLO for big strides. */
 uint8_t obj_slab_shift_for(size_t stride, size_t align);
 
 /* A bins for the calling thread: recycled from an exited thread or new. NULL on ENOMEM. */

@@ -533,7 +533,7 @@ obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
       b->stride = strides[i];
       b->align = a;
       b->slab_shift = obj_slab_shift_for(strides[i], a);
-      b->kind = b->slab_shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1
+      b->kind = b->slab_shift == OBJ_SHIFT_SOLO ? OBJ_NSHIFTS - 1
                                                 : (uint8_t)(b->slab_shift - OBJ_SLAB_MIN);
       b->idx = (uint16_t)i;
     }

@@ -87,7 +87,7 @@ static inline obj_segment *obj_segment_of(const void *p) {
 static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
   /* Byte offset, not an array index: GCC then addresses every field of the descriptor
    * from one register (with &slabs[i] it rebuilt the address for the atomic `carved`
-   * load, two instructions more per free). */
+   * load on every free). */
   uintptr_t off = (((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift) << OBJ_SLAB_DESC_SHIFT;
   return (obj_slab *)((char *)seg->slabs + off);
 }
@@ -156,9 +156,9 @@ static inline bool obj_block_is_free(const obj_block *b) {
 
 #if !OBJ_SECURE
 /* Default build: a link out of b's 4 MiB chunk is NULL (b is the list's last block), a
- * block of a huge slab, or a use-after-free write. Three instructions find out; all three
- * are rare enough for the exact check to run out of line (NULL tested inline cost two more
- * instructions per malloc than the call once per list). */
+ * block of a solo slab, or a use-after-free write. An xor and a shift find out; all three
+ * are rare enough for the exact check to run out of line (NULL tested inline cost more per
+ * malloc than the call once per list). */
 static inline bool obj_link_leaves_chunk(const obj_block *b, const obj_block *n) {
   return (((uintptr_t)n ^ (uintptr_t)b) >> OBJ_SEG_SHIFT) != 0;
 }

@@ -24,10 +24,10 @@
 #define OBJ_ASAN 0
 #endif
 
-/* Secure mode (see "SECURE MODE" above). OBJ_SECURE: compiled in (-DMAPALLOC_SECURE=ON),
- * the fast paths encode and check free-list links. obj_secure_on(): the slow-path parts
- * (guard pages, random carve order, tagged carving), always on in a secure build and
- * selectable per run in the default one (obj_secure_rt, set from MAPALLOC_SECURE=1 when the
+/* Secure mode (obj.h, point 7, and docs/hardening.md). OBJ_SECURE: compiled in
+ * (-DMAPALLOC_SECURE=ON), the fast paths encode and check free-list links. obj_secure_on(): the
+ * slow-path parts (guard pages, random carve order, tagged carving), always on in a secure build
+ * and selectable per run in the default one (obj_secure_rt, set from MAPALLOC_SECURE=1 when the
  * options are read, before the first segment of the heap or of any pool). */
 #ifdef MA_SECURE
 #define OBJ_SECURE 1
@@ -41,8 +41,8 @@
 #define OBJ_SEG_SHIFT           22 /* 4 MiB segments, aligned to their size */
 #define OBJ_SEG_SIZE            ((size_t)1 << OBJ_SEG_SHIFT)
 #define OBJ_SLAB_MIN            16                /* smallest slab: 64 KiB */
-#define OBJ_SHIFT_HUGE          63                /* slab_shift of a one-slab segment (any size) */
-#define OBJ_NSHIFTS             8                 /* segment kinds: shifts 16..22, then huge */
+#define OBJ_SHIFT_SOLO          63                /* slab_shift of a one-slab segment (any size) */
+#define OBJ_NSHIFTS             8                 /* segment kinds: shifts 16..22, then solo */
 #define OBJ_RETAIN_BYTES        ((size_t)1 << 20) /* least empty-slab bytes a bins may retain */
 #define OBJ_RETAIN_SHIFT        0   /* ... and up to its recent peak of active slab bytes */
 #define OBJ_PURGE_DELAY_DEFAULT 100 /* ms an empty slab stays committed (pools) */
@@ -106,7 +106,7 @@ typedef struct obj_space obj_space;
  * with MADV_GUARD_INSTALL (MADV then; HOLES if the kernel refuses them there). */
 enum { OBJ_GUARD_HOLES, OBJ_GUARD_MADV_PENDING, OBJ_GUARD_MADV };
 
-/* A segment: OBJ_SEG_SIZE aligned (a multiple of it for huge ones); header then slabs. */
+/* A segment: OBJ_SEG_SIZE aligned (a multiple of it for solo ones); header then slabs. */
 typedef struct obj_segment {
   uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
   obj_space *space;
