@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "malloc/heap_internal.h"
 #include "mapalloc/arena.h"
 #include "mapalloc/heap.h"
@@ -61,10 +62,7 @@ static void in_child(void (*body)(void)) {
     body();
     _exit(0);
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  cr_assert(WIFEXITED(st), "the sweep child died (signal %d)", WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-  cr_assert_eq(WEXITSTATUS(st), 0, "the sweep child reported a failure (see stderr)");
+  expect_child_ok(pid, "the sweep child (a failure is reported on stderr)");
 }
 
 /* ---- Snapshots of the address space -------------------------------------------------------- */
