@@ -331,66 +331,79 @@ static const struct {
 
 static double res[NPEER][NWORK][MAXREP];
 
-/* Runs workload w of peer k in a fresh process (so no workload inherits another's heap). */
-static int run_child(const char *self, size_t k, size_t w, int rep) {
+/* Starts argv (argv[0] a path, or a name looked up in PATH) with peer k's LD_PRELOAD and
+ * its file descriptor `fd` (1 or 2) on a pipe; returns the pid (-1 on failure) and the
+ * pipe's read end in *rd. */
+static pid_t spawn_peer(size_t k, char *const argv[], int fd, int *rd) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
   if (pid == 0) {
-    dup2(fds[1], 1);
+    dup2(fds[1], fd);
     close(fds[0]);
     if (peers[k].preload)
       setenv("LD_PRELOAD", peers[k].preload, 1);
     else
       unsetenv("LD_PRELOAD");
-    char sc[32];
-    snprintf(sc, sizeof sc, "%g", scale);
-    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, "--only", works[w].name,
-          (char *)NULL);
+    execvp(argv[0], argv);
     _exit(127);
   }
   close(fds[1]);
-  FILE *f = fdopen(fds[0], "r");
+  if (pid < 0) close(fds[0]);
+  *rd = fds[0];
+  return pid;
+}
+
+/* Waits for pid: 0 when it exited with status 0, else -1. */
+static int reap(pid_t pid) {
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/* Runs workload w of peer k in a fresh process (so no workload inherits another's heap). */
+static int run_child(const char *self, size_t k, size_t w, int rep) {
+  char sc[32];
+  snprintf(sc, sizeof sc, "%g", scale);
+  char *argv[] = {(char *)self, "--child", k == 0 ? "pool" : "malloc", "--scale",
+                  sc,           "--only",  (char *)works[w].name,      NULL};
+  int rd;
+  pid_t pid = spawn_peer(k, argv, 1, &rd);
+  if (pid < 0) return -1;
+  FILE *f = fdopen(rd, "r");
   char name[64];
   double v;
   while (fscanf(f, "%63s %lf", name, &v) == 2)
     if (strcmp(name, works[w].name) == 0) res[k][w][rep] = v;
   fclose(f);
-  int st;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+  return reap(pid);
 }
 
 /* Instructions callgrind counted for a run of cg_loop(n) by peer k ("Collected" line), or
  * -1 when valgrind is missing or failed. */
 static double callgrind_ir(const char *self, size_t k, size_t n) {
-  int fds[2];
-  if (pipe(fds) != 0) return -1;
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], 2);
-    close(fds[0]);
-    if (peers[k].preload)
-      setenv("LD_PRELOAD", peers[k].preload, 1);
-    else
-      unsetenv("LD_PRELOAD");
-    setenv("MAPALLOC_TRACK", "0", 1); /* obj: no valgrind client requests under callgrind */
-    char ns[32];
-    snprintf(ns, sizeof ns, "%zu", n);
-    execlp("valgrind", "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", self,
-           "--child", k == 0 ? "pool" : "malloc", "--cg-loop", ns, (char *)NULL);
-    _exit(127);
-  }
-  close(fds[1]);
+  char ns[32];
+  snprintf(ns, sizeof ns, "%zu", n);
+  char *argv[] = {"valgrind",
+                  "--tool=callgrind",
+                  "--callgrind-out-file=/dev/null",
+                  (char *)self,
+                  "--child",
+                  k == 0 ? "pool" : "malloc",
+                  "--cg-loop",
+                  ns,
+                  NULL};
+  setenv("MAPALLOC_TRACK", "0", 1); /* obj: no valgrind client requests under callgrind */
+  int rd;
+  pid_t pid = spawn_peer(k, argv, 2, &rd);
+  if (pid < 0) return -1;
   static char err[16384];
   size_t m = 0;
   ssize_t r;
-  while ((r = read(fds[0], err + m, sizeof err - 1 - m)) > 0) m += (size_t)r;
+  while ((r = read(rd, err + m, sizeof err - 1 - m)) > 0) m += (size_t)r;
   err[m] = 0;
-  close(fds[0]);
-  int st;
-  waitpid(pid, &st, 0);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return -1;
+  close(rd);
+  if (reap(pid) != 0) return -1;
   const char *c = strstr(err, "Collected : ");
   return c ? strtod(c + 12, NULL) : -1;
 }
