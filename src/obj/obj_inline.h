@@ -10,8 +10,7 @@
  * it (obj_is_local) takes its operand from memory: one instruction less per pool free
  * than the inline asm load. Not under the sanitizers, which would instrument that load. */
 static inline uintptr_t obj_tid(void) {
-#if defined(__x86_64__) && defined(__SEG_FS) && !OBJ_ASAN && !defined(__SANITIZE_THREAD__) &&      \
-    !defined(MA_NO_INLINE_ASM)
+#if defined(__x86_64__) && defined(__SEG_FS) && !OBJ_ASAN && !OBJ_TSAN && !defined(MA_NO_INLINE_ASM)
   return *(const uintptr_t __seg_fs *)0;
 #elif defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
   uintptr_t t;

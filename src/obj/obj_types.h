@@ -23,6 +23,17 @@
 #ifndef OBJ_ASAN
 #define OBJ_ASAN 0
 #endif
+/* ThreadSanitizer: GCC defines __SANITIZE_THREAD__, clang 14 only has the feature test. */
+#if defined(__SANITIZE_THREAD__)
+#define OBJ_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define OBJ_TSAN 1
+#endif
+#endif
+#ifndef OBJ_TSAN
+#define OBJ_TSAN 0
+#endif
 
 /* Secure mode (obj.h, point 7, and docs/hardening.md). OBJ_SECURE: compiled in
  * (-DMAPALLOC_SECURE=ON), the fast paths encode and check free-list links. obj_secure_on(): the
