@@ -296,7 +296,7 @@ bool heap_release_for_retry(void) {
   return true;
 }
 
-void *heap_malloc_slow(heap *h, heap_tc *tc) {
+void *heap_malloc_slow(heap *h, const heap_tc *tc) {
   unsigned cls = (unsigned)(tc - h->tc);
   void *p = heap_malloc_slow_once(h, cls);
   if (heap_unlikely(p == NULL) && heap_release_for_retry())
@@ -316,7 +316,7 @@ static obj_block *heap_tc_next_checked(obj_block *b) {
   return n;
 }
 
-void *heap_malloc_far(heap_tc *tc) {
+void *heap_malloc_far(const heap_tc *tc) {
   obj_fatal("corrupted free list (write after free?)", tc->head);
 }
 

@@ -101,7 +101,7 @@ static inline heap *heap_get(void) {
 
 /* ---- slow paths (heap.c, huge.c) ---- */
 /* tc: the class's list in h->tc (its index is the class). */
-void *heap_malloc_slow(heap *h, heap_tc *tc);
+void *heap_malloc_slow(heap *h, const heap_tc *tc);
 /* Out of memory, or of address space under RLIMIT_AS (errno ENOMEM): gives back all the
  * heap keeps for reuse (the large-block cache, every thread's empty slabs and cached
  * blocks, as ma_heap_collect(true)) and returns true: the caller tries once more. */
@@ -237,7 +237,7 @@ static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
 
 /* heap_malloc_off when the head's tag or link failed its check: aborts ("corrupted free
  * list"). Not noreturn, so that the call is a jump. */
-void *heap_malloc_far(heap_tc *tc);
+void *heap_malloc_far(const heap_tc *tc);
 
 /* ---- fast paths ---- */
 

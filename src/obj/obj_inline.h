@@ -41,8 +41,8 @@ static inline void obj_stat_inc(uint64_t *x) { // NOLINT(readability-non-const-p
   __atomic_store_n(x, __atomic_load_n(x, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 #endif
 }
-static inline void obj_count_add32(int32_t *x,
-                                   int32_t d) { // NOLINT(readability-non-const-parameter)
+// NOLINTNEXTLINE(readability-non-const-parameter)
+static inline void obj_count_add32(int32_t *x, int32_t d) {
 #if OBJ_ADD_ASM
   __asm__ volatile("addl %1, %0" : "+m"(*x) : "ir"(d));
 #else
