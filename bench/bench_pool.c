@@ -3,11 +3,17 @@
  *
  *   build/dev/bench/bench_pool [--reps N] [--scale F]     the table (runs itself as children)
  *   bench_pool --child pool|malloc [--only NAME] [--scale F]   one child: "name ns" lines
+ *   bench_pool --callgrind     instructions per alloc+free pair (valgrind's callgrind)
  *
  * The runner re-executes itself once per allocator and repetition, interleaved
  * (pool, glibc, jemalloc, mimalloc, tcmalloc, pool, ...), the peers through LD_PRELOAD of
  * Debian's libraries; it prints medians of ns per alloc+free pair and the ratio of the
  * pool to each malloc, then the memory used by 1M live 64-byte objects.
+ *
+ * --callgrind counts instructions per alloc+free pair of 64-byte objects, loop included:
+ * each iteration allocates 8 objects then frees them (so a free is not always of the
+ * block just allocated), and the figure is (Ir(2N) - Ir(N)) / 8N over two runs, so
+ * start-up cancels out. The peers run the same loop with malloc/free.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -243,6 +249,20 @@ static double mem_1m(void) {
   return (double)(after - before);
 }
 
+/* The --callgrind loop: n iterations of 8 allocations then 8 frees of 64-byte objects. */
+static void cg_loop(size_t n) {
+  alloc_t a = mk(64);
+  void *v[8];
+  for (size_t i = 0; i < n; i++) {
+    for (int k = 0; k < 8; k++) {
+      v[k] = al(&a);
+      escape(v[k]);
+    }
+    for (int k = 0; k < 8; k++) fr(&a, v[k]);
+  }
+  done(&a);
+}
+
 typedef struct {
   const char *name;
   double (*fn)(void);
@@ -311,34 +331,98 @@ static const struct {
 
 static double res[NPEER][NWORK][MAXREP];
 
-/* Runs workload w of peer k in a fresh process (so no workload inherits another's heap). */
-static int run_child(const char *self, size_t k, size_t w, int rep) {
+/* Starts argv (argv[0] a path, or a name looked up in PATH) with peer k's LD_PRELOAD and
+ * its file descriptor `fd` (1 or 2) on a pipe; returns the pid (-1 on failure) and the
+ * pipe's read end in *rd. */
+static pid_t spawn_peer(size_t k, char *const argv[], int fd, int *rd) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
   if (pid == 0) {
-    dup2(fds[1], 1);
+    dup2(fds[1], fd);
     close(fds[0]);
     if (peers[k].preload)
       setenv("LD_PRELOAD", peers[k].preload, 1);
     else
       unsetenv("LD_PRELOAD");
-    char sc[32];
-    snprintf(sc, sizeof sc, "%g", scale);
-    execl(self, self, "--child", k == 0 ? "pool" : "malloc", "--scale", sc, "--only", works[w].name,
-          (char *)NULL);
+    execvp(argv[0], argv);
     _exit(127);
   }
   close(fds[1]);
-  FILE *f = fdopen(fds[0], "r");
+  if (pid < 0) close(fds[0]);
+  *rd = fds[0];
+  return pid;
+}
+
+/* Waits for pid: 0 when it exited with status 0, else -1. */
+static int reap(pid_t pid) {
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/* Runs workload w of peer k in a fresh process (so no workload inherits another's heap). */
+static int run_child(const char *self, size_t k, size_t w, int rep) {
+  char sc[32];
+  snprintf(sc, sizeof sc, "%g", scale);
+  char *argv[] = {(char *)self, "--child", k == 0 ? "pool" : "malloc", "--scale",
+                  sc,           "--only",  (char *)works[w].name,      NULL};
+  int rd;
+  pid_t pid = spawn_peer(k, argv, 1, &rd);
+  if (pid < 0) return -1;
+  FILE *f = fdopen(rd, "r");
   char name[64];
   double v;
   while (fscanf(f, "%63s %lf", name, &v) == 2)
     if (strcmp(name, works[w].name) == 0) res[k][w][rep] = v;
   fclose(f);
-  int st;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+  return reap(pid);
+}
+
+/* Instructions callgrind counted for a run of cg_loop(n) by peer k ("Collected" line), or
+ * -1 when valgrind is missing or failed. */
+static double callgrind_ir(const char *self, size_t k, size_t n) {
+  char ns[32];
+  snprintf(ns, sizeof ns, "%zu", n);
+  char *argv[] = {"valgrind",
+                  "--tool=callgrind",
+                  "--callgrind-out-file=/dev/null",
+                  (char *)self,
+                  "--child",
+                  k == 0 ? "pool" : "malloc",
+                  "--cg-loop",
+                  ns,
+                  NULL};
+  setenv("MAPALLOC_TRACK", "0", 1); /* obj: no valgrind client requests under callgrind */
+  int rd;
+  pid_t pid = spawn_peer(k, argv, 2, &rd);
+  if (pid < 0) return -1;
+  static char err[16384];
+  size_t m = 0;
+  ssize_t r;
+  while ((r = read(rd, err + m, sizeof err - 1 - m)) > 0) m += (size_t)r;
+  err[m] = 0;
+  close(rd);
+  if (reap(pid) != 0) return -1;
+  const char *c = strstr(err, "Collected : ");
+  return c ? strtod(c + 12, NULL) : -1;
+}
+
+static int run_callgrind(const char *self) {
+  size_t n = 100000;
+  printf("instructions per alloc+free pair of 64 B, 8 allocs then 8 frees, loop included "
+         "(callgrind, (Ir(2N) - Ir(N)) / 8N)\n");
+  for (size_t k = 0; k < NPEER; k++) {
+    if (peers[k].preload && access(peers[k].preload, R_OK) != 0) continue;
+    double i1 = callgrind_ir(self, k, n), i2 = callgrind_ir(self, k, 2 * n);
+    if (i1 < 0 || i2 < 0) {
+      fprintf(stderr, "bench_pool: callgrind run of %s failed (is valgrind installed?)\n",
+              peers[k].name);
+      return 1;
+    }
+    printf("  %-10s %8.1f\n", peers[k].name, (i2 - i1) / (8.0 * (double)n));
+  }
+  return 0;
 }
 
 static int cmp(const void *a, const void *b) {
@@ -356,9 +440,15 @@ static double median(double *v, int n) {
 int main(int argc, char **argv) {
   int reps = 9;
   const char *mode = NULL;
+  bool cg = false;
+  size_t cg_iters = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--child") && i + 1 < argc)
       mode = argv[++i];
+    else if (!strcmp(argv[i], "--callgrind"))
+      cg = true;
+    else if (!strcmp(argv[i], "--cg-loop") && i + 1 < argc)
+      cg_iters = strtoull(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
       reps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--scale") && i + 1 < argc)
@@ -366,13 +456,18 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--only") && i + 1 < argc)
       only = argv[++i];
     else {
-      fprintf(stderr, "usage: %s [--reps N] [--scale F] | --child pool|malloc [--only W]\n",
+      fprintf(stderr,
+              "usage: %s [--reps N] [--scale F] | --callgrind | --child pool|malloc [--only W]\n",
               argv[0]);
       return 2;
     }
   }
   if (mode) {
     use_pool = !strcmp(mode, "pool");
+    if (cg_iters) {
+      cg_loop(cg_iters);
+      return 0;
+    }
     return child();
   }
   if (reps < 1) reps = 1;
@@ -381,6 +476,7 @@ int main(int argc, char **argv) {
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return 1;
   self[n] = 0;
+  if (cg) return run_callgrind(self);
   bool have[NPEER];
   for (size_t k = 0; k < NPEER; k++) have[k] = !peers[k].preload || !access(peers[k].preload, R_OK);
   for (int r = 0; r < reps; r++) {

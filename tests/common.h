@@ -3,6 +3,8 @@
 #define MAPALLOC_TESTS_COMMON_H
 
 #include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,6 +44,41 @@ static inline void expect_abort_saying(void (*fn)(void), const char *const *want
   cr_assert_eq(waitpid(pid, &status, 0), pid);
   cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child did not abort: %s", buf);
   for (; *want; want++) cr_assert(strstr(buf, *want) != NULL, "message was: %s", buf);
+}
+
+/* Waits for the child pid (asserting that the wait succeeds) and returns its status. */
+static inline int wait_child(pid_t pid) {
+  int st = 0;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  return st;
+}
+
+/* Waits for the child pid and asserts that it exited with status 0; `what` names it in the
+ * failure message. */
+static inline void expect_child_ok(pid_t pid, const char *what) {
+  int st = wait_child(pid);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: child status %#x (%s %d)", what, st,
+            WIFSIGNALED(st) ? "signal" : "exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+}
+
+/* Runs fn(arg) in a forked child (stdio flushed first, so that nothing is written twice),
+ * which then exits 0; returns the child's wait status. */
+static inline int run_in_child(void (*fn)(void *), void *arg) {
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    fn(arg);
+    _exit(0);
+  }
+  return wait_child(pid);
+}
+
+/* Did fn(arg), run in a forked child, kill it with SIGSEGV? (Probes of guard pages and
+ * unmapped or protected memory.) */
+static inline bool child_segfaults(void (*fn)(void *), void *arg) {
+  int st = run_in_child(fn, arg);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
 }
 
 #endif

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "mapalloc/arena.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__has_feature)
@@ -52,20 +53,16 @@ static int memfd_pattern(size_t pages, int seed) {
   return fd;
 }
 
+static void touch_read(void *p) {
+  (void)*(volatile char *)p;
+}
+static void touch_write(void *p) {
+  *(volatile char *)p = 1;
+}
+
 /* Does touching `p` (read, or write when `write`) kill a child with SIGSEGV? */
 static bool faults(volatile char *p, bool write) {
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    if (write)
-      p[0] = 1;
-    else
-      (void)p[0];
-    _exit(0);
-  }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+  return child_segfaults(write ? touch_write : touch_read, (void *)p);
 }
 
 static ma_arena *make(size_t pages) {
@@ -1060,8 +1057,7 @@ static bool child_ok(ma_arena *a, int (*fn)(ma_arena *)) {
      * the child does not have, as leaked. */
     syscall(SYS_exit_group, fn(a));
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  int st = wait_child(pid);
   return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 

@@ -152,7 +152,7 @@ static void *pool_user(void *arg) {
 
 Test(check, pools) {
   cr_assert_eq(ma_pool_check(NULL), -EINVAL);
-  size_t sizes[] = {24, 256, 3000, 600 * 1024}; /* the last: one-slab ("huge") segments */
+  size_t sizes[] = {24, 256, 3000, 600 * 1024}; /* the last: solo (one-slab) segments */
   for (unsigned k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
     ma_pool *p;
     cr_assert_eq(ma_pool_create(&(ma_pool_opts){.obj_size = sizes[k]}, &p), 0);

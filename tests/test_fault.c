@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "malloc/heap_internal.h"
 #include "mapalloc/arena.h"
 #include "mapalloc/heap.h"
@@ -61,10 +62,7 @@ static void in_child(void (*body)(void)) {
     body();
     _exit(0);
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  cr_assert(WIFEXITED(st), "the sweep child died (signal %d)", WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-  cr_assert_eq(WEXITSTATUS(st), 0, "the sweep child reported a failure (see stderr)");
+  expect_child_ok(pid, "the sweep child (a failure is reported on stderr)");
 }
 
 /* ---- Snapshots of the address space -------------------------------------------------------- */
@@ -498,7 +496,7 @@ static int heap_large(void) {
 
 /* A large block grows by realloc (mremap, moving or in place) far past the cache limit,
  * shrinks (tail unmapped), and an over-aligned one grows (in place or copied). */
-static int heap_realloc_huge(void) {
+static int heap_realloc_large(void) {
   const size_t keep = 256 << 10;
   const size_t sizes[] = {300 << 10, 1 << 20, 3 << 20, 9 << 20, 40 << 20, 200 << 10};
   unsigned char *p = ma_malloc(keep);
@@ -606,7 +604,7 @@ static void sweep_heap(void) {
   sweep("heap small", heap_small);
   sweep("heap medium", heap_medium);
   sweep("heap large", heap_large);
-  sweep("heap huge realloc", heap_realloc_huge);
+  sweep("heap large realloc", heap_realloc_large);
 }
 
 /* Secure mode (guard pages; turned on at run time in a default build): the slab area's

@@ -66,12 +66,6 @@ static void wait_purger_settled(void) {
   for (int i = 0; i < 300 && heap_purger_passes() == 0; i++) usleep(10000);
 }
 
-static int wait_child(pid_t pid) {
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  return st;
-}
-
 /* ---- a child's threads free what several parent threads allocated ----------------- */
 
 enum { PARENTS = 4, PER = 600 };

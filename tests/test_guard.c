@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
@@ -62,19 +63,14 @@ static void secure_on(void) {
 #endif
 }
 
+static void child_poke(void *p) {
+  signal(SIGSEGV, SIG_DFL);
+  poke(p);
+}
+
 /* Does touching `p` (a write) kill a child with SIGSEGV? */
 static bool write_faults(volatile char *p) {
-  fflush(NULL);
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0);
-  if (pid == 0) {
-    signal(SIGSEGV, SIG_DFL);
-    poke(p);
-    _exit(0);
-  }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+  return child_segfaults(child_poke, (void *)p);
 }
 
 /* ---- page layer ---------------------------------------------------------------------------- */
@@ -183,8 +179,7 @@ static void overflow_faults_at_slab_end(char *b) {
     /* The faulting page is a guard page: the last page before a slab boundary. */
     _exit(((last & ~(uintptr_t)(ps - 1)) + ps) % SLAB_MIN == 0 ? 0 : 7);
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  int st = wait_child(pid);
   cr_assert(WIFEXITED(st), "status %#x", st);
   cr_assert_eq(WEXITSTATUS(st), 0,
                "exit %d (6: the overflow did not fault, 7: it faulted elsewhere than at a "

@@ -621,9 +621,9 @@ Test(heap_threads, fork_under_threads, .timeout = 120) {
       ma_free(big);
       _exit(0);
     }
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d failed: %d", f, status);
+    char what[32];
+    snprintf(what, sizeof what, "child %d", f);
+    expect_child_ok(pid, what);
   }
   atomic_store(&fork_stop, true);
   for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);

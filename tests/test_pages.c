@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "mapalloc/pages.h"
 
 #ifndef PR_SET_VMA
@@ -738,8 +739,7 @@ Test(pages, dontfork_child_faults) {
     ((volatile char *)m.addr)[0] = 5;                   /* not inherited: faults */
     _exit(0);
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  int st = wait_child(pid);
   cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV, "status %#x", st);
   cr_assert_eq(ma_map_destroy(&m), 0);
   cr_assert_eq(ma_map_destroy(&keep), 0);
@@ -1067,9 +1067,7 @@ Test(pages, areas_query_errors_stop_and_other_process) {
   cr_assert_eq(ma_areas_query(0, (uintptr_t)caddr, (uintptr_t)caddr + 1, find_cb, &f), f.found);
   cr_assert(!f.found || f.a.start != a.start || f.a.prot != a.prot || strcmp(f.a.path, a.path));
   cr_assert_eq(write(go[1], "x", 1), 1);
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  expect_child_ok(pid, "child holding the area");
   close(pipefd[0]);
   close(pipefd[1]);
   close(go[0]);

@@ -202,9 +202,9 @@ Test(remote, fork_while_batches_are_sent) {
       ma_heap_collect(true);
       _exit(0);
     }
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status 0x%x", f, st);
+    char what[32];
+    snprintf(what, sizeof what, "child %d", f);
+    expect_child_ok(pid, what);
   }
   atomic_store(&xstop, true);
   for (int k = 0; k < 3; k++) pthread_join(t[k], NULL);
@@ -363,6 +363,7 @@ Test(purger, absent_in_fork_children) {
   wait_purger_settled();
   cr_assert_geq(task_count(), 2);
   pid_t pid = fork();
+  cr_assert_geq(pid, 0);
   if (pid == 0) {
     if (task_count() != 1) _exit(10);
     if (heap_purger_running()) _exit(11);
@@ -376,16 +377,14 @@ Test(purger, absent_in_fork_children) {
     for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
     _exit(heap_purger_running() ? 0 : 13);
   }
-  int st;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  cr_assert(WIFEXITED(st), "status 0x%x", st);
-  cr_assert_eq(WEXITSTATUS(st), 0);
+  expect_child_ok(pid, "purger child");
 }
 
 /* A process that exits while the purger works exits cleanly (its destructor stops it). */
 Test(purger, stops_at_exit) {
   for (int round = 0; round < 20; round++) {
     pid_t pid = fork();
+    cr_assert_geq(pid, 0);
     if (pid == 0) {
       atomic_bool stop = false;
       pthread_t c;
@@ -393,8 +392,8 @@ Test(purger, stops_at_exit) {
       sleep_ms(round * 7 % 60);
       exit(0); /* with the churn thread still running */
     }
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d: status 0x%x", round, st);
+    char what[32];
+    snprintf(what, sizeof what, "round %d", round);
+    expect_child_ok(pid, what);
   }
 }

@@ -20,10 +20,19 @@
  * Size classes: 16..128 in steps of 16, then 8 classes per power of two up to 128 KiB.
  * (tests/test_heap.c checks both tables against the formula.)
  * ---------------------------------------------------------------------------------- */
-const uint8_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1] = {
-    0,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 16, 17, 17, 18,
-    18, 19, 19, 20, 20, 21, 21, 22, 22, 23, 23, 24, 24, 24, 24, 25, 25, 25, 25, 26, 26, 26,
-    26, 27, 27, 27, 27, 28, 28, 28, 28, 29, 29, 29, 29, 30, 30, 30, 30, 31, 31, 31, 31};
+/* The class of each size up to HEAP_LUT_MAX in 16-byte steps, stored as the byte offset of
+ * its thread cache list (class << OBJ_BIN_OFF_SHIFT): malloc adds it to the heap's address
+ * with no shift. */
+#define LUT(c) ((c) << OBJ_BIN_OFF_SHIFT)
+const uint16_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1] = {
+    LUT(0),  LUT(0),  LUT(1),  LUT(2),  LUT(3),  LUT(4),  LUT(5),  LUT(6),  LUT(7),  LUT(8),
+    LUT(9),  LUT(10), LUT(11), LUT(12), LUT(13), LUT(14), LUT(15), LUT(16), LUT(16), LUT(17),
+    LUT(17), LUT(18), LUT(18), LUT(19), LUT(19), LUT(20), LUT(20), LUT(21), LUT(21), LUT(22),
+    LUT(22), LUT(23), LUT(23), LUT(24), LUT(24), LUT(24), LUT(24), LUT(25), LUT(25), LUT(25),
+    LUT(25), LUT(26), LUT(26), LUT(26), LUT(26), LUT(27), LUT(27), LUT(27), LUT(27), LUT(28),
+    LUT(28), LUT(28), LUT(28), LUT(29), LUT(29), LUT(29), LUT(29), LUT(30), LUT(30), LUT(30),
+    LUT(30), LUT(31), LUT(31), LUT(31), LUT(31)};
+#undef LUT
 
 const uint32_t heap_cls_size[HEAP_NCLASSES] = {
     16,    32,    48,    64,    80,    96,    112,    128,    144,    160,   176,   192,   208,
@@ -287,7 +296,8 @@ bool heap_release_for_retry(void) {
   return true;
 }
 
-void *heap_malloc_slow(heap *h, unsigned cls) {
+void *heap_malloc_slow(heap *h, const heap_tc *tc) {
+  unsigned cls = (unsigned)(tc - h->tc);
   void *p = heap_malloc_slow_once(h, cls);
   if (heap_unlikely(p == NULL) && heap_release_for_retry())
     p = heap_malloc_slow_once(heap_get(), cls);
@@ -306,8 +316,8 @@ static obj_block *heap_tc_next_checked(obj_block *b) {
   return n;
 }
 
-void *heap_malloc_far(heap *h, unsigned cls) {
-  obj_fatal("corrupted free list (write after free?)", h->tc[cls].head);
+void *heap_malloc_far(const heap_tc *tc) {
+  obj_fatal("corrupted free list (write after free?)", tc->head);
 }
 
 /* Gives back all but `keep` blocks of list `cls`, from its head (the blocks freed last:

@@ -82,7 +82,7 @@ typedef struct heap {
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
-extern const uint8_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1];
+extern const uint16_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1]; /* class << OBJ_BIN_OFF_SHIFT */
 extern const uint32_t heap_cls_size[HEAP_NCLASSES];
 extern heap heap_empty;
 extern obj_space heap_space;
@@ -100,7 +100,8 @@ static inline heap *heap_get(void) {
 #endif
 
 /* ---- slow paths (heap.c, huge.c) ---- */
-void *heap_malloc_slow(heap *h, unsigned cls);
+/* tc: the class's list in h->tc (its index is the class). */
+void *heap_malloc_slow(heap *h, const heap_tc *tc);
 /* Out of memory, or of address space under RLIMIT_AS (errno ENOMEM): gives back all the
  * heap keeps for reuse (the large-block cache, every thread's empty slabs and cached
  * blocks, as ma_heap_collect(true)) and returns true: the caller tries once more. */
@@ -158,7 +159,7 @@ extern _Atomic bool heap_threads_seen;
 /* Class of a size <= HEAP_MAX_SMALL: a table below 1 KiB, a bit scan above (no division).
  * Above 128 bytes there are 8 classes per power of two. */
 static inline unsigned heap_size_class(size_t size) {
-  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_cls_lut[(size + 15) >> 4];
+  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_cls_lut[(size + 15) >> 4] >> OBJ_BIN_OFF_SHIFT;
   size_t s = size - 1;
   unsigned k = 63u - (unsigned)__builtin_clzl(s); /* 2^k <= s < 2^(k+1), k >= 10 */
   return (k - 7) * 8 + (unsigned)(s >> (k - 3));
@@ -193,50 +194,81 @@ static inline obj_block *heap_tc_link(const obj_block *b) {
 /* Pops block b, the head of tc, whose link is n (checked by the caller). */
 static inline void *heap_tc_pop(heap_tc *tc, obj_block *b, obj_block *n, unsigned cls) {
   tc->head = n;
-  __atomic_store_n(&tc->room, tc->room + 1, __ATOMIC_RELAXED);
+  obj_count_add32(&tc->room, 1);
   obj_unpoison(b, heap_cls_size[cls]);
   (void)cls;
   b->key = 0;
   return b;
 }
 
-/* Pushes b, a validated block of slab s that is not free (checked by the caller). */
-static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
+/* Takes one block's room on tc's list for a free: false (room unchanged) when the list is
+ * full (room <= 0; always under valgrind and before the thread's first call). With GCC on
+ * x86-64 the decrement is the test (a sub and a branch, the room put back when full),
+ * where a load, a test and a store took three instructions more. */
+static inline bool heap_tc_take_room(heap_tc *tc) {
+#if OBJ_ADD_ASM
+  __asm__ goto("subl $1, %0\n\tjl %l[full]" : "+m"(tc->room) : : "cc" : full);
+  return true;
+full:
+  obj_count_add32(&tc->room, 1);
+  return false;
+#else
+  if (tc->room <= 0) return false;
+  obj_count_add32(&tc->room, -1);
+  return true;
+#endif
+}
+
+/* Links b, a validated block of slab s that is not free (checked by the caller), at the
+ * head of tc, whose room the caller took (heap_tc_take_room). */
+static inline void heap_tc_put(heap_tc *tc, const obj_slab *s, obj_block *b) {
   obj_poison(b, s->stride);
   obj_link_open(b);
   obj_link_set(b, tc->head);
   obj_link_close(b);
   tc->head = b;
-  __atomic_store_n(&tc->room, tc->room - 1, __ATOMIC_RELAXED);
 }
 
-/* heap_malloc_cls when the head's tag or link failed its check: aborts ("corrupted free
+/* Pushes b, a validated block of slab s that is not free, onto tc, which has room. */
+static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
+  heap_tc_put(tc, s, b);
+  obj_count_add32(&tc->room, -1);
+}
+
+/* heap_malloc_off when the head's tag or link failed its check: aborts ("corrupted free
  * list"). Not noreturn, so that the call is a jump. */
-void *heap_malloc_far(heap *h, unsigned cls);
+void *heap_malloc_far(const heap_tc *tc);
 
 /* ---- fast paths ---- */
 
-/* Pops a block of class `cls` from the thread cache: no lock, no atomic read-modify-write,
- * no division, no shared line written. An empty list takes the slow path (refill from the
- * slabs; the first call of a thread; valgrind). */
-static inline void *heap_malloc_cls(unsigned cls) {
+/* Pops a block of the class whose list is at byte offset `off` of h->tc (class <<
+ * OBJ_BIN_OFF_SHIFT, as heap_cls_lut and obj_slab.bin_off store it) from the thread cache: no lock,
+ * no atomic read-modify-write, no division, no shared line written. An empty list takes the slow
+ * path (refill from the slabs; the first call of a thread; valgrind). */
+static inline void *heap_malloc_off(unsigned off) {
   heap *h = heap_get();
-  heap_tc *tc = &h->tc[cls];
+  heap_tc *tc = (heap_tc *)((char *)h->tc + off);
+  unsigned cls = off >> OBJ_BIN_OFF_SHIFT;
   obj_block *b = tc->head;
-  if (heap_unlikely(b == NULL)) return heap_malloc_slow(h, cls);
+  if (heap_unlikely(b == NULL)) return heap_malloc_slow(h, tc);
   obj_link_open(b);
   /* The free tag must hold (a write after free over the link or the tag breaks it); the
    * secure build also checks the decoded link exactly. */
-  if (heap_unlikely(!obj_block_is_free(b))) return heap_malloc_far(h, cls);
+  if (heap_unlikely(!obj_block_is_free(b))) return heap_malloc_far(tc);
   obj_block *n = heap_tc_link(b);
 #if OBJ_SECURE
-  if (heap_unlikely(!heap_link_valid(n))) return heap_malloc_far(h, cls);
+  if (heap_unlikely(!heap_link_valid(n))) return heap_malloc_far(tc);
 #endif
   return heap_tc_pop(tc, b, n, cls);
 }
 
+/* heap_malloc_off by class number. */
+static inline void *heap_malloc_cls(unsigned cls) {
+  return heap_malloc_off(cls << OBJ_BIN_OFF_SHIFT);
+}
+
 static inline void *heap_malloc_inline(size_t size) {
-  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_cls(heap_cls_lut[(size + 15) >> 4]);
+  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_off(heap_cls_lut[(size + 15) >> 4]);
   if (heap_likely(size <= HEAP_MAX_SMALL)) return heap_malloc_cls(heap_size_class(size));
   return heap_malloc_large(size, 0, false);
 }
@@ -262,17 +294,17 @@ static inline void heap_free_inline(void *p) {
    * compare a use of uninitialised memory); the slow path checks the tag itself. */
   heap *h = heap_get();
   heap_tc *tc = (heap_tc *)((char *)h->tc + s->bin_off);
-  if (heap_unlikely(tc->room <= 0)) {
+  if (heap_unlikely(!heap_tc_take_room(tc))) {
     heap_free_slow(h, seg, s, p);
     return;
   }
   obj_block *b = p;
   obj_link_open(b); /* ASan: a freed block is poisoned; we read its tag to say why */
   if (heap_unlikely(obj_block_is_free(b))) {
-    heap_free_double(p);
+    heap_free_double(p); /* (aborts: the room taken is never given back) */
     return;
   }
-  heap_tc_push(tc, s, b);
+  heap_tc_put(tc, s, b);
 }
 
 #endif /* MAPALLOC_HEAP_INTERNAL_H */

@@ -329,12 +329,12 @@ void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b) {
 }
 
 void obj_slab_put(obj_slab *s, obj_block *b) {
-  obj_link_open_rt(b);
-  obj_link_set(b, s->free);
-  obj_link_close_rt(b);
-  s->free = b;
+  bool vg = obj_tracking;
+  if (obj_unlikely(vg)) obj_link_open_vg(b);
   s->free_zero = 0;
-  if (--s->cnt <= 0) obj_slab_notify(s);
+  obj_slab_push(s, b);
+  /* (after a notify that may have retired the slab: memcheck's marks outlive a mapping) */
+  if (obj_unlikely(vg)) obj_link_close_vg(b);
 }
 
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head) {
@@ -533,7 +533,7 @@ obj_bins *obj_bins_get(obj_space *sp, uint32_t nbins, const uint32_t *strides,
       b->stride = strides[i];
       b->align = a;
       b->slab_shift = obj_slab_shift_for(strides[i], a);
-      b->kind = b->slab_shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1
+      b->kind = b->slab_shift == OBJ_SHIFT_SOLO ? OBJ_NSHIFTS - 1
                                                 : (uint8_t)(b->slab_shift - OBJ_SLAB_MIN);
       b->idx = (uint16_t)i;
     }

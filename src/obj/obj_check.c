@@ -140,13 +140,13 @@ static void segment_check(const obj_bins *bs, int kind, const obj_segment *seg,
   MA_VERIFY(seg->kind == kind, "segment %p kind %u on list %d", g, seg->kind, kind);
   MA_VERIFY(seg->prev == prev, "segment %p prev %p, walked from %p", g, (void *)seg->prev,
             (const void *)prev);
-  bool huge = kind == OBJ_NSHIFTS - 1;
-  MA_VERIFY(huge ? seg->slab_shift == OBJ_SHIFT_HUGE : seg->slab_shift == kind + OBJ_SLAB_MIN,
+  bool solo = kind == OBJ_NSHIFTS - 1;
+  MA_VERIFY(solo ? seg->slab_shift == OBJ_SHIFT_SOLO : seg->slab_shift == kind + OBJ_SLAB_MIN,
             "segment %p kind %d slab_shift %u", g, kind, seg->slab_shift);
-  uint32_t nslabs = huge ? 1 : 1u << (OBJ_SEG_SHIFT - seg->slab_shift);
+  uint32_t nslabs = solo ? 1 : 1u << (OBJ_SEG_SHIFT - seg->slab_shift);
   MA_VERIFY(seg->nslabs == nslabs, "segment %p nslabs %u, expected %u", g, seg->nslabs, nslabs);
   MA_VERIFY(seg->size >= OBJ_SEG_SIZE && (seg->size & (OBJ_SEG_SIZE - 1)) == 0 &&
-                (huge || seg->size == OBJ_SEG_SIZE),
+                (solo || seg->size == OBJ_SEG_SIZE),
             "segment %p size %zu", g, seg->size);
   uintptr_t c0 = (uintptr_t)seg >> OBJ_SEG_SHIFT;
   for (uintptr_t c = c0; c < c0 + (seg->size >> OBJ_SEG_SHIFT); c++) {

@@ -24,7 +24,7 @@ static inline void obj_link_close_rt(obj_block *b) {
 bool obj_account_commit(obj_space *sp, size_t len);
 void obj_account_decommit(obj_space *sp, size_t len);
 void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi);
-obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need);
+obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need);
 void obj_segment_release(obj_segment *seg);
 int obj_slab_commit(obj_segment *seg, obj_slab *s);
 size_t obj_slab_decommit(obj_segment *seg, obj_slab *s);

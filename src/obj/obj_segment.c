@@ -206,13 +206,13 @@ uint8_t obj_slab_shift_for(size_t stride, size_t align) {
     if (slab >= 16 * stride + align && slab - hdr >= stride + align + os_page_size())
       return (uint8_t)sh;
   }
-  return OBJ_SHIFT_HUGE;
+  return OBJ_SHIFT_SOLO;
 }
 
 /* The usable range of slab i; a secure segment's guard page after it is excluded. */
 void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi) {
   char *base = (char *)seg;
-  if (seg->slab_shift == OBJ_SHIFT_HUGE) {
+  if (seg->slab_shift == OBJ_SHIFT_SOLO) {
     *lo = base + seg->hdr_size;
     *hi = base + seg->size - seg->guard;
     return;
@@ -227,8 +227,8 @@ static bool space_resettable(const obj_space *sp) {
   return !(sp->map_flags & (MA_MAP_SHARED | MA_MAP_LOCKED));
 }
 
-obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) {
-  uint32_t nslabs = shift == OBJ_SHIFT_HUGE ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
+obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) {
+  uint32_t nslabs = shift == OBJ_SHIFT_SOLO ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
   size_t hdr = header_size(nslabs);
   size_t size = OBJ_SEG_SIZE;
   /* Secure: the last page of each slab is a guard, so a linear overflow off a slab run
@@ -236,9 +236,9 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
    * has them (map_guarded_area), else never mapped (the segment is reserved inaccessible and
    * slabs are committed one by one). Slab shifts leave room for it (obj_slab_shift_for). */
   size_t guard = obj_secure_on() ? os_page_size() : 0;
-  if (shift == OBJ_SHIFT_HUGE) {
-    if (huge_need > OBJ_MAX_STRIDE * 2) goto nomem;
-    size = (hdr + huge_need + guard + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
+  if (shift == OBJ_SHIFT_SOLO) {
+    if (solo_need > OBJ_MAX_STRIDE * 2) goto nomem;
+    size = (hdr + solo_need + guard + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
   }
   if (!obj_account_commit(sp, hdr)) goto nomem;
   char *m = os_reserve(size, OBJ_SEG_SIZE, NULL);
@@ -256,11 +256,11 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t huge_need) 
   seg->hdr_size = hdr;
   seg->guard = (uint32_t)guard;
   /* Decided once, before any slab is mapped: the two schemes must not meet in a segment. */
-  if (guard && shift != OBJ_SHIFT_HUGE && space_resettable(sp) && os_guard_supported())
+  if (guard && shift != OBJ_SHIFT_SOLO && space_resettable(sp) && os_guard_supported())
     seg->guard_mode = OBJ_GUARD_MADV_PENDING;
   seg->nslabs = nslabs;
   seg->slab_shift = shift;
-  seg->kind = shift == OBJ_SHIFT_HUGE ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
+  seg->kind = shift == OBJ_SHIFT_SOLO ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
   seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
   obj_map_set(chunk0, nchunks, (uint32_t)chunk0 | sp->map_tag);
   __atomic_add_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
@@ -357,7 +357,7 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   }
   if (s->mapped) { /* mapped, purged or never touched: zero pages on the next fault */
     if (sp->populate) (void)os_populate(lo, len);
-  } else if (seg->slab_shift != OBJ_SHIFT_HUGE && !sp->populate && space_resettable(sp) &&
+  } else if (seg->slab_shift != OBJ_SHIFT_SOLO && !sp->populate && space_resettable(sp) &&
              !seg->guard) {
     /* First use of a segment's slab area: map all of it read-write in one call; the other
      * slabs fault in lazily when they are used (no mmap per slab). */
@@ -387,7 +387,7 @@ size_t obj_slab_decommit(obj_segment *seg, obj_slab *s) {
   char *lo, *hi;
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
   size_t len = (size_t)(hi - lo);
-  if (space_resettable(sp) && seg->slab_shift != OBJ_SHIFT_HUGE) {
+  if (space_resettable(sp) && seg->slab_shift != OBJ_SHIFT_SOLO) {
     if (os_reset(lo, len) != 0) return 0; /* keep it committed; retry later */
   } else {
     if (os_decommit(lo, len) != 0) return 0;

@@ -34,7 +34,6 @@ void obj_free_tracked(obj_segment *seg, obj_slab *s, void *p, size_t size) {
   obj_track_free(p, size);
   obj_bins *o = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (o && o->tid == obj_tid() && s->owner_tid == 1) {
-    obj_poison(b, s->stride);
     obj_slab_put(s, b);
   } else {
     obj_free_remote_now(seg, s, b);

@@ -222,6 +222,7 @@ int ma_pool_create(const ma_pool_opts *opts, ma_pool **out) {
     os_release_owned_rw(p, sizeof *p);
     return rc;
   }
+  if (opts->zero) p->space.map_tag = OBJ_MAP_POOL_SLOW; /* see obj_slab_push */
   p->obj_size = size;
   p->stride = (uint32_t)stride;
   p->align = (uint32_t)align;
@@ -347,23 +348,11 @@ void ma_pool_free(ma_pool *p, void *obj) {
         pool_free_other(p, seg, s, obj);
         return;
       }
-      {
-        obj_link_open(b);
-        if (obj_likely(!obj_block_is_free(b))) {
-          obj_push_local(s, b);
-          obj_stat_inc(&seg->owner->frees);
-#if defined(__x86_64__) && !defined(MA_NO_INLINE_ASM)
-          /* --cnt, slow path at <= 0, as one instruction pair */
-          __asm__ goto("subl $1, %0\n\tjle %l[notify]" : "+m"(s->cnt) : : "cc" : notify);
-          return;
-        notify:
-          obj_slab_notify(s);
-          return;
-#else
-          if (obj_unlikely(--s->cnt <= 0)) obj_slab_notify(s);
-          return;
-#endif
-        }
+      obj_link_open(b);
+      if (obj_likely(!obj_block_is_free(b))) {
+        obj_stat_inc(&seg->owner->frees);
+        obj_slab_push(s, b);
+        return;
       }
     }
   }
