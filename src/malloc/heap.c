@@ -96,7 +96,8 @@ void heap_global_init(void) {
   if (heap_likely(st >= 2)) return;
   int zero = 0;
   if (atomic_compare_exchange_strong(&heap_init_state, &zero, 1)) {
-    obj_options_read(); /* once for the whole run: see obj_options.c */
+    obj_options_read();   /* once for the whole run: see obj_options.c */
+    prof_options_apply(); /* prof hook: prof_on before any heap exists */
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
       uint32_t a = heap_cls_size[c] & -heap_cls_size[c];
       heap_cls_align[c] = a > HEAP_MAX_ALIGN ? (uint32_t)HEAP_MAX_ALIGN : a;
@@ -126,6 +127,7 @@ static int heap_stats_fd = 2;
 
 __attribute__((constructor)) static void heap_constructor(void) {
   heap_global_init(); /* options included: read once, at the first use of the library */
+  prof_start();       /* prof hook: tables, unwinder warm-up, signal, fork handlers */
   pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
   if (heap_opt.stats) {
     int saved = errno;
@@ -136,6 +138,7 @@ __attribute__((constructor)) static void heap_constructor(void) {
 }
 
 __attribute__((destructor)) static void heap_destructor(void) {
+  prof_exit(); /* prof hook: the exit profile and the leak report */
   if (heap_opt.stats) ma_heap_stats_print(heap_stats_fd);
 }
 
@@ -200,7 +203,8 @@ static heap *heap_thread_init(void) {
     }
     h->tracking = obj_tracking;
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      uint32_t max = h->tracking ? 0 : heap_tc_max[c];
+      /* prof hook: a profiled thread caches nothing, so every malloc reaches the countdown */
+      uint32_t max = h->tracking || prof_on ? 0 : heap_tc_max[c];
       __atomic_store_n(&h->tc[c].max, max, __ATOMIC_RELAXED);           /* statistics read it */
       __atomic_store_n(&h->tc[c].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
@@ -288,6 +292,10 @@ bool heap_release_for_retry(void) {
 }
 
 void *heap_malloc_slow(heap *h, unsigned cls) {
+  if (heap_unlikely(prof_on) && h->bs && !h->tracking) { /* prof hook: the countdown */
+    void *s = prof_malloc_small(h, cls);
+    if (s) return s; /* a sampled block (else: an ordinary one, below) */
+  }
   void *p = heap_malloc_slow_once(h, cls);
   if (heap_unlikely(p == NULL) && heap_release_for_retry())
     p = heap_malloc_slow_once(heap_get(), cls);
@@ -403,6 +411,7 @@ size_t heap_usable_size(const void *p) {
   if (!p) return 0;
   obj_segment *seg = heap_segment_of(p);
   if (seg) return heap_slab_check(seg, p, "invalid pointer")->stride;
+  if (heap_unlikely(prof_on) && prof_owns(p)) return prof_usable(p); /* prof hook (aborts) */
   size_t n = huge_usable(p);
   if (!n) obj_fatal("invalid pointer", p);
   return n;
@@ -414,7 +423,11 @@ void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
-    int saved = errno; /* free never changes errno (an unmap may fail) */
+    int saved = errno;                            /* free never changes errno (an unmap may fail) */
+    if (heap_unlikely(prof_on) && prof_free(p)) { /* prof hook: a sampled small block */
+      errno = saved;
+      return;
+    }
     if (!huge_free(p)) obj_fatal("invalid free", p);
     errno = saved;
     return;
@@ -614,6 +627,13 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
   *allocs = n;
   *frees = f;
   *retained = r;
+}
+
+/* Blocks sitting in thread caches, per class, added to out (relaxed reads, no lock): the
+ * slabs count them as used (stats_class.c subtracts them). */
+void heap_tc_blocks(size_t out[HEAP_NCLASSES]) {
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all)
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++) out[c] += heap_tc_count(&h->tc[c]);
 }
 
 /* ------------------------------------------------------------------------------------
