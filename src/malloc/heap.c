@@ -284,6 +284,28 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   return p; /* NULL: obj set errno */
 }
 
+/* prof hook: the refill of a profiled thread's cache, at most `want` blocks (the caller has
+ * charged them to its sampling countdown, so every block the thread pops was counted). The
+ * cache keeps bound 0 and room -blocks (heap_tc_count stays exact): its frees take the slow
+ * path and go back to the slabs, never onto the list, which only refills fill. Returns the
+ * blocks taken (0: a class without a cache, or no memory: the caller takes one block). */
+uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
+  heap_tc *tc = &h->tc[cls];
+  uint32_t cap = heap_tc_max[cls] / 2;
+  if (want > cap) want = cap;
+  if (want == 0 || tc->head != NULL || tc->max != 0) return 0;
+  obj_block *head;
+  pthread_mutex_lock(&h->lock);
+  uint32_t k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
+  if (k) {
+    heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
+    tc->head = head;
+    __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
+  }
+  pthread_mutex_unlock(&h->lock);
+  return k;
+}
+
 bool heap_release_for_retry(void) {
   if (errno != ENOMEM) return false;
   heap_collect_all(true);
@@ -324,8 +346,9 @@ void *heap_malloc_far(heap *h, unsigned cls) {
 static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
-  MA_CHECK(tc->room >= 0 && n <= tc->max, "class %u: %u cached blocks, bound %u, room %d", cls, n,
-           tc->max, tc->room);
+  /* (bound 0 with room -n: a profiled thread's list, see heap_tc_refill_counted) */
+  MA_CHECK(tc->max ? tc->room >= 0 && n <= tc->max : tc->room <= 0,
+           "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
   if (n <= keep) return;
   obj_block *rest = tc->head;
   size_t k = 0, bytes = 0;
@@ -648,8 +671,8 @@ static void heap_tc_check(heap *h) {
     heap_tc *tc = &h->tc[c];
     uint32_t n = 0;
     for (obj_block *b = tc->head; b;) {
-      MA_VERIFY(n < tc->max, "thread cache %p class %u: more than its bound %u blocks", (void *)h,
-                c, tc->max);
+      MA_VERIFY(n < (tc->max ? tc->max : heap_tc_count(tc)),
+                "thread cache %p class %u: more than its bound %u blocks", (void *)h, c, tc->max);
       obj_segment *seg = heap_segment_of(b);
       MA_VERIFY(seg != NULL, "thread cache %p class %u: block %p is not in a heap segment",
                 (void *)h, c, (void *)b);

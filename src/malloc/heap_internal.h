@@ -122,6 +122,7 @@ void heap_free_sized_check(void *p, size_t size, size_t align); /* aborts on a m
 #endif
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
 void heap_tc_blocks(size_t out[HEAP_NCLASSES]); /* cached blocks per class (statistics) */
+uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want); /* prof hook */
 /* One pass of the background purger over every heap (never waits on a busy heap); true
  * while anything is left that a later pass may return. Any thread. */
 bool heap_purge_pass(void);

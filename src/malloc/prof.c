@@ -409,34 +409,56 @@ __attribute__((noinline)) static void *prof_sample_small(heap *h, unsigned cls) 
   }
   pthread_mutex_unlock(&prof_lock);
   if (!p) atomic_fetch_add(&prof_dropped, 1);
-  t->left = prof_interval(t);
   t->busy = 0;
   return p;
 }
 
-/* The countdown reached zero: a sample, unless this thread is inside the profiler, the
- * profiler is not ready, or the thread's countdown was never started. NULL: not sampled. */
+_Static_assert(PROF_NCLASSES == HEAP_NCLASSES, "prof_thread.cls_left has a slot per class");
+
+/* Class cls's countdown ran out: a sample, unless the profiler is not ready. NULL: not
+ * sampled. The class gets a new interval either way. */
 __attribute__((noinline)) static void *prof_malloc_countdown(heap *h, unsigned cls) {
   prof_thread *t = &h->prof;
-  if (t->busy) { /* the profiler's own allocations are not counted */
-    t->left += (int64_t)heap_cls_size[cls];
+  if (!atomic_load_explicit(&prof_ready, memory_order_relaxed)) {
+    t->cls_left[cls] = prof_interval(t);
     return NULL;
   }
-  if (heap_unlikely(t->rng == 0) || !atomic_load_explicit(&prof_ready, memory_order_relaxed)) {
-    if (t->rng == 0) prof_seed(t, (uintptr_t)h);
-    t->left = prof_interval(t); /* the thread's first countdown starts here */
-    return NULL;
-  }
-  return prof_sample_small(h, cls);
+  void *p = prof_sample_small(h, cls);
+  t->cls_left[cls] = prof_interval(t);
+  return p;
 }
 
-/* Every small malloc of a profiled thread comes here from heap_malloc_slow: a subtraction
- * and a compare unless the countdown runs out. */
+/* A class's first countdown (and the thread's generator on its first use). */
+__attribute__((noinline)) static void prof_class_start(heap *h, unsigned cls) {
+  prof_thread *t = &h->prof;
+  if (t->rng == 0) prof_seed(t, (uintptr_t)h);
+  t->cls_left[cls] = prof_interval(t);
+}
+
+/* A profiled thread's small malloc found its cache list empty (heap_malloc_slow). The
+ * class's countdown is charged for this block; when it runs out the block is sampled.
+ * Otherwise the list is refilled with as many blocks as the countdown has bytes left
+ * (charged now: each is popped by a later malloc of the class, in order, and frees never
+ * put blocks back on the list), so the sample falls on the malloc that crosses the
+ * interval, as with a count per call. Returns a block, or NULL: the caller serves one block
+ * the ordinary way. */
 void *prof_malloc_small(heap *h, unsigned cls) {
-  int64_t left = h->prof.left - (int64_t)heap_cls_size[cls];
-  h->prof.left = left;
-  if (heap_likely(left > 0)) return NULL;
-  return prof_malloc_countdown(h, cls);
+  prof_thread *t = &h->prof;
+  if (t->busy) return NULL; /* the profiler's own allocations are not counted */
+  if (heap_unlikely(t->cls_left[cls] == 0)) prof_class_start(h, cls);
+  int64_t size = (int64_t)heap_cls_size[cls];
+  t->cls_left[cls] -= size;
+  if (heap_unlikely(t->cls_left[cls] <= 0)) {
+    void *p = prof_malloc_countdown(h, cls);
+    if (p) return p;
+  }
+  /* This block and k - 1 more, with (k - 1) * size < left: the sample stays ahead. */
+  int64_t more = (t->cls_left[cls] - 1) / size;
+  uint32_t want = more > 4096 ? 4097u : (uint32_t)more + 1;
+  uint32_t k = heap_tc_refill_counted(h, cls, want);
+  if (k == 0) return NULL;
+  t->cls_left[cls] -= (int64_t)(k - 1) * size;
+  return heap_malloc_cls(cls);
 }
 
 /* Threads without a heap yet (their first allocation is large) share this countdown. */

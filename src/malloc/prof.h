@@ -28,10 +28,16 @@
 
 /* Per-thread sampling state, kept in the thread's heap struct (no TLS of its own: the
  * heap's TLS works under MA_TLS_DYNAMIC too). */
+#define PROF_NCLASSES 88 /* HEAP_NCLASSES (checked in prof.c) */
 typedef struct prof_thread {
-  int64_t left;  /* bytes until the next sample */
+  int64_t left;  /* large blocks: bytes until the next sample */
   uint64_t rng;  /* xorshift state; 0 = not seeded */
   uint32_t busy; /* inside the profiler: nested allocations are never sampled */
+  /* Small blocks: one countdown per size class (0: not started). Each class's mallocs are
+   * a stream of their own with exponential intervals, so a block of S bytes is still
+   * sampled with probability 1 - exp(-S/rate) (the intervals are memoryless), and a class's
+   * cache refill can be charged ahead without moving another class's sample point. */
+  int64_t cls_left[PROF_NCLASSES];
 } prof_thread;
 
 struct heap;
