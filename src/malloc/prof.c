@@ -331,14 +331,23 @@ static void prof_slot_put(void *p) {
 /* ------------------------------------------------------------------------------------
  * Start-up
  * ---------------------------------------------------------------------------------- */
+/* Fork (docs/fork.md): prof_lock is held across fork, so the child's tables (buckets, live
+ * samples, slots, the shared countdown) are consistent. Other threads' sampling state lives
+ * in their heaps, which the child leaves behind with them. A process that never had a
+ * second thread takes no lock (os_single_threaded): a fork from a signal handler that
+ * interrupted a fork, or a sample holding prof_lock, must not deadlock
+ * (tests/fork_signal.c, run with profiling on as fork_signal_prof). */
+static bool prof_fork_skip; /* this fork takes no lock */
 static void prof_atfork_prepare(void) {
-  pthread_mutex_lock(&prof_lock);
+  prof_fork_skip = os_single_threaded();
+  if (!prof_fork_skip) pthread_mutex_lock(&prof_lock);
 }
 static void prof_atfork_parent(void) {
-  pthread_mutex_unlock(&prof_lock);
+  if (!prof_fork_skip) pthread_mutex_unlock(&prof_lock);
 }
+/* Unlock, not re-init (see heap_atfork_child). The child has no dump helper thread. */
 static void prof_atfork_child(void) {
-  pthread_mutex_unlock(&prof_lock);
+  if (!prof_fork_skip) pthread_mutex_unlock(&prof_lock);
   prof_dump_atfork_child();
 }
 
