@@ -11,4 +11,7 @@
 #if __has_include("mapalloc/heap.h")
 #include "mapalloc/heap.h"
 #endif
+#if __has_include("mapalloc/prof.h")
+#include "mapalloc/prof.h"
+#endif
 #endif

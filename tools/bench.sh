@@ -7,7 +7,10 @@
 #
 #   --quick      small problem sizes (a smoke run: about 2 minutes on 2 cores); default runs 1
 #   --alloc L    comma-separated allocators (default: all five; also mapalloc-secure, the
-#                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure)
+#                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure;
+#                mapalloc-prof, mapalloc with MAPALLOC_PROF=1 (heap profiling at the default
+#                rate, a profile written at exit); jemalloc-prof, jemalloc with
+#                MALLOC_CONF=prof:true (the same 512 KiB mean sampling interval))
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
 #   --only N...  only these workloads (names as in --list, or any point of a generated family:
 #                server-50k, churn-16K-2K, threads-64, ...); stops at the next --option
@@ -53,7 +56,22 @@ declare -A lib=(
   [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
   [mapalloc]="$top/build/release/libmapalloc-preload.so"
   [mapalloc-secure]="$top/build/release-secure/libmapalloc-preload.so"
+  [mapalloc-prof]="$top/build/release/libmapalloc-preload.so"
+  [jemalloc-prof]=$libdir/libjemalloc.so.2
 )
+# Environment of an allocator's runs (runner -e arguments): profiling on.
+profdir=${TMPDIR:-/tmp}/mapalloc-bench-prof.$$
+declare -A alloc_env=(
+  [mapalloc-prof]="MAPALLOC_PROF=1 MAPALLOC_PROF_PREFIX=$profdir/mapalloc"
+  [jemalloc-prof]="MALLOC_CONF=prof:true,prof_prefix:$profdir/jeprof"
+)
+# env_args A: "-e VAR=VALUE" for each variable of allocator A, in the array eargs.
+env_args() {
+  eargs=()
+  local v
+  for v in ${alloc_env[$1]:-}; do eargs+=(-e "$v"); done
+  [[ -z ${alloc_env[$1]:-} ]] || mkdir -p "$profdir"
+}
 
 quick=0 runs="" callgrind=0 only=() allocs=("${all_allocs[@]}")
 while (($#)); do
@@ -196,7 +214,7 @@ runner="$wl/bench-runner"
 have_mapalloc=0
 [[ -f ${lib[mapalloc]} ]] && have_mapalloc=1
 for a in "${allocs[@]}"; do
-  if [[ $a != mapalloc && -n ${lib[$a]} && ! -f ${lib[$a]} ]]; then
+  if [[ $a != mapalloc && $a != mapalloc-prof && -n ${lib[$a]} && ! -f ${lib[$a]} ]]; then
     echo "bench.sh: $a library ${lib[$a]} missing" >&2
     exit 1
   fi
@@ -242,7 +260,7 @@ if ((callgrind)); then
     extra=(--quick)
     [[ $w == mstress ]] && extra+=(--threads 1)
     for a in "${allocs[@]}"; do
-      if [[ $a == mapalloc ]] && ((!have_mapalloc)); then
+      if [[ $a == mapalloc || $a == mapalloc-prof ]] && ((!have_mapalloc)); then
         ipo[$w,$a]="n/a (no preload library yet)"
         continue
       fi
@@ -252,7 +270,8 @@ if ((callgrind)); then
         log="$logdir/cg-$w-$a-$scale.log"
         # MAPALLOC_TRACK=0: mapalloc's valgrind client requests (memcheck support) are not
         # part of its native cost (they doubled its count); other allocators ignore it.
-        "$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" -e MAPALLOC_TRACK=0 -- valgrind --tool=callgrind \
+        env_args "$a"
+        "$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" -e MAPALLOC_TRACK=0 "${eargs[@]}" -- valgrind --tool=callgrind \
           --callgrind-out-file=/dev/null "${cmd[@]}" "${extra[@]}" --scale "$scale" >/dev/null ||
           {
             echo "FAILED ($log)"
@@ -322,7 +341,8 @@ run_memcached() {
   local a=$1 base=$2 port spid="" res cres hwm n
   port=$(free_port) || return 1
   rm -f "$base.spid"
-  "$runner" -p "${lib[$a]}" -t "$timeout" -o "$base.server.log" -P "$base.spid" -- \
+  env_args "$a"
+  "$runner" -p "${lib[$a]}" -t "$timeout" -o "$base.server.log" -P "$base.spid" "${eargs[@]}" -- \
     memcached -u root -l 127.0.0.1 -p "$port" -U 0 -t 2 -m 1024 >"$base.server.res" &
   local rpid=$!
   for _ in $(seq 250); do
@@ -364,7 +384,7 @@ for w in "${workloads[@]}"; do
   for ((r = 1; r <= runs; r++)); do
     for a in "${allocs[@]}"; do # interleaved: A B C D E A B C D E ...
       k=$((k + 1))
-      if [[ $a == mapalloc ]] && ((!have_mapalloc)); then
+      if [[ $a == mapalloc || $a == mapalloc-prof ]] && ((!have_mapalloc)); then
         record "$w" "$kind" "$a" "$r" "" "" "" "" "n/a" "no preload library yet"
         printf '[%3d/%d] %-13s %-9s run %d/%d ... n/a (no preload library yet)\n' "$k" "$total" "$w" "$a" "$r" "$runs"
         continue
@@ -377,7 +397,8 @@ for w in "${workloads[@]}"; do
       else
         cmd_for "$w"
         [[ $kind == workload ]] && cmd+=("${qflag[@]}" --seed $((r - 1)))
-        line=$("$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" -- "${cmd[@]}") || true
+        env_args "$a"
+        line=$("$runner" -p "${lib[$a]}" -t "$timeout" -o "$log" "${eargs[@]}" -- "${cmd[@]}") || true
       fi
       st=$(field status "$line")
       result=$(sed -n 's/^RESULT name=[^ ]* //p' "$log" | tail -1)

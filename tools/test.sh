@@ -64,6 +64,7 @@ packages=(
   clang-14 libclang-rt-14-dev libfuzzer-14-dev     # tsan stage, fuzzers
   cppcheck clang-tidy clang-format                 # lint stage
   rustc cargo librust-vm-memory-dev rustfmt        # bindings/rust: Debian's 1.63, offline
+  google-perftools graphviz                        # heap profiles: google-pprof --text/--svg
 )
 . "$top/tools/lib/packages.sh"
 ensure_packages test.sh "${packages[@]}" || exit 1

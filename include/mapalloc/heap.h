@@ -107,7 +107,11 @@ typedef struct ma_heap_stats {
  * content per class and thread. */
 MA_API void ma_heap_stats_get(ma_heap_stats *out);
 
-/* Writes a human-readable statistics table to file descriptor fd. Thread-safe.
+/* Writes a human-readable statistics table to file descriptor fd: a header naming the
+ * process and its pid, the totals, then a table per size class (block size, live blocks
+ * and bytes, slabs, slab bytes, utilisation; read from the slab descriptors, exact when no
+ * other thread allocates meanwhile; blocks in thread caches are not live) and a line for
+ * the large blocks. Thread-safe (it also takes the heap space's lock for the class walk).
  * It does not allocate and writes with write(2) only, but it is not async-signal-safe in
  * general: it takes the large-block table's mutex, which a thread holds inside a malloc
  * family call for a block over 128 KiB (and its free or realloc), inside a small-block

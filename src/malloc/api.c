@@ -3,7 +3,18 @@
 #include <string.h>
 
 #include "malloc/heap_internal.h"
+#include "malloc/stats_class.h"
 #include "os/os.h"
+
+/* prof hook: a large block counted by the profiler (out of line: heap_malloc_large is
+ * reached from ma_malloc's tail, which must stay frameless). */
+__attribute__((noinline)) static void *heap_malloc_large_prof(size_t size, size_t align,
+                                                              bool zero) {
+  void *p = huge_alloc(size, align, zero);
+  if (heap_unlikely(p == NULL) && heap_release_for_retry()) p = huge_alloc(size, align, zero);
+  if (p) prof_note_large(p, huge_usable(p));
+  return p;
+}
 
 void *heap_malloc_large(size_t size, size_t align, bool zero) {
   if (size > (size_t)PTRDIFF_MAX) {
@@ -11,6 +22,7 @@ void *heap_malloc_large(size_t size, size_t align, bool zero) {
     return NULL;
   }
   heap_global_init();
+  if (heap_unlikely(prof_on)) return heap_malloc_large_prof(size, align, zero); /* prof hook */
   void *p = huge_alloc(size, align, zero);
   if (heap_unlikely(p == NULL) && heap_release_for_retry()) p = huge_alloc(size, align, zero);
   return p;
@@ -92,8 +104,15 @@ MA_API void *ma_realloc(void *p, size_t size) {
      * logarithmic number of mremaps (the slack is address space, untouched until used). */
     bool doubles = size > old && size < 2 * old && old <= ((size_t)1 << 40);
     bool moved;
+    uint32_t prof_token = heap_unlikely(prof_on) ? prof_forget_large(p) : 0; /* prof hook */
     void *q = huge_realloc(p, size, doubles ? 2 * old : size, &moved);
     if (!q && doubles) q = huge_realloc(p, size, size, &moved); /* the slack did not fit */
+    if (heap_unlikely(prof_on)) { /* prof hook: a realloc is a new allocation */
+      if (q)
+        prof_note_large(q, huge_usable(q));
+      else
+        prof_large_restore(p, prof_token);
+    }
     return q;
   }
   /* Stay in place while the block fits and is not more than twice what is needed. */
@@ -103,6 +122,8 @@ MA_API void *ma_realloc(void *p, size_t size) {
   void *q = size > HEAP_MAX_SMALL && old <= HEAP_MAX_SMALL ? huge_alloc_growing(size)
                                                            : heap_malloc_inline(size);
   if (!q) return NULL;
+  if (heap_unlikely(prof_on) && size > HEAP_MAX_SMALL && old <= HEAP_MAX_SMALL)
+    prof_note_large(q, huge_usable(q)); /* prof hook: huge_alloc_growing */
   memcpy(q, p, size < old ? size : old);
   heap_free_inline(p);
   return q;
@@ -200,7 +221,7 @@ static void print_row(int fd, const char *name, size_t v, bool bytes, const char
 MA_API void ma_heap_stats_print(int fd) {
   ma_heap_stats st;
   ma_heap_stats_get(&st);
-  obj_write_str(fd, "mapalloc heap statistics\n");
+  heap_stats_header(fd); /* "mapalloc heap statistics of COMM (pid N)" */
   print_row(fd, "allocated", st.allocated, true, "bytes in live blocks");
   print_row(fd, "active", st.active, true, "committed minus empty slabs kept for reuse");
   print_row(fd, "committed", st.committed, true, "mapped and not purged");
@@ -210,4 +231,5 @@ MA_API void ma_heap_stats_print(int fd) {
   print_row(fd, "frees", st.frees, false, "frees");
   print_row(fd, "purges", st.purges, false, "purge passes (empty slabs returned to the OS)");
   print_row(fd, "heaps", atomic_load(&heap_stat_heaps), false, "thread heaps created");
+  heap_class_stats_print(fd); /* the table per size class, the large-block line */
 }

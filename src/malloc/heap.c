@@ -105,7 +105,8 @@ void heap_global_init(void) {
   if (heap_likely(st >= 2)) return;
   int zero = 0;
   if (atomic_compare_exchange_strong(&heap_init_state, &zero, 1)) {
-    obj_options_read(); /* once for the whole run: see obj_options.c */
+    obj_options_read();   /* once for the whole run: see obj_options.c */
+    prof_options_apply(); /* prof hook: prof_on before any heap exists */
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
       uint32_t a = heap_cls_size[c] & -heap_cls_size[c];
       heap_cls_align[c] = a > HEAP_MAX_ALIGN ? (uint32_t)HEAP_MAX_ALIGN : a;
@@ -135,6 +136,7 @@ static int heap_stats_fd = 2;
 
 __attribute__((constructor)) static void heap_constructor(void) {
   heap_global_init(); /* options included: read once, at the first use of the library */
+  prof_start();       /* prof hook: tables, unwinder warm-up, signal, fork handlers */
   pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
   if (heap_opt.stats) {
     int saved = errno;
@@ -145,6 +147,7 @@ __attribute__((constructor)) static void heap_constructor(void) {
 }
 
 __attribute__((destructor)) static void heap_destructor(void) {
+  prof_exit(); /* prof hook: the exit profile and the leak report */
   if (heap_opt.stats) ma_heap_stats_print(heap_stats_fd);
 }
 
@@ -209,7 +212,8 @@ static heap *heap_thread_init(void) {
     }
     h->tracking = obj_tracking;
     for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      uint32_t max = h->tracking ? 0 : heap_tc_max[c];
+      /* prof hook: a profiled thread caches nothing, so every malloc reaches the countdown */
+      uint32_t max = h->tracking || prof_on ? 0 : heap_tc_max[c];
       __atomic_store_n(&h->tc[c].max, max, __ATOMIC_RELAXED);           /* statistics read it */
       __atomic_store_n(&h->tc[c].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
@@ -289,6 +293,28 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   return p; /* NULL: obj set errno */
 }
 
+/* prof hook: the refill of a profiled thread's cache, at most `want` blocks (the caller has
+ * charged them to its sampling countdown, so every block the thread pops was counted). The
+ * cache keeps bound 0 and room -blocks (heap_tc_count stays exact): its frees take the slow
+ * path and go back to the slabs, never onto the list, which only refills fill. Returns the
+ * blocks taken (0: a class without a cache, or no memory: the caller takes one block). */
+uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
+  heap_tc *tc = &h->tc[cls];
+  uint32_t cap = heap_tc_max[cls] / 2;
+  if (want > cap) want = cap;
+  if (want == 0 || tc->head != NULL || tc->max != 0) return 0;
+  obj_block *head;
+  pthread_mutex_lock(&h->lock);
+  uint32_t k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
+  if (k) {
+    heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
+    tc->head = head;
+    __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
+  }
+  pthread_mutex_unlock(&h->lock);
+  return k;
+}
+
 bool heap_release_for_retry(void) {
   if (errno != ENOMEM) return false;
   heap_collect_all(true);
@@ -298,6 +324,10 @@ bool heap_release_for_retry(void) {
 
 void *heap_malloc_slow(heap *h, const heap_tc *tc) {
   unsigned cls = (unsigned)(tc - h->tc);
+  if (heap_unlikely(prof_on) && h->bs && !h->tracking) { /* prof hook: the countdown */
+    void *s = prof_malloc_small(h, cls);
+    if (s) return s; /* a sampled block (else: an ordinary one, below) */
+  }
   void *p = heap_malloc_slow_once(h, cls);
   if (heap_unlikely(p == NULL) && heap_release_for_retry())
     p = heap_malloc_slow_once(heap_get(), cls);
@@ -326,8 +356,9 @@ void *heap_malloc_far(const heap_tc *tc) {
 static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
-  MA_CHECK(tc->room >= 0 && n <= tc->max, "class %u: %u cached blocks, bound %u, room %d", cls, n,
-           tc->max, tc->room);
+  /* (bound 0 with room -n: a profiled thread's list, see heap_tc_refill_counted) */
+  MA_CHECK(tc->max ? tc->room >= 0 && n <= tc->max : tc->room <= 0,
+           "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
   if (n <= keep) return;
   obj_block *rest = tc->head;
   size_t k = 0, bytes = 0;
@@ -413,6 +444,7 @@ size_t heap_usable_size(const void *p) {
   if (!p) return 0;
   obj_segment *seg = heap_segment_of(p);
   if (seg) return heap_slab_check(seg, p, "invalid pointer")->stride;
+  if (heap_unlikely(prof_on) && prof_owns(p)) return prof_usable(p); /* prof hook (aborts) */
   size_t n = huge_usable(p);
   if (!n) obj_fatal("invalid pointer", p);
   return n;
@@ -424,7 +456,11 @@ void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
   obj_segment *seg = heap_segment_of(p);
   if (!seg) {
-    int saved = errno; /* free never changes errno (an unmap may fail) */
+    int saved = errno;                            /* free never changes errno (an unmap may fail) */
+    if (heap_unlikely(prof_on) && prof_free(p)) { /* prof hook: a sampled small block */
+      errno = saved;
+      return;
+    }
     if (!huge_free(p)) obj_fatal("invalid free", p);
     errno = saved;
     return;
@@ -626,6 +662,13 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
   *retained = r;
 }
 
+/* Blocks sitting in thread caches, per class, added to out (relaxed reads, no lock): the
+ * slabs count them as used (stats_class.c subtracts them). */
+void heap_tc_blocks(size_t out[HEAP_NCLASSES]) {
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all)
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++) out[c] += heap_tc_count(&h->tc[c]);
+}
+
 /* ------------------------------------------------------------------------------------
  * Consistency walk (ma_heap_check; obj/obj_check.h)
  * ---------------------------------------------------------------------------------- */
@@ -638,8 +681,8 @@ static void heap_tc_check(heap *h) {
     heap_tc *tc = &h->tc[c];
     uint32_t n = 0;
     for (obj_block *b = tc->head; b;) {
-      MA_VERIFY(n < tc->max, "thread cache %p class %u: more than its bound %u blocks", (void *)h,
-                c, tc->max);
+      MA_VERIFY(n < (tc->max ? tc->max : heap_tc_count(tc)),
+                "thread cache %p class %u: more than its bound %u blocks", (void *)h, c, tc->max);
       obj_segment *seg = heap_segment_of(b);
       MA_VERIFY(seg != NULL, "thread cache %p class %u: block %p is not in a heap segment",
                 (void *)h, c, (void *)b);

@@ -40,6 +40,7 @@
 
 #include "mapalloc/heap.h"
 #include "obj/obj.h"
+#include "malloc/prof.h" /* prof hook: heap.prof */
 
 #define heap_likely(x)   __builtin_expect(!!(x), 1)
 #define heap_unlikely(x) __builtin_expect(!!(x), 0)
@@ -79,6 +80,7 @@ typedef struct heap {
   bool forked;          /* a fork child's copy of another thread's heap: never touched again */
   bool orphan;          /* its thread exited (h->lock): the purger may empty its cache */
   uint64_t orphaned_ms; /* obj_now_ms() at the exit */
+  prof_thread prof;     /* prof hook: sampling countdown (MAPALLOC_PROF) */
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
@@ -120,6 +122,8 @@ size_t heap_usable_size(const void *p);
 void heap_free_sized_check(void *p, size_t size, size_t align); /* aborts on a mismatch */
 #endif
 void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t *retained);
+void heap_tc_blocks(size_t out[HEAP_NCLASSES]); /* cached blocks per class (statistics) */
+uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want); /* prof hook */
 /* One pass of the background purger over every heap (never waits on a busy heap); true
  * while anything is left that a later pass may return. Any thread. */
 bool heap_purge_pass(void);

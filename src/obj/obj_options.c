@@ -28,7 +28,10 @@ obj_options obj_opt = {.stats = 0,
                        .shuffle = OBJ_SHUFFLE_DEFAULT,
                        .background = 1,
                        .track = 1,
-                       .guard_madvise = 1};
+                       .guard_madvise = 1,
+                       .prof_sample = 524288,
+                       .prof_warmup = 1,
+                       .prof_prefix = "mapalloc"};
 
 typedef struct opt_desc {
   const char *name; /* after MAPALLOC_ */
@@ -36,6 +39,14 @@ typedef struct opt_desc {
   long def;
   const char *desc;
 } opt_desc;
+
+/* String options: copied into buf (a value of cap bytes or more is ignored, with a warning). */
+typedef struct opt_str_desc {
+  const char *name;
+  char *buf;
+  size_t cap;
+  const char *desc;
+} opt_str_desc;
 
 static const opt_desc opt_table[] = {
     {"STATS", &obj_opt.stats, 0, "1: print the statistics table to stderr at exit"},
@@ -58,8 +69,25 @@ static const opt_desc opt_table[] = {
      "0: no background purger thread (memory of idle threads returns at their next call)"},
     {"TRACK", &obj_opt.track, 1,
      "under valgrind, 0 turns off the memcheck client requests (for callgrind runs)"},
+    {"PROF", &obj_opt.prof, 0,
+     "1: sampled heap profiling, a profile PREFIX.PID.SEQ.heap written at exit "
+     "(docs/profiling.md)"},
+    {"PROF_SAMPLE", &obj_opt.prof_sample, 524288,
+     "profiling: mean bytes between samples (exponentially distributed intervals)"},
+    {"LEAKS", &obj_opt.leaks, 0,
+     "1: at exit, print the call sites holding the most live sampled bytes (implies PROF)"},
+    {"PROF_WARMUP", &obj_opt.prof_warmup, 1,
+     "profiling: 0 leaves the unwinder's first use to the first sample (tests only)"},
 };
 #define OPT_N (sizeof opt_table / sizeof opt_table[0])
+
+static const opt_str_desc opt_str_table[] = {
+    {"PROF_PREFIX", obj_opt.prof_prefix, sizeof obj_opt.prof_prefix,
+     "profiling: path prefix of the profile files PREFIX.PID.SEQ.heap (default mapalloc)"},
+    {"PROF_SIGNAL", obj_opt.prof_signal, sizeof obj_opt.prof_signal,
+     "profiling: a signal (USR1, USR2, HUP, ... or a number) on which a profile is written"},
+};
+#define OPT_STR_N (sizeof opt_str_table / sizeof opt_str_table[0])
 
 /* Parses a decimal integer (optionally negative); yes/true/on = 1, no/false/off = 0. */
 static bool parse_long(const char *s, long *out) {
@@ -131,6 +159,19 @@ static void opt_apply(const char *s) {
       obj_write_str(2, "\n");
     }
   }
+  for (size_t i = 0; i < OPT_STR_N; i++) {
+    const char *val;
+    if (!name_eq(s + 9, opt_str_table[i].name, &val)) continue;
+    size_t len = 0;
+    while (val[len]) len++;
+    if (len < opt_str_table[i].cap) {
+      for (size_t k = 0; k <= len; k++) opt_str_table[i].buf[k] = val[k];
+    } else {
+      obj_write_str(2, "mapalloc: ignoring too long a value of MAPALLOC_");
+      obj_write_str(2, opt_str_table[i].name);
+      obj_write_str(2, "\n");
+    }
+  }
 }
 
 /* The start-up environment (NUL-separated entries), read without allocating; entries
@@ -138,7 +179,7 @@ static void opt_apply(const char *s) {
 static void opt_read_proc(void) {
   int fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;
-  char buf[1024], ent[128];
+  char buf[1024], ent[256]; /* a PROF_PREFIX fits */
   size_t len = 0;
   bool skip = false;
   ssize_t got;
@@ -199,6 +240,15 @@ void obj_options_read(void) {
       obj_write_str(2, opt_table[i].desc);
       obj_write_str(2, "; default ");
       opt_write_long(opt_table[i].def);
+      obj_write_str(2, ")\n");
+    }
+    for (size_t i = 0; i < OPT_STR_N; i++) {
+      obj_write_str(2, "mapalloc: option MAPALLOC_");
+      obj_write_str(2, opt_str_table[i].name);
+      obj_write_str(2, "=");
+      obj_write_str(2, opt_str_table[i].buf);
+      obj_write_str(2, "  (");
+      obj_write_str(2, opt_str_table[i].desc);
       obj_write_str(2, ")\n");
     }
   }

@@ -239,6 +239,8 @@ extern OBJ_HIDDEN bool obj_secure_rt;
 typedef struct obj_options {
   long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track,
       guard_madvise;
+  long prof, prof_sample, leaks, prof_warmup; /* the heap profiler's (src/malloc/prof.c) */
+  char prof_prefix[200], prof_signal[16];     /* string options: copied, NUL-terminated */
 } obj_options;
 extern OBJ_HIDDEN obj_options obj_opt;
 /* Reads the options (once; later calls return at once, concurrent ones wait for the

@@ -1,0 +1,118 @@
+/* Heap profiling, internal side (prof.c: sampling, stacks, sampled blocks; prof_dump.c:
+ * files, leak report, signal). Public API: include/mapalloc/prof.h.
+ *
+ * HOW SAMPLING STAYS OFF THE FAST PATHS
+ * -------------------------------------
+ * Profiling off (prof_on false, the default) adds no instruction to the inline malloc and
+ * free paths: every hook below sits in a slow path (heap_malloc_slow, heap_free_generic,
+ * heap_usable_size, heap_malloc_large and the large-block branches of ma_realloc).
+ *
+ * Profiling on: a thread's heap gets thread caches with bound 0 (max = 0, room 0, head
+ * NULL: as heap_empty or valgrind's tracking heap), so its every small malloc reaches
+ * heap_malloc_slow, which calls prof_malloc_small first: one countdown of the thread's bytes
+ * to the next sample. Unsampled mallocs then take the slow path's uncached branch (one
+ * block from the class's slab under h->lock), and frees the uncached branch of
+ * heap_free_slow. A sampled small block is served outside the slabs, from the profiler's
+ * own region (page-granular slots of one reservation), so the free fast path's segment-map
+ * check already sends it to heap_free_generic, where one range compare (prof_owns) finds
+ * it before the large-block lookup. Sampled large blocks stay ordinary large blocks and are
+ * recorded in the profiler's table of live samples (looked up on a large free only while
+ * such a record exists).
+ */
+#ifndef MAPALLOC_PROF_INTERNAL_H
+#define MAPALLOC_PROF_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Per-thread sampling state, kept in the thread's heap struct (no TLS of its own: the
+ * heap's TLS works under MA_TLS_DYNAMIC too). */
+#define PROF_NCLASSES 88 /* HEAP_NCLASSES (checked in prof.c) */
+typedef struct prof_thread {
+  int64_t left;  /* large blocks: bytes until the next sample */
+  uint64_t rng;  /* xorshift state; 0 = not seeded */
+  uint32_t busy; /* inside the profiler: nested allocations are never sampled */
+  /* Small blocks: one countdown per size class (0: not started). Each class's mallocs are
+   * a stream of their own with exponential intervals, so a block of S bytes is still
+   * sampled with probability 1 - exp(-S/rate) (the intervals are memoryless), and a class's
+   * cache refill can be charged ahead without moving another class's sample point. */
+  int64_t cls_left[PROF_NCLASSES];
+} prof_thread;
+
+struct heap;
+
+/* Set once at start-up (MAPALLOC_PROF / MAPALLOC_LEAKS); read by the hooks. */
+extern bool prof_on;
+/* The region of sampled small blocks: [prof_lo, prof_hi), empty while profiling is off. */
+extern uintptr_t prof_lo, prof_hi;
+
+static inline bool prof_owns(const void *p) {
+  return (uintptr_t)p - prof_lo < prof_hi - prof_lo;
+}
+
+/* heap_global_init hook, after obj_options_read: sets prof_on, prof_rate, prof_signo from
+ * the options table (MAPALLOC_PROF*, MAPALLOC_LEAKS); warns about bad values. */
+void prof_options_apply(void);
+/* heap constructor hook: reserves the region, warms up the unwinder, installs the signal
+ * handler and fork handlers. */
+void prof_start(void);
+/* heap destructor hook: the exit profile and leak report. */
+void prof_exit(void);
+
+/* heap_malloc_slow hook (profiling on, h->bs set, not tracking): counts the class's block
+ * against the thread's countdown; returns a sampled block, or NULL (not sampled, or no
+ * room for the sample: the caller serves an ordinary block). */
+void *prof_malloc_small(struct heap *h, unsigned cls);
+/* heap_malloc_large / ma_realloc hook: a large block p of usable size `usable` was just
+ * allocated (or moved/resized by realloc): counts it and records it when sampled. */
+void prof_note_large(void *p, size_t usable);
+/* ma_realloc hook before huge_realloc: forgets p's record (a realloc is a new allocation
+ * for the profile); returns a token for prof_large_restore when the realloc fails. */
+uint32_t prof_forget_large(const void *p);
+void prof_large_restore(const void *p, uint32_t token);
+/* heap_free_generic hook for pointers outside the slabs: frees a sampled small block
+ * (true), or forgets the record of a sampled large block and returns false (the caller
+ * frees it). Aborts on an invalid or double free inside the region. */
+bool prof_free(void *p);
+/* heap_usable_size hook for a pointer inside the region: the usable size of a live sampled
+ * small block; aborts ("invalid pointer") on anything else. */
+size_t prof_usable(const void *p);
+
+/* ---- shared by prof.c and prof_dump.c -------------------------------------------- */
+#include <pthread.h>
+
+#define PROF_DEPTH 32 /* frames kept per stack (as gperftools' heap profiler) */
+
+/* One call stack and block size: what a line of the profile reports. */
+typedef struct prof_bucket {
+  uint64_t stack_hash;         /* of pcs[0..depth) only: the leak report merges sizes */
+  size_t size;                 /* usable bytes of each block */
+  size_t live_n, live_bytes;   /* sampled blocks not freed yet */
+  size_t total_n, total_bytes; /* every sample taken */
+  uint32_t depth;
+  uint32_t next; /* hash chain (index + 1; 0 ends it) */
+  uintptr_t pcs[PROF_DEPTH];
+} prof_bucket;
+
+extern pthread_mutex_t prof_lock; /* buckets, live table, region; never held over a call
+                                     that can allocate or take a heap lock */
+extern prof_bucket *prof_buckets; /* prof_nbuckets used, under prof_lock */
+extern uint32_t prof_nbuckets;
+extern uint64_t prof_rate;               /* mean bytes between samples */
+extern bool prof_write_exit, prof_leaks; /* MAPALLOC_PROF=1, MAPALLOC_LEAKS=1 */
+extern int prof_signo;                   /* MAPALLOC_PROF_SIGNAL, 0 = none */
+extern _Atomic size_t prof_dropped;      /* samples lost (region or table full) */
+
+/* e^-x for x >= 0 and the inverse sampling probability of a block of `avg` bytes (no
+ * libm: the library depends on libc and pthreads only). */
+double prof_exp_neg(double x);
+double prof_scale(double avg);
+
+/* prof_dump.c */
+void prof_signal_start(void); /* handler + helper thread */
+void prof_signal_poll(void);  /* a sample path: a pending signal dump with no helper */
+void prof_dump_atfork_child(void);
+void prof_keep_stderr(void); /* the leak report's fd: a dup of stderr at start-up */
+
+#endif /* MAPALLOC_PROF_INTERNAL_H */
