@@ -20,7 +20,7 @@
 #
 # Generated families (one program, one parameter per point; in a name a lower-case k/m/g is
 # decimal, K/M/G binary): server-<slots per thread>, prodcons-b<batch>, churn-<window>-<largest
-# size>, threads-<count>, medium-<largest size>, remote-<live bytes per thread>. Our own
+# size>, threads-<count>[-<largest size>], medium-<largest size>, remote-<live bytes per thread>. Our own
 # workloads get --seed <run - 1>: every run draws another random sequence, the same for every
 # allocator within the run, so no allocator can be tuned to one fixed sequence.
 #
@@ -43,6 +43,7 @@ for w in 1K 4K 64K; do
   for m in 128 512 4K; do workloads+=("churn-$w-$m"); done # live window x largest size
 done
 for n in 1 2 8 32; do workloads+=("threads-$n"); done # 32: oversubscribed on 2 cores
+workloads+=(threads-256-128K)                          # many threads x medium classes
 for n in 2M 8M; do workloads+=("medium-$n"); done     # largest buffer, 2 threads
 workloads+=(alloctest idle)
 for n in 1M 1G; do workloads+=("remote-$n"); done # live bytes per thread (a pair)
@@ -138,6 +139,8 @@ cmd_for() {
   prodcons-b*) [[ ${p#b} =~ $num ]] && cmd=("$wl/wl_prodcons" --batch "${p#b}") ;;
   churn-*-*) [[ ${p%-*} =~ $num && ${p#*-} =~ $num ]] &&
     cmd=("$wl/wl_window" --window "${p%-*}" --max-size "${p#*-}") ;;
+  threads-*-*) [[ ${p%-*} =~ $num && ${p#*-} =~ $num ]] &&
+    cmd=("$wl/wl_threads" --threads "${p%-*}" --max-size "${p#*-}") ;;
   threads-*) [[ $p =~ $num ]] && cmd=("$wl/wl_threads" --threads "$p") ;;
   medium-*) [[ $p =~ $num ]] && cmd=("$wl/wl_medium" --max-size "$p") ;;
   remote-*)
@@ -164,7 +167,7 @@ sz() { if ((quick)); then echo "$1"; else echo "$2"; fi; } # sz QUICK FULL
 if ((${#only[@]})); then
   for w in "${only[@]}"; do
     [[ $w == memcached || " ${workloads[*]} " == *" $w "* ]] || cmd_for "$w" || {
-      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, medium-N, remote-N)" >&2
+      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, threads-N-N, medium-N, remote-N)" >&2
       exit 2
     }
   done

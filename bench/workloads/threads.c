@@ -1,8 +1,10 @@
 /* threads: many short-lived threads that exchange blocks, one point per thread count
  * (tools/bench.sh's threads-1, threads-2, threads-8, threads-32: --threads; 32 on 2 cores is
- * oversubscribed on purpose). The run is split into rounds; each round starts N fresh threads
+ * oversubscribed on purpose) and, in threads-N-S, per largest size (--max-size S, 32 KiB by
+ * default; threads-256-128K has 256 threads alive at once each using a few blocks of every
+ * medium class). The run is split into rounds; each round starts N fresh threads
  * and joins them. A thread keeps a private set of live blocks (8 B-2 KiB, 1 in 64 up to
- * 32 KiB) and replaces a random one per step; one step in four swaps its block with a slot of
+ * --max-size) and replaces a random one per step; one step in four swaps its block with a slot of
  * a shared table instead and frees what it got out (another thread's block, often one from a
  * thread that has exited). At exit a thread frees half of its set and leaves the other half
  * in the shared table for later threads to free. The total work is the same at every thread
@@ -15,23 +17,23 @@
 
 #define LOCAL       512
 #define SHARED      8192
-#define MAX_SIZE    32768
-#define MAX_THREADS 256
+#define MAX_THREADS 1024
 
 static _Atomic(void *) shared[SHARED];
 static _Atomic uint64_t bad;
+static long long max_size = 32768;
 
 struct worker {
   uint64_t ops, seed;
 };
 
 static size_t pick_size(uint64_t r) {
-  if ((r & 63) == 0) return 2048 + (size_t)((r >> 8) % (MAX_SIZE - 2048 + 1));
+  if ((r & 63) == 0) return 2048 + (size_t)((r >> 8) % (uint64_t)(max_size - 2048 + 1));
   return 8 + (size_t)((r >> 8) % 2041);
 }
 
 static void release(void *p) {
-  if (p && !wl_stamp_check(p, MAX_SIZE)) atomic_fetch_add(&bad, 1);
+  if (p && !wl_stamp_check(p, (size_t)max_size)) atomic_fetch_add(&bad, 1);
   free(p);
 }
 
@@ -71,12 +73,16 @@ static void *run(void *arg) {
 
 int main(int argc, char **argv) {
   long long rounds = 40;
-  const struct wl_param params[] = {{"rounds", &rounds}, {0, 0}};
+  const struct wl_param params[] = {{"rounds", &rounds}, {"max-size", &max_size}, {0, 0}};
   struct wl_opts o;
   wl_parse_params(argc, argv, &o, params);
   if (o.quick && rounds == 40) rounds = 10; /* --quick: fewer thread generations too */
   if (rounds < 1 || rounds > 100000) {
     fprintf(stderr, "threads: --rounds must be 1..100000\n");
+    return 2;
+  }
+  if (max_size < 2048 || max_size > (1LL << 30)) {
+    fprintf(stderr, "threads: --max-size must be 2048..1G\n");
     return 2;
   }
   int nt = wl_threads(&o, 2, MAX_THREADS);
@@ -96,9 +102,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "threads: %llu corrupted blocks\n", (unsigned long long)atomic_load(&bad));
     return 1;
   }
-  char extra[96];
-  snprintf(extra, sizeof extra, "threads=%d rounds=%lld thread_starts=%lld", nt, rounds,
-           rounds * nt);
+  char extra[128];
+  snprintf(extra, sizeof extra, "threads=%d rounds=%lld thread_starts=%lld max_size=%lld", nt,
+           rounds, rounds * nt, max_size);
   wl_result("threads", per * (uint64_t)rounds * (uint64_t)nt, secs, extra);
   return 0;
 }

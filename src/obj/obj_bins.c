@@ -181,11 +181,25 @@ static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
   return head;
 }
 
+/* Blocks carved at a time: a page's worth of small blocks, at least 16 of them while that
+ * touches at most OBJ_CARVE_BYTES (each carved block's link word touches its page), fewer for
+ * larger blocks, down to 1: a thread that takes 2 blocks of 64 KiB must not fault in 16
+ * pages of 16 different blocks (with 200 threads each using a few blocks of every medium
+ * class, that was 1.5 MiB of RSS per thread). Secure mode carves at least a shuffle window. */
+static uint32_t carve_count(const obj_slab *s) {
+  uint32_t n = (uint32_t)(os_page_size() / s->stride);
+  if (n < 16) {
+    n = OBJ_CARVE_BYTES / s->stride;
+    if (n > 16) n = 16;
+    if (obj_secure_on() && n < obj_shuffle_window) n = obj_shuffle_window;
+    if (n < 1) n = 1;
+  }
+  return n > OBJ_CARVE_MAX ? OBJ_CARVE_MAX : n;
+}
+
 static void slab_carve(obj_slab *s) {
   uint32_t rem = s->capacity - s->carved;
-  uint32_t n = (uint32_t)(os_page_size() / s->stride);
-  if (n < 16) n = 16;
-  if (n > OBJ_CARVE_MAX) n = OBJ_CARVE_MAX;
+  uint32_t n = carve_count(s);
   if (n > rem) n = rem;
   char *p = s->start + (size_t)s->carved * s->stride;
   obj_block *head = (obj_block *)p;

@@ -6,7 +6,8 @@
 
 #define OBJ_SEG_MAGIC 0x6d61706f626a7367ull
 
-#define OBJ_CARVE_MAX 256 /* blocks carved at a time (a page of 16-byte blocks) */
+#define OBJ_CARVE_MAX   256         /* blocks carved at a time (a page of 16-byte blocks) */
+#define OBJ_CARVE_BYTES (16u << 10) /* bytes a carve of blocks over 256 bytes may touch */
 
 int obj_global_init(void);
 void obj_link_open_vg(obj_block *b);
