@@ -1,6 +1,7 @@
 # Heap-profiling tests (tests/prof/run.sh): profiles read by google-pprof, the leak report,
 # threads, fork, dumps while other threads allocate, the dump signal, a double free of a
-# sampled block, re-entrancy of the unwinder, the estimates of bench/prof/prof_accuracy.c. Preload library only, not in sanitizer builds
+# sampled block, re-entrancy of the unwinder, the estimates of bench/prof/prof_accuracy.c,
+# the number of samples taken (rate). Preload library only, not in sanitizer builds
 # (as tests/preload.cmake). Skipped (77) when google-pprof is missing.
 if(TARGET mapalloc_preload AND NOT MAPALLOC_SANITIZE)
   add_executable(prof_prog ${CMAKE_CURRENT_SOURCE_DIR}/prof/prof_prog.c)
@@ -13,7 +14,7 @@ if(TARGET mapalloc_preload AND NOT MAPALLOC_SANITIZE)
   target_link_libraries(prof_reentry PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
   add_executable(prof_accuracy ${PROJECT_SOURCE_DIR}/bench/prof/prof_accuracy.c)
   target_compile_options(prof_accuracy PRIVATE -O2)
-  foreach(s leak threads fork dump signal misuse reentry accuracy)
+  foreach(s leak threads fork dump signal misuse reentry accuracy rate)
     set(prog $<TARGET_FILE:prof_prog>)
     if(s STREQUAL "reentry")
       set(prog $<TARGET_FILE:prof_reentry>)

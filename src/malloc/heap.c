@@ -295,9 +295,9 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
 
 /* prof hook: the refill of a profiled thread's cache, at most `want` blocks (the caller has
  * charged them to its sampling countdown, so every block the thread pops was counted). The
- * cache keeps bound 0 and room -blocks (heap_tc_count stays exact): its frees take the slow
- * path and go back to the slabs, never onto the list, which only refills fill. Returns the
- * blocks taken (0: a class without a cache, or no memory: the caller takes one block). */
+ * cache keeps bound 0 and room -blocks (heap_tc_count stays exact), so its frees take the
+ * slow path, where heap_free_counted charges each block it puts back on the list. Returns
+ * the blocks taken (0: a class without a cache, or no memory: the caller takes one block). */
 uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   heap_tc *tc = &h->tc[cls];
   uint32_t cap = heap_tc_max[cls] / 2;
@@ -377,6 +377,9 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   tc->head = rest;
   __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);
   heap_count_give(h, k, bytes);
+  /* prof hook: a profiled thread's cached blocks were charged to the class's countdown for
+   * the pops that now never come: the charge goes back (else the sample comes early). */
+  if (tc->max == 0) h->prof.cls_left[cls] += (int64_t)k * heap_cls_size[cls];
 }
 
 void heap_free_double(const void *p) {
@@ -426,10 +429,71 @@ static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p
   pthread_mutex_unlock(&h->lock);
 }
 
-void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+/* (Out of line: heap_free_slow's profiled case then saves few registers.) */
+__attribute__((noinline)) static void heap_free_slow_saving_errno(heap *h, obj_segment *seg,
+                                                                  obj_slab *s, void *p) {
   int saved = errno;
   heap_free_slow_errno(h, seg, s, p);
   errno = saved;
+}
+
+/* prof hook: a free by a profiled thread (its lists have bound 0, so each of its frees
+ * comes here). The block goes onto the thread's list without the lock, and the pop that
+ * will take it is charged to the class's countdown now, so every block the thread pops was
+ * counted once (heap_tc_refill_counted charges the others). Only while the countdown keeps
+ * room after the charge: the sample then still falls on a malloc that finds the list empty
+ * (heap_malloc_slow). Otherwise (and for a class without a list, a tracking heap, a thread
+ * before its first call) p is freed the ordinary way. Every exit but the push is a tail
+ * call, so that the common case saves few registers. */
+static void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full);
+
+/* The list is at the class's usual bound (always, for a class without a list: freed the
+ * ordinary way): its colder half goes back (the trim refunds its charge), then p is pushed. */
+__attribute__((noinline)) static void heap_free_counted_full(heap *h, obj_segment *seg, obj_slab *s,
+                                                             void *p) {
+  unsigned cls = s->bin_idx;
+  if (heap_tc_max[cls] == 0) { /* a class without a list */
+    heap_free_slow_saving_errno(h, seg, s, p);
+    return;
+  }
+  int saved = errno;
+  heap_purger_poke();
+  pthread_mutex_lock(&h->lock);
+  heap_tc_trim(h, cls, heap_tc_max[cls] / 2);
+  pthread_mutex_unlock(&h->lock);
+  errno = saved;
+  heap_free_counted(h, seg, s, p, true);
+}
+
+static inline void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full) {
+  unsigned cls = s->bin_idx;
+  int64_t size = (int64_t)heap_cls_size[cls];
+  prof_thread *t = &h->prof;
+  /* (The countdowns of heap_empty and of a tracking heap stay 0. A free inside the
+   * profiler may be charged too: whichever malloc pops the block is counted.) */
+  if (t->cls_left[cls] <= size) {
+    heap_free_slow_saving_errno(h, seg, s, p);
+    return;
+  }
+  obj_link_open((obj_block *)p);
+  if (heap_unlikely(obj_block_is_free((obj_block *)p))) {
+    heap_free_double(p);
+    return;
+  }
+  heap_tc *tc = &h->tc[cls];
+  if (heap_unlikely(tc->room <= -(int32_t)heap_tc_max[cls]) && !full) {
+    heap_free_counted_full(h, seg, s, p);
+    return;
+  }
+  t->cls_left[cls] -= size;
+  heap_tc_push(tc, s, (obj_block *)p);
+}
+
+void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+  if (heap_unlikely(prof_on))
+    heap_free_counted(h, seg, s, p, false);
+  else
+    heap_free_slow_saving_errno(h, seg, s, p);
 }
 
 /* Validates that p is the start of a handed-out block of a heap segment. */

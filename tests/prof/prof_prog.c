@@ -13,6 +13,9 @@
  *                      the helper thread's file PREFIX.PID.0.heap
  *   prof_prog misuse   frees a sampled block twice (run with MAPALLOC_PROF_SAMPLE=1):
  *                      must abort with "double free"
+ *   prof_prog rate     1000000 malloc/free pairs of 64 bytes, then 4000 batches of 300
+ *                      mallocs and 300 frees (past the thread cache's bound of 256): the
+ *                      number of samples taken must match 1 - exp(-64/rate) per malloc
  * ma_prof_dump comes from the preload library, looked up with dlsym. */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -174,6 +177,24 @@ static int run_signal(void) {
   return 1;
 }
 
+/* ---- rate: the count of samples of one class's mallocs, whatever the frees do ---- */
+static void *volatile rate_sink;
+
+NOINLINE void rate_pairs(long n) {
+  for (long i = 0; i < n; i++) {
+    rate_sink = must(malloc(64));
+    free(rate_sink);
+  }
+}
+
+NOINLINE void rate_batches(long rounds, int n) {
+  static void *batch[300];
+  for (long r = 0; r < rounds; r++) {
+    for (int i = 0; i < n; i++) batch[i] = rate_sink = must(malloc(64));
+    for (int i = 0; i < n; i++) free(batch[i]);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "leak";
   if (strcmp(mode, "leak") == 0) {
@@ -209,6 +230,12 @@ int main(int argc, char **argv) {
     free(q);
     q = p;
     free(q); /* must abort */
+    return 0;
+  }
+  if (strcmp(mode, "rate") == 0) {
+    rate_pairs(1000000);
+    rate_batches(4000, 300);
+    printf("rate: %ld mallocs of 64 bytes\n", 1000000L + 4000L * 300);
     return 0;
   }
   fprintf(stderr, "prof_prog: unknown mode %s\n", mode);
