@@ -294,17 +294,44 @@ static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
   huge_unmap_all(victims, nv);
 }
 
-/* Releases a block that left the table; huge_lock held on entry, released on return. */
+/* Whether r's pages may go to the cache when it is freed: not over-aligned, and no guard
+ * page or a guard marker (taken out first: huge_unguard). A PROT_NONE guard is a mapping of
+ * its own, which the cache's splits and merges would have to move. */
+static bool huge_cacheable(const huge_rec *r) {
+  return r->align == 0 && (r->guard == 0 || r->marker);
+}
+
+/* Takes the guard marker out of the page after a block of `len` bytes at `at` (nothing to do
+ * without one), so that the page can be cached and reused; errno kept. False when the kernel
+ * refused: the range must then be unmapped, never cached. */
+static bool huge_unguard(uintptr_t at, size_t len, const huge_rec *r) {
+  if (!r->marker) return true;
+  int saved = errno;
+  bool ok = os_guard_remove((char *)at + len, r->guard) == 0;
+  errno = saved;
+  return ok;
+}
+
+/* Releases a block that left the table; huge_lock held on entry, released on return. A
+ * guarded block's marker is taken out outside the lock (the block is in neither the table
+ * nor the cache meanwhile). */
 static void huge_release_unlock(huge_rec r) {
   huge_recent[huge_recent_next++ % 16] = r.ptr;
   huge_frees++;
-  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map},
-                       r.align == 0 && r.guard == 0);
+  bool cacheable = huge_cacheable(&r);
+  if (cacheable && r.marker) {
+    pthread_mutex_unlock(&huge_lock);
+    cacheable = huge_unguard(r.ptr, r.len, &r);
+    pthread_mutex_lock(&huge_lock);
+  }
+  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map}, cacheable);
 }
 
 /* Secure mode: an inaccessible page after each large block, so a linear overflow off its
- * end (past the usable size) faults at once. Guarded blocks bypass the cache: its splits
- * and merges would each have to move a guard page. */
+ * end (past the usable size) faults at once. With guard markers a block and its guard come
+ * from the cache like any block (the marker is put in when it is handed out and taken out
+ * when it is freed: one madvise each, where a fresh mapping costs a page fault per page
+ * touched); PROT_NONE guards bypass the cache. */
 static size_t huge_guard(void) {
   return obj_secure_on() ? os_page_size() : 0;
 }
@@ -316,6 +343,48 @@ static size_t huge_guard(void) {
 static int huge_guard_put(char *at, size_t guard) {
   if (os_guard_install(at, guard) == 0) return 1;
   return os_protect(at, guard, MA_PROT_NONE) == 0 ? 0 : -1;
+}
+
+/* Puts a guard marker into the `g` bytes at `at`; errno kept. */
+static bool huge_mark(uintptr_t at, size_t g) {
+  int saved = errno;
+  bool ok = os_guard_install((void *)at, g) == 0;
+  errno = saved;
+  return ok;
+}
+
+/* Gives a range taken from the cache back to it (a step that failed after the take);
+ * huge_lock held and kept (a range evicted to make room is unmapped under it: failure path
+ * only). */
+static void huge_cache_give_back(huge_cached c) {
+  huge_cached victims[HUGE_CACHE_N + 1];
+  huge_unmap_all(victims, huge_cache_put(c, obj_now_ms(), victims));
+}
+
+/* Takes a block of `len` bytes and its guard page (`g`: 0 or a page, which then gets a
+ * guard marker) from the cache and records it; NULL when no range fits or the marker cannot
+ * be put in. The marker goes in outside the lock, between the take and the record (the
+ * range is in neither the cache nor the table meanwhile). */
+static void *huge_alloc_cached(size_t len, size_t g, bool roomy) {
+  huge_cached c;
+  pthread_mutex_lock(&huge_lock);
+  if (!huge_reserve_slot() || !huge_cache_take(len + g, roomy, &c)) {
+    pthread_mutex_unlock(&huge_lock);
+    return NULL;
+  }
+  if (g) {
+    pthread_mutex_unlock(&huge_lock);
+    bool marked = huge_mark(c.ptr + len, g);
+    pthread_mutex_lock(&huge_lock);
+    if (!marked || !huge_reserve_slot()) { /* as it was: the range goes back */
+      huge_rec r = {.guard = g, .marker = marked};
+      huge_uncommit_unlock(c, huge_unguard(c.ptr, len, &r));
+      return NULL;
+    }
+  }
+  huge_record((huge_rec){c.ptr, len, 0, c.map, g, g != 0});
+  pthread_mutex_unlock(&huge_lock);
+  return (void *)c.ptr;
 }
 
 /* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible;
@@ -342,16 +411,13 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   size_t ps = os_page_size();
   size_t a = align > ps ? align : 0;
   size_t g = huge_guard();
-  if (a == 0 && g == 0 && atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
-    huge_cached c;
-    pthread_mutex_lock(&huge_lock);
-    if (huge_reserve_slot() && huge_cache_take(len, roomy, &c)) {
-      huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0, false});
-      pthread_mutex_unlock(&huge_lock);
-      if (zero) memset((void *)c.ptr, 0, size);
-      return (void *)c.ptr;
+  if (a == 0 && (g == 0 || os_guard_supported()) &&
+      atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
+    void *p = huge_alloc_cached(len, g, roomy);
+    if (p) {
+      if (zero) memset(p, 0, size);
+      return p;
     }
-    pthread_mutex_unlock(&huge_lock);
   }
   bool marker;
   void *p = huge_map(len, a, g, &marker);
@@ -414,12 +480,16 @@ size_t huge_usable(const void *p) {
 static void *huge_grow_by_copy(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   huge_cached c;
-  if (r.align != 0 || r.guard != 0 || (nlen - r.len) * 4 < r.len ||
-      !huge_cache_take(nlen, true, &c))
+  if (!huge_cacheable(&r) || (nlen - r.len) * 4 < r.len ||
+      !huge_cache_take(nlen + r.guard, true, &c))
     return NULL;
+  if (r.guard && !huge_mark(c.ptr + nlen, r.guard)) {
+    huge_cache_give_back(c);
+    return NULL;
+  }
   huge_remove_at(i);
   huge_bytes -= r.len;
-  huge_record((huge_rec){c.ptr, c.len, 0, c.map, 0, false});
+  huge_record((huge_rec){c.ptr, nlen, 0, c.map, r.guard, r.guard != 0});
   huge_allocs--;
   pthread_mutex_unlock(&huge_lock);
   memcpy((void *)c.ptr, (void *)r.ptr, r.len);
@@ -427,6 +497,24 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
   huge_frees--;
   huge_release_unlock(r);
   return (void *)c.ptr;
+}
+
+/* Grows block i to `nlen` bytes over the cached pages right behind it (already faulted in)
+ * when the cache holds them; huge_lock held. A guarded block's marker moves to its new end:
+ * the old one comes out first (if the kernel refuses, the pages go back and the block stays
+ * as it was), so that none is ever left inside the block. */
+static bool huge_grow_in_place(size_t i, size_t nlen) {
+  huge_rec r = huge_tab[i];
+  if (!huge_cacheable(&r) || !huge_cache_absorb(r.ptr + r.len + r.guard, r.map, nlen - r.len))
+    return false;
+  if (r.guard && !huge_unguard(r.ptr, r.len, &r)) {
+    huge_cache_give_back((huge_cached){r.ptr + r.len + r.guard, nlen - r.len, 0, r.map});
+    return false;
+  }
+  if (r.guard) huge_tab[i].marker = huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
+  huge_tab[i].len = nlen;
+  huge_bytes += nlen - r.len;
+  return true;
 }
 
 /* Resizes huge block p to `size` (> HEAP_MAX_SMALL) in place when it can: shrink by
@@ -468,15 +556,13 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
+    /* The tail holds the old guard page: a marker there comes out before it is cached. */
     huge_uncommit_unlock((huge_cached){r.ptr + nlen + r.guard, r.len - nlen, 0, r.map},
-                         r.align == 0 && r.guard == 0);
+                         huge_cacheable(&r) && huge_unguard(r.ptr, r.len, &r));
     errno = saved;
     return p;
   }
-  if (r.align == 0 && r.guard == 0 &&
-      huge_cache_absorb((uintptr_t)p + r.len, r.map, nlen - r.len)) {
-    huge_tab[i].len = nlen; /* grown in place over cached, already faulted pages */
-    huge_bytes += nlen - r.len;
+  if (huge_grow_in_place(i, nlen)) {
     pthread_mutex_unlock(&huge_lock);
     errno = saved;
     return p;
