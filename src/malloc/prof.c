@@ -280,16 +280,20 @@ static void prof_live_remove(const prof_live *e) {
 /* ------------------------------------------------------------------------------------
  * The region of sampled small blocks: one reservation, one sub-range per slot size
  * (4 KiB << k, k = 0..5: every class up to 128 KiB), each a bump pointer committed ahead
- * plus a free list of slots. A slot is aligned to its size, so every class alignment holds.
+ * plus a bitmap of freed slots. A slot is aligned to its size, so every class alignment
+ * holds. A freed slot's pages go back to the system (prof_slot_release) before the slot is
+ * marked free: the bitmap lives outside the slots, so none of their memory stays resident.
  * ---------------------------------------------------------------------------------- */
 #define PROF_SLOT_KINDS  6
 #define PROF_SUB_SHIFT   27 /* 128 MiB per slot size */
 #define PROF_REGION_SIZE ((size_t)PROF_SLOT_KINDS << PROF_SUB_SHIFT)
 #define PROF_COMMIT_STEP ((size_t)256 << 10)
+#define PROF_SLOT_WORDS  ((((size_t)1 << PROF_SUB_SHIFT) >> 12) / 64) /* of 4 KiB slots */
 
 typedef struct prof_slots {
-  size_t bump, committed; /* offsets in the sub-range */
-  void *free;             /* freed slots, linked through their first word */
+  size_t bump, committed;          /* offsets in the sub-range */
+  size_t nfree, hint;              /* freed slots; no word below `hint` has a bit set */
+  uint64_t freed[PROF_SLOT_WORDS]; /* bit i: slot i is free (kind k uses the first >> k) */
 } prof_slots;
 
 static prof_slots prof_slot[PROF_SLOT_KINDS];
@@ -300,17 +304,22 @@ static unsigned prof_slot_kind(size_t size) {
   return k;
 }
 
+/* The lowest freed slot of kind k (nfree > 0); prof_lock. */
+static size_t prof_slot_pop(prof_slots *ps) {
+  while (ps->freed[ps->hint] == 0) ps->hint++;
+  uint64_t w = ps->freed[ps->hint];
+  ps->freed[ps->hint] = w & (w - 1);
+  ps->nfree--;
+  return ps->hint * 64 + (size_t)__builtin_ctzll(w);
+}
+
 /* A slot for a block of `size` <= 128 KiB; NULL when its sub-range is used up. prof_lock. */
 static void *prof_slot_take(size_t size) {
   unsigned k = prof_slot_kind(size);
   prof_slots *ps = &prof_slot[k];
   char *base = (char *)prof_lo + ((size_t)k << PROF_SUB_SHIFT);
-  if (ps->free) {
-    void *p = ps->free;
-    ps->free = *(void **)p;
-    return p;
-  }
   size_t len = (size_t)4096 << k;
+  if (ps->nfree) return base + prof_slot_pop(ps) * len;
   if (ps->bump + len > ((size_t)1 << PROF_SUB_SHIFT)) return NULL;
   if (ps->bump + len > ps->committed) {
     size_t step = len > PROF_COMMIT_STEP ? len : PROF_COMMIT_STEP;
@@ -322,10 +331,27 @@ static void *prof_slot_take(size_t size) {
   return p;
 }
 
+static unsigned prof_slot_kind_of(const void *p) {
+  return (unsigned)(((uintptr_t)p - prof_lo) >> PROF_SUB_SHIFT);
+}
+
+/* Gives the pages of the slot at p back to the system (they read as zeros afterwards); no
+ * lock: the slot belongs to nobody between its block's free and prof_slot_put. errno kept
+ * (free never changes it). */
+static void prof_slot_release(void *p) {
+  int saved = errno;
+  (void)os_reset(p, (size_t)4096 << prof_slot_kind_of(p));
+  errno = saved;
+}
+
+/* Marks the slot at p free; prof_lock. */
 static void prof_slot_put(void *p) {
-  unsigned k = (unsigned)(((uintptr_t)p - prof_lo) >> PROF_SUB_SHIFT);
-  *(void **)p = prof_slot[k].free;
-  prof_slot[k].free = p;
+  unsigned k = prof_slot_kind_of(p);
+  prof_slots *ps = &prof_slot[k];
+  size_t i = (((uintptr_t)p - prof_lo) & (((size_t)1 << PROF_SUB_SHIFT) - 1)) >> (12 + k);
+  ps->freed[i / 64] |= (uint64_t)1 << (i % 64);
+  ps->nfree++;
+  if (i / 64 < ps->hint) ps->hint = i / 64;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -555,7 +581,7 @@ bool prof_free(void *p) {
   prof_live *e = prof_live_find((uintptr_t)p);
   if (!e) {
     pthread_mutex_unlock(&prof_lock);
-    unsigned k = (unsigned)(((uintptr_t)p - prof_lo) >> PROF_SUB_SHIFT);
+    unsigned k = prof_slot_kind_of(p);
     bool slot_start = ((uintptr_t)p & (((uintptr_t)4096 << k) - 1)) == 0;
     obj_fatal(slot_start ? "double free" : "invalid free", p);
   }
@@ -563,6 +589,9 @@ bool prof_free(void *p) {
   b->live_n--;
   b->live_bytes -= b->size;
   prof_live_remove(e);
+  pthread_mutex_unlock(&prof_lock);
+  prof_slot_release(p);
+  pthread_mutex_lock(&prof_lock);
   prof_slot_put(p);
   pthread_mutex_unlock(&prof_lock);
   return true;

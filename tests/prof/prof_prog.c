@@ -16,6 +16,9 @@
  *   prof_prog rate     1000000 malloc/free pairs of 64 bytes, then 4000 batches of 300
  *                      mallocs and 300 frees (past the thread cache's bound of 256): the
  *                      number of samples taken must match 1 - exp(-64/rate) per malloc
+ *   prof_prog slots    200000 blocks of 64 bytes kept, then freed and malloc_trim(0): prints
+ *                      the resident KiB before, with them and after (run with a small
+ *                      MAPALLOC_PROF_SAMPLE: each sampled block has a 4 KiB slot of its own)
  * ma_prof_dump comes from the preload library, looked up with dlsym. */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -25,6 +28,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -195,6 +199,28 @@ NOINLINE void rate_batches(long rounds, int n) {
   }
 }
 
+/* ---- slots: the memory of freed sampled blocks goes back ---- */
+static long resident_kib(void) {
+  long pages = 0, rss = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f || fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = -1;
+  if (f) fclose(f);
+  return rss < 0 ? -1 : rss * 4;
+}
+
+NOINLINE int run_slots(void) {
+  enum { N = 200000 };
+  static void *keep[N];
+  long before = resident_kib();
+  for (int i = 0; i < N; i++) memset(keep[i] = must(malloc(64)), 1, 64);
+  long held = resident_kib();
+  for (int i = 0; i < N; i++) free(keep[i]);
+  malloc_trim(0);
+  long after = resident_kib();
+  printf("slots: resident KiB before %ld held %ld after %ld\n", before, held, after);
+  return before < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "leak";
   if (strcmp(mode, "leak") == 0) {
@@ -238,6 +264,7 @@ int main(int argc, char **argv) {
     printf("rate: %ld mallocs of 64 bytes\n", 1000000L + 4000L * 300);
     return 0;
   }
+  if (strcmp(mode, "slots") == 0) return run_slots();
   fprintf(stderr, "prof_prog: unknown mode %s\n", mode);
   return 2;
 }

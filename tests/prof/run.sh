@@ -170,6 +170,18 @@ rate)
   # 5 sd, plus the few samples of start-up allocations
   within "samples taken (expected $exp, sd $sd)" "${n:-0}" $((exp - 5 * sd)) $((exp + 5 * sd + 20))
   ;;
+slots)
+  # 200000 blocks of 64 bytes at 1 sample per 1 KiB: ~12000 sampled, each in a 4 KiB slot
+  # (~47 MiB). After the frees and malloc_trim(0) the slots' pages must be gone: what stays
+  # resident of what the blocks took is at most a quarter (before, the freed slots stayed
+  # resident on their free list: all of it).
+  out=$(run MAPALLOC_PROF_SAMPLE=1024 -- slots 2>&1) || fail "program failed: $out"
+  echo "$out"
+  read -r before held after < <(sed -n 's/^slots: resident KiB before \([0-9]*\) held \([0-9]*\) after \([0-9]*\)$/\1 \2 \3/p' <<<"$out")
+  [ -n "${after:-}" ] || fail "no resident figures"
+  within "KiB taken by the blocks and their slots" "$((${held:-0} - ${before:-0}))" 30000 200000
+  within "KiB still resident after free + trim" "$((${after:-0} - ${before:-0}))" -100000 "$(((${held:-0} - ${before:-0}) / 4))"
+  ;;
 accuracy)
   # bench/prof/prof_accuracy.c: six sites of known live bytes (32 B .. 2 MiB blocks) among
   # churn. At 1 sample per 64 KiB the worst relative sd is 6.3% (16 MiB of 32-byte blocks).
