@@ -299,12 +299,7 @@ MA_API int ma_prof_leaks_print(int fd, unsigned max_sites) {
 
   prof_out o = {.fd = fd};
   char comm[64];
-  int cfd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
-  ssize_t cn = cfd >= 0 ? read(cfd, comm, sizeof comm - 1) : -1;
-  if (cfd >= 0) close(cfd);
-  if (cn <= 0) cn = 1, comm[0] = '?';
-  if (comm[cn - 1] == '\n') cn--;
-  comm[cn] = 0;
+  obj_comm(comm, sizeof comm);
   out_str(&o, "mapalloc: leak report of ");
   out_str(&o, comm);
   out_str(&o, " (pid ");

@@ -17,7 +17,6 @@
  */
 #include "malloc/stats_class.h"
 
-#include <fcntl.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -123,12 +122,7 @@ static void line_pct(stats_line *l, size_t part, size_t whole) {
 
 void heap_stats_header(int fd) {
   char comm[64];
-  int cfd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
-  ssize_t n = cfd >= 0 ? read(cfd, comm, sizeof comm - 1) : -1;
-  if (cfd >= 0) close(cfd);
-  if (n <= 0) n = 1, comm[0] = '?';
-  if (comm[n - 1] == '\n') n--;
-  comm[n] = 0;
+  obj_comm(comm, sizeof comm);
   stats_line l = {0};
   line_str(&l, "mapalloc heap statistics of ");
   line_str(&l, comm);

@@ -126,6 +126,9 @@ __attribute__((noreturn)) void obj_fatal(const char *what, const void *p);
 size_t obj_fmt_uint(char *buf, uint64_t v, unsigned base);
 /* Writes the string s to fd in full (retrying short writes), without allocating. */
 void obj_write_str(int fd, const char *s);
+/* The process name (/proc/self/comm, "?" when unreadable) into buf of `size` >= 2 bytes,
+ * terminated; no allocation. */
+void obj_comm(char *buf, size_t size);
 
 /* The exact link check of both builds: n ends the list or is a carved block of slab s. */
 static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {

@@ -132,6 +132,15 @@ void obj_write_str(int fd, const char *s) {
   }
 }
 
+void obj_comm(char *buf, size_t size) {
+  int fd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, buf, size - 1) : -1;
+  if (fd >= 0) close(fd);
+  if (n <= 0) n = 1, buf[0] = '?';
+  if (buf[n - 1] == '\n') n--;
+  buf[n] = 0;
+}
+
 /* A signed decimal, without printf (parse_long keeps |v| far below LONG_MAX). */
 static void opt_write_long(long v) {
   char buf[32];
