@@ -110,18 +110,7 @@ static bool huge_reserve_slot(void) {
 
 /* Removes slot i, shifting back the entries of its probe chain; huge_lock held. */
 static void huge_remove_at(size_t i) {
-  size_t mask = huge_cap - 1;
-  huge_tab[i].ptr = 0;
-  for (size_t j = (i + 1) & mask; huge_tab[j].ptr; j = (j + 1) & mask) {
-    size_t home = huge_hash(huge_tab[j].ptr, huge_cap);
-    /* Move j into the hole if its home is not in the cyclic range (i, j]. */
-    bool between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
-    if (!between) {
-      huge_tab[i] = huge_tab[j];
-      huge_tab[j].ptr = 0;
-      i = j;
-    }
-  }
+  obj_probe_delete(huge_tab, sizeof *huge_tab, huge_cap, i, huge_hash);
   huge_count--;
 }
 

@@ -263,17 +263,8 @@ static bool prof_live_insert(prof_live r) {
 }
 
 static void prof_live_remove(const prof_live *e) {
-  size_t mask = prof_live_cap - 1, i = (size_t)(e - prof_live_tab);
-  prof_live_tab[i].ptr = 0;
-  for (size_t j = (i + 1) & mask; prof_live_tab[j].ptr; j = (j + 1) & mask) {
-    size_t home = prof_live_hash(prof_live_tab[j].ptr, prof_live_cap);
-    bool between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
-    if (!between) {
-      prof_live_tab[i] = prof_live_tab[j];
-      prof_live_tab[j].ptr = 0;
-      i = j;
-    }
-  }
+  obj_probe_delete(prof_live_tab, sizeof *prof_live_tab, prof_live_cap, (size_t)(e - prof_live_tab),
+                   prof_live_hash);
   prof_live_n--;
 }
 

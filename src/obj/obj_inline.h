@@ -129,6 +129,12 @@ void obj_write_str(int fd, const char *s);
 /* The process name (/proc/self/comm, "?" when unreadable) into buf of `size` >= 2 bytes,
  * terminated; no allocation. */
 void obj_comm(char *buf, size_t size);
+/* Empties slot i of an open-addressing table with linear probing (`cap` entries of `esize`
+ * bytes, cap a power of two, each entry's first field a uintptr_t key, 0 = empty; `hash`
+ * gives a key's home slot) and moves back the entries of its probe chain, so that every
+ * lookup still finds them: the large-block table and the profiler's live samples. */
+void obj_probe_delete(void *tab, size_t esize, size_t cap, size_t i,
+                      size_t (*hash)(uintptr_t key, size_t cap));
 
 /* The exact link check of both builds: n ends the list or is a carved block of slab s. */
 static inline bool obj_link_in_slab(const obj_slab *s, const obj_block *n) {

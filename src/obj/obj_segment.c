@@ -3,6 +3,7 @@
 #include "obj/obj.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "obj/obj_check.h"
@@ -398,4 +399,24 @@ size_t obj_slab_decommit(obj_segment *seg, obj_slab *s) {
   s->committed = 0;
   s->fresh = 0;
   return len;
+}
+
+void obj_probe_delete(void *tab, size_t esize, size_t cap, size_t i,
+                      size_t (*hash)(uintptr_t key, size_t cap)) {
+  char *t = tab;
+  size_t mask = cap - 1;
+  uintptr_t key, zero = 0;
+  memcpy(t + i * esize, &zero, sizeof zero);
+  for (size_t j = (i + 1) & mask;; j = (j + 1) & mask) {
+    memcpy(&key, t + j * esize, sizeof key);
+    if (key == 0) return;
+    size_t home = hash(key, cap);
+    /* Move j into the hole if its home is not in the cyclic range (i, j]. */
+    bool between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+    if (!between) {
+      memcpy(t + i * esize, t + j * esize, esize);
+      memcpy(t + j * esize, &zero, sizeof zero);
+      i = j;
+    }
+  }
 }
