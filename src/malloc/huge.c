@@ -290,13 +290,13 @@ static bool huge_cacheable(const huge_rec *r) {
   return r->align == 0 && (r->guard == 0 || r->marker);
 }
 
-/* Takes the guard marker out of the page after a block of `len` bytes at `at` (nothing to do
- * without one), so that the page can be cached and reused; errno kept. False when the kernel
- * refused: the range must then be unmapped, never cached. */
-static bool huge_unguard(uintptr_t at, size_t len, const huge_rec *r) {
+/* Takes the guard marker out of the page after block r (nothing to do without one), so that
+ * the page can be cached and reused; errno kept. False when the kernel refused: the range
+ * must then be unmapped, never cached. */
+static bool huge_unguard(const huge_rec *r) {
   if (!r->marker) return true;
   int saved = errno;
-  bool ok = os_guard_remove((char *)at + len, r->guard) == 0;
+  bool ok = os_guard_remove((char *)r->ptr + r->len, r->guard) == 0;
   errno = saved;
   return ok;
 }
@@ -310,7 +310,7 @@ static void huge_release_unlock(huge_rec r) {
   bool cacheable = huge_cacheable(&r);
   if (cacheable && r.marker) {
     pthread_mutex_unlock(&huge_lock);
-    cacheable = huge_unguard(r.ptr, r.len, &r);
+    cacheable = huge_unguard(&r);
     pthread_mutex_lock(&huge_lock);
   }
   huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map}, cacheable);
@@ -366,8 +366,8 @@ static void *huge_alloc_cached(size_t len, size_t g, bool roomy) {
     bool marked = huge_mark(c.ptr + len, g);
     pthread_mutex_lock(&huge_lock);
     if (!marked || !huge_reserve_slot()) { /* as it was: the range goes back */
-      huge_rec r = {.guard = g, .marker = marked};
-      huge_uncommit_unlock(c, huge_unguard(c.ptr, len, &r));
+      huge_rec r = {.ptr = c.ptr, .len = len, .guard = g, .marker = marked};
+      huge_uncommit_unlock(c, huge_unguard(&r));
       return NULL;
     }
   }
@@ -496,7 +496,7 @@ static bool huge_grow_in_place(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   if (!huge_cacheable(&r) || !huge_cache_absorb(r.ptr + r.len + r.guard, r.map, nlen - r.len))
     return false;
-  if (r.guard && !huge_unguard(r.ptr, r.len, &r)) {
+  if (r.guard && !huge_unguard(&r)) {
     huge_cache_give_back((huge_cached){r.ptr + r.len + r.guard, nlen - r.len, 0, r.map});
     return false;
   }
@@ -547,7 +547,7 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     huge_bytes -= r.len - nlen;
     /* The tail holds the old guard page: a marker there comes out before it is cached. */
     huge_uncommit_unlock((huge_cached){r.ptr + nlen + r.guard, r.len - nlen, 0, r.map},
-                         huge_cacheable(&r) && huge_unguard(r.ptr, r.len, &r));
+                         huge_cacheable(&r) && huge_unguard(&r));
     errno = saved;
     return p;
   }
