@@ -190,6 +190,107 @@ Test(remote, a_threads_first_free_goes_back_to_the_owner) {
   cr_assert_eq(ma_heap_check(), 0);
 }
 
+/* ---- batches given back by a thread cache's trim ---------------------------------------- */
+
+typedef struct {
+  void **v;
+  size_t n;
+} span_t;
+
+static void *free_all(void *arg) {
+  span_t *x = arg;
+  for (size_t i = 0; i < x->n; i++) ma_free(x->v[i]);
+  return NULL;
+}
+
+static int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+  return (x > y) - (x < y);
+}
+
+static bool is_one_of(void *p, void **sorted, size_t n) {
+  return bsearch(&p, sorted, n, sizeof *sorted, cmp_ptr) != NULL;
+}
+
+/* The calling thread allocates `n` blocks of `size` (v), which another thread then frees.
+ * Before that, it frees blocks of its own so that its trims give some back to the class's
+ * current slab, and empties its cache for the class (the blocks it takes stay in own[]):
+ * so a refill that took the slab's free blocks first would not return any of v. v is
+ * sorted on return. */
+static void give_away(size_t size, void **v, size_t n, void **own, size_t nown) {
+  heap *h = heap_get();
+  unsigned cls = heap_size_class(size);
+  for (size_t i = 0; i < n; i++) cr_assert_not_null(v[i] = ma_malloc(size));
+  for (size_t i = 0; i < nown; i++) cr_assert_not_null(own[i] = ma_malloc(size));
+  for (size_t i = 0; i < nown; i++) ma_free(own[i]); /* the last ones go back to cur */
+  size_t k = 0;
+  while (h->tc[cls].head && k < nown) own[k++] = ma_malloc(size);
+  for (size_t i = k; i < nown; i++) own[i] = NULL;
+  obj_slab *cur = h->bs->bins[cls].cur;
+  cr_assert(h->tc[cls].head == NULL && cur != &obj_empty_slab && cur->free,
+            "set-up: the cache is empty and the current slab has free blocks");
+  span_t x = {v, n};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, free_all, &x), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  qsort(v, n, sizeof *v, cmp_ptr);
+}
+
+/* Blocks another thread frees come back to their owner as batches of one class, which the
+ * owner's cache takes whole at its next refill: its next allocations are those blocks, not
+ * fresh ones from its slab (the old path filed each block into its slab, block by block,
+ * and the refill took the slab's untouched blocks first). */
+Test(remote, a_batch_given_back_joins_its_owners_cache_whole) {
+  static void *v[1024], *own[1024], *got[1024];
+  ma_free(ma_malloc(64)); /* the thread's heap */
+  heap *h = heap_get();
+  unsigned cls = heap_size_class(64);
+  uint32_t half = h->tc[cls].max / 2;
+  cr_assert_gt(half, 0);
+  size_t n = 4 * (size_t)half, nown = 2 * (size_t)h->tc[cls].max;
+  cr_assert_leq(n, 1024);
+  give_away(64, v, n, own, nown);
+  for (uint32_t i = 0; i < half; i++) {
+    got[i] = ma_malloc(64);
+    cr_assert(is_one_of(got[i], v, n),
+              "allocation %u after the remote frees: %p is not one of the %zu blocks freed", i,
+              got[i], n);
+  }
+  for (uint32_t i = 0; i < half; i++) ma_free(got[i]);
+  for (size_t i = 0; i < nown; i++) ma_free(own[i]);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* A program's write after free (not instrumented: ASan would report it, rightly, before
+ * the allocator could see it). */
+__attribute__((no_sanitize_address)) static void write_after_free(uintptr_t *w, uintptr_t x) {
+  *(volatile uintptr_t *)w ^= x;
+}
+
+/* A write after free over a batch's header (its third and fourth words) breaks its seal:
+ * the owner files the batch block by block, each block checked, and nothing is lost. */
+Test(remote, a_batch_whose_header_was_overwritten_is_filed_block_by_block) {
+  static void *v[1024], *own[1024];
+  ma_free(ma_malloc(64)); /* the thread's heap */
+  heap *h = heap_get();
+  unsigned cls = heap_size_class(64);
+  size_t n = 2 * (size_t)h->tc[cls].max, nown = n;
+  cr_assert_leq(n, 1024);
+  give_away(64, v, n, own, nown);
+  obj_block *head = __atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE);
+  cr_assert_not_null(head, "the freeing thread's trims sent batches");
+  cr_assert(is_one_of(head, v, n));
+  write_after_free((uintptr_t *)head + 3, 0x5a5a); /* the program writes its freed block */
+  size_t before = allocated();
+  for (size_t i = 0; i < n; i++) v[i] = ma_malloc(64); /* the first one takes the stack */
+  cr_assert_null(__atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE));
+  cr_assert_eq(ma_heap_check(), 0);
+  for (size_t i = 0; i < n; i++) ma_free(v[i]);
+  for (size_t i = 0; i < nown; i++) ma_free(own[i]);
+  cr_assert_eq(ma_heap_check(), 0);
+  cr_assert_leq(allocated(), before, "blocks lost");
+}
+
 static _Atomic(void *) xslots[XN];
 static atomic_bool xstop;
 static atomic_int xstarted;

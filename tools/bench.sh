@@ -10,7 +10,9 @@
 #                preload library of a -DMAPALLOC_SECURE=ON build in build/release-secure;
 #                mapalloc-prof, mapalloc with MAPALLOC_PROF=1 (heap profiling at the default
 #                rate, a profile written at exit); jemalloc-prof, jemalloc with
-#                MALLOC_CONF=prof:true (the same 512 KiB mean sampling interval))
+#                MALLOC_CONF=prof:true (the same 512 KiB mean sampling interval); mapalloc-base,
+#                the preload library $MAPALLOC_BASE_LIB names (another commit's build: before
+#                and after in one interleaved run))
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
 #   --only N...  only these workloads (names as in --list, or any point of a generated family:
 #                server-50k, churn-16K-2K, threads-64, ...); stops at the next --option
@@ -59,6 +61,7 @@ declare -A lib=(
   [mapalloc-secure]="$top/build/release-secure/libmapalloc-preload.so"
   [mapalloc-prof]="$top/build/release/libmapalloc-preload.so"
   [jemalloc-prof]=$libdir/libjemalloc.so.2
+  [mapalloc-base]=${MAPALLOC_BASE_LIB:-}
 )
 # Environment of an allocator's runs (runner -e arguments): profiling on.
 profdir=${TMPDIR:-/tmp}/mapalloc-bench-prof.$$
@@ -217,6 +220,10 @@ runner="$wl/bench-runner"
 have_mapalloc=0
 [[ -f ${lib[mapalloc]} ]] && have_mapalloc=1
 for a in "${allocs[@]}"; do
+  if [[ $a == mapalloc-base && -z ${lib[$a]} ]]; then
+    echo "bench.sh: mapalloc-base: set MAPALLOC_BASE_LIB to a preload library" >&2
+    exit 1
+  fi
   if [[ $a != mapalloc && $a != mapalloc-prof && -n ${lib[$a]} && ! -f ${lib[$a]} ]]; then
     echo "bench.sh: $a library ${lib[$a]} missing" >&2
     exit 1

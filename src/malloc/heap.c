@@ -258,6 +258,8 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
   __atomic_store_n(&h->out_bytes, h->out_bytes - bytes, __ATOMIC_RELAXED);
 }
 
+static void heap_tc_take_mail(heap *h);
+
 static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   if (h->bs == NULL) {
     h = heap_thread_init();
@@ -278,9 +280,11 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   } else if (tc->max == 0) { /* a class too large to cache */
     p = obj_bin_alloc(h->bs, bin);
     if (p) heap_count_take(h, 1, heap_cls_size[cls]);
-  } else if (tc->head == NULL) { /* refill half the bound from the current slab */
-    obj_block *head;
-    uint32_t k = obj_bin_take_batch(h->bs, bin, tc->max / 2 ? tc->max / 2 : 1, &head);
+  } else if (tc->head == NULL) {
+    heap_tc_take_mail(h); /* batches other threads gave back, first */
+    obj_block *head;      /* else half the bound from the current slab */
+    uint32_t k =
+        tc->head ? 0 : obj_bin_take_batch(h->bs, bin, tc->max / 2 ? tc->max / 2 : 1, &head);
     MA_CHECK(k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k, tc->max);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
@@ -350,9 +354,35 @@ void *heap_malloc_far(const heap_tc *tc) {
   obj_fatal("corrupted free list (write after free?)", tc->head);
 }
 
+/* Blocks of one class a trim gives back to one other thread, sent as one batch. */
+#define HEAP_TRIM_OWNERS 4
+typedef struct heap_batch {
+  obj_bins *to;
+  obj_block *head, *tail;
+  uint32_t n;
+} heap_batch;
+
+/* Chains b, a cached block of a slab `to` owns, into the batch for `to` in out[] (false:
+ * all HEAP_TRIM_OWNERS batches are for other owners). */
+static bool heap_batch_add(heap_batch out[HEAP_TRIM_OWNERS], obj_bins *to, obj_block *b) {
+  for (unsigned i = 0; i < HEAP_TRIM_OWNERS; i++) {
+    heap_batch *m = &out[i];
+    if (m->n && m->to != to) continue;
+    obj_link_open(b);
+    obj_link_set(b, m->head);
+    obj_link_close(b);
+    if (!m->n) *m = (heap_batch){.to = to, .tail = b};
+    m->head = b;
+    m->n++;
+    return true;
+  }
+  return false;
+}
+
 /* Gives back all but `keep` blocks of list `cls`, from its head (the blocks freed last:
  * still in this core's cache, and no walk past the ones given back): blocks of h's own
- * slabs go back to them, the others are batched to their owners. h->lock held. */
+ * slabs go back to them, the others go to their owners, one batch per owner (the owner
+ * moves a batch into its own cache whole, heap_tc_take_mail). h->lock held. */
 static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
@@ -361,25 +391,53 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
            "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
   if (n <= keep) return;
   obj_block *rest = tc->head;
-  size_t k = 0, bytes = 0;
+  const obj_slab *s = NULL;
+  heap_batch out[HEAP_TRIM_OWNERS] = {{0}};
   for (uint32_t i = keep; i < n; i++) {
     obj_block *b = rest;
     rest = heap_tc_next_checked(b);
     obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
-    obj_slab *s = obj_slab_of(seg, b);
-    bytes += s->stride;
-    k++;
+    s = obj_slab_of(seg, b);
     if (seg->owner == h->bs)
-      obj_slab_put(s, b);
-    else
+      obj_slab_put((obj_slab *)s, b);
+    else if (!heap_batch_add(out, seg->owner, b))
       obj_send_remote(h->bs, seg, b);
   }
+  for (unsigned i = 0; i < HEAP_TRIM_OWNERS && out[i].n; i++)
+    obj_send_batch(out[i].to, s, out[i].head, out[i].tail, out[i].n);
+  size_t k = n - keep, bytes = k * heap_cls_size[cls];
   tc->head = rest;
   __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);
   heap_count_give(h, k, bytes);
   /* prof hook: a profiled thread's cached blocks were charged to the class's countdown for
    * the pops that now never come: the charge goes back (else the sample comes early). */
   if (tc->max == 0) h->prof.cls_left[cls] += (int64_t)k * heap_cls_size[cls];
+}
+
+/* Owner, h->lock held: takes the batches other threads' trims sent h: a batch whose list
+ * has room for it all joins the list whole, O(1); the others are filed into their slabs. */
+static void heap_tc_take_mail(heap *h) {
+  obj_block *b = obj_bins_take_batches(h->bs);
+  size_t k = 0, bytes = 0;
+  while (b) {
+    obj_batch m;
+    if (!obj_batch_open(h->bs, b, &m)) {
+      obj_bins_file_chain(h->bs, b);
+      break;
+    }
+    heap_tc *tc = &h->tc[m.bin];
+    if (tc->room < (int32_t)m.n) {
+      b = obj_batch_file(h->bs, b, &m);
+      continue;
+    }
+    obj_block *next = obj_batch_splice(&m, tc->head);
+    tc->head = b;
+    __atomic_store_n(&tc->room, tc->room - (int32_t)m.n, __ATOMIC_RELAXED);
+    k += m.n;
+    bytes += (size_t)m.n * heap_cls_size[m.bin];
+    b = next;
+  }
+  if (k) heap_count_take(h, k, bytes);
 }
 
 void heap_free_double(const void *p) {

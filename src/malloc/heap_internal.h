@@ -10,10 +10,11 @@
  * malloc pops it, free pushes onto it whichever thread allocated the block, so a free from
  * another thread costs what a local one does (no atomic operation, no shared line written).
  * The lists are bounded (heap_tc.max, about 64 KiB a class): a free past the bound gives the
- * colder half back (blocks of the thread's own slabs to their slabs, the others batched to
- * their owners, obj's outboxes), and an empty list is refilled with a batch from the
- * class's current slab. So the fast paths touch only the thread's own heap_tc and the
- * block, and slab state is touched only by slow paths, under heap.lock: the owner takes it
+ * colder half back (blocks of the thread's own slabs to their slabs, the others to their
+ * owners, one batch per owner), and an empty list is refilled first with the batches other
+ * threads gave back (each joins the list whole, without touching a slab), then with a
+ * batch from the class's current slab. So the fast paths touch only the thread's own heap_tc and
+ * the block, and slab state is touched only by slow paths, under heap.lock: the owner takes it
  * (uncontended) around every obj call, and another thread can take it to file an idle
  * owner's remote frees and purge its empty slabs (the background purger, trims).
  *

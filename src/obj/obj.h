@@ -85,8 +85,10 @@
  * free/local_free/cnt/notify and the bin lists. Other threads batch the blocks they free
  * per owner cache and push each batch onto the owner's inbox with one CAS; the owner takes
  * the inbox whole in its slow path and files each block in O(1) ("Remote frees" in
- * obj_bins.c). A parked cache (its thread exited) has no owner thread: whoever claims it
- * under space->lock (a new thread, or obj_space_trim) acts as its owner meanwhile.
+ * obj_bins.c). A batch of one bin can carry a sealed header (inbatch): the heap's owner
+ * then moves it into its thread cache whole, in O(1) ("Batches" in obj_bins.c). A parked cache (its
+ * thread exited) has no owner thread: whoever claims it under space->lock (a new thread, or
+ * obj_space_trim) acts as its owner meanwhile.
  */
 #ifndef MAPALLOC_OBJ_H
 #define MAPALLOC_OBJ_H

@@ -235,8 +235,34 @@ void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b);
 /* Owner: sends every batch of remote frees waiting in bs's outbox. */
 void obj_outbox_flush(obj_bins *bs);
 /* Owner (or the holder of the lock that stands for it): files the blocks other threads
- * sent to bs into their slabs, O(blocks). */
+ * sent to bs (both stacks) into their slabs, O(blocks). */
 void obj_bins_file_inbox(obj_bins *bs);
+
+/* Batches ("Batches" in obj_bins.c): a chain head..tail of n blocks of one bin, all of
+ * slabs `to` owns, already checked and tagged free (a thread cache's trim), linked from
+ * head to tail (the tail's link is overwritten). Pushed onto to's inbatch stack with one
+ * CAS, with a sealed header in head's third and fourth words when the stride has room
+ * (else onto the inbox, filed block by block). Any thread. */
+void obj_send_batch(obj_bins *to, const obj_slab *s, obj_block *head, obj_block *tail, uint32_t n);
+/* A batch as the owner found it: its tail, its length, its bin and stride. */
+typedef struct obj_batch {
+  obj_block *tail;
+  uint32_t n, bin, stride;
+} obj_batch;
+/* Owner: takes bs's inbatch stack whole (NULL if empty). */
+obj_block *obj_bins_take_batches(obj_bins *bs);
+/* Owner: head, the first block of what is left of a taken stack, checked exactly (aborts
+ * on a block that is not a carved block of bs's); true if it heads a batch whose sealed
+ * header and tail check out (into *m); false otherwise: the caller files the rest of the
+ * stack with obj_bins_file_chain. */
+bool obj_batch_open(obj_bins *bs, obj_block *head, obj_batch *m);
+/* Owner: relinks m's tail to `link` (the batch becomes the head of a list that goes on
+ * with link); returns the block that followed the batch on its stack. */
+obj_block *obj_batch_splice(const obj_batch *m, obj_block *link);
+/* Owner: files m's blocks into their slabs; returns the block that followed the batch. */
+obj_block *obj_batch_file(obj_bins *bs, obj_block *head, const obj_batch *m);
+/* Owner: files every block of the chain starting at b into its slab. */
+void obj_bins_file_chain(obj_bins *bs, obj_block *b);
 /* Blocks already checked and tagged free (a thread cache's, see the heap): obj_slab_put
  * returns b to s, a slab of the calling owner; obj_send_remote batches b for its owner in
  * mine's outbox. */

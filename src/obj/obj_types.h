@@ -151,6 +151,7 @@ typedef struct obj_bin {
  * exit). Slots are direct-mapped by the owner's address. */
 #define OBJ_OUTBOX_SLOTS 8
 #define OBJ_OUTBOX_BATCH 64
+#define OBJ_BATCH_MAX    0xffffu /* most blocks in a sealed batch (obj_send_batch) */
 typedef struct obj_outbox {
   struct obj_bins *to;    /* owner the chain goes to */
   struct obj_block *head; /* chain through the blocks' links (encoded as free-list links) */
@@ -176,10 +177,12 @@ typedef struct obj_bins {
   size_t alloc_size;
   unsigned trim_seen;
   obj_outbox out[OBJ_OUTBOX_SLOTS]; /* this thread's remote frees, batched per owner */
-  /* Blocks other threads freed to this cache: a stack of chains pushed by CAS and taken
-   * whole by the owner (obj_bins.c). On its own line: the only field others write. */
+  /* Blocks other threads freed to this cache: stacks of chains pushed by CAS and taken
+   * whole by the owner (obj_bins.c): single blocks and outbox chains in inbox, thread-cache
+   * batches with a header in inbatch. On their own line: the only fields others write. */
   _Alignas(64) obj_block *inbox;
-  char inbox_pad_[56];
+  obj_block *inbatch;
+  char inbox_pad_[48];
   uint32_t nbins;
   obj_bin bins[];
 } obj_bins;
