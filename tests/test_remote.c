@@ -249,15 +249,25 @@ Test(remote, a_batch_given_back_joins_its_owners_cache_whole) {
   cr_assert_gt(half, 0);
   size_t n = 4 * (size_t)half, nown = 2 * (size_t)h->tc[cls].max;
   cr_assert_leq(n, 1024);
-  give_away(64, v, n, own, nown);
-  for (uint32_t i = 0; i < half; i++) {
-    got[i] = ma_malloc(64);
-    cr_assert(is_one_of(got[i], v, n),
-              "allocation %u after the remote frees: %p is not one of the %zu blocks freed", i,
-              got[i], n);
+  /* A pass of the background purger in between may file the batches into their slabs (as
+   * it must for an idle thread): such an attempt is run again. */
+  for (int attempt = 0;; attempt++) {
+    size_t passes = heap_purger_passes();
+    give_away(64, v, n, own, nown);
+    uint32_t in = 0;
+    for (uint32_t i = 0; i < half; i++) {
+      got[i] = ma_malloc(64);
+      in += is_one_of(got[i], v, n);
+    }
+    bool quiet = heap_purger_passes() == passes;
+    for (uint32_t i = 0; i < half; i++) ma_free(got[i]);
+    for (size_t i = 0; i < nown; i++) ma_free(own[i]);
+    if (in < half && !quiet && attempt < 10) continue;
+    cr_assert_eq(in, half,
+                 "%u of the %u allocations after the remote frees are among the %zu blocks freed",
+                 in, half, n);
+    break;
   }
-  for (uint32_t i = 0; i < half; i++) ma_free(got[i]);
-  for (size_t i = 0; i < nown; i++) ma_free(own[i]);
   cr_assert_eq(ma_heap_check(), 0);
 }
 
@@ -276,19 +286,28 @@ Test(remote, a_batch_whose_header_was_overwritten_is_filed_block_by_block) {
   unsigned cls = heap_size_class(64);
   size_t n = 2 * (size_t)h->tc[cls].max, nown = n;
   cr_assert_leq(n, 1024);
-  give_away(64, v, n, own, nown);
-  obj_block *head = __atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE);
-  cr_assert_not_null(head, "the freeing thread's trims sent batches");
-  cr_assert(is_one_of(head, v, n));
-  write_after_free((uintptr_t *)head + 3, 0x5a5a); /* the program writes its freed block */
-  size_t before = allocated();
-  for (size_t i = 0; i < n; i++) v[i] = ma_malloc(64); /* the first one takes the stack */
-  cr_assert_null(__atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE));
-  cr_assert_eq(ma_heap_check(), 0);
-  for (size_t i = 0; i < n; i++) ma_free(v[i]);
-  for (size_t i = 0; i < nown; i++) ma_free(own[i]);
-  cr_assert_eq(ma_heap_check(), 0);
-  cr_assert_leq(allocated(), before, "blocks lost");
+  /* (run again when a pass of the background purger came in between: it may have filed the
+   * stack before the owner's malloc looked at the header) */
+  for (int attempt = 0;; attempt++) {
+    size_t passes = heap_purger_passes();
+    give_away(64, v, n, own, nown);
+    obj_block *head = __atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE);
+    if (head) {
+      cr_assert(is_one_of(head, v, n));
+      write_after_free((uintptr_t *)head + 3, 0x5a5a); /* the program writes its freed block */
+    }
+    size_t before = allocated();
+    for (size_t i = 0; i < n; i++) v[i] = ma_malloc(64); /* the first one takes the stack */
+    cr_assert_null(__atomic_load_n(&h->bs->inbatch, __ATOMIC_ACQUIRE));
+    cr_assert_eq(ma_heap_check(), 0);
+    for (size_t i = 0; i < n; i++) ma_free(v[i]);
+    for (size_t i = 0; i < nown; i++) ma_free(own[i]);
+    cr_assert_eq(ma_heap_check(), 0);
+    cr_assert_leq(allocated(), before, "blocks lost");
+    if (heap_purger_passes() != passes && attempt < 10) continue;
+    cr_assert_not_null(head, "the freeing thread's trims sent batches");
+    break;
+  }
 }
 
 static _Atomic(void *) xslots[XN];

@@ -391,20 +391,18 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
            "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
   if (n <= keep) return;
   obj_block *rest = tc->head;
-  const obj_slab *s = NULL;
   heap_batch out[HEAP_TRIM_OWNERS] = {{0}};
   for (uint32_t i = keep; i < n; i++) {
     obj_block *b = rest;
     rest = heap_tc_next_checked(b);
     obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
-    s = obj_slab_of(seg, b);
     if (seg->owner == h->bs)
-      obj_slab_put((obj_slab *)s, b);
+      obj_slab_put(obj_slab_of(seg, b), b);
     else if (!heap_batch_add(out, seg->owner, b))
       obj_send_remote(h->bs, seg, b);
   }
   for (unsigned i = 0; i < HEAP_TRIM_OWNERS && out[i].n; i++)
-    obj_send_batch(out[i].to, s, out[i].head, out[i].tail, out[i].n);
+    obj_send_batch(out[i].to, out[i].head, out[i].tail, out[i].n);
   size_t k = n - keep, bytes = k * heap_cls_size[cls];
   tc->head = rest;
   __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);

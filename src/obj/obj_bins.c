@@ -457,7 +457,9 @@ static uintptr_t batch_seal(uintptr_t tail, uint32_t n, uint32_t bin) {
   return meta | h << 24;
 }
 
-void obj_send_batch(obj_bins *to, const obj_slab *s, obj_block *head, obj_block *tail, uint32_t n) {
+void obj_send_batch(obj_bins *to, obj_block *head, obj_block *tail, uint32_t n) {
+  /* (head is in flight, counted used: its slab stays) */
+  const obj_slab *s = obj_slab_of(obj_segment_of(head), head);
   if (s->stride < sizeof(batch_hdr) || n > OBJ_BATCH_MAX || obj_tracking) {
     inbox_push(to, head, tail);
     return;

@@ -243,7 +243,7 @@ void obj_bins_file_inbox(obj_bins *bs);
  * head to tail (the tail's link is overwritten). Pushed onto to's inbatch stack with one
  * CAS, with a sealed header in head's third and fourth words when the stride has room
  * (else onto the inbox, filed block by block). Any thread. */
-void obj_send_batch(obj_bins *to, const obj_slab *s, obj_block *head, obj_block *tail, uint32_t n);
+void obj_send_batch(obj_bins *to, obj_block *head, obj_block *tail, uint32_t n);
 /* A batch as the owner found it: its tail, its length, its bin and stride. */
 typedef struct obj_batch {
   obj_block *tail;
