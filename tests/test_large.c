@@ -202,6 +202,58 @@ Test(large_cache, cache_is_bounded_by_the_live_large_bytes) {
   cr_assert_geq(cached_bytes(), 60 * MiB, "evicts no more than needed: cached %zu", cached_bytes());
 }
 
+/* Hundreds of freed blocks, each its own mapping (no merge), are all kept and all served
+ * again from the cache: many threads replacing medium buffers (300 KB blocks from 1000
+ * threads) had unmapped and mapped again most of them with 64 ranges (95k system calls
+ * against 2.8k). */
+Test(large_cache, keeps_hundreds_of_ranges_and_serves_them_all) {
+  enum { N = 200 };
+  const size_t n = 256 * KiB;
+  static char *v[N], *w[N];
+  for (int i = 0; i < N; i++) {
+    v[i] = ma_malloc(n);
+    cr_assert_not_null(v[i]);
+    memset(v[i], 1, n);
+  }
+  for (int i = 0; i < N; i++) ma_free(v[i]);
+  cr_assert_eq(cached_bytes(), N * n, "every freed block is cached: %zu of %zu bytes",
+               cached_bytes(), N * n);
+  long f0 = minor_faults();
+  for (int i = 0; i < N; i++) {
+    w[i] = ma_malloc(n);
+    memset(w[i], 2, n);
+  }
+  cr_assert_eq(cached_bytes(), 0, "every block came from the cache");
+  cr_assert_lt(minor_faults() - f0, N, "faulted pages: %ld", minor_faults() - f0);
+  for (int i = 0; i < N; i++) ma_free(w[i]);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* The cache's size bins: a request is served by a range of its own size when there is
+ * one, whatever the order the ranges were freed in and however many larger ones there are
+ * (the bigger ranges stay whole). */
+Test(large_cache, best_fit_among_many_sizes) {
+  enum { N = 96 };
+  static char *v[N];
+  for (int i = 0; i < N; i++) { /* sizes 132 KiB .. 512 KiB, shuffled */
+    size_t n = (132 + (size_t)((i * 37) % N) * 4) * KiB;
+    v[i] = ma_malloc(n);
+    cr_assert_not_null(v[i]);
+    memset(v[i], 1, n);
+  }
+  for (int i = 0; i < N; i++) ma_free(v[i]);
+  size_t before = cached_bytes();
+  for (int i = 0; i < N; i += 7) {
+    size_t n = (132 + (size_t)((i * 37) % N) * 4) * KiB;
+    char *p = ma_malloc(n);
+    cr_assert_eq(p, v[i], "the %zu KiB request got %p, not the %zu KiB range freed at %p", n / KiB,
+                 (void *)p, n / KiB, (void *)v[i]);
+    cr_assert_eq(cached_bytes(), before - n);
+    before -= n;
+  }
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
 Test(large_cache, over_aligned_blocks_are_never_cached_or_split) {
   cached_range(8 * MiB);
   size_t al = 2 * MiB;

@@ -5,11 +5,12 @@
  * is recognised. One mutex guards the table and the cache; the system calls for alloc and
  * free run outside it (mremap under it).
  *
- * Freed blocks go to a cache of faulted-in page ranges (at most HUGE_CACHE_N ranges and
- * HUGE_CACHE_MIN_BYTES plus the live large bytes) for MAPALLOC_PURGE_DELAY_MS; expired
- * ranges are unmapped at the next large-block operation or heap slow path, all of them on
- * ma_heap_collect(true) / malloc_trim. A range is a piece of one mapping (its `map` id):
- * - an allocation takes the front of the smallest range that fits (split, no system call);
+ * Freed blocks go to a cache of faulted-in page ranges (huge_cache.c: at most HUGE_CACHE_N
+ * ranges and HUGE_CACHE_MIN_BYTES plus the live large bytes, every operation O(1) in the
+ * number of ranges) for MAPALLOC_PURGE_DELAY_MS; expired ranges are unmapped at the next
+ * large-block operation or heap slow path, all of them on ma_heap_collect(true) /
+ * malloc_trim. A range is a piece of one mapping (its `map` id):
+ * - an allocation takes the front of a smallest range that fits (split, no system call);
  * - a freed block merges with the cached ranges of its mapping next to it;
  * - a growing block takes exactly the cached pages right behind it (in place), else it is
  *   copied to the front of the largest range that fits (the rest of that range then lies
@@ -22,6 +23,7 @@
 #include <string.h>
 
 #include "malloc/heap_internal.h"
+#include "malloc/huge_cache.h"
 #include "obj/obj_check.h"
 #include "os/os.h"
 
@@ -34,35 +36,10 @@ typedef struct huge_rec {
   bool marker;   /* the guard is a guard marker in the block's mapping, not a PROT_NONE one */
 } huge_rec;
 
-#define HUGE_CACHE_N         64
 #define HUGE_CACHE_MAX_BLOCK ((size_t)32 << 20)
 #define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
 
-typedef struct huge_cached {
-  uintptr_t ptr;
-  size_t len;
-  uint64_t expires; /* ms */
-  uint64_t map;     /* as huge_rec.map: only ranges of one mapping coalesce */
-} huge_cached;
-
 static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
-static huge_cached huge_cache[HUGE_CACHE_N];
-static size_t huge_cache_n, huge_cache_bytes;
-static _Atomic size_t huge_cache_pub;    /* huge_cache_n, readable without the lock */
-static _Atomic uint64_t huge_cache_next; /* earliest expiry in the cache (ms) */
-
-static void huge_cache_check_locked(void);
-
-/* Publishes the cache's size and earliest expiry after every change of the cache (checked
- * then in a debug build); huge_lock held. */
-static void huge_cache_publish(void) {
-  if (MA_DEBUG_ON) huge_cache_check_locked();
-  uint64_t next = UINT64_MAX;
-  for (size_t i = 0; i < huge_cache_n; i++)
-    if (huge_cache[i].expires < next) next = huge_cache[i].expires;
-  atomic_store_explicit(&huge_cache_next, next, memory_order_relaxed);
-  atomic_store_explicit(&huge_cache_pub, huge_cache_n, memory_order_relaxed);
-}
 
 static uint64_t huge_map_ids; /* last mapping id handed out */
 static huge_rec *huge_tab;
@@ -121,67 +98,6 @@ static size_t huge_round(size_t size) {
   return len ? len : ps;
 }
 
-/* Takes `len` bytes from the front of a cached range of at least `len` bytes; huge_lock
- * held. `roomy` picks the largest range (a block that will grow: the rest of the range
- * stays cached right behind it, for huge_cache_absorb), otherwise the smallest (keeps the
- * large ranges whole). A longer range is split with no system call: its pages are already
- * faulted in, and any page range of a mapping can be unmapped on its own later. */
-static bool huge_cache_take(size_t len, bool roomy, huge_cached *out) {
-  size_t best = SIZE_MAX;
-  for (size_t i = 0; i < huge_cache_n; i++) {
-    size_t l = huge_cache[i].len;
-    if (l < len) continue;
-    if (best == SIZE_MAX || (roomy ? l > huge_cache[best].len : l < huge_cache[best].len)) best = i;
-  }
-  if (best == SIZE_MAX) return false;
-  *out = huge_cache[best];
-  if (out->len > len) { /* the slot stays in use for the tail */
-    huge_cache[best].ptr += len;
-    huge_cache[best].len -= len;
-    out->len = len;
-  } else {
-    huge_cache[best] = huge_cache[--huge_cache_n];
-  }
-  huge_cache_bytes -= len;
-  huge_cache_publish();
-  return true;
-}
-
-/* Takes `need` bytes of cached memory that start exactly at `at` (the end of a block that
- * grows) in the same mapping; huge_lock held. False when the cache holds no such range. */
-static bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need) {
-  for (size_t i = 0; i < huge_cache_n; i++) {
-    huge_cached *c = &huge_cache[i];
-    if (c->ptr != at || c->map != map || c->len < need) continue;
-    if (c->len > need) {
-      c->ptr += need;
-      c->len -= need;
-    } else {
-      *c = huge_cache[--huge_cache_n];
-    }
-    huge_cache_bytes -= need;
-    huge_cache_publish();
-    return true;
-  }
-  return false;
-}
-
-/* Removes expired (all with `all`) entries into victims[]; huge_lock held. */
-static size_t huge_cache_expire(bool all, uint64_t now, huge_cached *victims) {
-  size_t nv = 0;
-  for (size_t i = 0; i < huge_cache_n;) {
-    if (all || huge_cache[i].expires <= now) {
-      victims[nv++] = huge_cache[i];
-      huge_cache_bytes -= huge_cache[i].len;
-      huge_cache[i] = huge_cache[--huge_cache_n];
-    } else {
-      i++;
-    }
-  }
-  huge_cache_publish();
-  return nv;
-}
-
 /* The most cached bytes: HUGE_CACHE_MIN_BYTES plus as much as the live large blocks. A
  * program that replaces or regrows its large blocks needs about as many free pages as it
  * has live ones to keep reusing faulted pages (mstress: 64 MiB live, a 64 MiB cap evicted
@@ -191,72 +107,20 @@ static size_t huge_cache_cap(void) {
   return HUGE_CACHE_MIN_BYTES + huge_bytes;
 }
 
-/* Caches the freed range c, merged with the cached ranges of the same mapping around it:
- * blocks split from one freed mapping become one range again when they are freed, so the
- * next growing block finds room behind it. Entries over the count or byte cap are evicted,
- * first-expiring first, into victims[] (at most HUGE_CACHE_N + 1 with the expired ones);
- * c itself goes there when it cannot be kept. huge_lock held; returns the victim count. */
-static size_t huge_cache_put(huge_cached c, uint64_t now, huge_cached *victims) {
-  size_t nv = huge_cache_expire(false, now, victims);
-  for (size_t i = 0; i < huge_cache_n;) {
-    huge_cached *e = &huge_cache[i];
-    if (e->map == c.map && (e->ptr + e->len == c.ptr || c.ptr + c.len == e->ptr)) {
-      if (e->ptr < c.ptr) c.ptr = e->ptr;
-      c.len += e->len;
-      huge_cache_bytes -= e->len;
-      *e = huge_cache[--huge_cache_n];
-    } else {
-      i++;
-    }
-  }
-  size_t cap = huge_cache_cap();
-  if (c.len > cap) {
-    victims[nv++] = c;
-    huge_cache_publish();
-    return nv;
-  }
-  while (huge_cache_n && (huge_cache_n == HUGE_CACHE_N || huge_cache_bytes + c.len > cap)) {
-    size_t old = 0; /* evict from the entry that expires first */
-    for (size_t k = 1; k < huge_cache_n; k++)
-      if (huge_cache[k].expires < huge_cache[old].expires) old = k;
-    huge_cached *e = &huge_cache[old];
-    size_t over = huge_cache_bytes + c.len - cap;       /* page multiple when > 0 */
-    if (huge_cache_n < HUGE_CACHE_N && over < e->len) { /* only its tail: no more than needed */
-      e->len -= over;
-      victims[nv++] = (huge_cached){e->ptr + e->len, over, 0, e->map};
-      huge_cache_bytes -= over;
-      break;
-    }
-    victims[nv++] = *e;
-    huge_cache_bytes -= e->len;
-    *e = huge_cache[--huge_cache_n];
-  }
-  uint64_t delay = heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
-  c.expires = now + delay;
-  huge_cache[huge_cache_n++] = c;
-  huge_cache_bytes += c.len;
-  huge_cache_publish();
-  return nv;
-}
-
-static void huge_unmap_all(const huge_cached *v, size_t n) {
-  int saved = errno;
-  for (size_t i = 0; i < n; i++) os_release_owned_rw((void *)v[i].ptr, v[i].len);
-  errno = saved;
+static uint64_t huge_delay(void) {
+  return heap_opt.purge_delay_ms < 0 ? UINT64_MAX / 2 : (uint64_t)heap_opt.purge_delay_ms;
 }
 
 size_t huge_cache_purge(bool all) {
-  if (atomic_load_explicit(&huge_cache_pub, memory_order_relaxed) == 0) return 0;
+  if (huge_cache_count_relaxed() == 0) return 0;
   uint64_t now = obj_now_ms();
-  if (!all && now < atomic_load_explicit(&huge_cache_next, memory_order_relaxed)) return 0;
-  huge_cached victims[HUGE_CACHE_N];
+  if (!all && now < huge_cache_next_expiry()) return 0;
+  huge_victims v = {0};
   pthread_mutex_lock(&huge_lock);
-  size_t nv = huge_cache_expire(all, now, victims);
+  huge_cache_expire(all, now, &v);
   pthread_mutex_unlock(&huge_lock);
-  huge_unmap_all(victims, nv);
-  size_t bytes = 0;
-  for (size_t i = 0; i < nv; i++) bytes += victims[i].len;
-  return bytes;
+  huge_victims_unmap(&v);
+  return v.bytes;
 }
 
 /* Records block r in the table; huge_lock held and a slot reserved. */
@@ -273,14 +137,13 @@ static void huge_record(huge_rec r) {
  * over-aligned), else unmapped. huge_lock held on entry, released on return (the unmaps run
  * outside it). */
 static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
-  huge_cached victims[HUGE_CACHE_N + 1];
-  size_t nv = 0;
+  huge_victims v = {0};
   if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0)
-    nv = huge_cache_put(c, obj_now_ms(), victims);
+    huge_cache_put(c, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
   else
-    victims[nv++] = c;
+    huge_victim_add(&v, c.ptr, c.len);
   pthread_mutex_unlock(&huge_lock);
-  huge_unmap_all(victims, nv);
+  huge_victims_unmap(&v);
 }
 
 /* Whether r's pages may go to the cache when it is freed: not over-aligned, and no guard
@@ -346,8 +209,9 @@ static bool huge_mark(uintptr_t at, size_t g) {
  * huge_lock held and kept (a range evicted to make room is unmapped under it: failure path
  * only). */
 static void huge_cache_give_back(huge_cached c) {
-  huge_cached victims[HUGE_CACHE_N + 1];
-  huge_unmap_all(victims, huge_cache_put(c, obj_now_ms(), victims));
+  huge_victims v = {0};
+  huge_cache_put(c, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
+  huge_victims_unmap(&v);
 }
 
 /* Takes a block of `len` bytes and its guard page (`g`: 0 or a page, which then gets a
@@ -400,8 +264,7 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   size_t ps = os_page_size();
   size_t a = align > ps ? align : 0;
   size_t g = huge_guard();
-  if (a == 0 && (g == 0 || os_guard_supported()) &&
-      atomic_load_explicit(&huge_cache_pub, memory_order_relaxed)) {
+  if (a == 0 && (g == 0 || os_guard_supported()) && huge_cache_count_relaxed()) {
     void *p = huge_alloc_cached(len, g, roomy);
     if (p) {
       if (zero) memset(p, 0, size);
@@ -608,7 +471,7 @@ void huge_stats(size_t *count, size_t *bytes, size_t *allocs, size_t *frees, siz
   pthread_mutex_lock(&huge_lock);
   *count = huge_count;
   *bytes = huge_bytes;
-  *cached = huge_cache_bytes;
+  *cached = huge_cache_total();
   *allocs = huge_allocs;
   *frees = huge_frees;
   pthread_mutex_unlock(&huge_lock);
@@ -625,41 +488,6 @@ void huge_atfork_child(void) {
 }
 
 /* ---- consistency checks (obj/obj_check.h) ---------------------------------------------- */
-
-/* Cached ranges sorted by address into out[]; huge_lock held. */
-static size_t huge_cache_sorted(huge_cached *out) {
-  size_t n = huge_cache_n;
-  for (size_t i = 0; i < n; i++) {
-    huge_cached c = huge_cache[i];
-    size_t j = i;
-    for (; j > 0 && out[j - 1].ptr > c.ptr; j--) out[j] = out[j - 1];
-    out[j] = c;
-  }
-  return n;
-}
-
-/* The cache's own invariants (count, byte total, page-aligned non-empty ranges, sorted
- * copy disjoint); huge_lock held. O(n^2) with n <= 64: the debug build runs it after every
- * change of the cache. */
-static void huge_cache_check_locked(void) {
-  size_t ps = os_page_size(), bytes = 0;
-  MA_VERIFY(huge_cache_n <= HUGE_CACHE_N, "large-block cache holds %zu ranges", huge_cache_n);
-  huge_cached s[HUGE_CACHE_N];
-  size_t n = huge_cache_sorted(s);
-  for (size_t i = 0; i < n; i++) {
-    MA_VERIFY(s[i].len > 0 && (s[i].ptr & (ps - 1)) == 0 && (s[i].len & (ps - 1)) == 0,
-              "cached range %#lx + %zu", (unsigned long)s[i].ptr, s[i].len);
-    MA_VERIFY(s[i].ptr + s[i].len > s[i].ptr, "cached range %#lx + %zu wraps",
-              (unsigned long)s[i].ptr, s[i].len);
-    if (i > 0)
-      MA_VERIFY(s[i - 1].ptr + s[i - 1].len <= s[i].ptr,
-                "cached ranges overlap: %#lx + %zu and %#lx + %zu", (unsigned long)s[i - 1].ptr,
-                s[i - 1].len, (unsigned long)s[i].ptr, s[i].len);
-    bytes += s[i].len;
-  }
-  MA_VERIFY(bytes == huge_cache_bytes, "cached ranges hold %zu bytes, huge_cache_bytes %zu", bytes,
-            huge_cache_bytes);
-}
 
 typedef struct huge_cover {
   uintptr_t at; /* covered up to here */
@@ -682,7 +510,7 @@ void huge_check(void) {
   pthread_mutex_lock(&huge_lock);
   huge_cache_check_locked();
   size_t ps = os_page_size(), n = 0, bytes = 0;
-  huge_cached s[HUGE_CACHE_N];
+  static huge_cached s[HUGE_CACHE_N]; /* huge_lock held */
   size_t nc = huge_cache_sorted(s);
   for (size_t i = 0; i < huge_cap; i++) {
     const huge_rec *r = &huge_tab[i];
@@ -711,8 +539,8 @@ void huge_check(void) {
   }
   MA_VERIFY(n == huge_count, "%zu large blocks in the table, huge_count %zu", n, huge_count);
   MA_VERIFY(bytes == huge_bytes, "large blocks hold %zu bytes, huge_bytes %zu", bytes, huge_bytes);
-  MA_VERIFY(atomic_load_explicit(&huge_cache_pub, memory_order_relaxed) == huge_cache_n,
-            "published cache size %zu, %zu ranges", atomic_load(&huge_cache_pub), huge_cache_n);
+  MA_VERIFY(huge_cache_count_relaxed() == huge_cache_count(),
+            "published cache size %zu, %zu ranges", huge_cache_count_relaxed(), huge_cache_count());
   /* Each cached range lies inside read-write mappings (its pages are reused as they are). */
   for (size_t i = 0; i < nc; i++) {
     huge_cover c = {s[i].ptr, true};

@@ -385,7 +385,7 @@ void obj_free_remote_now(obj_segment *seg, obj_slab *s, obj_block *b) {
 
 /* b, a block on one of bs's stacks, checked exactly before anything reads it: a carved
  * block of an active slab of a segment bs owns. Aborts otherwise. */
-static obj_slab *mail_slab(obj_bins *bs, obj_block *b) {
+static obj_slab *mail_slab(const obj_bins *bs, obj_block *b) {
   obj_segment *seg = obj_segment_of(b);
   if (obj_unlikely(seg == NULL || seg->owner != bs)) obj_fatal("corrupted remote free list", b);
   obj_slab *s = obj_slab_of(seg, b);
