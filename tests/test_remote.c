@@ -192,17 +192,6 @@ Test(remote, a_threads_first_free_goes_back_to_the_owner) {
 
 /* ---- batches given back by a thread cache's trim ---------------------------------------- */
 
-typedef struct {
-  void **v;
-  size_t n;
-} span_t;
-
-static void *free_all(void *arg) {
-  span_t *x = arg;
-  for (size_t i = 0; i < x->n; i++) ma_free(x->v[i]);
-  return NULL;
-}
-
 static int cmp_ptr(const void *a, const void *b) {
   uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
   return (x > y) - (x < y);
@@ -229,9 +218,9 @@ static void give_away(size_t size, void **v, size_t n, void **own, size_t nown) 
   obj_slab *cur = h->bs->bins[cls].cur;
   cr_assert(h->tc[cls].head == NULL && cur != &obj_empty_slab && cur->free,
             "set-up: the cache is empty and the current slab has free blocks");
-  span_t x = {v, n};
+  span x = {v, n};
   pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, free_all, &x), 0);
+  cr_assert_eq(pthread_create(&t, NULL, free_span, &x), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
   qsort(v, n, sizeof *v, cmp_ptr);
 }

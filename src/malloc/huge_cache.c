@@ -249,27 +249,28 @@ static uint16_t hc_pick(size_t len, bool roomy) {
   return b < HC_NBINS ? hc_bins[b] : HC_NONE;
 }
 
-bool huge_cache_take(size_t len, bool roomy, huge_cached *out) {
-  uint16_t i = hc_pick(len, roomy);
-  if (!i) return false;
-  *out = hc[i].c;
-  out->len = len;
+/* Takes the first `len` bytes of entry i's range (all of it, or its front). */
+static void hc_take_front(uint16_t i, size_t len) {
   if (hc[i].c.len > len)
     hc_cut_front(i, len);
   else
     hc_remove(i);
   hc_publish();
+}
+
+bool huge_cache_take(size_t len, bool roomy, huge_cached *out) {
+  uint16_t i = hc_pick(len, roomy);
+  if (!i) return false;
+  *out = hc[i].c;
+  out->len = len;
+  hc_take_front(i, len);
   return true;
 }
 
 bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need) {
   uint16_t i = hc_lookup(hc_by_start, at);
   if (!i || hc[i].c.map != map || hc[i].c.len < need) return false;
-  if (hc[i].c.len > need)
-    hc_cut_front(i, need);
-  else
-    hc_remove(i);
-  hc_publish();
+  hc_take_front(i, need);
   return true;
 }
 
