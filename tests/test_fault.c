@@ -942,6 +942,8 @@ Test(fault, refused_unmaps_past_the_table_are_kept_then_done) {
  * the page layer maps nothing new (ENOMEM), and maps again once the retry drains it. */
 static void gate_body(void) {
   size_t ps = ma_page_size();
+  void *grow = os_alloc(ps, 0, false), *moved = NULL;
+  CHECK(grow != NULL, "a mapping to grow later");
   os_fault_arm_munmap(OS_FAULT_ALL, ENOMEM);
   size_t n = 0;
   void *p;
@@ -955,12 +957,16 @@ static void gate_body(void) {
   mo.len = ps;
   ma_map mm;
   CHECK(ma_map_create(&mo, &mm) == -ENOMEM, "ma_map_create behind a closed gate");
+  CHECK(os_remap(grow, ps, 64 * ps, true, &moved) == -ENOMEM,
+        "a remap that may move, behind a closed gate");
   fprintf(stderr, "mapping gate closed after %zu refused unmaps\n", n);
   os_fault_arm_munmap(0, 0);
   void *m = os_alloc(ps, 0, false);
   CHECK(m != NULL, "alloc once munmap works again");
   CHECK(os_release_pending() == 0, "the gate's retry drained the table");
   CHECK(os_release_owned(m, ps) == 0, "release");
+  CHECK(os_remap(grow, ps, 64 * ps, true, &moved) == 0, "remap once the gate is open");
+  CHECK(os_release_owned(moved, 64 * ps) == 0, "release the grown mapping");
 }
 
 Test(fault, deferred_table_closes_the_mapping_gate) {

@@ -335,3 +335,50 @@ Test(large_secure, overflow_after_growth_faults) {
   overflow_faults(1 * MiB, 8 * MiB);
 }
 #endif
+
+/* ---- both builds ---------------------------------------------------------------------- */
+#include <pthread.h>
+#include <stdatomic.h>
+
+static atomic_bool grower_done;
+
+/* Other threads' large blocks and checks while one thread's realloc moves its block with
+ * mremap outside the lock (the block is out of the table meanwhile, still counted). */
+static void *large_churn(void *arg) {
+  (void)arg;
+  unsigned k = 0;
+  while (!atomic_load(&grower_done)) {
+    size_t n = (200 + (k++ % 7) * 300) * KiB;
+    char *p = ma_malloc(n);
+    cr_assert_not_null(p);
+    fill(p, n, k);
+    cr_assert(check(p, n, k));
+    ma_free(p);
+    if (k % 16 == 0) cr_assert_eq(ma_heap_check(), 0);
+  }
+  return NULL;
+}
+
+Test(large_threads, growth_by_mremap_while_other_threads_use_large_blocks) {
+  pthread_t t[2];
+  atomic_store(&grower_done, false);
+  for (int i = 0; i < 2; i++) cr_assert_eq(pthread_create(&t[i], NULL, large_churn, NULL), 0);
+  for (int round = 0; round < 20; round++) {
+    size_t n = 1 * MiB;
+    char *p = ma_malloc(n);
+    cr_assert_not_null(p);
+    fill(p, n, 7);
+    for (int g = 0; g < 12; g++) { /* growths of an eighth: mremap, not a copy */
+      size_t m = n + n / 8;
+      char *q = ma_realloc(p, m);
+      cr_assert_not_null(q);
+      cr_assert(check(q, 1 * MiB, 7), "round %d growth %d: the first MiB changed", round, g);
+      p = q;
+      n = m;
+    }
+    ma_free(p);
+  }
+  atomic_store(&grower_done, true);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  cr_assert_eq(ma_heap_check(), 0);
+}

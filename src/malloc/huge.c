@@ -2,8 +2,8 @@
  *
  * Each block is recorded in a side table (open addressing keyed by its address), so a block
  * needs no header (page-aligned requests cost no extra page) and a pointer we did not map
- * is recognised. One mutex guards the table and the cache; the system calls for alloc and
- * free run outside it (mremap under it).
+ * is recognised. One mutex guards the table and the cache; the system calls for alloc,
+ * free and mremap run outside it (the secure build's guard changes on shrink under it).
  *
  * Freed blocks go to a cache of faulted-in page ranges (huge_cache.c: at most HUGE_CACHE_N
  * ranges and HUGE_CACHE_MIN_BYTES plus the live large bytes, every operation O(1) in the
@@ -44,6 +44,8 @@ static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t huge_map_ids; /* last mapping id handed out */
 static huge_rec *huge_tab;
 static size_t huge_cap, huge_count, huge_bytes, huge_allocs, huge_frees;
+static size_t huge_out, huge_out_bytes; /* blocks out of the table during a realloc's mremap
+                                          (counted in huge_count and huge_bytes) */
 
 /* Recently freed large blocks, to tell a double free from an invalid free. */
 static uintptr_t huge_recent[16];
@@ -425,8 +427,15 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     errno = saved;
     return q;
   }
-  /* Under the lock: a moved-away address must not be re-mapped and recorded by another
-   * thread before the old record is gone. */
+  /* The block leaves the table while its pages move, so that no system call runs under
+   * huge_lock: once the kernel has moved them, another thread may map the old address and
+   * must not find it recorded. The record stays counted (huge_out) so that putting it back
+   * never needs a larger table. A thread that frees or resizes the block meanwhile races
+   * with this realloc (undefined behaviour): it finds no block and reports an invalid free. */
+  obj_probe_delete(huge_tab, sizeof *huge_tab, huge_cap, i, huge_hash);
+  huge_out++;
+  huge_out_bytes += r.len;
+  pthread_mutex_unlock(&huge_lock);
   void *np = NULL;
   /* MREMAP_MAYMOVE grows in place when it can and moves the pages otherwise. A guarded
    * block gets a page more, which becomes its new guard. A guard marker lies inside the
@@ -443,20 +452,23 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     if (rc == 0 && r.guard && np != p) os_release_owned((char *)p + r.len, r.guard);
   }
   if (rc == 0 && r.guard) kind = huge_guard_put((char *)np + wlen, r.guard); /* best effort */
-  if (rc == 0) {
-    huge_remove_at(i);
+  pthread_mutex_lock(&huge_lock);
+  huge_out--;
+  huge_out_bytes -= r.len;
+  if (rc != 0) { /* back as it was */
+    huge_put(huge_tab, huge_cap, r);
+    pthread_mutex_unlock(&huge_lock);
+  } else {
     /* Moved: the block is a mapping of its own now. */
     huge_put(huge_tab, huge_cap,
              (huge_rec){(uintptr_t)np, wlen, r.align, np == p ? r.map : ++huge_map_ids, r.guard,
                         kind == 1});
-    huge_count++;
     huge_bytes += wlen - r.len;
     pthread_mutex_unlock(&huge_lock);
     *moved_out = np != p;
     errno = saved;
     return np;
   }
-  pthread_mutex_unlock(&huge_lock);
   errno = saved;
   /* Over-aligned block that cannot grow in place, or a block over two mappings: copy. */
   q = huge_alloc(size, r.align, false);
@@ -537,8 +549,12 @@ void huge_check(void) {
     n++;
     bytes += r->len;
   }
-  MA_VERIFY(n == huge_count, "%zu large blocks in the table, huge_count %zu", n, huge_count);
-  MA_VERIFY(bytes == huge_bytes, "large blocks hold %zu bytes, huge_bytes %zu", bytes, huge_bytes);
+  MA_VERIFY(n + huge_out == huge_count,
+            "%zu large blocks in the table and %zu moving, huge_count %zu", n, huge_out,
+            huge_count);
+  MA_VERIFY(bytes + huge_out_bytes == huge_bytes,
+            "large blocks hold %zu bytes (%zu moving), huge_bytes %zu", bytes, huge_out_bytes,
+            huge_bytes);
   MA_VERIFY(huge_cache_count_relaxed() == huge_cache_count(),
             "published cache size %zu, %zu ranges", huge_cache_count_relaxed(), huge_cache_count());
   /* Each cached range lies inside read-write mappings (its pages are reused as they are). */

@@ -138,7 +138,9 @@ int os_areas_query(int pid, uintptr_t start, uintptr_t end, int (*fn)(const ma_a
 
 /* Resizes the private anonymous mapping [addr, addr+old_len) to new_len bytes (mremap).
  * With may_move the kernel may move it (pages move without copying); *out gets the new
- * address. Without it the resize happens in place or fails with -ENOMEM. */
+ * address. Without it the resize happens in place or fails with -ENOMEM. A growth that may
+ * move fails with -ENOMEM while the deferred-unmap table keeps new mappings out (as
+ * os_alloc: a move may split the mapping it leaves). */
 int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out);
 
 /* ---- Added for the secure mode (src/obj/, src/malloc/) ------------------------------- */

@@ -500,6 +500,9 @@ size_t os_huge_page_sizes(size_t *out, size_t max) {
 /* ---- Added for the heap (src/malloc/huge.c) ------------------------------------------- */
 
 int os_remap(void *addr, size_t old_len, size_t new_len, bool may_move, void **out) {
+  /* A move may split the mapping it leaves (a piece of a larger one): a new mapping, which
+   * waits behind a closed gate as any other. */
+  if (may_move && new_len > old_len && deferred_gate_closed()) return -ENOMEM;
   void *p = sys_mremap(addr, old_len, new_len, may_move ? MREMAP_MAYMOVE : 0);
   if (p == MAP_FAILED) return -errno;
   *out = p;
