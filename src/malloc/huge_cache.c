@@ -203,12 +203,13 @@ static void hc_remove(uint16_t i) {
   hc_free = i;
 }
 
-/* Cuts `len` bytes off the front of entry i (which is longer), keeping its age. */
-static void hc_cut_front(uint16_t i, size_t len) {
+/* Cuts `front` bytes off the front of entry i and `back` off its end (it keeps some), and
+ * its age. */
+static void hc_cut(uint16_t i, size_t front, size_t back) {
   hc_unindex(i);
-  hc[i].c.ptr += len;
-  hc[i].c.len -= len;
-  hc_bytes -= len;
+  hc[i].c.ptr += front;
+  hc[i].c.len -= front + back;
+  hc_bytes -= front + back;
   hc_index(i);
 }
 
@@ -252,7 +253,7 @@ static uint16_t hc_pick(size_t len, bool roomy) {
 /* Takes the first `len` bytes of entry i's range (all of it, or its front). */
 static void hc_take_front(uint16_t i, size_t len) {
   if (hc[i].c.len > len)
-    hc_cut_front(i, len);
+    hc_cut(i, len, 0);
   else
     hc_remove(i);
   hc_publish();
@@ -311,10 +312,7 @@ void huge_cache_put(huge_cached c, uint64_t now, uint64_t delay, size_t cap, hug
     uint16_t i = hc_oldest;
     size_t over = hc_bytes + c.len - cap;            /* a page multiple when > 0 */
     if (hc_n < HUGE_CACHE_N && over < hc[i].c.len) { /* only its tail: no more than needed */
-      hc_unindex(i);
-      hc[i].c.len -= over;
-      hc_bytes -= over;
-      hc_index(i);
+      hc_cut(i, 0, over);
       huge_victim_add(v, hc[i].c.ptr + hc[i].c.len, over);
       break;
     }

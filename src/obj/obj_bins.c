@@ -492,7 +492,7 @@ bool obj_batch_open(obj_bins *bs, obj_block *head, obj_batch *m) {
   obj_link_close_rt(t);
   if (obj_unlikely(ts->bin_idx != s->bin_idx || !tagged))
     obj_fatal("corrupted remote free list", t);
-  *m = (obj_batch){.tail = t, .n = n, .bin = s->bin_idx, .stride = s->stride};
+  *m = (obj_batch){.tail = t, .n = n, .bin = s->bin_idx};
   return true;
 }
 

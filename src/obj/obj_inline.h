@@ -244,10 +244,10 @@ void obj_bins_file_inbox(obj_bins *bs);
  * CAS, with a sealed header in head's third and fourth words when the stride has room
  * (else onto the inbox, filed block by block). Any thread. */
 void obj_send_batch(obj_bins *to, obj_block *head, obj_block *tail, uint32_t n);
-/* A batch as the owner found it: its tail, its length, its bin and stride. */
+/* A batch as the owner found it: its tail, its length and its bin. */
 typedef struct obj_batch {
   obj_block *tail;
-  uint32_t n, bin, stride;
+  uint32_t n, bin;
 } obj_batch;
 /* Owner: takes bs's inbatch stack whole (NULL if empty). */
 obj_block *obj_bins_take_batches(obj_bins *bs);
