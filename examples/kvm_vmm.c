@@ -53,7 +53,7 @@
 #define SLOT_LOW  0
 #define SLOT_HIGH 1
 #define SLOT_WIN  2
-#define TIMEOUT_S 120
+#define TIMEOUT_S 240 /* a nested kvm-pvm guest touches a page in ~8 ms: tests/kvm.cmake */
 
 /* ---- Reporting --------------------------------------------------------------------------- */
 
