@@ -12,7 +12,7 @@
 #                rate, a profile written at exit); jemalloc-prof, jemalloc with
 #                MALLOC_CONF=prof:true (the same 512 KiB mean sampling interval); mapalloc-base,
 #                the preload library $MAPALLOC_BASE_LIB names (another commit's build: before
-#                and after in one interleaved run))
+#                and after in one interleaved run); mapalloc-base-prof, that one profiling)
 #   --runs N     repetitions per (workload, allocator); medians are reported (default 5)
 #   --only N...  only these workloads (names as in --list, or any point of a generated family:
 #                server-50k, churn-16K-2K, threads-64, ...); stops at the next --option
@@ -62,11 +62,13 @@ declare -A lib=(
   [mapalloc-prof]="$top/build/release/libmapalloc-preload.so"
   [jemalloc-prof]=$libdir/libjemalloc.so.2
   [mapalloc-base]=${MAPALLOC_BASE_LIB:-}
+  [mapalloc-base-prof]=${MAPALLOC_BASE_LIB:-}
 )
 # Environment of an allocator's runs (runner -e arguments): profiling on.
 profdir=${TMPDIR:-/tmp}/mapalloc-bench-prof.$$
 declare -A alloc_env=(
   [mapalloc-prof]="MAPALLOC_PROF=1 MAPALLOC_PROF_PREFIX=$profdir/mapalloc"
+  [mapalloc-base-prof]="MAPALLOC_PROF=1 MAPALLOC_PROF_PREFIX=$profdir/mapalloc-base"
   [jemalloc-prof]="MALLOC_CONF=prof:true,prof_prefix:$profdir/jeprof"
 )
 # env_args A: "-e VAR=VALUE" for each variable of allocator A, in the array eargs.
@@ -220,8 +222,8 @@ runner="$wl/bench-runner"
 have_mapalloc=0
 [[ -f ${lib[mapalloc]} ]] && have_mapalloc=1
 for a in "${allocs[@]}"; do
-  if [[ $a == mapalloc-base && -z ${lib[$a]} ]]; then
-    echo "bench.sh: mapalloc-base: set MAPALLOC_BASE_LIB to a preload library" >&2
+  if [[ $a == mapalloc-base* && -z ${lib[$a]} ]]; then
+    echo "bench.sh: $a: set MAPALLOC_BASE_LIB to a preload library" >&2
     exit 1
   fi
   if [[ $a != mapalloc && $a != mapalloc-prof && -n ${lib[$a]} && ! -f ${lib[$a]} ]]; then

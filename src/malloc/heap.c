@@ -658,6 +658,7 @@ size_t heap_collect_all(bool force) {
   size_t before = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   heap_trim_all(force, force);
   size_t cached = huge_cache_purge(force);
+  if (force) prof_trim(); /* prof hook: freed sampled slots kept resident for reuse */
   /* And the unmaps the kernel refused earlier (a VMA split at the map count limit). */
   (void)os_release_retry();
   size_t after = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
