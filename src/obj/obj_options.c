@@ -29,6 +29,7 @@ obj_options obj_opt = {.stats = 0,
                        .background = 1,
                        .track = 1,
                        .guard_madvise = 1,
+                       .large_chunk = (long)32 << 20,
                        .prof_sample = 524288,
                        .prof_warmup = 1,
                        .prof_prefix = "mapalloc"};
@@ -65,6 +66,9 @@ static const opt_desc opt_table[] = {
     {"GUARD_MADVISE", &obj_opt.guard_madvise, 1,
      "secure mode: 1 slab guard pages inside one mapping (MADV_GUARD_INSTALL) where the "
      "kernel has them (Linux 6.13+); 0 PROT_NONE holes, a mapping per slab"},
+    {"LARGE_CHUNK", &obj_opt.large_chunk, (long)32 << 20,
+     "bytes: a large block the cache cannot serve is cut from a new mapping of at least this "
+     "much, the rest cached (0: a mapping per block; at most 32 MiB)"},
     {"BACKGROUND", &obj_opt.background, 1,
      "0: no background purger thread (memory of idle threads returns at their next call)"},
     {"TRACK", &obj_opt.track, 1,
