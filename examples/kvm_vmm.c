@@ -838,7 +838,13 @@ static int restore_main(const char *dir, bool lazy) {
     pthread_join(server, NULL);
     CHECK(l.served > 0, "no page was served lazily");
     say("%llu pages served on first touch by userfaultfd", (unsigned long long)l.served);
+    for (int r = 0; r < 2; r++) free(l.incr_index[r]);
+    close(l.uffd);
+    close(stop[0]);
+    close(stop[1]);
   }
+  for (int r = 0; r < 2; r++) close(full[r]);
+  close(incr);
   say("RAM %llu MiB: guest resumed %.1f ms after start (memory ready %.1f ms), full checksum "
       "%.1f ms after start: matches the original",
       (unsigned long long)((vm.lo_size + vm.hi_size) / MIB), (t2 - t0) / 1e3, (t1 - t0) / 1e3,
