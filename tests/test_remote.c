@@ -211,7 +211,13 @@ static void give_away(size_t size, void **v, size_t n, void **own, size_t nown) 
   unsigned cls = heap_size_class(size);
   for (size_t i = 0; i < n; i++) cr_assert_not_null(v[i] = ma_malloc(size));
   for (size_t i = 0; i < nown; i++) cr_assert_not_null(own[i] = ma_malloc(size));
-  for (size_t i = 0; i < nown; i++) ma_free(own[i]); /* the last ones go back to cur */
+  /* The last ones go back to cur: the list's bound must not grow meanwhile (a list that
+   * overflows with its own blocks grows instead of giving them back, heap_tc_grow, unless
+   * the thread's growth budget is spent). */
+  size_t grown = h->tc_grown;
+  h->tc_grown = SIZE_MAX / 2;
+  for (size_t i = 0; i < nown; i++) ma_free(own[i]);
+  h->tc_grown = grown;
   size_t k = 0;
   while (h->tc[cls].head && k < nown) own[k++] = ma_malloc(size);
   for (size_t i = k; i < nown; i++) own[i] = NULL;

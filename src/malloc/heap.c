@@ -56,6 +56,15 @@ heap heap_empty = {.lock = PTHREAD_MUTEX_INITIALIZER};
 #define HEAP_TC_BYTES      ((size_t)64 << 10)
 #define HEAP_TC_MAX_BLOCKS 256
 #define HEAP_TC_MAX_SIZE   ((size_t)32 << 10)
+/* A list that overflows with the thread's own blocks doubles its bound (a program that
+ * allocates and frees in bursts longer than the bound: glibc's bench-malloc-simple frees
+ * 400 at a time), up to HEAP_TC_GROW_CLASS bytes and HEAP_TC_GROW_BLOCKS blocks, within
+ * the thread's share of HEAP_TC_GROW_ALL (at most HEAP_TC_GROW_THREAD). A forced trim of
+ * the thread's own heap, and the trim of an orphan, put the bounds back. */
+#define HEAP_TC_GROW_CLASS  ((size_t)512 << 10)
+#define HEAP_TC_GROW_BLOCKS 1024
+#define HEAP_TC_GROW_THREAD ((size_t)1 << 20)
+#define HEAP_TC_GROW_ALL    ((size_t)8 << 20)
 static uint32_t heap_tc_max[HEAP_NCLASSES];
 
 #ifndef MA_TLS_DYNAMIC
@@ -258,7 +267,7 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
   __atomic_store_n(&h->out_bytes, h->out_bytes - bytes, __ATOMIC_RELAXED);
 }
 
-static void heap_tc_take_mail(heap *h);
+static uint32_t heap_tc_take_mail(heap *h, unsigned cls, uint32_t want);
 
 static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   if (h->bs == NULL) {
@@ -281,10 +290,13 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
     p = obj_bin_alloc(h->bs, bin);
     if (p) heap_count_take(h, 1, heap_cls_size[cls]);
   } else if (tc->head == NULL) {
-    heap_tc_take_mail(h); /* batches other threads gave back, first */
-    obj_block *head;      /* else half the bound from the current slab */
-    uint32_t k =
-        tc->head ? 0 : obj_bin_take_batch(h->bs, bin, tc->max / 2 ? tc->max / 2 : 1, &head);
+    heap_tc_take_mail(h, cls, 0); /* batches other threads gave back, first */
+    /* else half the base bound from the current slab (a grown bound holds the blocks a
+     * burst of frees gives back; a refill that grew with it would take hundreds of blocks,
+     * touching memory a program that allocates little at a time never uses) */
+    uint32_t want = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
+    obj_block *head;
+    uint32_t k = tc->head ? 0 : obj_bin_take_batch(h->bs, bin, want, &head);
     MA_CHECK(k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k, tc->max);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
@@ -307,10 +319,11 @@ uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   uint32_t cap = heap_tc_max[cls] / 2;
   if (want > cap) want = cap;
   if (want == 0 || tc->head != NULL || tc->max != 0) return 0;
-  obj_block *head;
+  obj_block *head = NULL;
   pthread_mutex_lock(&h->lock);
-  uint32_t k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
-  if (k) {
+  uint32_t k = heap_tc_take_mail(h, cls, want); /* batches other threads gave back, first */
+  if (k == 0) k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
+  if (k && tc->head == NULL) {
     heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
     tc->head = head;
     __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
@@ -383,22 +396,24 @@ static bool heap_batch_add(heap_batch out[HEAP_TRIM_OWNERS], obj_bins *to, obj_b
  * still in this core's cache, and no walk past the ones given back): blocks of h's own
  * slabs go back to them, the others go to their owners, one batch per owner (the owner
  * moves a batch into its own cache whole, heap_tc_take_mail). h->lock held. */
-static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
+static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
   /* (bound 0 with room -n: a profiled thread's list, see heap_tc_refill_counted) */
   MA_CHECK(tc->max ? tc->room >= 0 && n <= tc->max : tc->room <= 0,
            "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
-  if (n <= keep) return;
+  if (n <= keep) return 0;
   obj_block *rest = tc->head;
   heap_batch out[HEAP_TRIM_OWNERS] = {{0}};
+  uint32_t own = 0;
   for (uint32_t i = keep; i < n; i++) {
     obj_block *b = rest;
     rest = heap_tc_next_checked(b);
     obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
-    if (seg->owner == h->bs)
+    if (seg->owner == h->bs) {
       obj_slab_put(obj_slab_of(seg, b), b);
-    else if (!heap_batch_add(out, seg->owner, b))
+      own++;
+    } else if (!heap_batch_add(out, seg->owner, b))
       obj_send_remote(h->bs, seg, b);
   }
   for (unsigned i = 0; i < HEAP_TRIM_OWNERS && out[i].n; i++)
@@ -410,13 +425,65 @@ static void heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   /* prof hook: a profiled thread's cached blocks were charged to the class's countdown for
    * the pops that now never come: the charge goes back (else the sample comes early). */
   if (tc->max == 0) h->prof.cls_left[cls] += (int64_t)k * heap_cls_size[cls];
+  return own;
+}
+
+/* A full list whose trim gave back only h's own blocks doubles its bound, within the
+ * limits of HEAP_TC_GROW_*. (A list of other threads' blocks keeps its bound: its trims
+ * send them home in batches, and a batch larger than its owner's bound could not join
+ * the owner's list whole.) h->lock held. */
+static void heap_tc_grow(heap *h, unsigned cls, uint32_t trimmed, uint32_t own) {
+  heap_tc *tc = &h->tc[cls];
+  size_t size = heap_cls_size[cls], add = (size_t)tc->max * size;
+  if (own < trimmed || tc->max * 2 > HEAP_TC_GROW_BLOCKS || 2 * add > HEAP_TC_GROW_CLASS) return;
+  size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
+  size_t share = HEAP_TC_GROW_ALL / (live ? live : 1);
+  if (h->tc_grown + add > (share < HEAP_TC_GROW_THREAD ? share : HEAP_TC_GROW_THREAD)) return;
+  h->tc_grown += add;
+  uint32_t old = tc->max;
+  __atomic_store_n(&tc->max, 2 * old, __ATOMIC_RELAXED); /* statistics read it */
+  __atomic_store_n(&tc->room, tc->room + (int32_t)old, __ATOMIC_RELAXED);
+}
+
+/* Puts every list's bound back (their blocks were just given back: room = bound). */
+static void heap_tc_shrink(heap *h) {
+  if (h->tc_grown == 0) return;
+  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+    heap_tc *tc = &h->tc[c];
+    if (tc->max <= heap_tc_max[c]) continue;
+    uint32_t n = heap_tc_count(tc);
+    MA_CHECK(n == 0, "class %u: %u blocks cached when the bounds go back", c, n);
+    __atomic_store_n(&tc->max, heap_tc_max[c], __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->room, (int32_t)heap_tc_max[c], __ATOMIC_RELAXED);
+  }
+  h->tc_grown = 0;
+}
+
+/* prof hook: whether a batch of n blocks of class bin may join a profiled thread's list
+ * (bound 0, room minus its blocks): within the class's usual bound, and charged to the
+ * class's countdown like a refill, while the countdown keeps room after the charge. Class
+ * `cls` is the one being refilled: its caller charges what joins, up to `want` blocks in
+ * all (*joined so far). */
+static bool heap_prof_batch_fits(heap *h, unsigned bin, uint32_t n, unsigned cls, uint32_t want,
+                                 uint32_t joined) {
+  if (heap_tc_max[bin] == 0 || h->tracking) return false;
+  if ((int64_t)heap_tc_max[bin] + h->tc[bin].room < (int64_t)n) return false;
+  if (bin == cls) return joined + n <= want;
+  int64_t *left = &h->prof.cls_left[bin], charge = (int64_t)n * (int64_t)heap_cls_size[bin];
+  if (*left == 0) prof_class_start(h, bin);
+  if (*left <= charge) return false;
+  *left -= charge;
+  return true;
 }
 
 /* Owner, h->lock held: takes the batches other threads' trims sent h: a batch whose list
- * has room for it all joins the list whole, O(1); the others are filed into their slabs. */
-static void heap_tc_take_mail(heap *h) {
+ * has room for it all joins the list whole, O(1); the others are filed into their slabs.
+ * In a profiled thread, `cls` and `want` are those of heap_tc_refill_counted (else
+ * unused); returns the blocks that joined class cls's list. */
+static uint32_t heap_tc_take_mail(heap *h, unsigned cls, uint32_t want) {
   obj_block *b = obj_bins_take_batches(h->bs);
   size_t k = 0, bytes = 0;
+  uint32_t joined = 0;
   while (b) {
     obj_batch m;
     if (!obj_batch_open(h->bs, b, &m)) {
@@ -424,7 +491,10 @@ static void heap_tc_take_mail(heap *h) {
       break;
     }
     heap_tc *tc = &h->tc[m.bin];
-    if (tc->room < (int32_t)m.n) {
+    bool fits =
+        tc->max ? tc->room >= (int32_t)m.n
+                : heap_unlikely(prof_on) && heap_prof_batch_fits(h, m.bin, m.n, cls, want, joined);
+    if (!fits) {
       b = obj_batch_file(h->bs, b, &m);
       continue;
     }
@@ -433,9 +503,11 @@ static void heap_tc_take_mail(heap *h) {
     __atomic_store_n(&tc->room, tc->room - (int32_t)m.n, __ATOMIC_RELAXED);
     k += m.n;
     bytes += (size_t)m.n * heap_cls_size[m.bin];
+    if (m.bin == cls) joined += m.n;
     b = next;
   }
   if (k) heap_count_take(h, k, bytes);
+  return joined;
 }
 
 void heap_free_double(const void *p) {
@@ -486,7 +558,10 @@ static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p
     else
       obj_free_remote(h->bs, seg, s, (obj_block *)p);
   } else {
-    if (tc->room <= 0) heap_tc_trim(h, cls, tc->max / 2);
+    if (tc->room <= 0) {
+      uint32_t trimmed = tc->max - tc->max / 2;
+      heap_tc_grow(h, cls, trimmed, heap_tc_trim(h, cls, tc->max / 2));
+    }
     heap_tc_push(tc, s, (obj_block *)p);
   }
   pthread_mutex_unlock(&h->lock);
@@ -528,6 +603,33 @@ __attribute__((noinline)) static void heap_free_counted_full(heap *h, obj_segmen
   heap_free_counted(h, seg, s, p, true);
 }
 
+/* The countdown has no room for p's charge. A class this thread never counted yet (a
+ * thread that only frees blocks others allocated: xmalloc's consumers) starts its countdown
+ * here; a list holding charged blocks gives them all back, which refunds their charge (a
+ * thread that frees more than it allocates would otherwise run down the countdown, find
+ * the list full of charged blocks and free every later block under the lock). Then p is
+ * pushed if the countdown has room, else freed the ordinary way: the sample is due, and
+ * falls on this class's next malloc, which finds the list empty. */
+__attribute__((noinline)) static void heap_free_counted_low(heap *h, obj_segment *seg, obj_slab *s,
+                                                            void *p, bool full) {
+  unsigned cls = s->bin_idx;
+  int64_t *left = &h->prof.cls_left[cls];
+  bool counted = h->bs && !h->tracking && heap_tc_max[cls]; /* (not heap_empty) */
+  if (counted && *left == 0) {
+    prof_class_start(h, cls);
+  } else if (counted && h->tc[cls].room < 0) {
+    int saved = errno;
+    pthread_mutex_lock(&h->lock);
+    heap_tc_trim(h, cls, 0);
+    pthread_mutex_unlock(&h->lock);
+    errno = saved;
+  }
+  if (counted && *left > (int64_t)heap_cls_size[cls])
+    heap_free_counted(h, seg, s, p, full);
+  else
+    heap_free_slow_saving_errno(h, seg, s, p);
+}
+
 static inline void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full) {
   unsigned cls = s->bin_idx;
   int64_t size = (int64_t)heap_cls_size[cls];
@@ -535,7 +637,7 @@ static inline void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, voi
   /* (The countdowns of heap_empty and of a tracking heap stay 0. A free inside the
    * profiler may be charged too: whichever malloc pops the block is counted.) */
   if (t->cls_left[cls] <= size) {
-    heap_free_slow_saving_errno(h, seg, s, p);
+    heap_free_counted_low(h, seg, s, p, full);
     return;
   }
   obj_link_open((obj_block *)p);
@@ -612,8 +714,10 @@ static bool heap_trim_locked(heap *h, int phase, bool force, bool own) {
   if (phase == 0) {
     bool idle_orphan = h->orphan && heap_space.purge_delay_ms >= 0 &&
                        obj_now_ms() - h->orphaned_ms >= (uint64_t)heap_space.purge_delay_ms;
-    if ((force && (own || h->orphan)) || idle_orphan)
+    if ((force && (own || h->orphan)) || idle_orphan) {
       for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
+      heap_tc_shrink(h);
+    }
     obj_outbox_flush(bs);
     bool cached = false;
     if (h->orphan)

@@ -75,6 +75,7 @@ typedef struct heap {
    * atomics: read by other threads). Live bytes of the thread = out_bytes - cached bytes. */
   size_t takes, gives;   /* blocks taken from / given back to slabs (or sent to owners) */
   size_t out_bytes;      /* bytes taken minus bytes given back */
+  size_t tc_grown;       /* bytes the lists' bounds grew past heap_tc_max (h->lock) */
   struct heap *next_all; /* registry of all heaps (never freed) */
   struct heap *next_orphan;
   bool tracking;        /* valgrind: every call takes obj's tracked paths */

@@ -463,7 +463,7 @@ __attribute__((noinline)) static void *prof_malloc_countdown(heap *h, unsigned c
 }
 
 /* A class's first countdown (and the thread's generator on its first use). */
-__attribute__((noinline)) static void prof_class_start(heap *h, unsigned cls) {
+__attribute__((noinline)) void prof_class_start(heap *h, unsigned cls) {
   prof_thread *t = &h->prof;
   if (t->rng == 0) prof_seed(t, (uintptr_t)h);
   t->cls_left[cls] = prof_interval(t);

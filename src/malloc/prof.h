@@ -72,6 +72,9 @@ void prof_exit(void);
  * against the thread's countdown; returns a sampled block, or NULL (not sampled, or no
  * room for the sample: the caller serves an ordinary block). */
 void *prof_malloc_small(struct heap *h, unsigned cls);
+/* Starts class cls's countdown in h (a fresh interval: the intervals are memoryless, so a
+ * class may start at its first malloc or at its first free alike). */
+void prof_class_start(struct heap *h, unsigned cls);
 /* heap_malloc_large / ma_realloc hook: a large block p of usable size `usable` was just
  * allocated (or moved/resized by realloc): counts it and records it when sampled. */
 void prof_note_large(void *p, size_t usable);

@@ -15,13 +15,16 @@
  *                      must abort with "double free"
  *   prof_prog rate     1000000 malloc/free pairs of 64 bytes, then 4000 batches of 300
  *                      mallocs and 300 frees (past the thread cache's bound of 256): the
- *                      number of samples taken must match 1 - exp(-64/rate) per malloc
+ *                      number of samples taken must match 1 - exp(-64/rate) per malloc;
+ *                      then 1000000 blocks allocated by main and freed by a consumer
+ *                      thread (which makes one pair of its own every 8 frees)
  *   prof_prog slots    200000 blocks of 64 bytes kept, then freed and malloc_trim(0): prints
  *                      the resident KiB before, with them and after (run with a small
  *                      MAPALLOC_PROF_SAMPLE: each sampled block has a 4 KiB slot of its own)
  * ma_prof_dump comes from the preload library, looked up with dlsym. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -199,6 +202,41 @@ NOINLINE void rate_batches(long rounds, int n) {
   }
 }
 
+/* Remote frees: main allocates, a consumer thread frees each block (and makes its own
+ * pairs now and then): batches of blocks freed by another thread join their owner's cache. */
+enum { RING = 4096 };
+static void *ring[RING];
+static atomic_long ring_head, ring_tail; /* produced, consumed */
+
+static void *rate_consumer(void *arg) {
+  long n = *(long *)arg, own = 0;
+  for (long i = 0; i < n; i++) {
+    while (atomic_load_explicit(&ring_head, memory_order_acquire) == i) sched_yield();
+    free(ring[i % RING]);
+    atomic_store_explicit(&ring_tail, i + 1, memory_order_release);
+    if (i % 8 == 0) {
+      free(rate_sink = must(malloc(64)));
+      own++;
+    }
+  }
+  *(long *)arg = own;
+  return NULL;
+}
+
+/* Returns the mallocs of 64 bytes made: n by main, the consumer's own. */
+NOINLINE long rate_remote(long n) {
+  pthread_t t;
+  long arg = n;
+  if (pthread_create(&t, NULL, rate_consumer, &arg) != 0) return -1;
+  for (long i = 0; i < n; i++) {
+    while (i - atomic_load_explicit(&ring_tail, memory_order_acquire) >= RING) sched_yield();
+    ring[i % RING] = rate_sink = must(malloc(64));
+    atomic_store_explicit(&ring_head, i + 1, memory_order_release);
+  }
+  pthread_join(t, NULL);
+  return n + arg;
+}
+
 /* ---- slots: the memory of freed sampled blocks goes back ---- */
 static long resident_kib(void) {
   long pages = 0, rss = 0;
@@ -261,7 +299,9 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "rate") == 0) {
     rate_pairs(1000000);
     rate_batches(4000, 300);
-    printf("rate: %ld mallocs of 64 bytes\n", 1000000L + 4000L * 300);
+    long remote = rate_remote(1000000);
+    if (remote < 0) return 1;
+    printf("rate: %ld mallocs of 64 bytes\n", 1000000L + 4000L * 300 + remote);
     return 0;
   }
   if (strcmp(mode, "slots") == 0) return run_slots();

@@ -159,7 +159,10 @@ rate)
   # blocks it gives back, ~15% too many. At 1 sample per 4 KiB (~34100 expected, sd ~185)
   # the countdown has room for fewer blocks than a list holds (256): a refill that ignored
   # the countdown and filled the list past the sample point takes ~38% too few (21177;
-  # the run at 32 KiB does not see it). The profile's header counts every sample taken.
+  # the run at 32 KiB does not see it). Then blocks freed by another thread: the consumer's
+  # list is charged for blocks its owner pops, and batches join the owner's list charged
+  # (a free-only thread starts its countdown at its first free). The profile's header
+  # counts every sample taken.
   for r in 32768 4096; do
     rm -f "$prefix".*.heap
     out=$(run MAPALLOC_PROF_SAMPLE=$r -- rate 2>&1) || fail "program failed: $out"

@@ -1,0 +1,121 @@
+/* Thread-cache bounds that grow (src/malloc/heap.c, heap_tc_grow): a list that overflows
+ * with the thread's own blocks doubles its bound within per-class and per-thread limits; a
+ * list of other threads' blocks keeps its bound; a forced collection puts the bounds back. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "malloc/heap_internal.h"
+#include "mapalloc/heap.h"
+
+#define BURST 400
+#define SIZE  1000
+
+static void *burst[BURST];
+
+/* One burst: BURST blocks of `size` allocated, then freed in the same order. */
+static void one_burst(size_t size) {
+  for (int i = 0; i < BURST; i++) {
+    burst[i] = ma_malloc(size);
+    cr_assert_not_null(burst[i]);
+    *(volatile char *)burst[i] = 1;
+  }
+  for (int i = 0; i < BURST; i++) ma_free(burst[i]);
+}
+
+static size_t cached_blocks(unsigned cls) {
+  size_t n[HEAP_NCLASSES] = {0};
+  heap_tc_blocks(n);
+  return n[cls];
+}
+
+static uint32_t bound_of(unsigned cls) {
+  return heap_get()->tc[cls].max;
+}
+
+Test(tc_grow, bursts_longer_than_the_bound_stay_in_the_cache) {
+  unsigned cls = heap_size_class(SIZE);
+  ma_free(ma_malloc(SIZE)); /* the heap exists */
+  uint32_t base = bound_of(cls);
+  cr_assert_lt(base, BURST, "the test needs a burst longer than the bound (%u)", base);
+  for (int r = 0; r < 8; r++) one_burst(SIZE);
+  cr_assert_geq(bound_of(cls), BURST, "bound %u -> %u", base, bound_of(cls));
+  ma_heap_stats a, b;
+  ma_heap_stats_get(&a);
+  one_burst(SIZE);
+  ma_heap_stats_get(&b);
+  /* Blocks counted as they move between the cache and the slabs: none moved. */
+  cr_assert_eq(b.allocs, a.allocs, "allocs %zu -> %zu", a.allocs, b.allocs);
+  cr_assert_eq(b.frees, a.frees, "frees %zu -> %zu", a.frees, b.frees);
+  cr_assert_geq(cached_blocks(cls), BURST);
+}
+
+Test(tc_grow, growth_is_bounded_per_class_and_per_thread) {
+  static const size_t sizes[] = {64, 256, 1000, 4000, 16000};
+  enum { N = 3000 };
+  static void *blocks[N];
+  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    for (int r = 0; r < 4; r++) {
+      for (int i = 0; i < N; i++) cr_assert_not_null(blocks[i] = ma_malloc(sizes[s]));
+      for (int i = 0; i < N; i++) ma_free(blocks[i]);
+    }
+  }
+  size_t total = 0;
+  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    unsigned cls = heap_size_class(sizes[s]);
+    size_t bytes = cached_blocks(cls) * heap_cls_size[cls];
+    cr_assert_leq(bound_of(cls), 1024, "class of %zu: bound %u", sizes[s], bound_of(cls));
+    cr_assert_leq(bytes, (size_t)512 << 10, "class of %zu: %zu bytes cached", sizes[s], bytes);
+    total += bytes;
+  }
+  /* Each class's base bound holds at most 64 KiB; growth past it is 1 MiB a thread. */
+  size_t limit = 5 * ((size_t)64 << 10) + ((size_t)1 << 20);
+  cr_assert_leq(total, limit, "%zu bytes cached in 5 classes (limit %zu)", total, limit);
+  cr_assert_gt(total, 5 * ((size_t)64 << 10), "no class grew (%zu bytes cached)", total);
+}
+
+Test(tc_grow, a_forced_collection_puts_the_bounds_back) {
+  unsigned cls = heap_size_class(SIZE);
+  ma_free(ma_malloc(SIZE));
+  uint32_t base = bound_of(cls);
+  for (int r = 0; r < 8; r++) one_burst(SIZE);
+  cr_assert_gt(bound_of(cls), base);
+  cr_assert_eq(ma_heap_collect(true), 0);
+  cr_assert_eq(cached_blocks(cls), 0);
+  cr_assert_eq(bound_of(cls), base, "bound %u after the collection, base %u", bound_of(cls), base);
+  /* And the next bursts grow it again. */
+  one_burst(SIZE);
+  cr_assert_gt(bound_of(cls), base);
+}
+
+struct foreign {
+  void **blocks;
+  int n;
+  unsigned cls;
+  uint32_t bound_after;
+};
+
+static void *free_foreign(void *arg) {
+  struct foreign *f = arg;
+  for (int i = 0; i < f->n; i++) ma_free(f->blocks[i]);
+  f->bound_after = bound_of(f->cls);
+  return NULL;
+}
+
+Test(tc_grow, other_threads_blocks_do_not_grow_the_list) {
+  enum { N = 4000 };
+  static void *blocks[N];
+  unsigned cls = heap_size_class(SIZE);
+  ma_free(ma_malloc(SIZE));
+  uint32_t base = bound_of(cls);
+  for (int r = 0; r < 4; r++) {
+    for (int i = 0; i < N; i++) cr_assert_not_null(blocks[i] = ma_malloc(SIZE));
+    struct foreign f = {.blocks = blocks, .n = N, .cls = cls};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, free_foreign, &f), 0);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert_eq(f.bound_after, base, "round %d: the freeing thread's bound %u, base %u", r,
+                 f.bound_after, base);
+  }
+}
