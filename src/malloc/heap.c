@@ -451,8 +451,8 @@ static void heap_tc_shrink(heap *h) {
   for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
     heap_tc *tc = &h->tc[c];
     if (tc->max <= heap_tc_max[c]) continue;
-    uint32_t n = heap_tc_count(tc);
-    MA_CHECK(n == 0, "class %u: %u blocks cached when the bounds go back", c, n);
+    MA_CHECK(heap_tc_count(tc) == 0, "class %u: %u blocks cached when the bounds go back", c,
+             heap_tc_count(tc));
     __atomic_store_n(&tc->max, heap_tc_max[c], __ATOMIC_RELAXED);
     __atomic_store_n(&tc->room, (int32_t)heap_tc_max[c], __ATOMIC_RELAXED);
   }
