@@ -319,14 +319,16 @@ uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   uint32_t cap = heap_tc_max[cls] / 2;
   if (want > cap) want = cap;
   if (want == 0 || tc->head != NULL || tc->max != 0) return 0;
-  obj_block *head = NULL;
+  obj_block *head;
   pthread_mutex_lock(&h->lock);
   uint32_t k = heap_tc_take_mail(h, cls, want); /* batches other threads gave back, first */
-  if (k == 0) k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
-  if (k && tc->head == NULL) {
-    heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
-    tc->head = head;
-    __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
+  if (k == 0) {
+    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
+    if (k) {
+      heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
+      tc->head = head;
+      __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
+    }
   }
   pthread_mutex_unlock(&h->lock);
   return k;
@@ -395,7 +397,8 @@ static bool heap_batch_add(heap_batch out[HEAP_TRIM_OWNERS], obj_bins *to, obj_b
 /* Gives back all but `keep` blocks of list `cls`, from its head (the blocks freed last:
  * still in this core's cache, and no walk past the ones given back): blocks of h's own
  * slabs go back to them, the others go to their owners, one batch per owner (the owner
- * moves a batch into its own cache whole, heap_tc_take_mail). h->lock held. */
+ * moves a batch into its own cache whole, heap_tc_take_mail). Returns how many of the
+ * blocks given back were other threads' (heap_tc_grow). h->lock held. */
 static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   heap_tc *tc = &h->tc[cls];
   uint32_t n = heap_tc_count(tc);
@@ -405,16 +408,17 @@ static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   if (n <= keep) return 0;
   obj_block *rest = tc->head;
   heap_batch out[HEAP_TRIM_OWNERS] = {{0}};
-  uint32_t own = 0;
+  uint32_t foreign = 0;
   for (uint32_t i = keep; i < n; i++) {
     obj_block *b = rest;
     rest = heap_tc_next_checked(b);
     obj_segment *seg = heap_segment_of(b); /* checked when it was pushed or linked */
     if (seg->owner == h->bs) {
       obj_slab_put(obj_slab_of(seg, b), b);
-      own++;
-    } else if (!heap_batch_add(out, seg->owner, b))
-      obj_send_remote(h->bs, seg, b);
+      continue;
+    }
+    foreign++;
+    if (!heap_batch_add(out, seg->owner, b)) obj_send_remote(h->bs, seg, b);
   }
   for (unsigned i = 0; i < HEAP_TRIM_OWNERS && out[i].n; i++)
     obj_send_batch(out[i].to, out[i].head, out[i].tail, out[i].n);
@@ -425,17 +429,17 @@ static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   /* prof hook: a profiled thread's cached blocks were charged to the class's countdown for
    * the pops that now never come: the charge goes back (else the sample comes early). */
   if (tc->max == 0) h->prof.cls_left[cls] += (int64_t)k * heap_cls_size[cls];
-  return own;
+  return foreign;
 }
 
 /* A full list whose trim gave back only h's own blocks doubles its bound, within the
  * limits of HEAP_TC_GROW_*. (A list of other threads' blocks keeps its bound: its trims
  * send them home in batches, and a batch larger than its owner's bound could not join
  * the owner's list whole.) h->lock held. */
-static void heap_tc_grow(heap *h, unsigned cls, uint32_t trimmed, uint32_t own) {
+static void heap_tc_grow(heap *h, unsigned cls) {
   heap_tc *tc = &h->tc[cls];
   size_t size = heap_cls_size[cls], add = (size_t)tc->max * size;
-  if (own < trimmed || tc->max * 2 > HEAP_TC_GROW_BLOCKS || 2 * add > HEAP_TC_GROW_CLASS) return;
+  if (tc->max * 2 > HEAP_TC_GROW_BLOCKS || 2 * add > HEAP_TC_GROW_CLASS) return;
   size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
   size_t share = HEAP_TC_GROW_ALL / (live ? live : 1);
   if (h->tc_grown + add > (share < HEAP_TC_GROW_THREAD ? share : HEAP_TC_GROW_THREAD)) return;
@@ -558,10 +562,7 @@ static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p
     else
       obj_free_remote(h->bs, seg, s, (obj_block *)p);
   } else {
-    if (tc->room <= 0) {
-      uint32_t trimmed = tc->max - tc->max / 2;
-      heap_tc_grow(h, cls, trimmed, heap_tc_trim(h, cls, tc->max / 2));
-    }
+    if (tc->room <= 0 && heap_tc_trim(h, cls, tc->max / 2) == 0) heap_tc_grow(h, cls);
     heap_tc_push(tc, s, (obj_block *)p);
   }
   pthread_mutex_unlock(&h->lock);
@@ -585,6 +586,15 @@ __attribute__((noinline)) static void heap_free_slow_saving_errno(heap *h, obj_s
  * call, so that the common case saves few registers. */
 static void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full);
 
+/* heap_tc_trim from a free (which never changes errno), taking h->lock. */
+static void heap_tc_trim_saving_errno(heap *h, unsigned cls, uint32_t keep) {
+  int saved = errno;
+  pthread_mutex_lock(&h->lock);
+  heap_tc_trim(h, cls, keep);
+  pthread_mutex_unlock(&h->lock);
+  errno = saved;
+}
+
 /* The list is at the class's usual bound (always, for a class without a list: freed the
  * ordinary way): its colder half goes back (the trim refunds its charge), then p is pushed. */
 __attribute__((noinline)) static void heap_free_counted_full(heap *h, obj_segment *seg, obj_slab *s,
@@ -594,12 +604,8 @@ __attribute__((noinline)) static void heap_free_counted_full(heap *h, obj_segmen
     heap_free_slow_saving_errno(h, seg, s, p);
     return;
   }
-  int saved = errno;
   heap_purger_poke();
-  pthread_mutex_lock(&h->lock);
-  heap_tc_trim(h, cls, heap_tc_max[cls] / 2);
-  pthread_mutex_unlock(&h->lock);
-  errno = saved;
+  heap_tc_trim_saving_errno(h, cls, heap_tc_max[cls] / 2);
   heap_free_counted(h, seg, s, p, true);
 }
 
@@ -618,11 +624,7 @@ __attribute__((noinline)) static void heap_free_counted_low(heap *h, obj_segment
   if (counted && *left == 0) {
     prof_class_start(h, cls);
   } else if (counted && h->tc[cls].room < 0) {
-    int saved = errno;
-    pthread_mutex_lock(&h->lock);
-    heap_tc_trim(h, cls, 0);
-    pthread_mutex_unlock(&h->lock);
-    errno = saved;
+    heap_tc_trim_saving_errno(h, cls, 0);
   }
   if (counted && *left > (int64_t)heap_cls_size[cls])
     heap_free_counted(h, seg, s, p, full);
