@@ -20,18 +20,23 @@
  * Size classes: 16..128 in steps of 16, then 8 classes per power of two up to 128 KiB.
  * (tests/test_heap.c checks both tables against the formula.)
  * ---------------------------------------------------------------------------------- */
-/* The class of each size up to HEAP_LUT_MAX in 16-byte steps, stored as the byte offset of
- * its thread cache list (class << OBJ_BIN_OFF_SHIFT): malloc adds it to the heap's address
- * with no shift. */
+/* The class of every size up to HEAP_LUT_MAX, indexed by the size itself and stored as the
+ * byte offset of its thread cache list (class << OBJ_BIN_OFF_SHIFT): malloc looks the size
+ * up with no rounding and adds the entry to the heap's address with no shift (2 KiB, as
+ * against 130 bytes by 16-byte steps: two instructions less per malloc). */
 #define LUT(c) ((c) << OBJ_BIN_OFF_SHIFT)
-const uint16_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1] = {
-    LUT(0),  LUT(0),  LUT(1),  LUT(2),  LUT(3),  LUT(4),  LUT(5),  LUT(6),  LUT(7),  LUT(8),
-    LUT(9),  LUT(10), LUT(11), LUT(12), LUT(13), LUT(14), LUT(15), LUT(16), LUT(16), LUT(17),
-    LUT(17), LUT(18), LUT(18), LUT(19), LUT(19), LUT(20), LUT(20), LUT(21), LUT(21), LUT(22),
-    LUT(22), LUT(23), LUT(23), LUT(24), LUT(24), LUT(24), LUT(24), LUT(25), LUT(25), LUT(25),
-    LUT(25), LUT(26), LUT(26), LUT(26), LUT(26), LUT(27), LUT(27), LUT(27), LUT(27), LUT(28),
-    LUT(28), LUT(28), LUT(28), LUT(29), LUT(29), LUT(29), LUT(29), LUT(30), LUT(30), LUT(30),
-    LUT(30), LUT(31), LUT(31), LUT(31), LUT(31)};
+const uint16_t heap_cls_lut[HEAP_LUT_MAX + 1] = {
+    [0 ... 16] = LUT(0),     [17 ... 32] = LUT(1),    [33 ... 48] = LUT(2),
+    [49 ... 64] = LUT(3),    [65 ... 80] = LUT(4),    [81 ... 96] = LUT(5),
+    [97 ... 112] = LUT(6),   [113 ... 128] = LUT(7),  [129 ... 144] = LUT(8),
+    [145 ... 160] = LUT(9),  [161 ... 176] = LUT(10), [177 ... 192] = LUT(11),
+    [193 ... 208] = LUT(12), [209 ... 224] = LUT(13), [225 ... 240] = LUT(14),
+    [241 ... 256] = LUT(15), [257 ... 288] = LUT(16), [289 ... 320] = LUT(17),
+    [321 ... 352] = LUT(18), [353 ... 384] = LUT(19), [385 ... 416] = LUT(20),
+    [417 ... 448] = LUT(21), [449 ... 480] = LUT(22), [481 ... 512] = LUT(23),
+    [513 ... 576] = LUT(24), [577 ... 640] = LUT(25), [641 ... 704] = LUT(26),
+    [705 ... 768] = LUT(27), [769 ... 832] = LUT(28), [833 ... 896] = LUT(29),
+    [897 ... 960] = LUT(30), [961 ... 1024] = LUT(31)};
 #undef LUT
 
 const uint32_t heap_cls_size[HEAP_NCLASSES] = {
@@ -656,7 +661,8 @@ static inline void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, voi
   heap_tc_push(tc, s, (obj_block *)p);
 }
 
-void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p) {
+void heap_free_slow(obj_segment *seg, obj_slab *s, void *p) {
+  heap *h = heap_get();
   if (heap_unlikely(prof_on))
     heap_free_counted(h, seg, s, p, false);
   else

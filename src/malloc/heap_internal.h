@@ -86,7 +86,7 @@ typedef struct heap {
 } heap;
 
 /* ---- globals shared with the inline fast paths ---- */
-extern const uint16_t heap_cls_lut[HEAP_LUT_MAX / 16 + 1]; /* class << OBJ_BIN_OFF_SHIFT */
+extern const uint16_t heap_cls_lut[HEAP_LUT_MAX + 1]; /* class << OBJ_BIN_OFF_SHIFT, by size */
 extern const uint32_t heap_cls_size[HEAP_NCLASSES];
 extern heap heap_empty;
 extern obj_space heap_space;
@@ -111,7 +111,10 @@ void *heap_malloc_slow(heap *h, const heap_tc *tc);
  * blocks, as ma_heap_collect(true)) and returns true: the caller tries once more. */
 bool heap_release_for_retry(void);
 void heap_free_generic(void *p);
-void heap_free_slow(heap *h, obj_segment *seg, obj_slab *s, void *p); /* validated block */
+/* A validated block whose free found the calling thread's list full (or the thread without
+ * a heap yet); it takes the thread's heap itself, so that the fast path keeps no register
+ * for it. */
+void heap_free_slow(obj_segment *seg, obj_slab *s, void *p);
 void heap_free_double(const void *p);  /* aborts; not noreturn so the call is a jump */
 void heap_free_invalid(const void *p); /* aborts; not noreturn so the call is a jump */
 void *heap_malloc_large(size_t size, size_t align, bool zero);
@@ -165,7 +168,7 @@ extern _Atomic bool heap_threads_seen;
 /* Class of a size <= HEAP_MAX_SMALL: a table below 1 KiB, a bit scan above (no division).
  * Above 128 bytes there are 8 classes per power of two. */
 static inline unsigned heap_size_class(size_t size) {
-  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_cls_lut[(size + 15) >> 4] >> OBJ_BIN_OFF_SHIFT;
+  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_cls_lut[size] >> OBJ_BIN_OFF_SHIFT;
   size_t s = size - 1;
   unsigned k = 63u - (unsigned)__builtin_clzl(s); /* 2^k <= s < 2^(k+1), k >= 10 */
   return (k - 7) * 8 + (unsigned)(s >> (k - 3));
@@ -274,7 +277,7 @@ static inline void *heap_malloc_cls(unsigned cls) {
 }
 
 static inline void *heap_malloc_inline(size_t size) {
-  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_off(heap_cls_lut[(size + 15) >> 4]);
+  if (heap_likely(size <= HEAP_LUT_MAX)) return heap_malloc_off(heap_cls_lut[size]);
   if (heap_likely(size <= HEAP_MAX_SMALL)) return heap_malloc_cls(heap_size_class(size));
   return heap_malloc_large(size, 0, false);
 }
@@ -298,10 +301,9 @@ static inline void heap_free_inline(void *p) {
   /* The cache's room first: under valgrind every free takes the slow path (room 0) before
    * the tag of a block the program may never have written is read (memcheck would call the
    * compare a use of uninitialised memory); the slow path checks the tag itself. */
-  heap *h = heap_get();
-  heap_tc *tc = (heap_tc *)((char *)h->tc + s->bin_off);
+  heap_tc *tc = (heap_tc *)((char *)heap_get()->tc + s->bin_off);
   if (heap_unlikely(!heap_tc_take_room(tc))) {
-    heap_free_slow(h, seg, s, p);
+    heap_free_slow(seg, s, p);
     return;
   }
   obj_block *b = p;

@@ -198,7 +198,7 @@ static uint32_t carve_count(const obj_slab *s) {
 }
 
 static void slab_carve(obj_slab *s) {
-  uint32_t rem = s->capacity - s->carved;
+  uint32_t rem = s->capacity - (uint32_t)s->carved;
   uint32_t n = carve_count(s);
   if (n > rem) n = rem;
   char *p = s->start + (size_t)s->carved * s->stride;
@@ -607,7 +607,7 @@ void obj_slab_notify(obj_slab *s) {
            s->notify, s->cnt);
   if (obj_slab_used(s) < 0) obj_fatal("double free", s->free);
   MA_CHECK(obj_slab_used(s) <= (int32_t)s->carved, "slab %p used %d > carved %u", (void *)s,
-           obj_slab_used(s), s->carved);
+           obj_slab_used(s), (unsigned)s->carved);
   obj_segment *seg = obj_segment_of_slab(s);
   obj_bins *bs = __atomic_load_n(&seg->owner, __ATOMIC_RELAXED);
   if (s->notify == INT32_MAX) partial_push(&bs->bins[s->bin_idx], s);

@@ -67,8 +67,9 @@ static uint32_t list_len(const obj_slab *s, obj_block *b, const char *which) {
   while (b) {
     MA_VERIFY(obj_link_in_slab(s, b), "%s list of slab %p: %p is not a carved block", which,
               (const void *)s, (void *)b);
-    MA_VERIFY(n < s->carved, "%s list of slab %p longer than its %u carved blocks (a cycle?)",
-              which, (const void *)s, s->carved);
+    MA_VERIFY(n < (unsigned)s->carved,
+              "%s list of slab %p longer than its %u carved blocks (a cycle?)", which,
+              (const void *)s, (unsigned)s->carved);
     n++;
     b = link_of(b);
   }
@@ -82,39 +83,40 @@ static void slab_check(const obj_bins *bs, const obj_segment *seg, const obj_sla
   MA_VERIFY(s->stride == bin->stride, "slab %p stride %u, its bin's %u", sp, s->stride,
             bin->stride);
   MA_VERIFY(s->bin_off == (uint32_t)s->bin_idx << OBJ_BIN_OFF_SHIFT, "slab %p bin_off %u idx %u",
-            sp, s->bin_off, s->bin_idx);
+            sp, (unsigned)s->bin_off, s->bin_idx);
   MA_VERIFY(s->committed, "active slab %p not committed", sp);
   char *lo, *hi;
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);
   MA_VERIFY(s->start >= lo && s->start + (size_t)s->capacity * s->stride <= hi,
             "slab %p blocks [%p, +%u x %u) outside its range [%p, %p)", sp, (void *)s->start,
             s->capacity, s->stride, (void *)lo, (void *)hi);
-  MA_VERIFY(s->carved <= s->capacity, "slab %p carved %u > capacity %u", sp, s->carved,
-            s->capacity);
+  MA_VERIFY((unsigned)s->carved <= s->capacity, "slab %p carved %u > capacity %u", sp,
+            (unsigned)s->carved, s->capacity);
   int32_t notify = s->notify;
   MA_VERIFY(notify == -1 || notify == 0 || notify == INT32_MAX,
             "slab %p notify %d (cnt %d): not -1, 0 or INT32_MAX", sp, notify, s->cnt);
   int64_t used = (int64_t)s->cnt + notify;
-  MA_VERIFY(used >= 0 && used <= s->carved, "slab %p used %lld (cnt %d + notify %d), carved %u", sp,
-            (long long)used, s->cnt, notify, s->carved);
+  MA_VERIFY(used >= 0 && used <= (unsigned)s->carved,
+            "slab %p used %lld (cnt %d + notify %d), carved %u", sp, (long long)used, s->cnt,
+            notify, (unsigned)s->carved);
   uint32_t nf = list_len(s, s->free, "free");
   uint32_t nl = list_len(s, s->local_free, "local_free");
-  MA_VERIFY((int64_t)nf + nl + used == s->carved,
+  MA_VERIFY((int64_t)nf + nl + used == (unsigned)s->carved,
             "slab %p: free %u + local_free %u + used %lld (cnt %d, notify %d) != carved %u", sp, nf,
-            nl, (long long)used, s->cnt, notify, s->carved);
+            nl, (long long)used, s->cnt, notify, (unsigned)s->carved);
   if (notify == -1)
     MA_VERIFY(bin->cur == s, "slab %p notify -1 but bin %u's current slab is %p", sp, s->bin_idx,
               (void *)bin->cur);
   else
     MA_VERIFY(bin->cur != s, "current slab %p of bin %u has notify %d", sp, s->bin_idx, notify);
   if (notify == INT32_MAX)
-    MA_VERIFY(nf == 0 && nl == 0 && s->carved == s->capacity,
-              "full slab %p has room: free %u local_free %u carved %u/%u", sp, nf, nl, s->carved,
-              s->capacity);
+    MA_VERIFY(nf == 0 && nl == 0 && (unsigned)s->carved == s->capacity,
+              "full slab %p has room: free %u local_free %u carved %u/%u", sp, nf, nl,
+              (unsigned)s->carved, s->capacity);
   if (notify == 0)
-    MA_VERIFY(used > 0 && (nf || nl || s->carved < s->capacity),
+    MA_VERIFY(used > 0 && (nf || nl || (unsigned)s->carved < s->capacity),
               "partial slab %p: used %lld, free %u local_free %u carved %u/%u", sp, (long long)used,
-              nf, nl, s->carved, s->capacity);
+              nf, nl, (unsigned)s->carved, s->capacity);
 }
 
 /* A cache's byte accounting against what its slabs hold (computed by the caller). */
@@ -187,7 +189,8 @@ void obj_bins_check(const obj_bins *bs, obj_check_totals *t) {
         if (s->committed) tot.committed += len;
         if (!s->active) {
           if (s->committed) retained += len;
-          MA_VERIFY(s->carved == 0, "inactive slab %p carved %u", (const void *)s, s->carved);
+          MA_VERIFY((unsigned)s->carved == 0, "inactive slab %p carved %u", (const void *)s,
+                    (unsigned)s->carved);
           continue;
         }
         slab_check(bs, seg, s);

@@ -68,7 +68,17 @@ static inline uint32_t obj_map_entry(uintptr_t c) {
  * entry is 0, never tagged, so NULL gives NULL. */
 static inline obj_segment *obj_segment_of_tagged(const void *p, uint32_t tag) {
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-  if (obj_unlikely(obj_map_entry(c) != ((uint32_t)c | tag))) return NULL;
+#if OBJ_TSAN
+  uint32_t e = obj_map_entry(c);
+#else
+  /* The leaf entry as a plain load, which GCC folds into the compare (it keeps an atomic
+   * load a separate instruction): one instruction less per free. On x86-64 a relaxed load
+   * is that same load; the TSan build keeps the atomic form it can see. */
+  const uint32_t *leaf = __atomic_load_n(
+      &obj_segmap[(c >> OBJ_MAP_LEAF_BITS) & (OBJ_MAP_ROOT_LEN - 1)], __ATOMIC_RELAXED);
+  uint32_t e = leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)];
+#endif
+  if (obj_unlikely(e != ((uint32_t)c | tag))) return NULL;
   if (c == 0) __builtin_unreachable(); /* no code: callers' NULL tests fold away */
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
@@ -103,8 +113,12 @@ static inline uint64_t obj_block_q(const obj_slab *s, uintptr_t p) {
 
 /* carved only grows while a slab is active, and a thread holding one of its blocks saw a
  * value covering that block: a relaxed read from any thread is enough. */
-static inline uint32_t obj_slab_carved(const obj_slab *s) {
+static inline uint64_t obj_slab_carved(const obj_slab *s) {
+#if OBJ_TSAN
   return __atomic_load_n(&s->carved, __ATOMIC_RELAXED);
+#else
+  return s->carved; /* the same load on x86-64, and GCC folds it into the compare */
+#endif
 }
 
 static inline bool obj_block_index(const obj_slab *s, const void *p, uint32_t *idx) {

@@ -74,17 +74,18 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   int32_t cnt;         /* used - notify: a free takes the slow path when --cnt <= 0 */
   int32_t notify;      /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
                           (blocks out, incl. remote frees not collected) is cnt + notify */
-  uint32_t bin_off;    /* bin_idx << OBJ_BIN_OFF_SHIFT: the heap indexes its 16-byte thread
-                          cache entries with it from this line (one shift less per free) */
-  uint32_t spare0_;    /* (unused) */
+  uint64_t bin_off;    /* bin_idx << OBJ_BIN_OFF_SHIFT: the heap indexes its 16-byte thread
+                          cache entries with it from this line (one shift less per free);
+                          64 bits, so the free adds it to the heap's address from memory */
   uintptr_t owner_tid; /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
   char *start;         /* first block */
   uint64_t inv;        /* inverse of the stride's odd part mod 2^64 (see obj_block_index) */
+  uint64_t carved;     /* blocks carved so far (the rest was never touched); 64 bits, so
+                          the block check compares the 64-bit index with it from memory */
   uint32_t stride;     /* block size */
-  uint32_t carved;     /* blocks carved so far (the rest was never touched) */
   uint8_t inv_shift;   /* stride = odd << inv_shift */
   uint8_t free_zero;   /* every block on `free` is zero beyond its link word */
-  uint8_t pad_[6];
+  uint8_t pad_[2];
   /* second line: slow paths */
   obj_block *local_free;        /* remote frees once collected */
   uint32_t capacity;            /* blocks that fit */
