@@ -356,12 +356,14 @@ Test(guard_large, realloc_moves_the_guard) {
   ma_free(p);
 }
 
-/* (e2) Freed guarded blocks are cached like any large block, their pages reused: the marker
- * goes in when a block is handed out and comes out when it is freed (before, guarded blocks
- * bypassed the cache, so every large allocation of a secure heap was a fresh mapping whose
- * pages all faulted again: mstress took 16x the default build's time). A block taken from a
- * longer range, one grown in place over the range behind it and one shrunk keep a guard
- * right after their usable bytes and none inside them. */
+/* (e2) Freed guarded blocks are cached like any large block, their pages reused, and a freed
+ * block keeps its marker: a block cut from the end of its range gets that marker as its guard
+ * (no madvise), one cut from the front of a range without one gets a marker put in (before,
+ * the marker came out at every free and went in at every allocation: two madvise calls per
+ * block, and medium-2M in a secure build took 6.4x the default build's time; before that,
+ * guarded blocks bypassed the cache and every page faulted again). Blocks taken from a
+ * longer range, one grown in place and one shrunk keep a guard right after their usable
+ * bytes and none inside them. */
 Test(guard_large, freed_blocks_are_reused_guarded) {
   secure_on();
   if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
@@ -369,27 +371,71 @@ Test(guard_large, freed_blocks_are_reused_guarded) {
   cr_assert_not_null(a);
   large_block_guarded(a, ma_usable_size(a));
   ma_free(a);
-  char *b = ma_malloc(512 * KiB);
-  cr_assert_eq(b, a, "a freed 2 MiB block's pages are reused (got %p, freed %p)", (void *)b,
-               (void *)a);
-  large_block_guarded(b, ma_usable_size(b)); /* the guard splits the cached range */
-  char *c = ma_malloc(256 * KiB);            /* from the rest, behind b's guard */
-  cr_assert_eq(c, a + 512 * KiB + 4 * KiB, "the rest of the range (got %p)", (void *)c);
+  char *b = ma_malloc(2 * MiB);
+  cr_assert_eq(b, a, "a freed block's range is reused whole, marker included (got %p, freed %p)",
+               (void *)b, (void *)a);
+  large_block_guarded(b, ma_usable_size(b));
+  ma_free(b);
+  b = ma_malloc(512 * KiB);
+  cr_assert_eq(b, a + 1536 * KiB, "cut from the end of the range, before its marker (got %p)",
+               (void *)b);
+  large_block_guarded(b, ma_usable_size(b));
+  char *c = ma_malloc(256 * KiB); /* from the front of the rest: a marker put in */
+  cr_assert_eq(c, a, "the front of the rest of the range (got %p)", (void *)c);
   large_block_guarded(c, ma_usable_size(c));
-  ma_free(c);
-  char *q = ma_realloc(b, 700 * KiB); /* in place, over c's freed pages */
-  cr_assert_eq(q, b, "grown in place");
-  for (size_t i = 0; i < 512 * KiB; i += 4096) cr_assert_eq(q[i], 0x5a);
+  char *q = ma_realloc(c, 700 * KiB); /* in place, over the cached pages behind c's guard */
+  cr_assert_eq(q, c, "grown in place");
+  for (size_t i = 0; i < 256 * KiB; i += 4096) cr_assert_eq(q[i], 0x5a);
   large_block_guarded(q, ma_usable_size(q));
   q = ma_realloc(q, 300 * KiB); /* shrunk: the tail with the old guard page is cached */
-  cr_assert_eq(q, b);
+  cr_assert_eq(q, a);
   large_block_guarded(q, ma_usable_size(q));
-  char *d = ma_malloc(1 * MiB); /* from the tail and what lies behind it: no marker inside */
-  cr_assert_eq(d, a + 300 * KiB + 4 * KiB, "reuses the tail (got %p)", (void *)d);
+  char *d = ma_malloc(400 * KiB); /* the shrunk tail and its marker, cut from its end */
+  cr_assert_not_null(d);
   large_block_guarded(d, ma_usable_size(d));
   cr_assert_eq(ma_heap_check(), 0);
   ma_free(d);
   ma_free(q);
+  ma_free(b);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* (e3) Freed guarded blocks next to each other stay separate ranges (a range holds a marker
+ * only as its last page), so a request larger than each is served by joining them: the
+ * markers between them come out and the block cut from the joined range is writable to its
+ * last usable byte, with the last block's marker as its guard, instead of a fresh mapping
+ * whose every page faults (medium-8M in a secure build). A block shrunk by one page leaves a
+ * tail that is its old marker page alone: the marker comes out before the page is kept. */
+Test(guard_large, neighbouring_freed_blocks_join) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  /* 12 + 12 + 6 MiB from one 32 MiB mapping: the rest of it cannot serve 24 MiB */
+  char *x = ma_malloc(12 * MiB), *y = ma_malloc(12 * MiB), *z = ma_malloc(6 * MiB);
+  cr_assert(x && y && z);
+  cr_assert_eq(y, x + 12 * MiB + 4 * KiB, "one mapping: y right after x's guard page");
+  large_block_guarded(x, ma_usable_size(x));
+  large_block_guarded(y, ma_usable_size(y));
+  ma_free(x);
+  ma_free(y);
+  cr_assert_eq(ma_heap_check(), 0);
+  char *j = ma_malloc(24 * MiB);
+  cr_assert_eq(j, x + 4 * KiB, "cut from the end of x's and y's joined ranges (got %p, x %p)",
+               (void *)j, (void *)x);
+  large_block_guarded(j, ma_usable_size(j)); /* x's old marker inside would fault here */
+  cr_assert_eq(ma_heap_check(), 0);
+  /* (huge_realloc itself: realloc keeps a block that shrinks by less than half) */
+  bool moved;
+  size_t u = ma_usable_size(z);
+  char *s = huge_realloc(z, u - 4 * KiB, u - 4 * KiB, &moved);
+  cr_assert(s == z && !moved && ma_usable_size(s) == u - 4 * KiB);
+  large_block_guarded(s, ma_usable_size(s));
+  cr_assert_eq(ma_heap_check(), 0);
+  char *t = ma_malloc(u - 4 * KiB); /* the tail's page was kept without its marker */
+  cr_assert_not_null(t);
+  large_block_guarded(t, ma_usable_size(t));
+  ma_free(t);
+  ma_free(j);
+  ma_free(s);
   cr_assert_eq(ma_heap_check(), 0);
 }
 
@@ -409,5 +455,13 @@ Test(guard_large, fallback_prot_none_guards) {
   b[2] = ma_realloc(b[2], 160 * KiB + 1);
   cr_assert_not_null(b[2]);
   large_block_guarded(b[2], ma_usable_size(b[2]));
+  /* Shrunk by one page (huge_realloc itself: realloc keeps a block that shrinks by less
+   * than half): the tail is the old PROT_NONE guard page alone, which is unmapped as it is
+   * (before, the list of ranges to unmap wrote its first bytes: SIGSEGV). */
+  bool moved;
+  size_t u3 = ma_usable_size(b[3]);
+  cr_assert_eq(huge_realloc(b[3], u3 - 4 * KiB, u3 - 4 * KiB, &moved), b[3]);
+  cr_assert_eq(ma_usable_size(b[3]), u3 - 4 * KiB);
+  large_block_guarded(b[3], ma_usable_size(b[3]));
   for (size_t i = 0; i < NLARGE; i++) ma_free(b[i]);
 }

@@ -43,13 +43,16 @@ typedef struct huge_rec {
  * merge when freed, so the cache holds a few large ranges instead of many exact ones, and a
  * larger request later fits: medium-8M (2 threads, buffers of 128 KiB..8 MiB) made 156 mmap
  * and 529 munmap calls with a mapping per block, 34 and 49 with chunks; mimalloc, whose
- * segments work this way, 27 and none. Not for over-aligned or guarded blocks (a mapping
- * each, as before), nor with a purge delay of 0 (nothing is cached). */
+ * segments work this way, 27 and none. Returns the bytes to map: the block, its guard page
+ * (secure) and the rest. Not for over-aligned blocks, nor for guarded ones where guards
+ * are PROT_NONE mappings of their own (a mapping each), nor with a purge delay of 0
+ * (nothing is cached). */
 static size_t huge_chunk(size_t len, size_t a, size_t g) {
   size_t c = heap_opt.large_chunk > 0 ? (size_t)heap_opt.large_chunk : 0;
   if (c > HUGE_CACHE_MAX_BLOCK) c = HUGE_CACHE_MAX_BLOCK;
   c &= ~(os_page_size() - 1);
-  return len < c && a == 0 && g == 0 && heap_opt.purge_delay_ms != 0 ? c : len;
+  bool guard_inside = g == 0 || os_guard_supported(); /* a marker splits no mapping */
+  return len + g < c && a == 0 && guard_inside && heap_opt.purge_delay_ms != 0 ? c : len + g;
 }
 #define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
 
@@ -170,8 +173,8 @@ static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
 }
 
 /* Whether r's pages may go to the cache when it is freed: not over-aligned, and no guard
- * page or a guard marker (taken out first: huge_unguard). A PROT_NONE guard is a mapping of
- * its own, which the cache's splits and merges would have to move. */
+ * page or a guard marker (which stays: the range is cached as guarded). A PROT_NONE guard is
+ * a mapping of its own, which the cache's splits and merges would have to move. */
 static bool huge_cacheable(const huge_rec *r) {
   return r->align == 0 && (r->guard == 0 || r->marker);
 }
@@ -188,25 +191,21 @@ static bool huge_unguard(const huge_rec *r) {
 }
 
 /* Releases a block that left the table; huge_lock held on entry, released on return. A
- * guarded block's marker is taken out outside the lock (the block is in neither the table
- * nor the cache meanwhile). */
+ * guarded block's marker stays: its range is cached as guarded, so that the next guarded
+ * block cut from the range's end needs no madvise (an unmap takes the marker with it). */
 static void huge_release_unlock(huge_rec r) {
   huge_recent[huge_recent_next++ % 16] = r.ptr;
   huge_frees++;
-  bool cacheable = huge_cacheable(&r);
-  if (cacheable && r.marker) {
-    pthread_mutex_unlock(&huge_lock);
-    cacheable = huge_unguard(&r);
-    pthread_mutex_lock(&huge_lock);
-  }
-  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map}, cacheable);
+  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map, r.marker},
+                       huge_cacheable(&r));
 }
 
 /* Secure mode: an inaccessible page after each large block, so a linear overflow off its
  * end (past the usable size) faults at once. With guard markers a block and its guard come
- * from the cache like any block (the marker is put in when it is handed out and taken out
- * when it is freed: one madvise each, where a fresh mapping costs a page fault per page
- * touched); PROT_NONE guards bypass the cache. */
+ * from the cache like any block: a freed block's range is cached with its marker, and a
+ * block cut from the end of such a range gets that marker as its guard (no madvise); one
+ * cut from an unmarked range gets a marker put in (one madvise, where a fresh mapping costs
+ * a page fault per page touched). PROT_NONE guards bypass the cache. */
 static size_t huge_guard(void) {
   return obj_secure_on() ? os_page_size() : 0;
 }
@@ -237,18 +236,46 @@ static void huge_cache_give_back(huge_cached c) {
   huge_victims_unmap(&v);
 }
 
+#define HUGE_CHAIN_MARKS 16 /* most markers huge_join_chain takes out for one request */
+
+/* Secure mode, when no cached range fits `len` bytes: joins a chain of ranges that hold
+ * them, separated only by the markers of freed blocks (huge_cache_pull_chain), by taking
+ * those markers out (outside the lock: the ranges are in no structure meanwhile), and
+ * caches the joined range. A few madvise calls instead of a fresh mapping whose every page
+ * faults (medium-8M, secure: 5.6x the default build's time without this). huge_lock held
+ * on entry and on return. False when no chain holds `len` bytes or a marker stayed in (the
+ * range is then unmapped). */
+static bool huge_join_chain(size_t len) {
+  uintptr_t marks[HUGE_CHAIN_MARKS];
+  size_t n;
+  huge_cached c;
+  if (!huge_cache_pull_chain(len, &c, marks, HUGE_CHAIN_MARKS, &n)) return false;
+  pthread_mutex_unlock(&huge_lock);
+  int saved = errno;
+  bool ok = true;
+  for (size_t k = 0; k < n && ok; k++) ok = os_guard_remove((void *)marks[k], os_page_size()) == 0;
+  if (!ok) os_release_owned_rw((void *)c.ptr, c.len); /* (its first page is no marker) */
+  errno = saved;
+  pthread_mutex_lock(&huge_lock);
+  if (ok) huge_cache_give_back(c);
+  return ok;
+}
+
 /* Takes a block of `len` bytes and its guard page (`g`: 0 or a page, which then gets a
- * guard marker) from the cache and records it; NULL when no range fits or the marker cannot
- * be put in. The marker goes in outside the lock, between the take and the record (the
- * range is in neither the cache nor the table meanwhile). */
+ * guard marker unless the range had one there) from the cache and records it; NULL when no
+ * range fits or the marker cannot be put in. The marker goes in outside the lock, between
+ * the take and the record (the range is in neither the cache nor the table meanwhile). */
 static void *huge_alloc_cached(size_t len, size_t g, bool roomy) {
   huge_cached c;
   pthread_mutex_lock(&huge_lock);
-  if (!huge_reserve_slot() || !huge_cache_take(len + g, roomy, &c)) {
+  bool ok = huge_reserve_slot() && huge_cache_take(len + g, g, roomy, &c);
+  if (!ok && g && huge_join_chain(len + g))
+    ok = huge_reserve_slot() && huge_cache_take(len + g, g, roomy, &c);
+  if (!ok) {
     pthread_mutex_unlock(&huge_lock);
     return NULL;
   }
-  if (g) {
+  if (g && !c.guarded) {
     pthread_mutex_unlock(&huge_lock);
     bool marked = huge_mark(c.ptr + len, g);
     pthread_mutex_lock(&huge_lock);
@@ -263,15 +290,15 @@ static void *huge_alloc_cached(size_t len, size_t g, bool roomy) {
   return (void *)c.ptr;
 }
 
-/* A mapping of len + guard bytes aligned to a (0: page), the guard page inaccessible;
- * *marker says how (huge_guard_put). */
-static void *huge_map(size_t len, size_t a, size_t guard, bool *marker) {
-  void *p = os_alloc(len + guard, a, false);
+/* A mapping of `size` bytes aligned to a (0: page) for a block of len bytes at its start,
+ * the guard page after the block inaccessible; *marker says how (huge_guard_put). */
+static void *huge_map(size_t size, size_t len, size_t a, size_t guard, bool *marker) {
+  void *p = os_alloc(size, a, false);
   *marker = false;
   if (!p || !guard) return p;
   int kind = huge_guard_put((char *)p + len, guard);
   if (kind < 0) {
-    os_release_owned_rw(p, len + guard);
+    os_release_owned_rw(p, size);
     return NULL;
   }
   *marker = kind == 1;
@@ -295,9 +322,9 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
     }
   }
   bool marker;
-  size_t chunk = huge_chunk(len, a, g);
-  void *p = huge_map(chunk, a, g, &marker);
-  if (!p && chunk > len) p = huge_map(chunk = len, a, g, &marker); /* RLIMIT_AS */
+  size_t chunk = huge_chunk(len, a, g); /* bytes mapped: the block, its guard, the rest */
+  void *p = huge_map(chunk, len, a, g, &marker);
+  if (!p && chunk > len + g) p = huge_map(chunk = len + g, len, a, g, &marker); /* RLIMIT_AS */
   if (!p) {
     errno = ENOMEM;
     return NULL;
@@ -307,19 +334,19 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   pthread_mutex_lock(&huge_lock);
   if (!huge_reserve_slot()) {
     pthread_mutex_unlock(&huge_lock);
-    os_release_owned_rw(p, chunk + g);
+    os_release_owned_rw(p, chunk);
     errno = ENOMEM;
     return NULL;
   }
   uint64_t map = ++huge_map_ids;
   huge_record((huge_rec){(uintptr_t)p, len, a, map, g, marker});
-  if (chunk == len) {
+  if (chunk == len + g) {
     pthread_mutex_unlock(&huge_lock);
     return p;
   }
   huge_victims v = {0}; /* the rest of the chunk, cached (or unmapped when over the cap) */
-  huge_cache_put((huge_cached){(uintptr_t)p + len, chunk - len, 0, map}, obj_now_ms(), huge_delay(),
-                 huge_cache_cap(), &v);
+  huge_cache_put((huge_cached){(uintptr_t)p + len + g, chunk - len - g, 0, map, false},
+                 obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
   pthread_mutex_unlock(&huge_lock);
   huge_victims_unmap(&v);
   return p;
@@ -358,6 +385,31 @@ size_t huge_usable(const void *p) {
   return n;
 }
 
+/* Releases the tail of block r, shrunk to `nlen` bytes (its new guard in place): the
+ * tail's pages end with the old guard page. A marker there stays (the tail is cached as
+ * guarded) unless the tail is that page alone, which cannot be cached or chained as a
+ * victim with the marker in (both write its first bytes): the marker then comes out first.
+ * A PROT_NONE guard page alone is unmapped as it is. huge_lock held on entry, released. */
+static void huge_release_tail_unlock(huge_rec r, size_t nlen) {
+  huge_cached tail = {r.ptr + nlen + r.guard, r.len - nlen, 0, r.map, r.marker};
+  if (r.guard && !r.marker && tail.len <= r.guard) {
+    pthread_mutex_unlock(&huge_lock);
+    (void)os_release_owned((void *)tail.ptr, tail.len);
+    return;
+  }
+  bool cacheable = huge_cacheable(&r);
+  if (r.marker && tail.len < 2 * os_page_size()) {
+    cacheable = huge_unguard(&r);
+    tail.guarded = false;
+    if (!cacheable) { /* the marker stays in: the page goes as it is */
+      pthread_mutex_unlock(&huge_lock);
+      (void)os_release_owned((void *)tail.ptr, tail.len);
+      return;
+    }
+  }
+  huge_uncommit_unlock(tail, cacheable);
+}
+
 /* Moves block r (record i) to the front of the roomiest cached range of `nlen` bytes or
  * more by copying, and caches r's pages; huge_lock held, released on success (NULL: none
  * fits, lock still held). Worth it when the copy is not much larger than the growth: the
@@ -367,9 +419,9 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   huge_cached c;
   if (!huge_cacheable(&r) || (nlen - r.len) * 4 < r.len ||
-      !huge_cache_take(nlen + r.guard, true, &c))
+      !huge_cache_take(nlen + r.guard, r.guard, true, &c))
     return NULL;
-  if (r.guard && !huge_mark(c.ptr + nlen, r.guard)) {
+  if (r.guard && !c.guarded && !huge_mark(c.ptr + nlen, r.guard)) {
     huge_cache_give_back(c);
     return NULL;
   }
@@ -391,13 +443,15 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
  * as it was), so that none is ever left inside the block. */
 static bool huge_grow_in_place(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
-  if (!huge_cacheable(&r) || !huge_cache_absorb(r.ptr + r.len + r.guard, r.map, nlen - r.len))
+  bool marked; /* the pieces's last page is a marker: the block's new guard already */
+  if (!huge_cacheable(&r) ||
+      !huge_cache_absorb(r.ptr + r.len + r.guard, r.map, nlen - r.len, r.guard != 0, &marked))
     return false;
   if (r.guard && !huge_unguard(&r)) {
-    huge_cache_give_back((huge_cached){r.ptr + r.len + r.guard, nlen - r.len, 0, r.map});
+    huge_cache_give_back((huge_cached){r.ptr + r.len + r.guard, nlen - r.len, 0, r.map, marked});
     return false;
   }
-  if (r.guard) huge_tab[i].marker = huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
+  if (r.guard) huge_tab[i].marker = marked || huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
   huge_tab[i].len = nlen;
   huge_bytes += nlen - r.len;
   return true;
@@ -442,9 +496,7 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
-    /* The tail holds the old guard page: a marker there comes out before it is cached. */
-    huge_uncommit_unlock((huge_cached){r.ptr + nlen + r.guard, r.len - nlen, 0, r.map},
-                         huge_cacheable(&r) && huge_unguard(&r));
+    huge_release_tail_unlock(r, nlen);
     errno = saved;
     return p;
   }

@@ -10,11 +10,12 @@
 #include "obj/obj_check.h"
 #include "os/os.h"
 
-#define HC_EXACT 1024 /* ranges of fewer pages have a bin per page count (4 MiB of 4 KiB) */
-#define HC_NBINS (HC_EXACT + 8 * 48) /* then eight per power of two of pages: 2^10..2^57 */
-#define HC_TAB   2048 /* slots of each address hash: twice the ranges, a power of two */
-#define HC_SCAN  8    /* ranges of the request's own bin looked at for a fit */
-#define HC_NONE  0    /* entry index 0: none (entries are 1..HUGE_CACHE_N) */
+#define HC_EXACT      1024 /* ranges of fewer pages have a bin per page count (4 MiB of 4 KiB) */
+#define HC_NBINS      (HC_EXACT + 8 * 48) /* then eight per power of two of pages: 2^10..2^57 */
+#define HC_TAB        2048 /* slots of each address hash: twice the ranges, a power of two */
+#define HC_SCAN       8    /* ranges of the request's own bin looked at for a fit */
+#define HC_NONE       0    /* entry index 0: none (entries are 1..HUGE_CACHE_N) */
+#define HC_CHAIN_SCAN 64   /* ranges huge_cache_pull_chain starts a chain from, newest first */
 
 _Static_assert(HC_NBINS % 64 == 0, "whole bitmap words");
 
@@ -259,20 +260,91 @@ static void hc_take_front(uint16_t i, size_t len) {
   hc_publish();
 }
 
-bool huge_cache_take(size_t len, bool roomy, huge_cached *out) {
+/* Whether the first `len` bytes of entry i's range may be taken without its marker: all
+ * of an unguarded range, or a front that leaves the marker at least a page before it (a
+ * range is never only its marker: victims are chained through their first page). */
+static bool hc_front_unmarked(uint16_t i, size_t len) {
+  return !hc[i].c.guarded || hc[i].c.len - len >= 2 * os_page_size();
+}
+
+/* Takes the last `len` bytes of guarded entry i's range, marker included; the front that
+ * stays cached ends in no marker. */
+static void hc_take_back(uint16_t i, size_t len) {
+  if (hc[i].c.len > len) {
+    hc_cut(i, 0, len);
+    hc[i].c.guarded = false;
+  } else {
+    hc_remove(i);
+  }
+  hc_publish();
+}
+
+bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out) {
   uint16_t i = hc_pick(len, roomy);
   if (!i) return false;
   *out = hc[i].c;
   out->len = len;
+  if (guard && hc[i].c.guarded) {
+    out->ptr = hc[i].c.ptr + hc[i].c.len - len;
+    hc_take_back(i, len);
+    return true;
+  }
+  if (!hc_front_unmarked(i, len)) return false;
+  out->guarded = false;
   hc_take_front(i, len);
   return true;
 }
 
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need) {
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, bool guarded, bool *marked) {
   uint16_t i = hc_lookup(hc_by_start, at);
   if (!i || hc[i].c.map != map || hc[i].c.len < need) return false;
+  *marked = hc[i].c.guarded && hc[i].c.len == need;
+  if (*marked ? !guarded : !hc_front_unmarked(i, need)) return false;
   hc_take_front(i, need);
   return true;
+}
+
+/* The range of entry i's mapping that starts where i's ends; HC_NONE if none. */
+static uint16_t hc_next_of(uint16_t i) {
+  uint16_t n = hc_lookup(hc_by_start, hc[i].c.ptr + hc[i].c.len);
+  return n && hc[n].c.map == hc[i].c.map ? n : HC_NONE;
+}
+
+/* The chain of ranges from entry i that holds `len` bytes (true), each joined to the next
+ * by the first one's marker: *last gets its last range and marks[] the markers inside. */
+static bool hc_chain_from(uint16_t i, size_t len, uintptr_t *marks, size_t max, size_t *nmarks,
+                          uint16_t *last) {
+  size_t total = hc[i].c.len, k = 0;
+  while (total < len && hc[i].c.guarded && k < max) {
+    uint16_t n = hc_next_of(i);
+    if (!n) return false;
+    marks[k++] = hc[i].c.ptr + hc[i].c.len - os_page_size();
+    total += hc[n].c.len;
+    i = n;
+  }
+  *nmarks = k;
+  *last = i;
+  return total >= len;
+}
+
+bool huge_cache_pull_chain(size_t len, huge_cached *out, uintptr_t *marks, size_t max,
+                           size_t *nmarks) {
+  unsigned looked = 0;
+  for (uint16_t i = hc_newest; i && looked < HC_CHAIN_SCAN; i = hc[i].age_prev, looked++) {
+    uint16_t last;
+    if (!hc_chain_from(i, len, marks, max, nmarks, &last)) continue;
+    *out = hc[i].c;
+    out->len = hc[last].c.ptr + hc[last].c.len - out->ptr;
+    out->guarded = hc[last].c.guarded;
+    for (uint16_t j = i, next;; j = next) {
+      next = j == last ? HC_NONE : hc_next_of(j);
+      hc_remove(j);
+      if (!next) break;
+    }
+    hc_publish();
+    return true;
+  }
+  return false;
 }
 
 void huge_cache_expire(bool all, uint64_t now, huge_victims *v) {
@@ -284,17 +356,19 @@ void huge_cache_expire(bool all, uint64_t now, huge_victims *v) {
   hc_publish();
 }
 
-/* Merges c with the ranges of its mapping right before and right after it. */
+/* Merges c with the ranges of its mapping right before and right after it, but never
+ * across a guard marker (a merged range holds one only as its last page). */
 static huge_cached hc_merge(huge_cached c) {
   uint16_t i = hc_lookup(hc_by_end, c.ptr);
-  if (i && hc[i].c.map == c.map) {
+  if (i && hc[i].c.map == c.map && !hc[i].c.guarded) {
     c.ptr = hc[i].c.ptr;
     c.len += hc[i].c.len;
     hc_remove(i);
   }
   i = hc_lookup(hc_by_start, c.ptr + c.len);
-  if (i && hc[i].c.map == c.map) {
+  if (i && hc[i].c.map == c.map && !c.guarded) {
     c.len += hc[i].c.len;
+    c.guarded = hc[i].c.guarded;
     hc_remove(i);
   }
   return c;
@@ -302,6 +376,8 @@ static huge_cached hc_merge(huge_cached c) {
 
 void huge_cache_put(huge_cached c, uint64_t now, uint64_t delay, size_t cap, huge_victims *v) {
   huge_cache_expire(false, now, v);
+  MA_CHECK(!c.guarded || c.len >= 2 * os_page_size(), "guarded range %#lx + %zu: only its marker",
+           (unsigned long)c.ptr, c.len);
   c = hc_merge(c);
   if (c.len > cap) {
     huge_victim_add(v, c.ptr, c.len);
@@ -310,9 +386,12 @@ void huge_cache_put(huge_cached c, uint64_t now, uint64_t delay, size_t cap, hug
   }
   while (hc_oldest && (hc_n == HUGE_CACHE_N || hc_bytes + c.len > cap)) {
     uint16_t i = hc_oldest;
-    size_t over = hc_bytes + c.len - cap;            /* a page multiple when > 0 */
+    size_t over = hc_bytes + c.len - cap; /* a page multiple when > 0 */
+    /* (a guarded tail is chained through its first page: never the marker alone) */
+    if (hc[i].c.guarded && over < 2 * os_page_size()) over = 2 * os_page_size();
     if (hc_n < HUGE_CACHE_N && over < hc[i].c.len) { /* only its tail: no more than needed */
       hc_cut(i, 0, over);
+      hc[i].c.guarded = false;
       huge_victim_add(v, hc[i].c.ptr + hc[i].c.len, over);
       break;
     }
@@ -362,6 +441,8 @@ void huge_cache_check_locked(void) {
               "cached range %#lx + %zu", (unsigned long)c->ptr, c->len);
     MA_VERIFY(c->ptr + c->len > c->ptr, "cached range %#lx + %zu wraps", (unsigned long)c->ptr,
               c->len);
+    MA_VERIFY(!c->guarded || c->len >= 2 * ps, "guarded range %#lx + %zu: only its marker",
+              (unsigned long)c->ptr, c->len);
     MA_VERIFY(c->expires >= last, "cached range %#lx expires before the one cached earlier",
               (unsigned long)c->ptr);
     MA_VERIFY(hc[i].bin == hc_bin_of(c->len), "cached range %#lx in bin %u", (unsigned long)c->ptr,

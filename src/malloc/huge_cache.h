@@ -26,6 +26,10 @@ typedef struct huge_cached {
   size_t len;
   uint64_t expires; /* ms */
   uint64_t map;     /* id of the mapping it is a piece of: only ranges of one mapping merge */
+  bool guarded;     /* its last page is a guard marker (secure mode: a freed block's guard,
+                       kept so that the next guarded block cut from the range's end needs no
+                       madvise); such a range has at least one page more, and no range
+                       holds a marker anywhere else */
 } huge_cached;
 
 /* Ranges to unmap, chained through their first bytes (each is read-write, page-aligned and
@@ -43,11 +47,24 @@ void huge_victims_unmap(huge_victims *v);
 /* All of the following: huge_lock held. */
 size_t huge_cache_count(void);
 size_t huge_cache_total(void); /* bytes */
-/* Takes `len` bytes from the front of a range of at least `len` bytes (the rest stays
- * cached): a smallest-fitting one, or with `roomy` a largest one. False if none fits. */
-bool huge_cache_take(size_t len, bool roomy, huge_cached *out);
-/* Takes `need` bytes of the range of mapping `map` that starts exactly at `at`. */
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need);
+/* Takes `len` bytes of a range of at least `len` bytes (the rest stays cached): a
+ * smallest-fitting one, or with `roomy` a largest one. For a guarded request (`guard`: the
+ * size of the guard page that ends `len`, else 0) a guarded range gives its end, marker
+ * included (out->guarded: no madvise needed); any other take gives a range's front, never
+ * a marker (out->guarded false). False if none fits. */
+bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out);
+/* Takes `need` bytes of the range of mapping `map` that starts exactly at `at`, for a block
+ * growing in place: with `guarded` the range's marker may end the piece (it becomes the
+ * block's new guard; *marked says so), else the piece never holds one. */
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, bool guarded, bool *marked);
+/* Secure mode, when no range fits a guarded request of `len` bytes: ranges of one mapping
+ * that follow each other, joined only by guard markers (a freed guarded block keeps its
+ * marker, so it merges with no range after it), that hold `len` bytes together. Takes them
+ * out of the cache as one range (*out, guarded if its last piece was) and lists in
+ * marks[] the *nmarks (at most max) marker pages inside it, which the caller removes before
+ * the range is used. Looks at chains from the HC_CHAIN_SCAN newest ranges. False if none. */
+bool huge_cache_pull_chain(size_t len, huge_cached *out, uintptr_t *marks, size_t max,
+                           size_t *nmarks);
 /* Moves the ranges expired at `now` (every range with `all`) to v. */
 void huge_cache_expire(bool all, uint64_t now, huge_victims *v);
 /* Caches c, merged with the ranges of its mapping around it, expiring `delay` ms after
