@@ -94,11 +94,11 @@ static inline obj_segment *obj_segment_of(const void *p) {
 }
 
 static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {
-  /* Byte offset, not an array index: GCC then addresses every field of the descriptor
-   * from one register (with &slabs[i] it rebuilt the address for the atomic `carved`
-   * load on every free). */
-  uintptr_t off = (((uintptr_t)p - (uintptr_t)seg) >> seg->slab_shift) << OBJ_SLAB_DESC_SHIFT;
-  return (obj_slab *)((char *)seg->slabs + off);
+  /* p's slab number counted from address 0, as a byte offset, added to a base biased by the
+   * segment's own number (seg->slab_base): no mask of p's offset in the segment and no
+   * separate add of the descriptors' offset. (A one-slab segment's shift is 63: offset 0.) */
+  uintptr_t off = ((uintptr_t)p >> seg->slab_shift) << OBJ_SLAB_DESC_SHIFT;
+  return (obj_slab *)(seg->slab_base + off);
 }
 
 /* Index of the block starting at p; false when p is not the start of a carved block.

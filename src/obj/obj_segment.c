@@ -261,6 +261,7 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) 
     seg->guard_mode = OBJ_GUARD_MADV_PENDING;
   seg->nslabs = nslabs;
   seg->slab_shift = shift;
+  seg->slab_base = (uintptr_t)seg->slabs - (((uintptr_t)seg >> shift) << OBJ_SLAB_DESC_SHIFT);
   seg->kind = shift == OBJ_SHIFT_SOLO ? OBJ_NSHIFTS - 1 : (uint8_t)(shift - OBJ_SLAB_MIN);
   seg->free_mask = nslabs == 64 ? ~(uint64_t)0 : ((uint64_t)1 << nslabs) - 1;
   obj_map_set(chunk0, nchunks, (uint32_t)chunk0 | sp->map_tag);
