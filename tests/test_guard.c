@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -436,6 +437,70 @@ Test(guard_large, neighbouring_freed_blocks_join) {
   ma_free(t);
   ma_free(j);
   ma_free(s);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* Writes one byte in every page of p's `u` usable bytes and the last one: a guard marker
+ * left inside the block faults (the test then crashes), and checks what was written. */
+static void touch_pages(char *p, size_t u, unsigned char v) {
+  for (size_t i = 0; i < u; i += 4096) p[i] = v;
+  p[u - 1] = v;
+  for (size_t i = 0; i < u; i += 4096)
+    cr_assert_eq((unsigned char)p[i], v, "%p + %zu", (void *)p, i);
+}
+
+/* (e4) Random large-block traffic in secure mode (allocations of 128 KiB..12 MiB, frees,
+ * growth and shrinking by realloc and by huge_realloc itself, in random order, seeded by
+ * MAPALLOC_TEST_SEED or the time): every page of every block stays writable (no marker is
+ * ever left inside one), its contents survive a realloc, the byte after it faults, and the
+ * cache's structures stay consistent. Exercises the cache's kept markers, their reuse at a
+ * range's end, the joins across them and the shrink tails that end in one. */
+Test(guard_large, random_traffic_keeps_blocks_guarded) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  enum { SLOTS = 24, STEPS = 600 };
+  const char *env = getenv("MAPALLOC_TEST_SEED");
+  uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL), x = seed | 1;
+  cr_log_info("seed %llu (MAPALLOC_TEST_SEED)\n", (unsigned long long)seed);
+  char *b[SLOTS] = {0};
+  unsigned char v[SLOTS] = {0};
+  for (unsigned step = 0; step < STEPS; step++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    unsigned k = (unsigned)(x % SLOTS), op = (unsigned)((x >> 8) % 8);
+    size_t n = 128 * KiB + (size_t)((x >> 16) % (12 * MiB - 128 * KiB));
+    if (op < 2 && b[k]) n = ma_usable_size(b[k]) - 4 * KiB * (1 + (x >> 40) % 3);
+    if (!b[k]) {
+      b[k] = ma_malloc(n);
+      cr_assert_not_null(b[k], "seed %llu step %u", (unsigned long long)seed, step);
+    } else if (op < 2) { /* shrink by a few pages: huge_realloc itself (realloc keeps it) */
+      bool moved;
+      cr_assert_eq(huge_realloc(b[k], n, n, &moved), b[k]);
+      cr_assert_eq((unsigned char)b[k][0], v[k]);
+    } else if (op < 5) {
+      char *q = ma_realloc(b[k], n);
+      cr_assert_not_null(q, "seed %llu step %u", (unsigned long long)seed, step);
+      cr_assert_eq((unsigned char)q[0], v[k], "contents kept (seed %llu step %u)",
+                   (unsigned long long)seed, step);
+      b[k] = q;
+    } else {
+      ma_free(b[k]);
+      b[k] = NULL;
+      continue;
+    }
+    v[k] = (unsigned char)(step | 1);
+    touch_pages(b[k], ma_usable_size(b[k]), v[k]);
+    if (step % 50 == 0) {
+      size_t u = ma_usable_size(b[k]);
+      cr_assert(write_faults(b[k] + u), "past %p + %zu (seed %llu step %u)", (void *)b[k], u,
+                (unsigned long long)seed, step);
+      cr_assert_eq(ma_heap_check(), 0);
+    }
+  }
+  for (unsigned k = 0; k < SLOTS; k++) {
+    if (!b[k]) continue;
+    touch_pages(b[k], ma_usable_size(b[k]), 7);
+    ma_free(b[k]);
+  }
   cr_assert_eq(ma_heap_check(), 0);
 }
 
