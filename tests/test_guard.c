@@ -401,12 +401,12 @@ Test(guard_large, freed_blocks_are_reused_guarded) {
   cr_assert_eq(ma_heap_check(), 0);
 }
 
-/* (e3) Freed guarded blocks next to each other stay separate ranges (a range holds a marker
- * only as its last page), so a request larger than each is served by joining them: the
- * markers between them come out and the block cut from the joined range is writable to its
- * last usable byte, with the last block's marker as its guard, instead of a fresh mapping
- * whose every page faults (medium-8M in a secure build). A block shrunk by one page leaves a
- * tail that is its old marker page alone: the marker comes out before the page is kept. */
+/* (e3) Freed guarded blocks next to each other merge into one cached range, their markers
+ * kept inside it, so a request larger than each is served from it: the markers inside the
+ * block come out, the block is writable to its last usable byte and the last block's marker
+ * is its guard, instead of a fresh mapping whose every page faults (medium-8M in a secure
+ * build). A block shrunk by one page leaves a tail that is its old marker page alone: the
+ * marker comes out before the page is kept. */
 Test(guard_large, neighbouring_freed_blocks_join) {
   secure_on();
   if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
@@ -420,8 +420,8 @@ Test(guard_large, neighbouring_freed_blocks_join) {
   ma_free(y);
   cr_assert_eq(ma_heap_check(), 0);
   char *j = ma_malloc(24 * MiB);
-  cr_assert_eq(j, x + 4 * KiB, "cut from the end of x's and y's joined ranges (got %p, x %p)",
-               (void *)j, (void *)x);
+  cr_assert_eq(j, x + 4 * KiB, "ends on y's marker, x's taken out (got %p, x %p)", (void *)j,
+               (void *)x);
   large_block_guarded(j, ma_usable_size(j)); /* x's old marker inside would fault here */
   cr_assert_eq(ma_heap_check(), 0);
   /* (huge_realloc itself: realloc keeps a block that shrinks by less than half) */

@@ -284,8 +284,8 @@ Test(large_cache, calloc_from_the_cache_is_zeroed) {
 #include "common.h"
 #include "os/os.h"
 
-/* A freed guarded block is cached, its guard marker taken out, when the kernel has guard
- * markers (guard_large/freed_blocks_are_reused_guarded checks the reuse); with PROT_NONE
+/* A freed guarded block is cached, its guard marker kept in its page, when the kernel has
+ * guard markers (guard_large/freed_blocks_are_reused_guarded checks the reuse); with PROT_NONE
  * guards (a mapping each, which the cache's splits and merges would have to move) it is
  * unmapped. */
 Test(large_secure, freed_block_is_cached_with_markers_else_unmapped) {

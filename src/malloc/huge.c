@@ -160,12 +160,12 @@ static void huge_record(huge_rec r) {
 }
 
 /* Releases pages no block uses any more: into the cache when they may be reused (not
- * over-aligned), else unmapped. huge_lock held on entry, released on return (the unmaps run
- * outside it). */
-static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
+ * over-aligned), else unmapped. `mark`: 0 or a guard marker inside c that stays (secure).
+ * huge_lock held on entry, released on return (the unmaps run outside it). */
+static void huge_uncommit_unlock(huge_cached c, uintptr_t mark, bool cacheable) {
   huge_victims v = {0};
   if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0)
-    huge_cache_put(c, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
+    huge_cache_put(c, mark, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
   else
     huge_victim_add(&v, c.ptr, c.len);
   pthread_mutex_unlock(&huge_lock);
@@ -173,8 +173,8 @@ static void huge_uncommit_unlock(huge_cached c, bool cacheable) {
 }
 
 /* Whether r's pages may go to the cache when it is freed: not over-aligned, and no guard
- * page or a guard marker (which stays: the range is cached as guarded). A PROT_NONE guard is
- * a mapping of its own, which the cache's splits and merges would have to move. */
+ * page or a guard marker (which stays, in the cache's marker set). A PROT_NONE guard is a
+ * mapping of its own, which the cache's splits and merges would have to move. */
 static bool huge_cacheable(const huge_rec *r) {
   return r->align == 0 && (r->guard == 0 || r->marker);
 }
@@ -190,22 +190,47 @@ static bool huge_unguard(const huge_rec *r) {
   return ok;
 }
 
-/* Releases a block that left the table; huge_lock held on entry, released on return. A
- * guarded block's marker stays: its range is cached as guarded, so that the next guarded
- * block cut from the range's end needs no madvise (an unmap takes the marker with it). */
+/* Caches (or unmaps) the pages [at, at + len) that end with block r's guard page: a
+ * marker there stays, listed in the cache's marker set (so that a block whose guard page
+ * lands on it later needs no madvise), unless the set is full or the pages are that page
+ * alone (a cached range never starts with a marker): it then comes out first, outside the
+ * lock. A PROT_NONE guard page alone is unmapped as it is. huge_lock held on entry,
+ * released on return. */
+static void huge_release_pages_unlock(huge_rec r, uintptr_t at, size_t len) {
+  huge_cached c = {at, len, 0, r.map};
+  bool cacheable = huge_cacheable(&r);
+  if (r.guard && !r.marker && len <= r.guard) {
+    pthread_mutex_unlock(&huge_lock);
+    (void)os_release_owned((void *)at, len);
+    return;
+  }
+  uintptr_t mark = r.marker ? r.ptr + r.len : 0;
+  if (mark && (len <= r.guard || !huge_cache_mark_room())) {
+    pthread_mutex_unlock(&huge_lock);
+    cacheable = huge_unguard(&r);
+    mark = 0;
+    if (!cacheable) { /* the marker stays in: the pages go as they are */
+      (void)os_release_owned((void *)at, len);
+      return;
+    }
+    pthread_mutex_lock(&huge_lock);
+  }
+  huge_uncommit_unlock(c, cacheable ? mark : 0, cacheable);
+}
+
+/* Releases a block that left the table; huge_lock held on entry, released on return. */
 static void huge_release_unlock(huge_rec r) {
   huge_recent[huge_recent_next++ % 16] = r.ptr;
   huge_frees++;
-  huge_uncommit_unlock((huge_cached){r.ptr, r.len + r.guard, 0, r.map, r.marker},
-                       huge_cacheable(&r));
+  huge_release_pages_unlock(r, r.ptr, r.len + r.guard);
 }
 
 /* Secure mode: an inaccessible page after each large block, so a linear overflow off its
  * end (past the usable size) faults at once. With guard markers a block and its guard come
- * from the cache like any block: a freed block's range is cached with its marker, and a
- * block cut from the end of such a range gets that marker as its guard (no madvise); one
- * cut from an unmarked range gets a marker put in (one madvise, where a fresh mapping costs
- * a page fault per page touched). PROT_NONE guards bypass the cache. */
+ * from the cache like any block: a freed block's marker stays in the cache, a block is
+ * placed so that its guard page lands on one when it can (no madvise), else gets a marker
+ * put in, and the markers left inside it come out (a madvise each, where a fresh mapping
+ * costs a page fault per page touched). PROT_NONE guards bypass the cache. */
 static size_t huge_guard(void) {
   return obj_secure_on() ? os_page_size() : 0;
 }
@@ -219,69 +244,46 @@ static int huge_guard_put(char *at, size_t guard) {
   return os_protect(at, guard, MA_PROT_NONE) == 0 ? 0 : -1;
 }
 
-/* Puts a guard marker into the `g` bytes at `at`; errno kept. */
-static bool huge_mark(uintptr_t at, size_t g) {
-  int saved = errno;
-  bool ok = os_guard_install((void *)at, g) == 0;
-  errno = saved;
-  return ok;
-}
 
-/* Gives a range taken from the cache back to it (a step that failed after the take);
- * huge_lock held and kept (a range evicted to make room is unmapped under it: failure path
- * only). */
-static void huge_cache_give_back(huge_cached c) {
-  huge_victims v = {0};
-  huge_cache_put(c, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
-  huge_victims_unmap(&v);
-}
-
-#define HUGE_CHAIN_MARKS 16 /* most markers huge_join_chain takes out for one request */
-
-/* Secure mode, when no cached range fits `len` bytes: joins a chain of ranges that hold
- * them, separated only by the markers of freed blocks (huge_cache_pull_chain), by taking
- * those markers out (outside the lock: the ranges are in no structure meanwhile), and
- * caches the joined range. A few madvise calls instead of a fresh mapping whose every page
- * faults (medium-8M, secure: 5.6x the default build's time without this). huge_lock held
- * on entry and on return. False when no chain holds `len` bytes or a marker stayed in (the
- * range is then unmapped). */
-static bool huge_join_chain(size_t len) {
-  uintptr_t marks[HUGE_CHAIN_MARKS];
-  size_t n;
-  huge_cached c;
-  if (!huge_cache_pull_chain(len, &c, marks, HUGE_CHAIN_MARKS, &n)) return false;
-  pthread_mutex_unlock(&huge_lock);
+/* Readies a piece taken from the cache (huge_cache_take, _absorb) for a block whose guard
+ * page is the last `g` bytes of [.., end): takes out the markers left inside it and puts
+ * one on the guard page when none is there. errno kept. False when the kernel refused one
+ * of them: the piece must then be unmapped (huge_drop_piece), never used or cached. */
+static bool huge_ready_piece(const huge_marks *m, uintptr_t end, size_t g) {
   int saved = errno;
   bool ok = true;
-  for (size_t k = 0; k < n && ok; k++) ok = os_guard_remove((void *)marks[k], os_page_size()) == 0;
-  if (!ok) os_release_owned_rw((void *)c.ptr, c.len); /* (its first page is no marker) */
+  for (size_t k = 0; k < m->n && ok; k++)
+    ok = os_guard_remove((void *)m->rm[k], os_page_size()) == 0;
+  if (ok && g && !m->guard_kept) ok = os_guard_install((void *)(end - g), g) == 0;
   errno = saved;
-  pthread_mutex_lock(&huge_lock);
-  if (ok) huge_cache_give_back(c);
   return ok;
 }
 
-/* Takes a block of `len` bytes and its guard page (`g`: 0 or a page, which then gets a
- * guard marker unless the range had one there) from the cache and records it; NULL when no
- * range fits or the marker cannot be put in. The marker goes in outside the lock, between
- * the take and the record (the range is in neither the cache nor the table meanwhile). */
+/* Unmaps a piece taken from the cache that could not be readied (a marker may still be in
+ * its first page: nothing is written into it). */
+static void huge_drop_piece(uintptr_t at, size_t len) {
+  (void)os_release_owned((void *)at, len);
+}
+
+/* Takes a block of `len` bytes and its guard page (`g`: 0 or a page, a guard marker) from
+ * the cache and records it; NULL when no range fits or a marker could not be taken out or
+ * put in. The markers change outside the lock, between the take and the record (the piece
+ * is in neither the cache nor the table meanwhile). */
 static void *huge_alloc_cached(size_t len, size_t g, bool roomy) {
   huge_cached c;
+  huge_marks m;
   pthread_mutex_lock(&huge_lock);
-  bool ok = huge_reserve_slot() && huge_cache_take(len + g, g, roomy, &c);
-  if (!ok && g && huge_join_chain(len + g))
-    ok = huge_reserve_slot() && huge_cache_take(len + g, g, roomy, &c);
-  if (!ok) {
+  if (!huge_reserve_slot() || !huge_cache_take(len + g, g, roomy, &c, &m)) {
     pthread_mutex_unlock(&huge_lock);
     return NULL;
   }
-  if (g && !c.guarded) {
+  if (m.n || (g && !m.guard_kept)) {
     pthread_mutex_unlock(&huge_lock);
-    bool marked = huge_mark(c.ptr + len, g);
+    bool ok = huge_ready_piece(&m, c.ptr + c.len, g);
     pthread_mutex_lock(&huge_lock);
-    if (!marked || !huge_reserve_slot()) { /* as it was: the range goes back */
-      huge_rec r = {.ptr = c.ptr, .len = len, .guard = g, .marker = marked};
-      huge_uncommit_unlock(c, huge_unguard(&r));
+    if (!ok || !huge_reserve_slot()) { /* (failure paths: the piece is unmapped) */
+      pthread_mutex_unlock(&huge_lock);
+      huge_drop_piece(c.ptr, c.len);
       return NULL;
     }
   }
@@ -345,8 +347,8 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
     return p;
   }
   huge_victims v = {0}; /* the rest of the chunk, cached (or unmapped when over the cap) */
-  huge_cache_put((huge_cached){(uintptr_t)p + len + g, chunk - len - g, 0, map, false},
-                 obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
+  huge_cache_put((huge_cached){(uintptr_t)p + len + g, chunk - len - g, 0, map}, 0, obj_now_ms(),
+                 huge_delay(), huge_cache_cap(), &v);
   pthread_mutex_unlock(&huge_lock);
   huge_victims_unmap(&v);
   return p;
@@ -385,31 +387,6 @@ size_t huge_usable(const void *p) {
   return n;
 }
 
-/* Releases the tail of block r, shrunk to `nlen` bytes (its new guard in place): the
- * tail's pages end with the old guard page. A marker there stays (the tail is cached as
- * guarded) unless the tail is that page alone, which cannot be cached or chained as a
- * victim with the marker in (both write its first bytes): the marker then comes out first.
- * A PROT_NONE guard page alone is unmapped as it is. huge_lock held on entry, released. */
-static void huge_release_tail_unlock(huge_rec r, size_t nlen) {
-  huge_cached tail = {r.ptr + nlen + r.guard, r.len - nlen, 0, r.map, r.marker};
-  if (r.guard && !r.marker && tail.len <= r.guard) {
-    pthread_mutex_unlock(&huge_lock);
-    (void)os_release_owned((void *)tail.ptr, tail.len);
-    return;
-  }
-  bool cacheable = huge_cacheable(&r);
-  if (r.marker && tail.len < 2 * os_page_size()) {
-    cacheable = huge_unguard(&r);
-    tail.guarded = false;
-    if (!cacheable) { /* the marker stays in: the page goes as it is */
-      pthread_mutex_unlock(&huge_lock);
-      (void)os_release_owned((void *)tail.ptr, tail.len);
-      return;
-    }
-  }
-  huge_uncommit_unlock(tail, cacheable);
-}
-
 /* Moves block r (record i) to the front of the roomiest cached range of `nlen` bytes or
  * more by copying, and caches r's pages; huge_lock held, released on success (NULL: none
  * fits, lock still held). Worth it when the copy is not much larger than the growth: the
@@ -418,11 +395,12 @@ static void huge_release_tail_unlock(huge_rec r, size_t nlen) {
 static void *huge_grow_by_copy(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   huge_cached c;
+  huge_marks m;
   if (!huge_cacheable(&r) || (nlen - r.len) * 4 < r.len ||
-      !huge_cache_take(nlen + r.guard, r.guard, true, &c))
+      !huge_cache_take(nlen + r.guard, r.guard, true, &c, &m))
     return NULL;
-  if (r.guard && !c.guarded && !huge_mark(c.ptr + nlen, r.guard)) {
-    huge_cache_give_back(c);
+  if (!huge_ready_piece(&m, c.ptr + c.len, r.guard)) { /* (failure path, under the lock) */
+    huge_drop_piece(c.ptr, c.len);
     return NULL;
   }
   huge_remove_at(i);
@@ -439,19 +417,22 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
 
 /* Grows block i to `nlen` bytes over the cached pages right behind it (already faulted in)
  * when the cache holds them; huge_lock held. A guarded block's marker moves to its new end:
- * the old one comes out first (if the kernel refuses, the pages go back and the block stays
- * as it was), so that none is ever left inside the block. */
+ * the markers inside the absorbed pages and then the old one come out first (if the kernel
+ * refuses, those pages are unmapped and the block stays as it was), so that none is ever
+ * left inside the block; the new guard page keeps the marker it may hold. */
 static bool huge_grow_in_place(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
-  bool marked; /* the pieces's last page is a marker: the block's new guard already */
-  if (!huge_cacheable(&r) ||
-      !huge_cache_absorb(r.ptr + r.len + r.guard, r.map, nlen - r.len, r.guard != 0, &marked))
-    return false;
-  if (r.guard && !huge_unguard(&r)) {
-    huge_cache_give_back((huge_cached){r.ptr + r.len + r.guard, nlen - r.len, 0, r.map, marked});
+  uintptr_t at = r.ptr + r.len + r.guard;
+  huge_marks m;
+  if (!huge_cacheable(&r) || !huge_cache_absorb(at, r.map, nlen - r.len, r.guard, &m)) return false;
+  huge_marks inner = m;
+  inner.guard_kept = true; /* (the new guard page: below, with its PROT_NONE fallback) */
+  if (!huge_ready_piece(&inner, 0, 0) || !huge_unguard(&r)) {
+    huge_drop_piece(at, nlen - r.len);
     return false;
   }
-  if (r.guard) huge_tab[i].marker = marked || huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
+  if (r.guard)
+    huge_tab[i].marker = m.guard_kept || huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
   huge_tab[i].len = nlen;
   huge_bytes += nlen - r.len;
   return true;
@@ -496,7 +477,7 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     }
     huge_tab[i].len = nlen;
     huge_bytes -= r.len - nlen;
-    huge_release_tail_unlock(r, nlen);
+    huge_release_pages_unlock(r, r.ptr + nlen + r.guard, r.len - nlen); /* ends in the old guard */
     errno = saved;
     return p;
   }

@@ -5,17 +5,17 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #include "obj/obj.h"
 #include "obj/obj_check.h"
 #include "os/os.h"
 
-#define HC_EXACT      1024 /* ranges of fewer pages have a bin per page count (4 MiB of 4 KiB) */
-#define HC_NBINS      (HC_EXACT + 8 * 48) /* then eight per power of two of pages: 2^10..2^57 */
-#define HC_TAB        2048 /* slots of each address hash: twice the ranges, a power of two */
-#define HC_SCAN       8    /* ranges of the request's own bin looked at for a fit */
-#define HC_NONE       0    /* entry index 0: none (entries are 1..HUGE_CACHE_N) */
-#define HC_CHAIN_SCAN 64   /* ranges huge_cache_pull_chain starts a chain from, newest first */
+#define HC_EXACT 1024 /* ranges of fewer pages have a bin per page count (4 MiB of 4 KiB) */
+#define HC_NBINS (HC_EXACT + 8 * 48) /* then eight per power of two of pages: 2^10..2^57 */
+#define HC_TAB   2048 /* slots of each address hash: twice the ranges, a power of two */
+#define HC_SCAN  8    /* ranges of the request's own bin looked at for a fit */
+#define HC_NONE  0    /* entry index 0: none (entries are 1..HUGE_CACHE_N) */
 
 _Static_assert(HC_NBINS % 64 == 0, "whole bitmap words");
 
@@ -38,6 +38,8 @@ static uint64_t hc_binmap[HC_NBINS / 64];
 static uint16_t hc_oldest, hc_newest;
 static hc_slot hc_by_start[HC_TAB], hc_by_end[HC_TAB];
 static size_t hc_n, hc_bytes;
+static uintptr_t hc_marks[HUGE_CACHE_MARKS]; /* guard markers inside cached ranges, sorted */
+static size_t hc_nmarks;
 static _Atomic size_t hc_pub_n;
 static _Atomic uint64_t hc_pub_next = UINT64_MAX;
 
@@ -142,6 +144,51 @@ static void hc_tab_del(hc_slot *t, uintptr_t key) {
 static uint16_t hc_lookup(const hc_slot *t, uintptr_t key) {
   size_t s = hc_tab_find(t, key);
   return s == SIZE_MAX ? HC_NONE : (uint16_t)t[s].idx;
+}
+
+/* ---- the marker set ------------------------------------------------------------------------ */
+
+/* Index of the first marker at or after a. */
+static size_t hc_mark_at(uintptr_t a) {
+  size_t lo = 0, hi = hc_nmarks;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (hc_marks[mid] < a)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+static bool hc_mark_has(uintptr_t a) {
+  size_t i = hc_mark_at(a);
+  return i < hc_nmarks && hc_marks[i] == a;
+}
+
+static void hc_mark_add(uintptr_t a) {
+  size_t i = hc_mark_at(a);
+  memmove(&hc_marks[i + 1], &hc_marks[i], (hc_nmarks - i) * sizeof *hc_marks);
+  hc_marks[i] = a;
+  hc_nmarks++;
+}
+
+static size_t hc_marks_in(uintptr_t lo, uintptr_t hi) {
+  return hc_mark_at(hi) - hc_mark_at(lo);
+}
+
+/* Takes the markers in [lo, hi) out of the set (pages unmapped, or handed to a caller that
+ * removes them: listed in m when m is not NULL). */
+static void hc_marks_cut(uintptr_t lo, uintptr_t hi, huge_marks *m) {
+  size_t i = hc_mark_at(lo), j = i;
+  for (; j < hc_nmarks && hc_marks[j] < hi; j++)
+    if (m) m->rm[m->n++] = hc_marks[j];
+  memmove(&hc_marks[i], &hc_marks[j], (hc_nmarks - j) * sizeof *hc_marks);
+  hc_nmarks -= j - i;
+}
+
+bool huge_cache_mark_room(void) {
+  return hc_nmarks < HUGE_CACHE_MARKS;
 }
 
 /* ---- entries ----------------------------------------------------------------------------- */
@@ -260,142 +307,157 @@ static void hc_take_front(uint16_t i, size_t len) {
   hc_publish();
 }
 
-/* Whether the first `len` bytes of entry i's range may be taken without its marker: all
- * of an unguarded range, or a front that leaves the marker at least a page before it (a
- * range is never only its marker: victims are chained through their first page). */
-static bool hc_front_unmarked(uint16_t i, size_t len) {
-  return !hc[i].c.guarded || hc[i].c.len - len >= 2 * os_page_size();
-}
-
-/* Takes the last `len` bytes of guarded entry i's range, marker included; the front that
- * stays cached ends in no marker. */
-static void hc_take_back(uint16_t i, size_t len) {
-  if (hc[i].c.len > len) {
-    hc_cut(i, 0, len);
-    hc[i].c.guarded = false;
-  } else {
-    hc_remove(i);
+/* Takes the piece [at, at + len) of entry i's range, the rest staying cached (one range
+ * before it, one after: the one after is added with an expiry no earlier than the newest's,
+ * so the age list stays sorted). The markers inside the piece but its guard page (the last
+ * `guard` bytes) go to m; one on the guard page leaves the set (m->guard_kept). False,
+ * nothing changed, when the rest after the piece would start with a marker, when the piece
+ * holds more than HUGE_TAKE_MARKS markers or when a split finds no free entry. */
+static bool hc_take_at(uint16_t i, uintptr_t at, size_t len, size_t guard, huge_marks *m) {
+  uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, end = at + len, inner = end - guard;
+  m->n = 0;
+  m->guard_kept = false;
+  if (end < e && hc_mark_has(end)) return false;
+  if (hc_marks_in(at, inner) > HUGE_TAKE_MARKS) return false;
+  bool split = at > s && end < e;
+  if (split && hc_n == HUGE_CACHE_N) return false;
+  hc_marks_cut(at, inner, m);
+  if (guard && hc_mark_has(inner)) {
+    hc_marks_cut(inner, end, NULL);
+    m->guard_kept = true;
+  }
+  if (at == s) {
+    hc_take_front(i, len);
+    return true;
+  }
+  huge_cached back = hc[i].c;
+  hc_cut(i, 0, e - at);
+  if (split) {
+    back.ptr = end;
+    back.len = e - end;
+    if (hc_newest && hc[hc_newest].c.expires > back.expires) back.expires = hc[hc_newest].c.expires;
+    hc_insert(back);
   }
   hc_publish();
+  return true;
 }
 
-bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out) {
+/* Where in entry i's range a guarded piece of `len` bytes goes, and *cost the madvise calls
+ * it needs: the first stretch between markers (or from the range's start) that holds it,
+ * with its guard page on the marker that ends the stretch (none); else the stretch after
+ * the last marker, from its front (a marker put in: 1); else ending on the first marker
+ * past the range's front, or at the front (each marker inside comes out, and one goes in
+ * when none is on the guard page). */
+static uintptr_t hc_place(uint16_t i, size_t len, size_t guard, size_t *cost) {
+  uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, lo = s;
+  size_t k = hc_mark_at(s);
+  *cost = 0;
+  for (; k < hc_nmarks && hc_marks[k] < e; k++) {
+    if (hc_marks[k] + guard - lo >= len) return hc_marks[k] + guard - len;
+    lo = hc_marks[k] + guard;
+  }
+  *cost = 1;
+  if (e - lo >= len) return lo;
+  k = hc_mark_at(s + len - guard);
+  uintptr_t at = k < hc_nmarks && hc_marks[k] < e ? hc_marks[k] + guard - len : s;
+  *cost = hc_marks_in(at, at + len - guard) + !hc_mark_has(at + len - guard);
+  return at;
+}
+
+/* For a guarded piece: the range among the first HC_SCAN that fit `len` bytes (by size, from
+ * i's bin up) whose placement needs the fewest madvise calls, i first; *at: where. */
+static uint16_t hc_pick_placed(uint16_t i, size_t len, size_t guard, uintptr_t *at) {
+  size_t cost, c;
+  *at = hc_place(i, len, guard, &cost);
+  unsigned looked = 0;
+  for (unsigned b = hc_bin_find(hc_bin_of(len), false); cost && b < HC_NBINS;
+       b = hc_bin_find(b + 1, false)) {
+    for (uint16_t j = hc_bins[b]; j && cost && looked < HC_SCAN; j = hc[j].bin_next, looked++) {
+      if (j == i || hc[j].c.len < len) continue;
+      uintptr_t a = hc_place(j, len, guard, &c);
+      if (c < cost) {
+        cost = c;
+        *at = a;
+        i = j;
+      }
+    }
+    if (looked >= HC_SCAN) break;
+  }
+  return i;
+}
+
+bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m) {
   uint16_t i = hc_pick(len, roomy);
   if (!i) return false;
+  uintptr_t at = hc[i].c.ptr;
+  if (guard && hc_nmarks) i = hc_pick_placed(i, len, guard, &at);
   *out = hc[i].c;
+  out->ptr = at;
   out->len = len;
-  if (guard && hc[i].c.guarded) {
-    out->ptr = hc[i].c.ptr + hc[i].c.len - len;
-    hc_take_back(i, len);
-    return true;
-  }
-  if (!hc_front_unmarked(i, len)) return false;
-  out->guarded = false;
-  hc_take_front(i, len);
-  return true;
+  return hc_take_at(i, at, len, guard, m);
 }
 
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, bool guarded, bool *marked) {
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, size_t guard, huge_marks *m) {
   uint16_t i = hc_lookup(hc_by_start, at);
   if (!i || hc[i].c.map != map || hc[i].c.len < need) return false;
-  *marked = hc[i].c.guarded && hc[i].c.len == need;
-  if (*marked ? !guarded : !hc_front_unmarked(i, need)) return false;
-  hc_take_front(i, need);
-  return true;
-}
-
-/* The range of entry i's mapping that starts where i's ends; HC_NONE if none. */
-static uint16_t hc_next_of(uint16_t i) {
-  uint16_t n = hc_lookup(hc_by_start, hc[i].c.ptr + hc[i].c.len);
-  return n && hc[n].c.map == hc[i].c.map ? n : HC_NONE;
-}
-
-/* The chain of ranges from entry i that holds `len` bytes (true), each joined to the next
- * by the first one's marker: *last gets its last range and marks[] the markers inside. */
-static bool hc_chain_from(uint16_t i, size_t len, uintptr_t *marks, size_t max, size_t *nmarks,
-                          uint16_t *last) {
-  size_t total = hc[i].c.len, k = 0;
-  while (total < len && hc[i].c.guarded && k < max) {
-    uint16_t n = hc_next_of(i);
-    if (!n) return false;
-    marks[k++] = hc[i].c.ptr + hc[i].c.len - os_page_size();
-    total += hc[n].c.len;
-    i = n;
-  }
-  *nmarks = k;
-  *last = i;
-  return total >= len;
-}
-
-bool huge_cache_pull_chain(size_t len, huge_cached *out, uintptr_t *marks, size_t max,
-                           size_t *nmarks) {
-  unsigned looked = 0;
-  for (uint16_t i = hc_newest; i && looked < HC_CHAIN_SCAN; i = hc[i].age_prev, looked++) {
-    uint16_t last;
-    if (!hc_chain_from(i, len, marks, max, nmarks, &last)) continue;
-    *out = hc[i].c;
-    out->len = hc[last].c.ptr + hc[last].c.len - out->ptr;
-    out->guarded = hc[last].c.guarded;
-    for (uint16_t j = i, next;; j = next) {
-      next = j == last ? HC_NONE : hc_next_of(j);
-      hc_remove(j);
-      if (!next) break;
-    }
-    hc_publish();
-    return true;
-  }
-  return false;
+  return hc_take_at(i, at, need, guard, m);
 }
 
 void huge_cache_expire(bool all, uint64_t now, huge_victims *v) {
   while (hc_oldest && (all || hc[hc_oldest].c.expires <= now)) {
     uint16_t i = hc_oldest;
     huge_victim_add(v, hc[i].c.ptr, hc[i].c.len);
+    hc_marks_cut(hc[i].c.ptr, hc[i].c.ptr + hc[i].c.len, NULL);
     hc_remove(i);
   }
   hc_publish();
 }
 
-/* Merges c with the ranges of its mapping right before and right after it, but never
- * across a guard marker (a merged range holds one only as its last page). */
+/* Merges c with the ranges of its mapping right before and right after it. */
 static huge_cached hc_merge(huge_cached c) {
   uint16_t i = hc_lookup(hc_by_end, c.ptr);
-  if (i && hc[i].c.map == c.map && !hc[i].c.guarded) {
+  if (i && hc[i].c.map == c.map) {
     c.ptr = hc[i].c.ptr;
     c.len += hc[i].c.len;
     hc_remove(i);
   }
   i = hc_lookup(hc_by_start, c.ptr + c.len);
-  if (i && hc[i].c.map == c.map && !c.guarded) {
+  if (i && hc[i].c.map == c.map) {
     c.len += hc[i].c.len;
-    c.guarded = hc[i].c.guarded;
     hc_remove(i);
   }
   return c;
 }
 
-void huge_cache_put(huge_cached c, uint64_t now, uint64_t delay, size_t cap, huge_victims *v) {
+void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay, size_t cap,
+                    huge_victims *v) {
   huge_cache_expire(false, now, v);
-  MA_CHECK(!c.guarded || c.len >= 2 * os_page_size(), "guarded range %#lx + %zu: only its marker",
-           (unsigned long)c.ptr, c.len);
+  MA_CHECK(!mark || (mark > c.ptr && mark < c.ptr + c.len && hc_nmarks < HUGE_CACHE_MARKS),
+           "marker %#lx of range %#lx + %zu (%zu markers)", (unsigned long)mark,
+           (unsigned long)c.ptr, c.len, hc_nmarks);
+  if (mark) hc_mark_add(mark);
   c = hc_merge(c);
   if (c.len > cap) {
     huge_victim_add(v, c.ptr, c.len);
+    hc_marks_cut(c.ptr, c.ptr + c.len, NULL);
     hc_publish();
     return;
   }
   while (hc_oldest && (hc_n == HUGE_CACHE_N || hc_bytes + c.len > cap)) {
     uint16_t i = hc_oldest;
     size_t over = hc_bytes + c.len - cap; /* a page multiple when > 0 */
-    /* (a guarded tail is chained through its first page: never the marker alone) */
-    if (hc[i].c.guarded && over < 2 * os_page_size()) over = 2 * os_page_size();
+    uintptr_t end = hc[i].c.ptr + hc[i].c.len;
+    /* (a tail is chained through its first page: never a marker) */
+    while (hc_n < HUGE_CACHE_N && over < hc[i].c.len && hc_mark_has(end - over))
+      over += os_page_size();
     if (hc_n < HUGE_CACHE_N && over < hc[i].c.len) { /* only its tail: no more than needed */
       hc_cut(i, 0, over);
-      hc[i].c.guarded = false;
-      huge_victim_add(v, hc[i].c.ptr + hc[i].c.len, over);
+      hc_marks_cut(end - over, end, NULL);
+      huge_victim_add(v, end - over, over);
       break;
     }
     huge_victim_add(v, hc[i].c.ptr, hc[i].c.len);
+    hc_marks_cut(hc[i].c.ptr, end, NULL);
     hc_remove(i);
   }
   c.expires = now + delay;
@@ -441,8 +503,8 @@ void huge_cache_check_locked(void) {
               "cached range %#lx + %zu", (unsigned long)c->ptr, c->len);
     MA_VERIFY(c->ptr + c->len > c->ptr, "cached range %#lx + %zu wraps", (unsigned long)c->ptr,
               c->len);
-    MA_VERIFY(!c->guarded || c->len >= 2 * ps, "guarded range %#lx + %zu: only its marker",
-              (unsigned long)c->ptr, c->len);
+    MA_VERIFY(!hc_mark_has(c->ptr), "cached range %#lx starts with a guard marker",
+              (unsigned long)c->ptr);
     MA_VERIFY(c->expires >= last, "cached range %#lx expires before the one cached earlier",
               (unsigned long)c->ptr);
     MA_VERIFY(hc[i].bin == hc_bin_of(c->len), "cached range %#lx in bin %u", (unsigned long)c->ptr,
@@ -467,4 +529,13 @@ void huge_cache_check_locked(void) {
     MA_VERIFY(s[i - 1].ptr + s[i - 1].len <= s[i].ptr,
               "cached ranges overlap: %#lx + %zu and %#lx + %zu", (unsigned long)s[i - 1].ptr,
               s[i - 1].len, (unsigned long)s[i].ptr, s[i].len);
+  /* Every marker lies in a cached range (both sorted: one pass). */
+  MA_VERIFY(hc_nmarks <= HUGE_CACHE_MARKS, "%zu markers", hc_nmarks);
+  for (size_t k = 0, r = 0; k < hc_nmarks; k++) {
+    MA_VERIFY(k == 0 || hc_marks[k - 1] < hc_marks[k], "marker set unsorted at %zu", k);
+    MA_VERIFY((hc_marks[k] & (ps - 1)) == 0, "marker %#lx", (unsigned long)hc_marks[k]);
+    while (r < n && s[r].ptr + s[r].len <= hc_marks[k]) r++;
+    MA_VERIFY(r < n && s[r].ptr <= hc_marks[k], "marker %#lx in no cached range",
+              (unsigned long)hc_marks[k]);
+  }
 }

@@ -26,11 +26,22 @@ typedef struct huge_cached {
   size_t len;
   uint64_t expires; /* ms */
   uint64_t map;     /* id of the mapping it is a piece of: only ranges of one mapping merge */
-  bool guarded;     /* its last page is a guard marker (secure mode: a freed block's guard,
-                       kept so that the next guarded block cut from the range's end needs no
-                       madvise); such a range has at least one page more, and no range
-                       holds a marker anywhere else */
 } huge_cached;
+
+/* Secure mode: a freed block's guard marker stays in its page, inside the cached range,
+ * listed in the cache's marker set (a sorted array of their addresses, HUGE_CACHE_MARKS at
+ * most). Ranges merge across markers as across any page; a piece taken from a range is
+ * placed so that its guard page lands on a marker when one is there (no madvise), and the
+ * markers left inside the piece are handed to the caller to take out before the piece is
+ * used. No cached range starts with a marker (victims are chained through their first
+ * page). */
+#define HUGE_CACHE_MARKS 2048
+#define HUGE_TAKE_MARKS  64 /* most markers inside one piece taken (else the take fails) */
+typedef struct huge_marks {
+  uintptr_t rm[HUGE_TAKE_MARKS]; /* marker pages inside the piece: the caller removes them */
+  size_t n;
+  bool guard_kept; /* the piece's guard page (its last) holds a marker already */
+} huge_marks;
 
 /* Ranges to unmap, chained through their first bytes (each is read-write, page-aligned and
  * no longer in the cache or the block table). */
@@ -47,30 +58,28 @@ void huge_victims_unmap(huge_victims *v);
 /* All of the following: huge_lock held. */
 size_t huge_cache_count(void);
 size_t huge_cache_total(void); /* bytes */
-/* Takes `len` bytes of a range of at least `len` bytes (the rest stays cached): a
- * smallest-fitting one, or with `roomy` a largest one. For a guarded request (`guard`: the
- * size of the guard page that ends `len`, else 0) a guarded range gives its end, marker
- * included (out->guarded: no madvise needed); any other take gives a range's front, never
- * a marker (out->guarded false). False if none fits. */
-bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out);
-/* Takes `need` bytes of the range of mapping `map` that starts exactly at `at`, for a block
- * growing in place: with `guarded` the range's marker may end the piece (it becomes the
- * block's new guard; *marked says so), else the piece never holds one. */
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, bool guarded, bool *marked);
-/* Secure mode, when no range fits a guarded request of `len` bytes: ranges of one mapping
- * that follow each other, joined only by guard markers (a freed guarded block keeps its
- * marker, so it merges with no range after it), that hold `len` bytes together. Takes them
- * out of the cache as one range (*out, guarded if its last piece was) and lists in
- * marks[] the *nmarks (at most max) marker pages inside it, which the caller removes before
- * the range is used. Looks at chains from the HC_CHAIN_SCAN newest ranges. False if none. */
-bool huge_cache_pull_chain(size_t len, huge_cached *out, uintptr_t *marks, size_t max,
-                           size_t *nmarks);
+/* Takes a piece of `len` bytes of a range of at least `len` bytes (the rest stays cached): a
+ * smallest-fitting range, or with `roomy` a largest one. `guard`: the size of the guard page
+ * that ends the piece (secure), else 0. The piece is the range's front, or, for a guarded
+ * request, placed where it holds no marker and its guard page lands on one if it can
+ * (hc_place); *m lists the markers inside the piece (the caller takes them out) and says
+ * whether its guard page holds one. False if none fits (or the piece would hold more than
+ * HUGE_TAKE_MARKS markers, or leave a range that starts with one). */
+bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m);
+/* Takes the first `need` bytes of the range of mapping `map` that starts exactly at `at`,
+ * for a block growing in place (`guard`, *m: as huge_cache_take). */
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, size_t guard, huge_marks *m);
+/* Whether the marker set has room for one more (huge_cache_put's `mark`). */
+bool huge_cache_mark_room(void);
 /* Moves the ranges expired at `now` (every range with `all`) to v. */
 void huge_cache_expire(bool all, uint64_t now, huge_victims *v);
 /* Caches c, merged with the ranges of its mapping around it, expiring `delay` ms after
  * `now`; evicts the oldest ranges (or only the tail of the oldest) to keep at most
- * HUGE_CACHE_N ranges and `cap` bytes; c itself goes to v when it is over `cap` alone. */
-void huge_cache_put(huge_cached c, uint64_t now, uint64_t delay, size_t cap, huge_victims *v);
+ * HUGE_CACHE_N ranges and `cap` bytes; c itself goes to v when it is over `cap` alone.
+ * `mark`: 0, or the address of a guard marker in c (not its first page), which joins the
+ * marker set (the caller checked huge_cache_mark_room). */
+void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay, size_t cap,
+                    huge_victims *v);
 /* The cache's size and earliest expiry (UINT64_MAX when empty), readable without the lock:
  * updated by every change above. */
 size_t huge_cache_count_relaxed(void);
