@@ -244,7 +244,6 @@ static int huge_guard_put(char *at, size_t guard) {
   return os_protect(at, guard, MA_PROT_NONE) == 0 ? 0 : -1;
 }
 
-
 /* Readies a piece taken from the cache (huge_cache_take, _absorb) for a block whose guard
  * page is the last `g` bytes of [.., end): takes out the markers left inside it and puts
  * one on the guard page when none is there. errno kept. False when the kernel refused one

@@ -130,9 +130,9 @@ typedef struct obj_segment {
   uint32_t nslabs;
   uint32_t nactive;
   uint8_t slab_shift;
-  uint8_t kind;       /* index in bins->segs */
-  uint8_t guard_mode; /* OBJ_GUARD_*: how the guards of a secure segment are made */
-  uint32_t guard;     /* bytes of guard at the end of each slab (secure), else 0 */
+  uint8_t kind;        /* index in bins->segs */
+  uint8_t guard_mode;  /* OBJ_GUARD_*: how the guards of a secure segment are made */
+  uint32_t guard;      /* bytes of guard at the end of each slab (secure), else 0 */
   uintptr_t slab_base; /* slabs, less (address >> slab_shift) << OBJ_SLAB_DESC_SHIFT of the
                           segment's start (mod 2^64): obj_slab_of adds the descriptor offset of
                           an address's own shift, with no mask of its offset in the segment */
