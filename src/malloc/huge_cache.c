@@ -390,7 +390,8 @@ bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, hug
   uint16_t i = hc_pick(len, roomy);
   if (!i) return false;
   uintptr_t at = hc[i].c.ptr;
-  if (guard && hc_nmarks) i = hc_pick_placed(i, len, guard, &at);
+  /* (a roomy piece, for a block that grows, stays at the front: the rest lies behind it) */
+  if (guard && hc_nmarks && !roomy) i = hc_pick_placed(i, len, guard, &at);
   *out = hc[i].c;
   out->ptr = at;
   out->len = len;

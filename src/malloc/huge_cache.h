@@ -60,11 +60,12 @@ size_t huge_cache_count(void);
 size_t huge_cache_total(void); /* bytes */
 /* Takes a piece of `len` bytes of a range of at least `len` bytes (the rest stays cached): a
  * smallest-fitting range, or with `roomy` a largest one. `guard`: the size of the guard page
- * that ends the piece (secure), else 0. The piece is the range's front, or, for a guarded
- * request, placed where it holds no marker and its guard page lands on one if it can
- * (hc_place); *m lists the markers inside the piece (the caller takes them out) and says
- * whether its guard page holds one. False if none fits (or the piece would hold more than
- * HUGE_TAKE_MARKS markers, or leave a range that starts with one). */
+ * that ends the piece (secure), else 0. The piece is the range's front (always for `roomy`:
+ * the rest lies behind it, for a block that grows), or, for a guarded request, placed where
+ * it holds no marker and its guard page lands on one if it can (hc_place); *m lists the markers
+ * inside the piece (the caller takes them out) and says whether its guard page holds one. False if
+ * none fits (or the piece would hold more than HUGE_TAKE_MARKS markers, or leave a range that
+ * starts with one). */
 bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m);
 /* Takes the first `need` bytes of the range of mapping `map` that starts exactly at `at`,
  * for a block growing in place (`guard`, *m: as huge_cache_take). */
