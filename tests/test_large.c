@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "malloc/heap_internal.h"
@@ -380,5 +381,65 @@ Test(large_threads, growth_by_mremap_while_other_threads_use_large_blocks) {
   }
   atomic_store(&grower_done, true);
   for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* The first m bytes of a block `fill` wrote with `seed` (every 512th byte). */
+static bool check_prefix(const void *p, size_t m, unsigned seed) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < m; i += 512)
+    if (c[i] != (unsigned char)(seed + i / 512)) return false;
+  return true;
+}
+
+/* Random large-block traffic (allocations of 128 KiB..12 MiB, frees, growth and shrinking by
+ * realloc and by huge_realloc itself, in random order; seeded by MAPALLOC_TEST_SEED or the
+ * time, which the log prints): every block keeps its contents across a realloc, the cache's
+ * splits, merges, in-place growths and evictions keep the table and the cache consistent
+ * (ma_heap_check), and every usable byte stays writable. Runs with chunks off here (this
+ * test's environment) and in the secure build with guard pages. */
+Test(large_random, traffic_keeps_contents) {
+  enum { SLOTS = 24, STEPS = 800 };
+  const char *env = getenv("MAPALLOC_TEST_SEED");
+  uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL), x = seed | 1;
+  cr_log_info("seed %llu (MAPALLOC_TEST_SEED)\n", (unsigned long long)seed);
+  char *b[SLOTS] = {0};
+  size_t n[SLOTS] = {0};
+  for (unsigned step = 0; step < STEPS; step++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    unsigned k = (unsigned)(x % SLOTS), op = (unsigned)((x >> 8) % 8);
+    size_t want = 128 * KiB + (size_t)((x >> 16) % (12 * MiB - 128 * KiB));
+    if (b[k] && op < 5)
+      cr_assert(check(b[k], n[k], k), "seed %llu step %u: slot %u changed",
+                (unsigned long long)seed, step, k);
+    if (!b[k]) {
+      b[k] = ma_malloc(want);
+    } else if (op < 2) { /* a shrink by a few pages: huge_realloc itself */
+      bool moved;
+      size_t u = ma_usable_size(b[k]), cut = 4 * KiB * (1 + (x >> 40) % 3);
+      cr_assert_eq(huge_realloc(b[k], u - cut, u - cut, &moved), b[k]);
+      want = u - cut;
+    } else if (op < 5) {
+      b[k] = ma_realloc(b[k], want);
+      if (b[k])
+        cr_assert(check_prefix(b[k], n[k] < want ? n[k] : want, k), "seed %llu step %u",
+                  (unsigned long long)seed, step);
+    } else {
+      ma_free(b[k]);
+      b[k] = NULL;
+      continue;
+    }
+    cr_assert_not_null(b[k], "seed %llu step %u", (unsigned long long)seed, step);
+    n[k] = ma_usable_size(b[k]);
+    cr_assert_geq(n[k], want);
+    fill(b[k], n[k], k);
+    if (step % 64 == 0)
+      cr_assert_eq(ma_heap_check(), 0, "seed %llu step %u", (unsigned long long)seed, step);
+  }
+  for (unsigned k = 0; k < SLOTS; k++)
+    if (b[k]) {
+      cr_assert(check(b[k], n[k], k));
+      ma_free(b[k]);
+    }
   cr_assert_eq(ma_heap_check(), 0);
 }
