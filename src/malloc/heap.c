@@ -365,7 +365,7 @@ static obj_block *heap_tc_next_checked(obj_block *b) {
   bool ok = obj_block_is_free(b);
   obj_block *n = heap_tc_link(b);
   obj_link_close(b);
-  if (OBJ_SECURE && ok) ok = heap_link_valid(n);
+  if (OBJ_SECURE && ok) ok = heap_link_valid_from(b, n);
   if (!ok) obj_fatal("corrupted free list (write after free?)", b);
   return n;
 }

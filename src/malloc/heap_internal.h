@@ -191,6 +191,16 @@ static inline bool heap_link_valid(const obj_block *n) {
   return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
 }
 
+/* n, the link of b (a validated block of a heap slab), is NULL or a carved block of a heap
+ * slab: exact. A link into b's own 4 MiB chunk is in b's segment (heap segments are one
+ * chunk), so only its slab and block index are checked: no map lookup for most links. */
+static inline bool heap_link_valid_from(const obj_block *b, const obj_block *n) {
+  if ((((uintptr_t)n ^ (uintptr_t)b) >> OBJ_SEG_SHIFT) != 0) return heap_link_valid(n);
+  obj_segment *seg = (obj_segment *)((uintptr_t)b & ~(OBJ_SEG_SIZE - 1));
+  const obj_slab *s = obj_slab_of(seg, n);
+  return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+}
+
 /* The link stored in a cached block, decoded but not checked. */
 static inline obj_block *heap_tc_link(const obj_block *b) {
 #if OBJ_SECURE
@@ -266,7 +276,7 @@ static inline void *heap_malloc_off(unsigned off) {
   if (heap_unlikely(!obj_block_is_free(b))) return heap_malloc_far(tc);
   obj_block *n = heap_tc_link(b);
 #if OBJ_SECURE
-  if (heap_unlikely(!heap_link_valid(n))) return heap_malloc_far(tc);
+  if (heap_unlikely(!heap_link_valid_from(b, n))) return heap_malloc_far(tc);
 #endif
   return heap_tc_pop(tc, b, n, cls);
 }
