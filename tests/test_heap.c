@@ -371,6 +371,31 @@ Test(heap_misuse, double_free_after_other_frees, .signal = SIGABRT) {
   ma_free(p);
 }
 
+#if OBJ_SECURE
+/* The secure build checks every link a thread-cache pop follows exactly. A link forged with
+ * a valid free tag (as a use-after-free write that knew the keys would) into the block's own
+ * 4 MiB chunk but not at a block's start is checked by slab and block index alone (no map
+ * lookup); one out of the chunk through the segment map. Both abort at the pop. */
+static void pop_forged_link(uintptr_t off_from_q, bool far) {
+  static char outside[64];
+  char *q = ma_malloc(48), *p = ma_malloc(48);
+  ma_free(q);
+  ma_free(p); /* the head of the class's list, linked to q */
+  obj_block *bad = far ? (obj_block *)outside : (obj_block *)(q + off_from_q);
+  obj_link_set((obj_block *)p, bad);
+  void *a = ma_malloc(48); /* pops p: its link is checked here */
+  cr_log_error("the pop handed out %p with a forged link to %p", a, (void *)bad);
+}
+
+Test(heap_misuse, forged_link_inside_the_chunk, .signal = SIGABRT) {
+  pop_forged_link(16, false);
+}
+
+Test(heap_misuse, forged_link_out_of_the_chunk, .signal = SIGABRT) {
+  pop_forged_link(0, true);
+}
+#endif
+
 Test(heap_misuse, double_free_large, .signal = SIGABRT) {
   void *p = ma_malloc(1 << 20);
   ma_free(p);
