@@ -182,13 +182,17 @@ static inline obj_segment *heap_segment_of(const void *p) {
   return obj_segment_of_tagged(p, OBJ_MAP_HEAP);
 }
 
+/* n, an address inside heap segment seg, is a carved block of one of its slabs. */
+static inline bool heap_carved_in(obj_segment *seg, const obj_block *n) {
+  const obj_slab *s = obj_slab_of(seg, n);
+  return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+}
+
 /* n is NULL or a carved block of a heap slab: exact (segment map, block index). */
 static inline bool heap_link_valid(const obj_block *n) {
   if (n == NULL) return true;
   obj_segment *seg = heap_segment_of(n);
-  if (seg == NULL) return false;
-  const obj_slab *s = obj_slab_of(seg, n);
-  return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+  return seg != NULL && heap_carved_in(seg, n);
 }
 
 /* n, the link of b (a validated block of a heap slab), is NULL or a carved block of a heap
@@ -196,9 +200,7 @@ static inline bool heap_link_valid(const obj_block *n) {
  * chunk), so only its slab and block index are checked: no map lookup for most links. */
 static inline bool heap_link_valid_from(const obj_block *b, const obj_block *n) {
   if ((((uintptr_t)n ^ (uintptr_t)b) >> OBJ_SEG_SHIFT) != 0) return heap_link_valid(n);
-  obj_segment *seg = (obj_segment *)((uintptr_t)b & ~(OBJ_SEG_SIZE - 1));
-  const obj_slab *s = obj_slab_of(seg, n);
-  return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
+  return heap_carved_in((obj_segment *)((uintptr_t)b & ~(OBJ_SEG_SIZE - 1)), n);
 }
 
 /* The link stored in a cached block, decoded but not checked. */

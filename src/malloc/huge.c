@@ -215,7 +215,7 @@ static void huge_release_pages_unlock(huge_rec r, uintptr_t at, size_t len) {
     }
     pthread_mutex_lock(&huge_lock);
   }
-  huge_uncommit_unlock(c, cacheable ? mark : 0, cacheable);
+  huge_uncommit_unlock(c, mark, cacheable);
 }
 
 /* Releases a block that left the table; huge_lock held on entry, released on return. */
@@ -424,9 +424,9 @@ static bool huge_grow_in_place(size_t i, size_t nlen) {
   uintptr_t at = r.ptr + r.len + r.guard;
   huge_marks m;
   if (!huge_cacheable(&r) || !huge_cache_absorb(at, r.map, nlen - r.len, r.guard, &m)) return false;
-  huge_marks inner = m;
-  inner.guard_kept = true; /* (the new guard page: below, with its PROT_NONE fallback) */
-  if (!huge_ready_piece(&inner, 0, 0) || !huge_unguard(&r)) {
+  /* (the markers inside only: the new guard page is made below, with its PROT_NONE
+   * fallback) */
+  if (!huge_ready_piece(&m, 0, 0) || !huge_unguard(&r)) {
     huge_drop_piece(at, nlen - r.len);
     return false;
   }

@@ -404,13 +404,15 @@ bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, size_t guard, hu
   return hc_take_at(i, at, need, guard, m);
 }
 
+/* Moves entry i's whole range to v (its markers go with the pages). */
+static void hc_evict(uint16_t i, huge_victims *v) {
+  huge_victim_add(v, hc[i].c.ptr, hc[i].c.len);
+  hc_marks_cut(hc[i].c.ptr, hc[i].c.ptr + hc[i].c.len, NULL);
+  hc_remove(i);
+}
+
 void huge_cache_expire(bool all, uint64_t now, huge_victims *v) {
-  while (hc_oldest && (all || hc[hc_oldest].c.expires <= now)) {
-    uint16_t i = hc_oldest;
-    huge_victim_add(v, hc[i].c.ptr, hc[i].c.len);
-    hc_marks_cut(hc[i].c.ptr, hc[i].c.ptr + hc[i].c.len, NULL);
-    hc_remove(i);
-  }
+  while (hc_oldest && (all || hc[hc_oldest].c.expires <= now)) hc_evict(hc_oldest, v);
   hc_publish();
 }
 
@@ -457,9 +459,7 @@ void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay,
       huge_victim_add(v, end - over, over);
       break;
     }
-    huge_victim_add(v, hc[i].c.ptr, hc[i].c.len);
-    hc_marks_cut(hc[i].c.ptr, end, NULL);
-    hc_remove(i);
+    hc_evict(i, v);
   }
   c.expires = now + delay;
   hc_insert(c);

@@ -55,11 +55,18 @@ static inline void obj_count_add32(int32_t *x, int32_t d) {
 /* The map entry of 4 MiB chunk c (address >> OBJ_SEG_SHIFT): two dependent loads, no
  * branch. Relaxed: a pointer's own segment was published to this thread by whatever
  * handed it the pointer. Addresses past 2^48 alias, but their chunk number does not
- * match the entry (it is compared in full by every caller). */
+ * match the entry (it is compared in full by every caller). The entry is read with a plain
+ * load outside the TSan build: on x86-64 a relaxed load is that same load, and GCC folds a
+ * plain one into the caller's compare (it keeps an atomic load a separate instruction: one
+ * instruction more per free); the TSan build keeps the atomic form it can see. */
 static inline uint32_t obj_map_entry(uintptr_t c) {
   const uint32_t *leaf = __atomic_load_n(
       &obj_segmap[(c >> OBJ_MAP_LEAF_BITS) & (OBJ_MAP_ROOT_LEN - 1)], __ATOMIC_RELAXED);
+#if OBJ_TSAN
   return __atomic_load_n(&leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
+#else
+  return leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)];
+#endif
 }
 
 /* The segment starting at p's 4 MiB chunk when the map tags it `tag` (OBJ_MAP_HEAP or
@@ -68,17 +75,7 @@ static inline uint32_t obj_map_entry(uintptr_t c) {
  * entry is 0, never tagged, so NULL gives NULL. */
 static inline obj_segment *obj_segment_of_tagged(const void *p, uint32_t tag) {
   uintptr_t c = (uintptr_t)p >> OBJ_SEG_SHIFT;
-#if OBJ_TSAN
-  uint32_t e = obj_map_entry(c);
-#else
-  /* The leaf entry as a plain load, which GCC folds into the compare (it keeps an atomic
-   * load a separate instruction): one instruction less per free. On x86-64 a relaxed load
-   * is that same load; the TSan build keeps the atomic form it can see. */
-  const uint32_t *leaf = __atomic_load_n(
-      &obj_segmap[(c >> OBJ_MAP_LEAF_BITS) & (OBJ_MAP_ROOT_LEN - 1)], __ATOMIC_RELAXED);
-  uint32_t e = leaf[c & ((1u << OBJ_MAP_LEAF_BITS) - 1)];
-#endif
-  if (obj_unlikely(e != ((uint32_t)c | tag))) return NULL;
+  if (obj_unlikely(obj_map_entry(c) != ((uint32_t)c | tag))) return NULL;
   if (c == 0) __builtin_unreachable(); /* no code: callers' NULL tests fold away */
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
