@@ -2,11 +2,15 @@
 #ifndef MAPALLOC_TESTS_COMMON_H
 #define MAPALLOC_TESTS_COMMON_H
 
+#include <criterion/logging.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ThreadSanitizer cannot start threads in the child of a multithreaded fork: fork tests'
@@ -21,6 +25,23 @@
 #ifndef CHILD_THREADS
 #define CHILD_THREADS 1
 #endif
+
+/* The seed of a randomised test: MAPALLOC_TEST_SEED, else the time; logged, so that a
+ * failing run can be replayed. */
+static inline uint64_t test_seed(void) {
+  const char *env = getenv("MAPALLOC_TEST_SEED");
+  uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+  cr_log_info("seed %llu (MAPALLOC_TEST_SEED)\n", (unsigned long long)seed);
+  return seed;
+}
+
+/* The next number of a test's xorshift sequence (*x never 0). */
+static inline uint64_t test_rand(uint64_t *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
 
 /* Runs fn in a forked child with its stderr on a pipe; asserts that the child aborts and
  * that what it wrote holds every string of want[] (NULL-terminated). */

@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -453,19 +452,18 @@ static void touch_pages(char *p, size_t u, unsigned char v) {
  * growth and shrinking by realloc and by huge_realloc itself, in random order, seeded by
  * MAPALLOC_TEST_SEED or the time): every page of every block stays writable (no marker is
  * ever left inside one), its contents survive a realloc, the byte after it faults, and the
- * cache's structures stay consistent. Exercises the cache's kept markers, their reuse at a
- * range's end, the joins across them and the shrink tails that end in one. */
+ * cache's structures stay consistent. Exercises the cache's kept markers, their reuse as
+ * guard pages, the markers taken out of blocks placed over them and the shrink tails that
+ * end in one. */
 Test(guard_large, random_traffic_keeps_blocks_guarded) {
   secure_on();
   if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
   enum { SLOTS = 24, STEPS = 600 };
-  const char *env = getenv("MAPALLOC_TEST_SEED");
-  uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL), x = seed | 1;
-  cr_log_info("seed %llu (MAPALLOC_TEST_SEED)\n", (unsigned long long)seed);
+  uint64_t seed = test_seed(), x = seed | 1;
   char *b[SLOTS] = {0};
   unsigned char v[SLOTS] = {0};
   for (unsigned step = 0; step < STEPS; step++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    test_rand(&x);
     unsigned k = (unsigned)(x % SLOTS), op = (unsigned)((x >> 8) % 8);
     size_t n = 128 * KiB + (size_t)((x >> 16) % (12 * MiB - 128 * KiB));
     if (op < 2 && b[k]) n = ma_usable_size(b[k]) - 4 * KiB * (1 + (x >> 40) % 3);

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 
@@ -282,7 +282,6 @@ Test(large_cache, calloc_from_the_cache_is_zeroed) {
 }
 #else /* MA_SECURE */
 
-#include "common.h"
 #include "os/os.h"
 
 /* A freed guarded block is cached, its guard marker kept in its page, when the kernel has
@@ -400,13 +399,11 @@ static bool check_prefix(const void *p, size_t m, unsigned seed) {
  * test's environment) and in the secure build with guard pages. */
 Test(large_random, traffic_keeps_contents) {
   enum { SLOTS = 24, STEPS = 800 };
-  const char *env = getenv("MAPALLOC_TEST_SEED");
-  uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL), x = seed | 1;
-  cr_log_info("seed %llu (MAPALLOC_TEST_SEED)\n", (unsigned long long)seed);
+  uint64_t seed = test_seed(), x = seed | 1;
   char *b[SLOTS] = {0};
   size_t n[SLOTS] = {0};
   for (unsigned step = 0; step < STEPS; step++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    test_rand(&x);
     unsigned k = (unsigned)(x % SLOTS), op = (unsigned)((x >> 8) % 8);
     size_t want = 128 * KiB + (size_t)((x >> 16) % (12 * MiB - 128 * KiB));
     if (b[k] && op < 5)
