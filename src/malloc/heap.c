@@ -131,6 +131,8 @@ void heap_global_init(void) {
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
     heap_space.map_tag = OBJ_MAP_HEAP; /* heap_segment_of: one compare names the heap's */
+    /* prof hook: frees push onto the second lists (HEAP_NLISTS), for good: slabs keep it */
+    heap_space.bin_off_base = prof_on ? (uint32_t)HEAP_NCLASSES << OBJ_BIN_OFF_SHIFT : 0;
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
     heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;
@@ -225,11 +227,13 @@ static heap *heap_thread_init(void) {
       return NULL;
     }
     h->tracking = obj_tracking;
-    for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-      /* prof hook: a profiled thread caches nothing, so every malloc reaches the countdown */
-      uint32_t max = h->tracking || prof_on ? 0 : heap_tc_max[c];
-      __atomic_store_n(&h->tc[c].max, max, __ATOMIC_RELAXED);           /* statistics read it */
-      __atomic_store_n(&h->tc[c].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
+    for (unsigned i = 0; i < HEAP_NLISTS; i++) {
+      /* prof hook: a profiled thread's first lists keep bound 0 (room -blocks): only its
+       * counted refills fill them, so every malloc that empties one reaches the countdown */
+      bool used = i < HEAP_NCLASSES ? !prof_on : heap_space.bin_off_base != 0;
+      uint32_t max = h->tracking || !used ? 0 : heap_tc_max[heap_list_cls(i)];
+      __atomic_store_n(&h->tc[i].max, max, __ATOMIC_RELAXED);           /* statistics read it */
+      __atomic_store_n(&h->tc[i].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
     __atomic_store_n(&h->bs, bs, __ATOMIC_RELEASE); /* statistics read *bs without a lock */
   }
@@ -272,7 +276,8 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
   __atomic_store_n(&h->out_bytes, h->out_bytes - bytes, __ATOMIC_RELAXED);
 }
 
-static uint32_t heap_tc_take_mail(heap *h, unsigned cls, uint32_t want);
+static void heap_tc_take_mail(heap *h);
+static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want);
 
 static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   if (h->bs == NULL) {
@@ -295,7 +300,9 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
     p = obj_bin_alloc(h->bs, bin);
     if (p) heap_count_take(h, 1, heap_cls_size[cls]);
   } else if (tc->head == NULL) {
-    heap_tc_take_mail(h, cls, 0); /* batches other threads gave back, first */
+    heap_tc_take_mail(h); /* batches other threads gave back, first */
+    /* (the second list: a profiled run's after its profiler failed to start) */
+    if (!tc->head) heap_tc_take_freed(h, cls, (uint32_t)tc->room);
     /* else half the base bound from the current slab (a grown bound holds the blocks a
      * burst of frees gives back; a refill that grew with it would take hundreds of blocks,
      * touching memory a program that allocates little at a time never uses) */
@@ -314,21 +321,61 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   return p; /* NULL: obj set errno */
 }
 
-/* prof hook: the refill of a profiled thread's cache, at most `want` blocks (the caller has
- * charged them to its sampling countdown, so every block the thread pops was counted). The
- * cache keeps bound 0 and room -blocks (heap_tc_count stays exact), so its frees take the
- * slow path, where heap_free_counted charges each block it puts back on the list. Returns
- * the blocks taken (0: a class without a cache, or no memory: the caller takes one block). */
+/* The link of a cached block, checked as the pop checks it (the tag; exactly in secure
+ * mode); aborts on a corrupted one. */
+static obj_block *heap_tc_next_checked(obj_block *b) {
+  obj_link_open(b);
+  bool ok = obj_block_is_free(b);
+  obj_block *n = heap_tc_link(b);
+  obj_link_close(b);
+  if (OBJ_SECURE && ok) ok = heap_link_valid_from(b, n);
+  if (!ok) obj_fatal("corrupted free list (write after free?)", b);
+  return n;
+}
+
+/* Moves up to `want` blocks from class cls's second list (the frees of a profiled run)
+ * onto its first, which is empty: the whole list at once when it fits, else the blocks
+ * freed last (still in this core's cache). Returns the blocks moved. The owner only (both
+ * lists are its thread's; no lock). */
+static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want) {
+  heap_tc *tc = &h->tc[cls], *f = &h->tc[cls + HEAP_NCLASSES];
+  uint32_t n = heap_tc_count(f);
+  if (n == 0 || want == 0) return 0;
+  obj_block *rest = NULL;
+  if (n > want) {
+    obj_block *last = f->head;
+    for (uint32_t i = 1; i < want; i++) last = heap_tc_next_checked(last);
+    rest = heap_tc_next_checked(last);
+    obj_link_open(last);
+    obj_link_set(last, NULL);
+    obj_link_close(last);
+    n = want;
+  }
+  tc->head = f->head;
+  f->head = rest;
+  __atomic_store_n(&tc->room, tc->room - (int32_t)n, __ATOMIC_RELAXED);
+  __atomic_store_n(&f->room, f->room + (int32_t)n, __ATOMIC_RELAXED);
+  return n;
+}
+
+/* prof hook: the refill of a profiled thread's first list, at most `want` blocks (the
+ * caller has charged them to its sampling countdown, so every block the thread pops was
+ * counted): the blocks its thread freed (heap_tc_take_freed), else batches other threads
+ * sent back, else half the usual bound from the slabs. The list keeps bound 0 and room
+ * -blocks (heap_tc_count stays exact). Returns the blocks taken (0: a class without a
+ * cache, or no memory: the caller takes one block). */
 uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   heap_tc *tc = &h->tc[cls];
-  uint32_t cap = heap_tc_max[cls] / 2;
-  if (want > cap) want = cap;
-  if (want == 0 || tc->head != NULL || tc->max != 0) return 0;
-  obj_block *head;
+  if (want == 0 || tc->head != NULL || tc->max != 0 || heap_tc_max[cls] == 0) return 0;
+  uint32_t k = heap_tc_take_freed(h, cls, want);
+  if (k) return k;
   pthread_mutex_lock(&h->lock);
-  uint32_t k = heap_tc_take_mail(h, cls, want); /* batches other threads gave back, first */
+  heap_tc_take_mail(h);
+  k = heap_tc_take_freed(h, cls, want);
   if (k == 0) {
-    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want, &head);
+    uint32_t cap = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
+    obj_block *head;
+    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want < cap ? want : cap, &head);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
       tc->head = head;
@@ -356,18 +403,6 @@ void *heap_malloc_slow(heap *h, const heap_tc *tc) {
   if (heap_unlikely(p == NULL) && heap_release_for_retry())
     p = heap_malloc_slow_once(heap_get(), cls);
   return p;
-}
-
-/* The link of a cached block, checked as the pop checks it (the tag; exactly in secure
- * mode); aborts on a corrupted one. */
-static obj_block *heap_tc_next_checked(obj_block *b) {
-  obj_link_open(b);
-  bool ok = obj_block_is_free(b);
-  obj_block *n = heap_tc_link(b);
-  obj_link_close(b);
-  if (OBJ_SECURE && ok) ok = heap_link_valid_from(b, n);
-  if (!ok) obj_fatal("corrupted free list (write after free?)", b);
-  return n;
 }
 
 void *heap_malloc_far(const heap_tc *tc) {
@@ -399,17 +434,18 @@ static bool heap_batch_add(heap_batch out[HEAP_TRIM_OWNERS], obj_bins *to, obj_b
   return false;
 }
 
-/* Gives back all but `keep` blocks of list `cls`, from its head (the blocks freed last:
- * still in this core's cache, and no walk past the ones given back): blocks of h's own
- * slabs go back to them, the others go to their owners, one batch per owner (the owner
- * moves a batch into its own cache whole, heap_tc_take_mail). Returns how many of the
- * blocks given back were other threads' (heap_tc_grow). h->lock held. */
-static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
-  heap_tc *tc = &h->tc[cls];
+/* Gives back all but `keep` blocks of list `list` (HEAP_NLISTS), from its head (the blocks
+ * freed last: still in this core's cache, and no walk past the ones given back): blocks of
+ * h's own slabs go back to them, the others go to their owners, one batch per owner (the
+ * owner moves a batch into its own cache whole, heap_tc_take_mail). Returns how many of
+ * the blocks given back were other threads' (heap_tc_grow). h->lock held. */
+static uint32_t heap_tc_trim(heap *h, unsigned list, uint32_t keep) {
+  heap_tc *tc = &h->tc[list];
+  unsigned cls = heap_list_cls(list);
   uint32_t n = heap_tc_count(tc);
   /* (bound 0 with room -n: a profiled thread's list, see heap_tc_refill_counted) */
   MA_CHECK(tc->max ? tc->room >= 0 && n <= tc->max : tc->room <= 0,
-           "class %u: %u cached blocks, bound %u, room %d", cls, n, tc->max, tc->room);
+           "list %u: %u cached blocks, bound %u, room %d", list, n, tc->max, tc->room);
   if (n <= keep) return 0;
   obj_block *rest = tc->head;
   heap_batch out[HEAP_TRIM_OWNERS] = {{0}};
@@ -431,8 +467,8 @@ static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
   tc->head = rest;
   __atomic_store_n(&tc->room, (int32_t)(tc->max - keep), __ATOMIC_RELAXED);
   heap_count_give(h, k, bytes);
-  /* prof hook: a profiled thread's cached blocks were charged to the class's countdown for
-   * the pops that now never come: the charge goes back (else the sample comes early). */
+  /* prof hook: a profiled thread's first list holds blocks charged to the class's countdown
+   * for the pops that now never come: the charge goes back (else the sample comes early). */
   if (tc->max == 0) h->prof.cls_left[cls] += (int64_t)k * heap_cls_size[cls];
   return foreign;
 }
@@ -441,9 +477,9 @@ static uint32_t heap_tc_trim(heap *h, unsigned cls, uint32_t keep) {
  * limits of HEAP_TC_GROW_*. (A list of other threads' blocks keeps its bound: its trims
  * send them home in batches, and a batch larger than its owner's bound could not join
  * the owner's list whole.) h->lock held. */
-static void heap_tc_grow(heap *h, unsigned cls) {
-  heap_tc *tc = &h->tc[cls];
-  size_t size = heap_cls_size[cls], add = (size_t)tc->max * size;
+static void heap_tc_grow(heap *h, unsigned list) {
+  heap_tc *tc = &h->tc[list];
+  size_t size = heap_cls_size[heap_list_cls(list)], add = (size_t)tc->max * size;
   if (tc->max * 2 > HEAP_TC_GROW_BLOCKS || 2 * add > HEAP_TC_GROW_CLASS) return;
   size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
   size_t share = HEAP_TC_GROW_ALL / (live ? live : 1);
@@ -457,53 +493,33 @@ static void heap_tc_grow(heap *h, unsigned cls) {
 /* Puts every list's bound back (their blocks were just given back: room = bound). */
 static void heap_tc_shrink(heap *h) {
   if (h->tc_grown == 0) return;
-  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
-    heap_tc *tc = &h->tc[c];
-    if (tc->max <= heap_tc_max[c]) continue;
-    MA_CHECK(heap_tc_count(tc) == 0, "class %u: %u blocks cached when the bounds go back", c,
+  for (unsigned i = 0; i < HEAP_NLISTS; i++) {
+    heap_tc *tc = &h->tc[i];
+    uint32_t base = heap_tc_max[heap_list_cls(i)];
+    if (tc->max <= base) continue;
+    MA_CHECK(heap_tc_count(tc) == 0, "list %u: %u blocks cached when the bounds go back", i,
              heap_tc_count(tc));
-    __atomic_store_n(&tc->max, heap_tc_max[c], __ATOMIC_RELAXED);
-    __atomic_store_n(&tc->room, (int32_t)heap_tc_max[c], __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->max, base, __ATOMIC_RELAXED);
+    __atomic_store_n(&tc->room, (int32_t)base, __ATOMIC_RELAXED);
   }
   h->tc_grown = 0;
 }
 
-/* prof hook: whether a batch of n blocks of class bin may join a profiled thread's list
- * (bound 0, room minus its blocks): within the class's usual bound, and charged to the
- * class's countdown like a refill, while the countdown keeps room after the charge. Class
- * `cls` is the one being refilled: its caller charges what joins, up to `want` blocks in
- * all (*joined so far). */
-static bool heap_prof_batch_fits(heap *h, unsigned bin, uint32_t n, unsigned cls, uint32_t want,
-                                 uint32_t joined) {
-  if (heap_tc_max[bin] == 0 || h->tracking) return false;
-  if ((int64_t)heap_tc_max[bin] + h->tc[bin].room < (int64_t)n) return false;
-  if (bin == cls) return joined + n <= want;
-  int64_t *left = &h->prof.cls_left[bin], charge = (int64_t)n * (int64_t)heap_cls_size[bin];
-  if (*left == 0) prof_class_start(h, bin);
-  if (*left <= charge) return false;
-  *left -= charge;
-  return true;
-}
-
 /* Owner, h->lock held: takes the batches other threads' trims sent h: a batch whose list
- * has room for it all joins the list whole, O(1); the others are filed into their slabs.
- * In a profiled thread, `cls` and `want` are those of heap_tc_refill_counted (else
- * unused); returns the blocks that joined class cls's list. */
-static uint32_t heap_tc_take_mail(heap *h, unsigned cls, uint32_t want) {
+ * has room for it all joins the list whole, O(1) (the list frees push onto: a profiled
+ * run's second list, uncharged like a free); the others are filed into their slabs. */
+static void heap_tc_take_mail(heap *h) {
   obj_block *b = obj_bins_take_batches(h->bs);
   size_t k = 0, bytes = 0;
-  uint32_t joined = 0;
+  unsigned base = heap_space.bin_off_base >> OBJ_BIN_OFF_SHIFT;
   while (b) {
     obj_batch m;
     if (!obj_batch_open(h->bs, b, &m)) {
       obj_bins_file_chain(h->bs, b);
       break;
     }
-    heap_tc *tc = &h->tc[m.bin];
-    bool fits =
-        tc->max ? tc->room >= (int32_t)m.n
-                : heap_unlikely(prof_on) && heap_prof_batch_fits(h, m.bin, m.n, cls, want, joined);
-    if (!fits) {
+    heap_tc *tc = &h->tc[base + m.bin];
+    if (!tc->max || tc->room < (int32_t)m.n) {
       b = obj_batch_file(h->bs, b, &m);
       continue;
     }
@@ -512,11 +528,9 @@ static uint32_t heap_tc_take_mail(heap *h, unsigned cls, uint32_t want) {
     __atomic_store_n(&tc->room, tc->room - (int32_t)m.n, __ATOMIC_RELAXED);
     k += m.n;
     bytes += (size_t)m.n * heap_cls_size[m.bin];
-    if (m.bin == cls) joined += m.n;
     b = next;
   }
   if (k) heap_count_take(h, k, bytes);
-  return joined;
 }
 
 void heap_free_double(const void *p) {
@@ -557,8 +571,8 @@ static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p
     return;
   }
   heap_purger_poke();
-  unsigned cls = s->bin_idx;
-  heap_tc *tc = &h->tc[cls];
+  unsigned list = (unsigned)(s->bin_off >> OBJ_BIN_OFF_SHIFT); /* as the fast path's */
+  heap_tc *tc = &h->tc[list];
   pthread_mutex_lock(&h->lock);
   if (tc->max == 0 || first) {
     heap_count_give(h, 1, s->stride);
@@ -567,106 +581,16 @@ static void heap_free_slow_errno(heap *h, obj_segment *seg, obj_slab *s, void *p
     else
       obj_free_remote(h->bs, seg, s, (obj_block *)p);
   } else {
-    if (tc->room <= 0 && heap_tc_trim(h, cls, tc->max / 2) == 0) heap_tc_grow(h, cls);
+    if (tc->room <= 0 && heap_tc_trim(h, list, tc->max / 2) == 0) heap_tc_grow(h, list);
     heap_tc_push(tc, s, (obj_block *)p);
   }
   pthread_mutex_unlock(&h->lock);
 }
 
-/* (Out of line: heap_free_slow's profiled case then saves few registers.) */
-__attribute__((noinline)) static void heap_free_slow_saving_errno(heap *h, obj_segment *seg,
-                                                                  obj_slab *s, void *p) {
-  int saved = errno;
-  heap_free_slow_errno(h, seg, s, p);
-  errno = saved;
-}
-
-/* prof hook: a free by a profiled thread (its lists have bound 0, so each of its frees
- * comes here). The block goes onto the thread's list without the lock, and the pop that
- * will take it is charged to the class's countdown now, so every block the thread pops was
- * counted once (heap_tc_refill_counted charges the others). Only while the countdown keeps
- * room after the charge: the sample then still falls on a malloc that finds the list empty
- * (heap_malloc_slow). Otherwise (and for a class without a list, a tracking heap, a thread
- * before its first call) p is freed the ordinary way. Every exit but the push is a tail
- * call, so that the common case saves few registers. */
-static void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full);
-
-/* heap_tc_trim from a free (which never changes errno), taking h->lock. */
-static void heap_tc_trim_saving_errno(heap *h, unsigned cls, uint32_t keep) {
-  int saved = errno;
-  pthread_mutex_lock(&h->lock);
-  heap_tc_trim(h, cls, keep);
-  pthread_mutex_unlock(&h->lock);
-  errno = saved;
-}
-
-/* The list is at the class's usual bound (always, for a class without a list: freed the
- * ordinary way): its colder half goes back (the trim refunds its charge), then p is pushed. */
-__attribute__((noinline)) static void heap_free_counted_full(heap *h, obj_segment *seg, obj_slab *s,
-                                                             void *p) {
-  unsigned cls = s->bin_idx;
-  if (heap_tc_max[cls] == 0) { /* a class without a list */
-    heap_free_slow_saving_errno(h, seg, s, p);
-    return;
-  }
-  heap_purger_poke();
-  heap_tc_trim_saving_errno(h, cls, heap_tc_max[cls] / 2);
-  heap_free_counted(h, seg, s, p, true);
-}
-
-/* The countdown has no room for p's charge. A class this thread never counted yet (a
- * thread that only frees blocks others allocated: xmalloc's consumers) starts its countdown
- * here; a list holding charged blocks gives them all back, which refunds their charge (a
- * thread that frees more than it allocates would otherwise run down the countdown, find
- * the list full of charged blocks and free every later block under the lock). Then p is
- * pushed if the countdown has room, else freed the ordinary way: the sample is due, and
- * falls on this class's next malloc, which finds the list empty. */
-__attribute__((noinline)) static void heap_free_counted_low(heap *h, obj_segment *seg, obj_slab *s,
-                                                            void *p, bool full) {
-  unsigned cls = s->bin_idx;
-  int64_t *left = &h->prof.cls_left[cls];
-  bool counted = h->bs && !h->tracking && heap_tc_max[cls]; /* (not heap_empty) */
-  if (counted && *left == 0) {
-    prof_class_start(h, cls);
-  } else if (counted && h->tc[cls].room < 0) {
-    heap_tc_trim_saving_errno(h, cls, 0);
-  }
-  if (counted && *left > (int64_t)heap_cls_size[cls])
-    heap_free_counted(h, seg, s, p, full);
-  else
-    heap_free_slow_saving_errno(h, seg, s, p);
-}
-
-static inline void heap_free_counted(heap *h, obj_segment *seg, obj_slab *s, void *p, bool full) {
-  unsigned cls = s->bin_idx;
-  int64_t size = (int64_t)heap_cls_size[cls];
-  prof_thread *t = &h->prof;
-  /* (The countdowns of heap_empty and of a tracking heap stay 0. A free inside the
-   * profiler may be charged too: whichever malloc pops the block is counted.) */
-  if (t->cls_left[cls] <= size) {
-    heap_free_counted_low(h, seg, s, p, full);
-    return;
-  }
-  obj_link_open((obj_block *)p);
-  if (heap_unlikely(obj_block_is_free((obj_block *)p))) {
-    heap_free_double(p);
-    return;
-  }
-  heap_tc *tc = &h->tc[cls];
-  if (heap_unlikely(tc->room <= -(int32_t)heap_tc_max[cls]) && !full) {
-    heap_free_counted_full(h, seg, s, p);
-    return;
-  }
-  t->cls_left[cls] -= size;
-  heap_tc_push(tc, s, (obj_block *)p);
-}
-
 void heap_free_slow(obj_segment *seg, obj_slab *s, void *p) {
-  heap *h = heap_get();
-  if (heap_unlikely(prof_on))
-    heap_free_counted(h, seg, s, p, false);
-  else
-    heap_free_slow_saving_errno(h, seg, s, p);
+  int saved = errno;
+  heap_free_slow_errno(heap_get(), seg, s, p);
+  errno = saved;
 }
 
 /* Validates that p is the start of a handed-out block of a heap segment. */
@@ -723,13 +647,13 @@ static bool heap_trim_locked(heap *h, int phase, bool force, bool own) {
     bool idle_orphan = h->orphan && heap_space.purge_delay_ms >= 0 &&
                        obj_now_ms() - h->orphaned_ms >= (uint64_t)heap_space.purge_delay_ms;
     if ((force && (own || h->orphan)) || idle_orphan) {
-      for (unsigned c = 0; c < HEAP_NCLASSES; c++) heap_tc_trim(h, c, 0);
+      for (unsigned i = 0; i < HEAP_NLISTS; i++) heap_tc_trim(h, i, 0);
       heap_tc_shrink(h);
     }
     obj_outbox_flush(bs);
     bool cached = false;
     if (h->orphan)
-      for (unsigned c = 0; c < HEAP_NCLASSES && !cached; c++) cached = h->tc[c].head != NULL;
+      for (unsigned i = 0; i < HEAP_NLISTS && !cached; i++) cached = h->tc[i].head != NULL;
     return cached;
   }
   if (force) {
@@ -890,7 +814,7 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
     f += __atomic_load_n(&h->gives, __ATOMIC_RELAXED);
     a += __atomic_load_n(&h->out_bytes, __ATOMIC_RELAXED);
     for (unsigned c = 0; c < HEAP_NCLASSES; c++)
-      a -= (size_t)heap_tc_count(&h->tc[c]) * heap_cls_size[c];
+      a -= (size_t)heap_tc_cached(h, c) * heap_cls_size[c];
     obj_bins *bs = __atomic_load_n(&h->bs, __ATOMIC_ACQUIRE); /* its initialisation */
     if (bs) r += __atomic_load_n(&bs->retained, __ATOMIC_RELAXED);
   }
@@ -906,7 +830,7 @@ void heap_sum_counters(size_t *allocated, size_t *allocs, size_t *frees, size_t 
  * slabs count them as used (stats_class.c subtracts them). */
 void heap_tc_blocks(size_t out[HEAP_NCLASSES]) {
   for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all)
-    for (unsigned c = 0; c < HEAP_NCLASSES; c++) out[c] += heap_tc_count(&h->tc[c]);
+    for (unsigned c = 0; c < HEAP_NCLASSES; c++) out[c] += heap_tc_cached(h, c);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -917,31 +841,31 @@ void heap_tc_blocks(size_t out[HEAP_NCLASSES]) {
  * tagged free; as many as the list's count says. h's thread cannot run meanwhile (it is
  * the caller, or h is an orphan under h->lock). */
 static void heap_tc_check(heap *h) {
-  for (unsigned c = 0; c < HEAP_NCLASSES; c++) {
+  for (unsigned c = 0; c < HEAP_NLISTS; c++) { /* (c: the list) */
     heap_tc *tc = &h->tc[c];
     uint32_t n = 0;
     for (obj_block *b = tc->head; b;) {
       MA_VERIFY(n < (tc->max ? tc->max : heap_tc_count(tc)),
-                "thread cache %p class %u: more than its bound %u blocks", (void *)h, c, tc->max);
+                "thread cache %p list %u: more than its bound %u blocks", (void *)h, c, tc->max);
       obj_segment *seg = heap_segment_of(b);
-      MA_VERIFY(seg != NULL, "thread cache %p class %u: block %p is not in a heap segment",
+      MA_VERIFY(seg != NULL, "thread cache %p list %u: block %p is not in a heap segment",
                 (void *)h, c, (void *)b);
       obj_slab *s = obj_slab_of(seg, b);
       MA_VERIFY(s->active && obj_block_q(s, (uintptr_t)b) < obj_slab_carved(s) &&
-                    s->stride == heap_cls_size[c],
-                "thread cache %p class %u: block %p is not a block of its class (slab %p, "
+                    s->stride == heap_cls_size[heap_list_cls(c)],
+                "thread cache %p list %u: block %p is not a block of its class (slab %p, "
                 "active %u, stride %u)",
                 (void *)h, c, (void *)b, (void *)s, s->active, s->stride);
       obj_link_open(b);
       bool tagged = obj_block_is_free(b);
       obj_block *next = heap_tc_link(b);
       obj_link_close(b);
-      MA_VERIFY(tagged, "thread cache %p class %u: block %p does not carry the free tag", (void *)h,
+      MA_VERIFY(tagged, "thread cache %p list %u: block %p does not carry the free tag", (void *)h,
                 c, (void *)b);
       n++;
       b = next;
     }
-    MA_VERIFY(n == heap_tc_count(tc), "thread cache %p class %u: %u blocks, count %u (room %d)",
+    MA_VERIFY(n == heap_tc_count(tc), "thread cache %p list %u: %u blocks, count %u (room %d)",
               (void *)h, c, n, heap_tc_count(tc), tc->room);
   }
 }

@@ -67,10 +67,23 @@ static inline uint32_t heap_tc_count(const heap_tc *tc) {
          (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
 }
 
+/* Two lists per class: mallocs pop from the first, frees (heap_free_inline, at h->tc +
+ * obj_slab.bin_off) push onto the first too, or, in a profiled run (heap_space.bin_off_base
+ * set), onto the second: a profiled thread's first list then holds only blocks charged to
+ * the class's sampling countdown when they moved there (heap_tc_refill_counted), so every
+ * malloc is counted while both inline paths stay as they are. Unused second lists keep
+ * bound 0 and room 0. */
+#define HEAP_NLISTS (2 * HEAP_NCLASSES)
+
+/* The class of thread cache list i. */
+static inline unsigned heap_list_cls(unsigned i) {
+  return i < HEAP_NCLASSES ? i : i - HEAP_NCLASSES;
+}
+
 typedef struct heap {
-  heap_tc tc[HEAP_NCLASSES]; /* the fast paths' only state */
-  obj_bins *bs;              /* NULL until the thread's first slow path */
-  pthread_mutex_t lock;      /* bs's slabs and outbox: owner slow paths, purger, trims */
+  heap_tc tc[HEAP_NLISTS]; /* the fast paths' only state */
+  obj_bins *bs;            /* NULL until the thread's first slow path */
+  pthread_mutex_t lock;    /* bs's slabs and outbox: owner slow paths, purger, trims */
   /* Statistics, counted where blocks move between the cache and the slabs (relaxed
    * atomics: read by other threads). Live bytes of the thread = out_bytes - cached bytes. */
   size_t takes, gives;   /* blocks taken from / given back to slabs (or sent to owners) */
@@ -84,6 +97,11 @@ typedef struct heap {
   uint64_t orphaned_ms; /* obj_now_ms() at the exit */
   prof_thread prof;     /* prof hook: sampling countdown (MAPALLOC_PROF) */
 } heap;
+
+/* Blocks cached for class c, on both its lists (relaxed reads). */
+static inline uint32_t heap_tc_cached(const heap *h, unsigned c) {
+  return heap_tc_count(&h->tc[c]) + heap_tc_count(&h->tc[c + HEAP_NCLASSES]);
+}
 
 /* ---- globals shared with the inline fast paths ---- */
 extern const uint16_t heap_cls_lut[HEAP_LUT_MAX + 1]; /* class << OBJ_BIN_OFF_SHIFT, by size */

@@ -75,7 +75,7 @@ static void slab_activate(obj_bins *bs, obj_bin *bin, obj_segment *seg, uint32_t
   s->notify = -1;
   s->cnt = 1; /* used 0 */
   s->bin_idx = bin->idx;
-  s->bin_off = (uint32_t)bin->idx << OBJ_BIN_OFF_SHIFT;
+  s->bin_off = bs->space->bin_off_base + ((uint32_t)bin->idx << OBJ_BIN_OFF_SHIFT);
   s->active = 1;
   s->next = s->prev = NULL;
   __atomic_store_n(&s->owner_tid, obj_slab_tid(bs), __ATOMIC_RELAXED);

@@ -82,8 +82,8 @@ static void slab_check(const obj_bins *bs, const obj_segment *seg, const obj_sla
   const obj_bin *bin = &bs->bins[s->bin_idx];
   MA_VERIFY(s->stride == bin->stride, "slab %p stride %u, its bin's %u", sp, s->stride,
             bin->stride);
-  MA_VERIFY(s->bin_off == (uint32_t)s->bin_idx << OBJ_BIN_OFF_SHIFT, "slab %p bin_off %u idx %u",
-            sp, (unsigned)s->bin_off, s->bin_idx);
+  MA_VERIFY(s->bin_off == bs->space->bin_off_base + ((uint32_t)s->bin_idx << OBJ_BIN_OFF_SHIFT),
+            "slab %p bin_off %u idx %u", sp, (unsigned)s->bin_off, s->bin_idx);
   MA_VERIFY(s->committed, "active slab %p not committed", sp);
   char *lo, *hi;
   obj_slab_range(seg, (uint32_t)(s - seg->slabs), &lo, &hi);

@@ -74,8 +74,9 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   int32_t cnt;         /* used - notify: a free takes the slow path when --cnt <= 0 */
   int32_t notify;      /* -1 current slab, 0 on the partial list, INT32_MAX full; `used`
                           (blocks out, incl. remote frees not collected) is cnt + notify */
-  uint64_t bin_off;    /* bin_idx << OBJ_BIN_OFF_SHIFT: the heap indexes its 16-byte thread
-                          cache entries with it from this line (one shift less per free);
+  uint64_t bin_off;    /* space->bin_off_base + (bin_idx << OBJ_BIN_OFF_SHIFT): the heap indexes
+                          its 16-byte thread cache entries with it from this line (one shift
+                          less per free);
                           64 bits, so the free adds it to the heap's address from memory */
   uintptr_t owner_tid; /* obj_tid() of the owner; 0 abandoned, 1 tracked (never local) */
   char *start;         /* first block */
@@ -201,11 +202,13 @@ struct obj_space {
   pthread_mutex_t trim_lock; /* one obj_space_trim at a time: a trim is complete on return */
   obj_bins *all_bins;
   const char *name;
-  unsigned trim_epoch; /* bumped by a trim: other bins trim at their slow path */
-  int purge_delay_ms;  /* empty slabs kept this long (< 0: until a trim; 0: none) */
-  uint32_t map_tag;    /* or'ed into its segments' map entries: OBJ_MAP_POOL or _HEAP */
-  size_t purges;       /* purge passes (time-based and trims), atomic */
-  size_t purged_bytes; /* bytes of empty slabs returned to the OS, atomic */
+  unsigned trim_epoch;   /* bumped by a trim: other bins trim at their slow path */
+  int purge_delay_ms;    /* empty slabs kept this long (< 0: until a trim; 0: none) */
+  uint32_t map_tag;      /* or'ed into its segments' map entries: OBJ_MAP_POOL or _HEAP */
+  uint32_t bin_off_base; /* added to each slab's bin_off (the heap's free-side lists while
+                            profiling: src/malloc/heap_internal.h) */
+  size_t purges;         /* purge passes (time-based and trims), atomic */
+  size_t purged_bytes;   /* bytes of empty slabs returned to the OS, atomic */
 };
 
 #define OBJ_HIDDEN __attribute__((visibility("hidden")))

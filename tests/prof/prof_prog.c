@@ -301,6 +301,13 @@ int main(int argc, char **argv) {
     rate_batches(4000, 300);
     long remote = rate_remote(1000000);
     if (remote < 0) return 1;
+    /* Both lists of every class hold what their counts say, and every slab's bin_off names
+     * the list its frees push onto (aborts with the broken invariant otherwise). */
+    int (*check)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "ma_heap_check");
+    if (!check || check() != 0) {
+      fprintf(stderr, "prof_prog: ma_heap_check missing or failed\n");
+      return 1;
+    }
     printf("rate: %ld mallocs of 64 bytes\n", 1000000L + 4000L * 300 + remote);
     return 0;
   }

@@ -153,16 +153,17 @@ reentry)
   ;;
 rate)
   # Every small malloc must meet the countdown once, whether its block came from a refill or
-  # was put back on the thread cache by a free: 2.2 million mallocs of 64 bytes at 1 sample
+  # was freed by the thread (frees push onto a second list, charged when it refills the
+  # first): 2.2 million mallocs of 64 bytes at 1 sample
   # per 32 KiB expect 2200000 (1 - exp(-64/32768)) = ~4293 samples (sd ~66). A free that
   # puts blocks back uncounted leaves a handful; a cache trim that keeps the charge of the
   # blocks it gives back, ~15% too many. At 1 sample per 4 KiB (~34100 expected, sd ~185)
   # the countdown has room for fewer blocks than a list holds (256): a refill that ignored
   # the countdown and filled the list past the sample point takes ~38% too few (21177;
   # the run at 32 KiB does not see it). Then blocks freed by another thread: the consumer's
-  # list is charged for blocks its owner pops, and batches join the owner's list charged
-  # (a free-only thread starts its countdown at its first free). The profile's header
-  # counts every sample taken.
+  # trims send them home in batches, which join the owner's second list and are charged
+  # like its own frees. Then ma_heap_check walks both lists of every class. The profile's
+  # header counts every sample taken.
   for r in 32768 4096; do
     rm -f "$prefix".*.heap
     out=$(run MAPALLOC_PROF_SAMPLE=$r -- rate 2>&1) || fail "program failed: $out"
