@@ -694,7 +694,7 @@ size_t heap_collect_all(bool force) {
   size_t before = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
   heap_trim_all(force, force);
   size_t cached = huge_cache_purge(force);
-  if (force) prof_trim(); /* prof hook: freed sampled slots kept resident for reuse */
+  if (force) prof_purge(true); /* prof hook: freed sampled slots kept resident for reuse */
   /* And the unmaps the kernel refused earlier (a VMA split at the map count limit). */
   (void)os_release_retry();
   size_t after = __atomic_load_n(&heap_space.committed, __ATOMIC_RELAXED);
@@ -712,6 +712,7 @@ bool heap_purge_pass(void) {
   int saved = errno;
   bool more = heap_trim_all(false, false);
   (void)huge_cache_purge(false);
+  prof_purge(false); /* prof hook */
   size_t hc, hb, ha, hf, cached;
   huge_stats(&hc, &hb, &ha, &hf, &cached);
   errno = saved;

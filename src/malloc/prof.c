@@ -272,26 +272,37 @@ static void prof_live_remove(const prof_live *e) {
  * The region of sampled small blocks: one reservation, one sub-range per slot size
  * (4 KiB << k, k = 0..5: every class up to 128 KiB), each a bump pointer committed ahead
  * plus a bitmap of freed slots. A slot is aligned to its size, so every class alignment
- * holds. The last slots of a size freed, up to 128 KiB of them, stay resident on a stack
- * for the next samples (a page given back costs a madvise and, with other threads running, a TLB
- * shootdown on every core: 10% of larson's time when each freed slot went back); the
- * pages of any other freed slot go back to the system (prof_slot_release) before the slot
- * is marked free in the bitmap, which lives outside the slots, and a trim gives back the
- * warm ones too (prof_trim).
+ * holds. Freed slots stay resident on a stack (up to PROF_WARM_MAX of a size) for the next
+ * samples, as the heap keeps empty slabs: a page given back costs a madvise, a page fault
+ * and a cleared page when the slot is used again and, with other threads running, a TLB
+ * shootdown on every core (10% of larson's time when each freed slot went back; with 128
+ * KiB of warm slots a size, churn still gave back one slot in eight: 7% of its profiled
+ * time in the kernel). Those no sample took for a purge delay go back (prof_purge: the
+ * purger's pass, or the next sampled free), all of them on a trim; the pages of a slot go
+ * back to the system (prof_slot_release) before the slot is marked free in the bitmap,
+ * which lives outside the slots.
  * ---------------------------------------------------------------------------------- */
 #define PROF_SLOT_KINDS  6
 #define PROF_SUB_SHIFT   27 /* 128 MiB per slot size */
 #define PROF_REGION_SIZE ((size_t)PROF_SLOT_KINDS << PROF_SUB_SHIFT)
 #define PROF_COMMIT_STEP ((size_t)256 << 10)
 #define PROF_SLOT_WORDS  ((((size_t)1 << PROF_SUB_SHIFT) >> 12) / 64) /* of 4 KiB slots */
-#define PROF_WARM_SLOTS  32 /* freed 4 KiB slots kept resident; of size 4 KiB << k: >> k */
+#define PROF_WARM_MAX    256 /* freed slots of a size kept resident, at most */
+
+/* A freed slot still resident, with obj_now_ms() of its free. */
+typedef struct prof_warm {
+  void *slot;
+  uint64_t freed_ms;
+} prof_warm;
 
 typedef struct prof_slots {
   size_t bump, committed;          /* offsets in the sub-range */
   size_t nfree, hint;              /* freed slots; no word below `hint` has a bit set */
   uint64_t freed[PROF_SLOT_WORDS]; /* bit i: slot i is free (kind k uses the first >> k) */
   uint32_t nwarm;
-  void *warm[PROF_WARM_SLOTS]; /* freed slots still resident, last freed on top */
+  /* Freed slots still resident, last freed on top: a stack's entries are in the order of
+   * their pushes, so the oldest are at the bottom. */
+  prof_warm warm[PROF_WARM_MAX];
 } prof_slots;
 
 static prof_slots prof_slot[PROF_SLOT_KINDS];
@@ -317,7 +328,9 @@ static void *prof_slot_take(size_t size) {
   prof_slots *ps = &prof_slot[k];
   char *base = (char *)prof_lo + ((size_t)k << PROF_SUB_SHIFT);
   size_t len = (size_t)4096 << k;
-  if (ps->nwarm) return ps->warm[--ps->nwarm];
+  if (ps->nwarm) {
+    return ps->warm[--ps->nwarm].slot;
+  }
   if (ps->nfree) return base + prof_slot_pop(ps) * len;
   if (ps->bump + len > ((size_t)1 << PROF_SUB_SHIFT)) return NULL;
   if (ps->bump + len > ps->committed) {
@@ -571,6 +584,15 @@ void prof_large_restore(const void *p, uint32_t token) {
   pthread_mutex_unlock(&prof_lock);
 }
 
+/* How many warm slots of a size (from the bottom) have waited a purge delay since their
+ * free (a delay < 0: they wait for a trim). prof_lock. */
+static uint32_t prof_purge_due(const prof_slots *ps, uint64_t now) {
+  int delay = heap_space.purge_delay_ms;
+  uint32_t n = 0;
+  while (delay >= 0 && n < ps->nwarm && now - ps->warm[n].freed_ms >= (uint64_t)delay) n++;
+  return n; /* (stops at the first slot still waiting: O(slots given back)) */
+}
+
 bool prof_free(void *p) {
   if (!prof_owns(p)) {
     (void)prof_forget_large(p);
@@ -589,9 +611,12 @@ bool prof_free(void *p) {
   b->live_bytes -= b->size;
   prof_live_remove(e);
   prof_slots *ps = &prof_slot[prof_slot_kind_of(p)];
-  bool warm = ps->nwarm < (uint32_t)PROF_WARM_SLOTS >> prof_slot_kind_of(p); /* 128 KiB a size */
-  if (warm) ps->warm[ps->nwarm++] = p;
+  bool warm = ps->nwarm < PROF_WARM_MAX && heap_space.purge_delay_ms != 0;
+  uint64_t now = obj_now_ms();
+  if (warm) ps->warm[ps->nwarm++] = (prof_warm){p, now};
+  bool due = prof_purge_due(ps, now) != 0; /* (the bottom slot's wait is over) */
   pthread_mutex_unlock(&prof_lock);
+  if (due) prof_purge(false);
   if (warm) return true;
   prof_slot_release(p);
   pthread_mutex_lock(&prof_lock);
@@ -600,17 +625,20 @@ bool prof_free(void *p) {
   return true;
 }
 
-void prof_trim(void) {
-  if (!prof_on) return;
+void prof_purge(bool force) {
+  if (!prof_on || !prof_lo) return;
+  uint64_t now = obj_now_ms();
   for (unsigned k = 0; k < PROF_SLOT_KINDS; k++) {
     prof_slots *ps = &prof_slot[k];
-    void *cold[PROF_WARM_SLOTS];
+    void *cold[PROF_WARM_MAX];
     pthread_mutex_lock(&prof_lock);
-    uint32_t n = ps->nwarm;
-    memcpy(cold, ps->warm, n * sizeof *cold);
-    ps->nwarm = 0;
+    uint32_t n = force ? ps->nwarm : prof_purge_due(ps, now);
+    for (uint32_t i = 0; i < n; i++) cold[i] = ps->warm[i].slot;
+    memmove(ps->warm, ps->warm + n, (ps->nwarm - n) * sizeof ps->warm[0]);
+    ps->nwarm -= n;
     pthread_mutex_unlock(&prof_lock);
     for (uint32_t i = 0; i < n; i++) prof_slot_release(cold[i]);
+    if (!n) continue;
     pthread_mutex_lock(&prof_lock);
     for (uint32_t i = 0; i < n; i++) prof_slot_put(cold[i]);
     pthread_mutex_unlock(&prof_lock);

@@ -89,9 +89,10 @@ bool prof_free(void *p);
 /* heap_usable_size hook for a pointer inside the region: the usable size of a live sampled
  * small block; aborts ("invalid pointer") on anything else. */
 size_t prof_usable(const void *p);
-/* heap_collect_all(true) hook (malloc_trim, ma_heap_collect(true)): gives back the pages
- * of the freed sampled-block slots kept resident for reuse. Any thread. */
-void prof_trim(void);
+/* Gives back the pages of the freed sampled-block slots kept resident for reuse: all of
+ * them (`force`: the heap_collect_all(true) hook, malloc_trim, ma_heap_collect(true)), or
+ * those no sample took for a purge delay (the purger's pass; a sampled free). Any thread. */
+void prof_purge(bool force);
 
 /* ---- shared by prof.c and prof_dump.c -------------------------------------------- */
 #include <pthread.h>

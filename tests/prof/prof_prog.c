@@ -259,6 +259,32 @@ NOINLINE int run_slots(void) {
   return before < 0 ? 1 : 0;
 }
 
+/* Freed sampled slots kept resident go back a purge delay after no sample took them, with
+ * no allocator call: 200 blocks of 16 KiB (each sampled at 1 per KiB, each in a 16 KiB
+ * slot), freed, then a second thread (so the background purger runs) and a wait. */
+static void *idle_thread(void *arg) {
+  free(must(malloc(64))); /* a heap: its exit makes the process multithreaded for the heap */
+  return arg;
+}
+
+NOINLINE int run_slots_idle(void) {
+  enum { N = 200, SIZE = 16 << 10 };
+  static void *keep[N];
+  pthread_t t;
+  if (pthread_create(&t, NULL, idle_thread, NULL) != 0) return 1;
+  pthread_join(t, NULL);
+  long before = resident_kib();
+  for (int i = 0; i < N; i++) memset(keep[i] = must(malloc(SIZE)), 1, SIZE);
+  long held = resident_kib();
+  for (int i = 0; i < N; i++) free(keep[i]);
+  long freed = resident_kib();
+  usleep(1000 * 1000); /* the purge delay (100 ms) and the purger's cadence, with slack */
+  long after = resident_kib();
+  printf("slots_idle: resident KiB before %ld held %ld freed %ld after %ld\n", before, held, freed,
+         after);
+  return before < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "leak";
   if (strcmp(mode, "leak") == 0) {
@@ -312,6 +338,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (strcmp(mode, "slots") == 0) return run_slots();
+  if (strcmp(mode, "slots_idle") == 0) return run_slots_idle();
   fprintf(stderr, "prof_prog: unknown mode %s\n", mode);
   return 2;
 }

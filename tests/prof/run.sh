@@ -191,6 +191,19 @@ slots)
   within "KiB taken by the blocks and their slots" "$((${held:-0} - ${before:-0}))" 30000 200000
   within "KiB still resident after free + trim" "$((${after:-0} - ${before:-0}))" -100000 "$(((${held:-0} - ${before:-0}) / 4))"
   ;;
+slots_idle)
+  # 200 blocks of 16 KiB, all sampled (1 per KiB), freed: their slots stay resident for the
+  # next samples (~3200 KiB), then go back a purge delay (100 ms) later with no allocator
+  # call (the background purger's pass). Before the warm slots were purged by time, they
+  # stayed until a trim.
+  out=$(run MAPALLOC_PROF_SAMPLE=1024 MAPALLOC_PURGE_DELAY_MS=100 -- slots_idle 2>&1) || fail "program failed: $out"
+  echo "$out"
+  read -r before held freed after < <(sed -n 's/^slots_idle: resident KiB before \([0-9]*\) held \([0-9]*\) freed \([0-9]*\) after \([0-9]*\)$/\1 \2 \3 \4/p' <<<"$out")
+  [ -n "${after:-}" ] || fail "no resident figures"
+  within "KiB taken by the sampled blocks" "$((${held:-0} - ${before:-0}))" 3000 6000
+  within "KiB still resident right after the frees (kept for reuse)" "$((${freed:-0} - ${before:-0}))" 2500 6000
+  within "KiB still resident a purge delay later" "$((${after:-0} - ${before:-0}))" -100000 600
+  ;;
 accuracy)
   # bench/prof/prof_accuracy.c: six sites of known live bytes (32 B .. 2 MiB blocks) among
   # churn. At 1 sample per 64 KiB the worst relative sd is 6.3% (16 MiB of 32-byte blocks).
