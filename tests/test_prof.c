@@ -44,3 +44,106 @@ Test(prof, scale_is_the_inverse_sampling_probability) {
   close_to(prof_scale(16), 1 / (1 - 0.99996948288644020), 1e-6); /* ~32768 */
   close_to(prof_scale(64.0 * 524288), 1.0, 1e-12);               /* large blocks: always */
 }
+
+/* ---- prof_unwind: the same return addresses as glibc's backtrace() ---- */
+#include <dlfcn.h> /* DLFO_EH_SEGMENT_TYPE: glibc 2.35 has _dl_find_object, the fast walk runs */
+#include <execinfo.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+
+#define UNW_MAX 64
+
+/* Walks the stack both ways from here and compares them below this frame (their first
+ * entries are two call sites in this function). Returns the fast walk's depth (-1: it
+ * declined, and the sample would use backtrace()). */
+__attribute__((noinline)) static int unwind_compare(void) {
+  void *fast[UNW_MAX], *slow[UNW_MAX];
+  int n = prof_unwind(fast, UNW_MAX);
+  int m = backtrace(slow, UNW_MAX);
+  if (n < 0) return n;
+  cr_assert_eq(n, m, "prof_unwind found %d frames, backtrace %d", n, m);
+  for (int i = 1; i < n; i++)
+    cr_assert_eq(fast[i], slow[i], "frame %d: prof_unwind %p, backtrace %p", i, fast[i], slow[i]);
+  return n;
+}
+
+/* Frames of several shapes: a frame pointer and a variable-length array (CFA from rbp),
+ * none (CFA from rsp, moving with pushes), a large frame, an indirect call. */
+static volatile int unw_sink;
+typedef int (*unw_fn)(int);
+static int unw_shape(int level);
+
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) static int unw_vla(int level) {
+  char buf[16 + (level & 7) * 40];
+  memset(buf, level, sizeof buf);
+  int r = unw_shape(level - 1) + buf[level & 15];
+  unw_sink = r;
+  return r;
+}
+
+__attribute__((noinline, optimize("omit-frame-pointer"))) static int unw_plain(int level) {
+  int r = unw_shape(level - 1);
+  unw_sink = r;
+  return r + 1;
+}
+
+__attribute__((noinline)) static int unw_big(int level) {
+  volatile char big[20000];
+  big[level] = (char)level;
+  int r = unw_shape(level - 1) + big[level];
+  unw_sink = r;
+  return r;
+}
+
+static unw_fn volatile unw_table[3] = {unw_vla, unw_plain, unw_big};
+
+static int unw_depth_seen;
+__attribute__((noinline)) static int unw_shape(int level) {
+  if (level == 0) {
+    unw_depth_seen = unwind_compare();
+    return 0;
+  }
+  return unw_table[level % 3](level);
+}
+
+Test(prof, unwind_matches_backtrace) {
+  for (int level = 0; level < 24; level++) {
+    unw_shape(level);
+#if defined(__x86_64__) && defined(DLFO_EH_SEGMENT_TYPE)
+    cr_assert_geq(unw_depth_seen, level + 2, "level %d: fast walk declined or fell short (%d)",
+                  level, unw_depth_seen);
+#endif
+  }
+}
+
+static void *unw_thread(void *arg) {
+  (void)arg;
+  unw_shape(5);
+  return NULL;
+}
+
+Test(prof, unwind_matches_backtrace_in_a_thread) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, unw_thread, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+#if defined(__x86_64__) && defined(DLFO_EH_SEGMENT_TYPE)
+  cr_assert_geq(unw_depth_seen, 7);
+#endif
+}
+
+static void unw_on_signal(int sig) {
+  (void)sig;
+  unw_shape(2); /* through the signal frame: compared if the fast walk takes it */
+}
+
+Test(prof, unwind_through_a_signal_frame_declines_or_matches) {
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = unw_on_signal;
+  cr_assert_eq(sigaction(SIGUSR1, &sa, &old), 0);
+  unw_depth_seen = 0;
+  raise(SIGUSR1);
+  cr_assert_eq(sigaction(SIGUSR1, &old, NULL), 0);
+  cr_assert_neq(unw_depth_seen, 0, "the handler ran");
+}

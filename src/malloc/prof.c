@@ -163,7 +163,8 @@ static int prof_find_text(struct dl_phdr_info *info, size_t size, void *ctx) {
 /* The caller's stack without the allocator's frames; returns the depth. */
 __attribute__((noinline)) static uint32_t prof_capture(uintptr_t *pcs) {
   void *buf[PROF_DEPTH + 16];
-  int n = backtrace(buf, PROF_DEPTH + 16);
+  int n = prof_unwind(buf, PROF_DEPTH + 16);
+  if (n < 0) n = backtrace(buf, PROF_DEPTH + 16);
   int i = 1; /* buf[0] is in prof_capture's caller (a prof_sample_* function) */
   if (prof_text_hi) {
     while (i < n && (uintptr_t)buf[i] - prof_text_lo < prof_text_hi - prof_text_lo) i++;
@@ -410,6 +411,7 @@ void prof_start(void) {
   prof_lo = (uintptr_t)region;
   prof_hi = prof_lo + PROF_REGION_SIZE;
   dl_iterate_phdr(prof_find_text, (void *)(uintptr_t)&prof_start);
+  prof_unwind_init();
   /* The unwinder's first use loads libgcc_s and allocates: done now, unsampled.
    * MAPALLOC_PROF_WARMUP=0 (tests only) leaves it to the first sample, where the thread's
    * busy flag keeps those allocations unsampled. */

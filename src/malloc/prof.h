@@ -124,6 +124,14 @@ extern _Atomic size_t prof_dropped;      /* samples lost (region or table full) 
 double prof_exp_neg(double x);
 double prof_scale(double avg);
 
+/* prof_unwind.c: the calling thread's return addresses, from the caller's (as glibc's
+ * backtrace() orders them), at most max; -1 when a frame's unwind rules are beyond its
+ * reader (the caller then uses backtrace()). No allocation; no lock once a frame's rule is
+ * cached. prof_unwind_init gives it its cache (prof_start; without it every frame's rule is
+ * read from .eh_frame again). */
+void prof_unwind_init(void);
+int prof_unwind(void **pcs, int max);
+
 /* prof_dump.c */
 void prof_signal_start(void); /* handler + helper thread */
 void prof_signal_poll(void);  /* a sample path: a pending signal dump with no helper */
