@@ -219,10 +219,10 @@ static void give_away(size_t size, void **v, size_t n, void **own, size_t nown) 
   for (size_t i = 0; i < nown; i++) ma_free(own[i]);
   h->tc_grown = grown;
   size_t k = 0;
-  while (h->tc[cls].head && k < nown) own[k++] = ma_malloc(size);
+  while (!heap_tc_empty(&h->tc[cls]) && k < nown) own[k++] = ma_malloc(size);
   for (size_t i = k; i < nown; i++) own[i] = NULL;
   obj_slab *cur = h->bs->bins[cls].cur;
-  cr_assert(h->tc[cls].head == NULL && cur != &obj_empty_slab && cur->free,
+  cr_assert(heap_tc_empty(&h->tc[cls]) && cur != &obj_empty_slab && cur->free,
             "set-up: the cache is empty and the current slab has free blocks");
   span x = {v, n};
   pthread_t t;

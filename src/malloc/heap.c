@@ -53,8 +53,11 @@ const uint32_t heap_cls_size[HEAP_NCLASSES] = {
  * ---------------------------------------------------------------------------------- */
 obj_space heap_space;
 
+const obj_block heap_tc_end = {.next = NULL, .key = 2};
+
 /* The heap of a thread before its first call: empty lists, bounds 0 (every call slow). */
-heap heap_empty = {.lock = PTHREAD_MUTEX_INITIALIZER};
+heap heap_empty = {.tc = {[0 ... HEAP_NLISTS - 1] = {.head = HEAP_TC_END}},
+                   .lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Thread cache bound per class: about HEAP_TC_BYTES of blocks, 2..HEAP_TC_MAX_BLOCKS; none
  * above HEAP_TC_MAX_SIZE (those classes go to their slabs under the lock each time). */
@@ -228,6 +231,8 @@ static heap *heap_thread_init(void) {
     }
     h->tracking = obj_tracking;
     for (unsigned i = 0; i < HEAP_NLISTS; i++) {
+      if (!h->tc[i].head) h->tc[i].head = HEAP_TC_END; /* a new heap (an orphan's are empty) */
+      MA_CHECK(heap_tc_empty(&h->tc[i]), "list %u of a heap without slabs holds blocks", i);
       /* prof hook: a profiled thread's first lists keep bound 0 (room -blocks): only its
        * counted refills fill them, so every malloc that empties one reaches the countdown */
       bool used = i < HEAP_NCLASSES ? !prof_on : heap_space.bin_off_base != 0;
@@ -299,16 +304,16 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   } else if (tc->max == 0) { /* a class too large to cache */
     p = obj_bin_alloc(h->bs, bin);
     if (p) heap_count_take(h, 1, heap_cls_size[cls]);
-  } else if (tc->head == NULL) {
+  } else if (heap_tc_empty(tc)) {
     heap_tc_take_mail(h); /* batches other threads gave back, first */
     /* (the second list: a profiled run's after its profiler failed to start) */
-    if (!tc->head) heap_tc_take_freed(h, cls, (uint32_t)tc->room);
+    if (heap_tc_empty(tc)) heap_tc_take_freed(h, cls, (uint32_t)tc->room);
     /* else half the base bound from the current slab (a grown bound holds the blocks a
      * burst of frees gives back; a refill that grew with it would take hundreds of blocks,
      * touching memory a program that allocates little at a time never uses) */
     uint32_t want = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
     obj_block *head;
-    uint32_t k = tc->head ? 0 : obj_bin_take_batch(h->bs, bin, want, &head);
+    uint32_t k = !heap_tc_empty(tc) ? 0 : obj_bin_take_batch(h->bs, bin, want, HEAP_TC_END, &head);
     MA_CHECK(k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k, tc->max);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
@@ -317,7 +322,7 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
     }
   }
   pthread_mutex_unlock(&h->lock);
-  if (tc->head) return heap_malloc_cls(cls);
+  if (!heap_tc_empty(tc)) return heap_malloc_cls(cls);
   return p; /* NULL: obj set errno */
 }
 
@@ -341,13 +346,13 @@ static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want) {
   heap_tc *tc = &h->tc[cls], *f = &h->tc[cls + HEAP_NCLASSES];
   uint32_t n = heap_tc_count(f);
   if (n == 0 || want == 0) return 0;
-  obj_block *rest = NULL;
+  obj_block *rest = HEAP_TC_END;
   if (n > want) {
     obj_block *last = f->head;
     for (uint32_t i = 1; i < want; i++) last = heap_tc_next_checked(last);
     rest = heap_tc_next_checked(last);
     obj_link_open(last);
-    obj_link_set(last, NULL);
+    obj_link_set(last, HEAP_TC_END);
     obj_link_close(last);
     n = want;
   }
@@ -366,7 +371,7 @@ static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want) {
  * cache, or no memory: the caller takes one block). */
 uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   heap_tc *tc = &h->tc[cls];
-  if (want == 0 || tc->head != NULL || tc->max != 0 || heap_tc_max[cls] == 0) return 0;
+  if (want == 0 || !heap_tc_empty(tc) || tc->max != 0 || heap_tc_max[cls] == 0) return 0;
   uint32_t k = heap_tc_take_freed(h, cls, want);
   if (k) return k;
   pthread_mutex_lock(&h->lock);
@@ -375,7 +380,7 @@ uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   if (k == 0) {
     uint32_t cap = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
     obj_block *head;
-    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want < cap ? want : cap, &head);
+    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want < cap ? want : cap, HEAP_TC_END, &head);
     if (k) {
       heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
       tc->head = head;
@@ -406,6 +411,7 @@ void *heap_malloc_slow(heap *h, const heap_tc *tc) {
 }
 
 void *heap_malloc_far(const heap_tc *tc) {
+  if (heap_tc_empty(tc)) return heap_malloc_slow(heap_get(), tc);
   obj_fatal("corrupted free list (write after free?)", tc->head);
 }
 
@@ -653,7 +659,7 @@ static bool heap_trim_locked(heap *h, int phase, bool force, bool own) {
     obj_outbox_flush(bs);
     bool cached = false;
     if (h->orphan)
-      for (unsigned i = 0; i < HEAP_NLISTS && !cached; i++) cached = h->tc[i].head != NULL;
+      for (unsigned i = 0; i < HEAP_NLISTS && !cached; i++) cached = !heap_tc_empty(&h->tc[i]);
     return cached;
   }
   if (force) {
@@ -845,7 +851,7 @@ static void heap_tc_check(heap *h) {
   for (unsigned c = 0; c < HEAP_NLISTS; c++) { /* (c: the list) */
     heap_tc *tc = &h->tc[c];
     uint32_t n = 0;
-    for (obj_block *b = tc->head; b;) {
+    for (obj_block *b = tc->head; b != HEAP_TC_END;) {
       MA_VERIFY(n < (tc->max ? tc->max : heap_tc_count(tc)),
                 "thread cache %p list %u: more than its bound %u blocks", (void *)h, c, tc->max);
       obj_segment *seg = heap_segment_of(b);

@@ -62,6 +62,17 @@ typedef struct heap_tc {
 } heap_tc;
 _Static_assert(sizeof(heap_tc) == 1u << OBJ_BIN_OFF_SHIFT, "obj_slab.bin_off indexes heap_tc");
 
+/* The end of every thread-cache list (never NULL): a read-only block whose free tag never
+ * holds (its key ^ link is 2: the cookie is odd, and 0 before start-up), so the malloc fast
+ * path's tag check also finds an empty list and the path has no NULL test (two
+ * instructions); heap_malloc_far tells the two apart. */
+extern const obj_block heap_tc_end;
+#define HEAP_TC_END ((obj_block *)&heap_tc_end)
+
+static inline bool heap_tc_empty(const heap_tc *tc) {
+  return tc->head == HEAP_TC_END;
+}
+
 static inline uint32_t heap_tc_count(const heap_tc *tc) {
   return __atomic_load_n(&tc->max, __ATOMIC_RELAXED) -
          (uint32_t)__atomic_load_n(&tc->room, __ATOMIC_RELAXED);
@@ -206,15 +217,15 @@ static inline bool heap_carved_in(obj_segment *seg, const obj_block *n) {
   return obj_block_q(s, (uintptr_t)n) < obj_slab_carved(s);
 }
 
-/* n is NULL or a carved block of a heap slab: exact (segment map, block index). */
+/* n is the list end or a carved block of a heap slab: exact (segment map, block index). */
 static inline bool heap_link_valid(const obj_block *n) {
-  if (n == NULL) return true;
+  if (n == HEAP_TC_END) return true;
   obj_segment *seg = heap_segment_of(n);
   return seg != NULL && heap_carved_in(seg, n);
 }
 
-/* n, the link of b (a validated block of a heap slab), is NULL or a carved block of a heap
- * slab: exact. A link into b's own 4 MiB chunk is in b's segment (heap segments are one
+/* n, the link of b (a validated block of a heap slab), is the list end or a carved block of
+ * a heap slab: exact. A link into b's own 4 MiB chunk is in b's segment (heap segments are one
  * chunk), so only its slab and block index are checked: no map lookup for most links. */
 static inline bool heap_link_valid_from(const obj_block *b, const obj_block *n) {
   if ((((uintptr_t)n ^ (uintptr_t)b) >> OBJ_SEG_SHIFT) != 0) return heap_link_valid(n);
@@ -274,8 +285,8 @@ static inline void heap_tc_push(heap_tc *tc, const obj_slab *s, obj_block *b) {
   obj_count_add32(&tc->room, -1);
 }
 
-/* heap_malloc_off when the head's tag or link failed its check: aborts ("corrupted free
- * list"). Not noreturn, so that the call is a jump. */
+/* heap_malloc_off when the head's tag or link failed its check: the list's end (an empty
+ * list: heap_malloc_slow), else aborts ("corrupted free list"). */
 void *heap_malloc_far(const heap_tc *tc);
 
 /* ---- fast paths ---- */
@@ -283,16 +294,15 @@ void *heap_malloc_far(const heap_tc *tc);
 /* Pops a block of the class whose list is at byte offset `off` of h->tc (class <<
  * OBJ_BIN_OFF_SHIFT, as heap_cls_lut and obj_slab.bin_off store it) from the thread cache: no lock,
  * no atomic read-modify-write, no division, no shared line written. An empty list takes the slow
- * path (refill from the slabs; the first call of a thread; valgrind). */
+ * path through heap_malloc_far (refill from the slabs; the first call of a thread; valgrind). */
 static inline void *heap_malloc_off(unsigned off) {
   heap *h = heap_get();
   heap_tc *tc = (heap_tc *)((char *)h->tc + off);
   unsigned cls = off >> OBJ_BIN_OFF_SHIFT;
   obj_block *b = tc->head;
-  if (heap_unlikely(b == NULL)) return heap_malloc_slow(h, tc);
   obj_link_open(b);
-  /* The free tag must hold (a write after free over the link or the tag breaks it); the
-   * secure build also checks the decoded link exactly. */
+  /* The free tag must hold (an empty list's end fails it; so does a write after free over
+   * the link or the tag); the secure build also checks the decoded link exactly. */
   if (heap_unlikely(!obj_block_is_free(b))) return heap_malloc_far(tc);
   obj_block *n = heap_tc_link(b);
 #if OBJ_SECURE

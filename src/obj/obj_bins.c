@@ -356,7 +356,8 @@ void obj_slab_put(obj_slab *s, obj_block *b) {
   if (obj_unlikely(vg)) obj_link_close_vg(b);
 }
 
-uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head) {
+uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
+                            obj_block **head) {
   if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
   obj_slab *s = bin->cur;
   obj_block *b = s->free, *last = b;
@@ -371,7 +372,7 @@ uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **
   }
   obj_link_open_rt(last);
   s->free = obj_link_next(s, last);
-  obj_link_set(last, NULL);
+  obj_link_set(last, end);
   obj_link_close_rt(last);
   s->cnt += (int32_t)k;
   *head = b;

@@ -280,9 +280,10 @@ void obj_bins_file_chain(obj_bins *bs, obj_block *b);
 void obj_slab_put(obj_slab *s, obj_block *b);
 void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b);
 /* Owner: detaches up to n (>= 1) blocks of bin's current slab (refilled first if empty) as
- * a NULL-terminated chain linked as a free list and tagged free; returns how many (0 and
- * errno ENOMEM when no memory). */
-uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block **head);
+ * a chain linked as a free list and tagged free, its last block linked to `end` (the
+ * heap's list end); returns how many (0 and errno ENOMEM when no memory). */
+uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
+                            obj_block **head);
 
 /* ---- fast paths --------------------------------------------------------------------- */
 
