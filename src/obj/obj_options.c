@@ -81,7 +81,7 @@ static const opt_desc opt_table[] = {
     {"LEAKS", &obj_opt.leaks, 0,
      "1: at exit, print the call sites holding the most live sampled bytes (implies PROF)"},
     {"PROF_WARMUP", &obj_opt.prof_warmup, 1,
-     "profiling: 0 leaves the unwinder's first use to the first sample (tests only)"},
+     "profiling: 0 never warms up backtrace(), the stack walk's fallback (tests only)"},
 };
 #define OPT_N (sizeof opt_table / sizeof opt_table[0])
 

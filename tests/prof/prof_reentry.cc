@@ -1,10 +1,14 @@
 // Re-entrancy of the heap profiler, run with MAPALLOC_PROF_SAMPLE=1 (every allocation is
-// sampled) and MAPALLOC_PROF_WARMUP=0 (the unwinder is not warmed up at start): the first
-// sample's backtrace() loads libgcc_s, which allocates inside the profiler; exceptions
-// allocate and unwind while other threads sample; dlopen allocates inside the loader.
+// sampled) and MAPALLOC_PROF_WARMUP=0 (backtrace() is not warmed up at start): a sample
+// through a signal frame, where the fast stack walk declines, makes the first call of
+// backtrace(), which allocates inside the profiler; exceptions allocate and unwind while
+// other threads sample; dlopen allocates inside the loader.
 #include <dlfcn.h>
+#include <signal.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -29,7 +33,15 @@ static int work(int n) {
   return caught;
 }
 
+static void *volatile sig_block;
+static void on_signal(int) {
+  sig_block = std::malloc(100); // (raise() runs it synchronously: main is not in malloc)
+}
+
 int main() {
+  std::signal(SIGUSR1, on_signal);
+  std::raise(SIGUSR1);
+  std::free(sig_block);
   std::vector<std::thread> ts;
   int caught[4] = {0, 0, 0, 0};
   for (int t = 0; t < 4; t++) ts.emplace_back([&caught, t] { caught[t] = work(2000); });
