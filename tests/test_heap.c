@@ -142,6 +142,27 @@ Test(heap_malloc, many_blocks_distinct_and_intact) {
   for (int i = 0; i < N; i += 2) ma_free(p[i]);
 }
 
+/* Lists end in heap_tc_end, a read-only block the fast path's tag check rejects: emptying
+ * a list again and again (refills of every size of a class's run) never hands it out, and
+ * the emptied lists end in it (ma_heap_check walks them). */
+Test(heap_malloc, emptied_lists_never_hand_out_their_end) {
+  enum { N = 3000 };
+  static void *p[N];
+  for (int round = 0; round < 4; round++) {
+    for (int i = 0; i < N; i++) {
+      p[i] = ma_malloc(16 + (size_t)(i % 7) * 48);
+      cr_assert(p[i] != NULL && p[i] != (void *)&heap_tc_end, "block %d: %p", i, p[i]);
+      memset(p[i], 0xa5, 16);
+    }
+    for (int i = 0; i < N; i++) ma_free(p[i]);
+  }
+  heap *h = heap_get();
+  for (unsigned c = 0; c < HEAP_NLISTS; c++)
+    cr_assert(h->tc[c].head != NULL, "list %u ends in NULL", c);
+  cr_assert_eq(ma_heap_check(), 0);
+  cr_assert_eq(heap_tc_end.next, NULL); /* never written: it is read-only */
+}
+
 Test(heap_malloc, zero_size_is_unique) {
   void *a = ma_malloc(0), *b = ma_malloc(0);
   cr_assert(a && b && a != b);
