@@ -66,7 +66,7 @@ _Static_assert(sizeof(heap_tc) == 1u << OBJ_BIN_OFF_SHIFT, "obj_slab.bin_off ind
  * holds (its key ^ link is 2: the cookie is odd, and 0 before start-up), so the malloc fast
  * path's tag check also finds an empty list and the path has no NULL test (two
  * instructions); heap_malloc_far tells the two apart. */
-extern const obj_block heap_tc_end;
+extern OBJ_HIDDEN const obj_block heap_tc_end;
 #define HEAP_TC_END ((obj_block *)&heap_tc_end)
 
 static inline bool heap_tc_empty(const heap_tc *tc) {
