@@ -190,7 +190,10 @@ static uint64_t prof_hash_stack(const uintptr_t *pcs, uint32_t depth) {
  * Buckets: a fixed array plus a chained hash index, both from the page layer.
  * ---------------------------------------------------------------------------------- */
 #define PROF_MAX_BUCKETS 32768u
-#define PROF_INDEX_SIZE  65536u
+/* Chain heads: 64 KiB, touched at random by the stacks' hashes, so a program with a few
+ * hundred call sites makes all of it resident (256 KiB with 65536 heads); chains of two
+ * buckets on average when the table is full. */
+#define PROF_INDEX_SIZE 16384u
 
 static uint32_t *prof_index; /* bucket index + 1 of the chain's head */
 
