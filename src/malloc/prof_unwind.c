@@ -11,7 +11,8 @@
  * The walk allocates nothing and takes no lock on a cached path: FDEs are found with
  * glibc's _dl_find_object (lock-free, made for unwinders), and rules go into a table from
  * the page layer whose entries are written once (under a trylock: a busy writer skips
- * caching) and never evicted, so a reader that finds its key reads a complete rule.
+ * caching; so does a fork child whose parent forked while another thread held the lock)
+ * and never evicted, so a reader that finds its key reads a complete rule.
  */
 #include "malloc/prof.h"
 
@@ -373,10 +374,14 @@ static bool read_cie(const uint8_t *p, const uint8_t *end, unw_cie *c) {
   return !r.bad;
 }
 
-/* The FDE of pc in the object's .eh_frame_hdr binary-search table, NULL if none. */
-static const uint8_t *find_fde(const uint8_t *hdr, uintptr_t pc) {
-  /* version 1; eh_frame_ptr pcrel sdata4; fde_count udata4; table datarel sdata4 */
-  if (hdr[0] != 1 || hdr[1] != 0x1b || hdr[2] != 0x03 || hdr[3] != 0x3b) return NULL;
+/* The FDE of pc in the object's .eh_frame_hdr binary-search table, NULL if none; *unread
+ * when the table is in a form this reader does not take (the caller then declines rather
+ * than end the stack there). */
+static const uint8_t *find_fde(const uint8_t *hdr, uintptr_t pc, bool *unread) {
+  /* version 1; eh_frame_ptr pcrel sdata4; fde_count udata4; table datarel sdata4 (what GNU
+   * ld, gold, lld and mold write) */
+  *unread = hdr[0] != 1 || hdr[1] != 0x1b || hdr[2] != 0x03 || hdr[3] != 0x3b;
+  if (*unread) return NULL;
   uint32_t count;
   memcpy(&count, hdr + 8, 4);
   const int32_t *tab = (const int32_t *)(const void *)(hdr + 12);
@@ -396,11 +401,14 @@ static const uint8_t *find_fde(const uint8_t *hdr, uintptr_t pc) {
 /* The rule at pc (a return address less one, or the walk's own first pc). */
 static uint64_t rule_compute(uintptr_t pc) {
   unw_rule fail = {RULE_VALID | RULE_FAIL, 0, 0};
+  unw_rule end = {RULE_VALID | RULE_END, 0, 0};
   struct dl_find_object dlfo;
-  if (_dl_find_object((void *)pc, &dlfo) != 0 || !dlfo.dlfo_eh_frame)
-    return rule_pack((unw_rule){RULE_VALID | RULE_END, 0, 0});
-  const uint8_t *fde = find_fde(dlfo.dlfo_eh_frame, pc);
-  if (!fde) return rule_pack((unw_rule){RULE_VALID | RULE_END, 0, 0});
+  if (_dl_find_object((void *)pc, &dlfo) != 0) return rule_pack(end); /* no object: as libgcc */
+  if (!dlfo.dlfo_eh_frame) return rule_pack(fail); /* libgcc would scan .eh_frame itself */
+  bool unread;
+  const uint8_t *fde = find_fde(dlfo.dlfo_eh_frame, pc, &unread);
+  if (unread) return rule_pack(fail);
+  if (!fde) return rule_pack(end);
   uint32_t flen, cie_off;
   memcpy(&flen, fde, 4);
   memcpy(&cie_off, fde + 4, 4);
@@ -417,7 +425,7 @@ static uint64_t rule_compute(uintptr_t pc) {
   const uint8_t *at = r.p;
   uintptr_t begin = (uintptr_t)at + (uintptr_t)(int64_t)(int32_t)rd_fixed(&r, 4);
   uintptr_t range = (uintptr_t)rd_fixed(&r, 4);
-  if (pc < begin || pc - begin >= range) return rule_pack((unw_rule){RULE_VALID | RULE_END, 0, 0});
+  if (pc < begin || pc - begin >= range) return rule_pack(end);
   if (c.has_z) {
     uint64_t n = rd_uleb(&r);
     if (r.bad || n > (uint64_t)(r.end - r.p)) return rule_pack(fail);
@@ -428,7 +436,7 @@ static uint64_t rule_compute(uintptr_t pc) {
   if (!run_cfa(&s, NULL, &c, c.insns, c.end, begin, pc)) return rule_pack(fail);
   unw_state init = s;
   if (!run_cfa(&s, &init, &c, r.p, fend, begin, pc)) return rule_pack(fail);
-  if (s.ra == 1) return rule_pack((unw_rule){RULE_VALID | RULE_END, 0, 0});
+  if (s.ra == 1) return rule_pack(end);
   if (s.ra != 0 || s.ra_off != -8 || s.rbp == 2) return rule_pack(fail);
   if (s.cfa_reg != REG_RSP && s.cfa_reg != REG_RBP) return rule_pack(fail);
   if (s.cfa_off <= 0 || s.cfa_off > INT32_MAX || s.rbp_off < INT16_MIN || s.rbp_off > INT16_MAX)
