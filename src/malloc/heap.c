@@ -75,6 +75,13 @@ heap heap_empty = {.tc = {[0 ... HEAP_NLISTS - 1] = {.head = HEAP_TC_END}},
 #define HEAP_TC_GROW_ALL    ((size_t)8 << 20)
 static uint32_t heap_tc_max[HEAP_NCLASSES];
 
+/* The base bound of list i: a class's, or half of it for a second list (a profiled run's
+ * frees), so that a class's two lists together hold what one list holds unprofiled (a
+ * counted refill moves at most the second list, or takes half a bound from the slabs). */
+static uint32_t heap_list_max(unsigned i) {
+  return i < HEAP_NCLASSES ? heap_tc_max[i] : heap_tc_max[i - HEAP_NCLASSES] / 2;
+}
+
 #ifndef MA_TLS_DYNAMIC
 __thread heap *heap_tls __attribute__((tls_model("initial-exec"))) = &heap_empty;
 #endif
@@ -236,7 +243,7 @@ static heap *heap_thread_init(void) {
       /* prof hook: a profiled thread's first lists keep bound 0 (room -blocks): only its
        * counted refills fill them, so every malloc that empties one reaches the countdown */
       bool used = i < HEAP_NCLASSES ? !prof_on : heap_space.bin_off_base != 0;
-      uint32_t max = h->tracking || !used ? 0 : heap_tc_max[heap_list_cls(i)];
+      uint32_t max = h->tracking || !used ? 0 : heap_list_max(i);
       __atomic_store_n(&h->tc[i].max, max, __ATOMIC_RELAXED);           /* statistics read it */
       __atomic_store_n(&h->tc[i].room, (int32_t)max, __ATOMIC_RELAXED); /* empty */
     }
@@ -501,7 +508,7 @@ static void heap_tc_shrink(heap *h) {
   if (h->tc_grown == 0) return;
   for (unsigned i = 0; i < HEAP_NLISTS; i++) {
     heap_tc *tc = &h->tc[i];
-    uint32_t base = heap_tc_max[heap_list_cls(i)];
+    uint32_t base = heap_list_max(i);
     if (tc->max <= base) continue;
     MA_CHECK(heap_tc_count(tc) == 0, "list %u: %u blocks cached when the bounds go back", i,
              heap_tc_count(tc));

@@ -82,8 +82,9 @@ static inline uint32_t heap_tc_count(const heap_tc *tc) {
  * obj_slab.bin_off) push onto the first too, or, in a profiled run (heap_space.bin_off_base
  * set), onto the second: a profiled thread's first list then holds only blocks charged to
  * the class's sampling countdown when they moved there (heap_tc_refill_counted), so every
- * malloc is counted while both inline paths stay as they are. Unused second lists keep
- * bound 0 and room 0. */
+ * malloc is counted while both inline paths stay as they are. A second list's bound is
+ * half its class's (the two together hold what one list holds unprofiled); unused second
+ * lists keep bound 0 and room 0. */
 #define HEAP_NLISTS (2 * HEAP_NCLASSES)
 
 /* The class of thread cache list i. */
