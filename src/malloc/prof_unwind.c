@@ -167,10 +167,10 @@ static unsigned enc_size(uint8_t enc) {
 typedef struct unw_state {
   uint64_t cfa_reg;
   int64_t cfa_off;
-  int rbp; /* 0 unchanged, 1 saved at CFA + rbp_off, 2 beyond us */
   int64_t rbp_off;
-  int ra; /* 0 at CFA + ra_off, 1 undefined, 2 beyond us */
   int64_t ra_off;
+  int rbp; /* 0 unchanged, 1 saved at CFA + rbp_off, 2 beyond us */
+  int ra;  /* 0 at CFA + ra_off, 1 undefined, 2 beyond us */
 } unw_state;
 
 typedef struct unw_cie {
@@ -389,13 +389,13 @@ static const uint8_t *find_fde(const uint8_t *hdr, uintptr_t pc, bool *unread) {
   uint32_t lo = 0, hi = count; /* the last entry with start <= pc */
   while (hi - lo > 1) {
     uint32_t mid = lo + (hi - lo) / 2;
-    if ((uintptr_t)(hdr + tab[2 * mid]) <= pc)
+    if ((uintptr_t)(hdr + tab[2 * (size_t)mid]) <= pc)
       lo = mid;
     else
       hi = mid;
   }
-  if ((uintptr_t)(hdr + tab[2 * lo]) > pc) return NULL;
-  return hdr + tab[2 * lo + 1];
+  if ((uintptr_t)(hdr + tab[2 * (size_t)lo]) > pc) return NULL;
+  return hdr + tab[2 * (size_t)lo + 1];
 }
 
 /* The rule at pc (a return address less one, or the walk's own first pc). */
@@ -432,7 +432,7 @@ static uint64_t rule_compute(uintptr_t pc) {
     r.p += n;
   }
   if (r.bad) return rule_pack(fail);
-  unw_state s = {REG_RSP, 0, 0, 0, 2, 0};
+  unw_state s = {.cfa_reg = REG_RSP, .ra = 2};
   if (!run_cfa(&s, NULL, &c, c.insns, c.end, begin, pc)) return rule_pack(fail);
   unw_state init = s;
   if (!run_cfa(&s, &init, &c, r.p, fend, begin, pc)) return rule_pack(fail);
