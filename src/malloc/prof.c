@@ -493,8 +493,8 @@ __attribute__((noinline)) void prof_class_start(heap *h, unsigned cls) {
 /* A profiled thread's small malloc found its cache list empty (heap_malloc_slow). The
  * class's countdown is charged for this block; when it runs out the block is sampled.
  * Otherwise the list is refilled with as many blocks as the countdown has bytes left
- * (charged now: each is popped by a later malloc of the class; a free that puts a block
- * back on the list charges it too, heap_free_counted, and a trim refunds what it gives
+ * (charged now: each is popped by a later malloc of the class; frees go to the class's
+ * second list, charged when a refill moves them here, and a trim refunds what it gives
  * back), so the sample falls on the malloc that crosses the interval, as with a count per
  * call. Returns a block, or NULL: the caller serves one block the ordinary way. */
 void *prof_malloc_small(heap *h, unsigned cls) {

@@ -7,21 +7,18 @@
  * free paths: every hook below sits in a slow path (heap_malloc_slow, heap_free_generic,
  * heap_usable_size, heap_malloc_large and the large-block branches of ma_realloc).
  *
- * Profiling on: a thread's heap gets thread caches with bound 0 (max = 0; room is minus the
- * blocks on the list, never above 0), so its frees all reach heap_free_slow and its mallocs
- * reach heap_malloc_slow whenever a list is empty. (A free fast path that pushed the block
- * would let a loop of malloc/free pairs run for ever without a slow path: a pop gives the
- * room back that the push took, so no countdown could see the pops.) Sampling stays exact
- * because every block the thread pops was counted once against its class's countdown
- * (prof_thread.cls_left) before the pop: a malloc that finds the list empty
- * (prof_malloc_small) charges its own block, samples it when the countdown runs out, and
- * refills the list with as many blocks as the countdown has room for, charged ahead; a free
- * (heap_free_counted) charges its block and puts it back on the list without the lock while
- * the countdown keeps room after the charge (else, and for classes above 32 KiB, the block
- * goes back to its slab under h->lock); a trim refunds the charge of the blocks it takes off
- * a list (heap_tc_trim). So the countdown runs out only on a malloc that found the list
- * empty. A sampled small block is served outside the slabs, from the profiler's own region
- * (page-granular slots of one reservation), so the free fast path's segment-map
+ * Profiling on: every class has a second thread-cache list (HEAP_NLISTS) that frees push
+ * onto, through the same inline free (slabs' bin_off include heap_space.bin_off_base), and a
+ * thread's first lists, which mallocs pop from, have bound 0 (room is minus the blocks on
+ * the list), so only counted refills fill them. Sampling stays exact because every block
+ * the thread pops was counted once against its class's countdown (prof_thread.cls_left)
+ * before the pop: a malloc that finds the list empty (prof_malloc_small) charges its own
+ * block, samples it when the countdown runs out, and refills the list with as many blocks as
+ * the countdown has room for, charged ahead (heap_tc_refill_counted: the thread's freed
+ * blocks from the second list first); a trim refunds the charge of the blocks it takes off
+ * a first list (heap_tc_trim). So the countdown runs out only on a malloc that found the
+ * list empty. A sampled small block is served outside the slabs, from the profiler's own
+ * region (page-granular slots of one reservation), so the free fast path's segment-map
  * check already sends it to heap_free_generic, where one range compare (prof_owns) finds
  * it before the large-block lookup. Sampled large blocks stay ordinary large blocks and are
  * recorded in the profiler's table of live samples (looked up on a large free only while
