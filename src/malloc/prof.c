@@ -197,10 +197,10 @@ static uint64_t prof_hash_stack(const uintptr_t *pcs, uint32_t depth) {
  * Buckets: a fixed array plus a chained hash index, both from the page layer.
  * ---------------------------------------------------------------------------------- */
 #define PROF_MAX_BUCKETS 32768u
-/* Chain heads: 64 KiB, touched at random by the stacks' hashes, so a program with a few
- * hundred call sites makes all of it resident (256 KiB with 65536 heads); chains of two
- * buckets on average when the table is full. */
-#define PROF_INDEX_SIZE 16384u
+/* Chain heads: 16 KiB, touched at random by the stacks' hashes, so a program with a few
+ * hundred call sites makes all of it resident (256 KiB with 65536 heads); chains of eight
+ * buckets on average when the table is full (a lookup per sample, under prof_lock). */
+#define PROF_INDEX_SIZE 4096u
 
 static uint32_t *prof_index; /* bucket index + 1 of the chain's head */
 
@@ -258,7 +258,7 @@ static void prof_live_put(prof_live *tab, size_t cap, prof_live r) {
 
 static bool prof_live_insert(prof_live r) {
   if ((prof_live_n + 1) * 2 > prof_live_cap) {
-    size_t ncap = prof_live_cap ? prof_live_cap * 2 : 4096;
+    size_t ncap = prof_live_cap ? prof_live_cap * 2 : 512; /* 8 KiB, touched at random */
     prof_live *nt = os_alloc(ncap * sizeof *nt, 0, false);
     if (!nt) return false;
     os_name(nt, ncap * sizeof *nt, "mapalloc-prof");

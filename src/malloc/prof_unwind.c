@@ -58,9 +58,9 @@ static unw_rule rule_unpack(uint64_t v) {
 }
 
 /* ---- the cache: open addressing, written once per entry ---- */
-#define UNW_CACHE_SIZE                                                                             \
-  4096u /* entries (16 bytes): 64 KiB, resident once a few hundred                                 \
-           return addresses are in (hashed at random) */
+/* Entries (16 bytes): 64 KiB, resident once a few hundred return addresses are in (they
+ * hash at random). */
+#define UNW_CACHE_SIZE  4096u
 #define UNW_CACHE_PROBE 16
 typedef struct unw_entry {
   _Atomic uintptr_t ip; /* 0: empty; published after `rule` */
