@@ -291,6 +291,26 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
 static void heap_tc_take_mail(heap *h);
 static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want);
 
+/* Refills class cls's empty first list with up to `want` blocks from the current slab, at
+ * most half the class's base bound (a grown bound holds the blocks a burst of frees gives
+ * back; a refill that grew with it would take hundreds of blocks, touching memory a program
+ * that allocates little at a time never uses). Returns the blocks taken. h->lock held. */
+static uint32_t heap_tc_take_slab(heap *h, unsigned cls, uint32_t want) {
+  heap_tc *tc = &h->tc[cls];
+  uint32_t cap = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
+  obj_block *head;
+  uint32_t k =
+      obj_bin_take_batch(h->bs, &h->bs->bins[cls], want < cap ? want : cap, HEAP_TC_END, &head);
+  MA_CHECK(tc->max == 0 || k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k,
+           tc->max); /* (a profiled thread's first list has bound 0) */
+  if (k) {
+    heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
+    tc->head = head;
+    __atomic_store_n(&tc->room, tc->room - (int32_t)k, __ATOMIC_RELAXED);
+  }
+  return k;
+}
+
 static void *heap_malloc_slow_once(heap *h, unsigned cls) {
   if (h->bs == NULL) {
     h = heap_thread_init();
@@ -315,18 +335,7 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
     heap_tc_take_mail(h); /* batches other threads gave back, first */
     /* (the second list: a profiled run's after its profiler failed to start) */
     if (heap_tc_empty(tc)) heap_tc_take_freed(h, cls, (uint32_t)tc->room);
-    /* else half the base bound from the current slab (a grown bound holds the blocks a
-     * burst of frees gives back; a refill that grew with it would take hundreds of blocks,
-     * touching memory a program that allocates little at a time never uses) */
-    uint32_t want = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
-    obj_block *head;
-    uint32_t k = !heap_tc_empty(tc) ? 0 : obj_bin_take_batch(h->bs, bin, want, HEAP_TC_END, &head);
-    MA_CHECK(k <= tc->max, "class %u: refill of %u blocks, bound %u", cls, k, tc->max);
-    if (k) {
-      heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
-      tc->head = head;
-      __atomic_store_n(&tc->room, (int32_t)(tc->max - k), __ATOMIC_RELAXED);
-    }
+    if (heap_tc_empty(tc)) heap_tc_take_slab(h, cls, UINT32_MAX);
   }
   pthread_mutex_unlock(&h->lock);
   if (!heap_tc_empty(tc)) return heap_malloc_cls(cls);
@@ -384,16 +393,7 @@ uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   pthread_mutex_lock(&h->lock);
   heap_tc_take_mail(h);
   k = heap_tc_take_freed(h, cls, want);
-  if (k == 0) {
-    uint32_t cap = heap_tc_max[cls] / 2 ? heap_tc_max[cls] / 2 : 1;
-    obj_block *head;
-    k = obj_bin_take_batch(h->bs, &h->bs->bins[cls], want < cap ? want : cap, HEAP_TC_END, &head);
-    if (k) {
-      heap_count_take(h, k, (size_t)k * heap_cls_size[cls]);
-      tc->head = head;
-      __atomic_store_n(&tc->room, -(int32_t)k, __ATOMIC_RELAXED);
-    }
-  }
+  if (k == 0) k = heap_tc_take_slab(h, cls, want);
   pthread_mutex_unlock(&h->lock);
   return k;
 }

@@ -339,9 +339,7 @@ static void *prof_slot_take(size_t size) {
   prof_slots *ps = &prof_slot[k];
   char *base = (char *)prof_lo + ((size_t)k << PROF_SUB_SHIFT);
   size_t len = (size_t)4096 << k;
-  if (ps->nwarm) {
-    return ps->warm[--ps->nwarm].slot;
-  }
+  if (ps->nwarm) return ps->warm[--ps->nwarm].slot;
   if (ps->nfree) return base + prof_slot_pop(ps) * len;
   if (ps->bump + len > ((size_t)1 << PROF_SUB_SHIFT)) return NULL;
   if (ps->bump + len > ps->committed) {

@@ -194,11 +194,11 @@ static void set_offset(unw_state *s, const unw_cie *c, uint64_t reg, int64_t off
   }
 }
 
-/* A rule other than "at an offset" (register, expression) for a register we need. */
-static bool set_other(unw_state *s, const unw_cie *c, uint64_t reg) {
+/* A rule other than "at an offset" (register, expression): beyond this reader when reg is
+ * rbp or the return address, else of no interest. */
+static void set_other(unw_state *s, const unw_cie *c, uint64_t reg) {
   if (reg == REG_RBP) s->rbp = 2;
   if (reg == c->ra_reg) s->ra = 2;
-  return reg == REG_RBP || reg == c->ra_reg;
 }
 
 /* Runs the CFA program [p, end) from location loc until it passes pc. init: the state after
