@@ -415,7 +415,10 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
 }
 
 /* Grows block i to `nlen` bytes over the cached pages right behind it (already faulted in)
- * when the cache holds them; huge_lock held. A guarded block's marker moves to its new end:
+ * when the cache holds them; huge_lock held. A guarded block takes up to a quarter more when
+ * that ends it on a marker already in those pages: a marker put in on a faulted-in page zaps
+ * it, and the zap flushes the TLB of every CPU the process runs on (an IPI each).
+ * A guarded block's marker moves to its new end:
  * the markers inside the absorbed pages and then the old one come out first (if the kernel
  * refuses, those pages are unmapped and the block stays as it was), so that none is ever
  * left inside the block; the new guard page keeps the marker it may hold. */
@@ -423,11 +426,14 @@ static bool huge_grow_in_place(size_t i, size_t nlen) {
   huge_rec r = huge_tab[i];
   uintptr_t at = r.ptr + r.len + r.guard;
   huge_marks m;
-  if (!huge_cacheable(&r) || !huge_cache_absorb(at, r.map, nlen - r.len, r.guard, &m)) return false;
+  size_t need = nlen - r.len;
+  if (!huge_cacheable(&r) || !huge_cache_absorb(at, r.map, &need, r.guard, nlen / 4, &m))
+    return false;
+  nlen = r.len + need; /* (more than asked when a marker a little further is the guard) */
   /* (the markers inside only: the new guard page is made below, with its PROT_NONE
    * fallback) */
   if (!huge_ready_piece(&m, 0, 0) || !huge_unguard(&r)) {
-    huge_drop_piece(at, nlen - r.len);
+    huge_drop_piece(at, need);
     return false;
   }
   if (r.guard)
@@ -438,8 +444,9 @@ static bool huge_grow_in_place(size_t i, size_t nlen) {
 }
 
 /* Resizes huge block p to `size` (> HEAP_MAX_SMALL) in place when it can: shrink by
- * unmapping the tail, grow by exactly what is asked over the cached range behind it (its
- * pages are faulted in already: asking for more would tie them up unused); otherwise grow
+ * unmapping the tail, grow by what is asked over the cached range behind it (its pages are
+ * faulted in already: asking for more would tie them up unused; a guarded block's exception
+ * in huge_grow_in_place); otherwise grow
  * by copying into a cached range (huge_grow_by_copy) or with mremap to `want` >= size
  * bytes (moving pages, never copying, unless the block is over-aligned; the slack is
  * address space only). NULL + ENOMEM on failure with p untouched. */

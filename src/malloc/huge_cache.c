@@ -342,26 +342,51 @@ static bool hc_take_at(uint16_t i, uintptr_t at, size_t len, size_t guard, huge_
   return true;
 }
 
-/* Where in entry i's range a guarded piece of `len` bytes goes, and *cost the madvise calls
- * it needs: the first stretch between markers (or from the range's start) that holds it,
- * with its guard page on the marker that ends the stretch (none); else the stretch after
- * the last marker, from its front (a marker put in: 1); else ending on the first marker
- * past the range's front, or at the front (each marker inside comes out, and one goes in
- * when none is on the guard page). */
+/* What a placement costs, in units of taking one marker out (MADV_GUARD_REMOVE, ~0.5 us):
+ * putting one in (MADV_GUARD_INSTALL) on a cached page, which is faulted in, zaps it, and the
+ * zap flushes the TLB of every CPU the process runs on: an IPI per CPU, ~12 us with a second
+ * thread running on this machine (a VM), and the page is faulted in again when used. */
+#define HC_COST_INSTALL 8
+#define HC_PLACE_MARKS  64 /* markers looked at as guard pages, per range */
+
+/* Where in entry i's range a guarded piece of `len` bytes goes, and *cost (above): ending with
+ * its guard page on a marker when one has room for the piece before it (the markers inside
+ * come out: the fewest), else from the front of the first stretch without markers that holds
+ * it, else from the range's front (a marker goes in, and the markers inside come out). A
+ * piece never ends right before a marker (hc_take_at: the rest would start with it). */
 static uintptr_t hc_place(uint16_t i, size_t len, size_t guard, size_t *cost) {
-  uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, lo = s;
-  size_t k = hc_mark_at(s);
-  *cost = 0;
-  for (; k < hc_nmarks && hc_marks[k] < e; k++) {
-    if (hc_marks[k] + guard - lo >= len) return hc_marks[k] + guard - len;
-    lo = hc_marks[k] + guard;
+  uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, best = s;
+  size_t first = hc_mark_at(s), k = hc_mark_at(s + len - guard), j = first;
+  *cost = SIZE_MAX;
+  /* Ending on marker k: the markers inside are those from the first at or after the piece's
+   * start (j, which only moves forward) up to k. */
+  for (size_t looked = 0; k < hc_nmarks && hc_marks[k] < e && looked < HC_PLACE_MARKS;
+       k++, looked++) {
+    uintptr_t g = hc_marks[k], at = g + guard - len;
+    if (g + guard < e && k + 1 < hc_nmarks && hc_marks[k + 1] == g + guard) continue;
+    while (hc_marks[j] < at) j++;
+    if (k - j < *cost) {
+      *cost = k - j;
+      best = at;
+      if (*cost == 0) return best;
+    }
   }
-  *cost = 1;
-  if (e - lo >= len) return lo;
-  k = hc_mark_at(s + len - guard);
-  uintptr_t at = k < hc_nmarks && hc_marks[k] < e ? hc_marks[k] + guard - len : s;
-  *cost = hc_marks_in(at, at + len - guard) + !hc_mark_has(at + len - guard);
-  return at;
+  if (*cost <= HC_COST_INSTALL) return best;
+  /* A marker put in: from the front of the first stretch without markers that holds the
+   * piece, else from the range's front. */
+  uintptr_t lo = s;
+  for (k = first; k < hc_nmarks && hc_marks[k] < e && hc_marks[k] - lo < len; k++)
+    lo = hc_marks[k] + guard;
+  if (e - lo >= len && !(lo + len < e && hc_mark_has(lo + len))) {
+    *cost = HC_COST_INSTALL;
+    return lo;
+  }
+  size_t c = HC_COST_INSTALL + hc_mark_at(s + len - guard) - first;
+  if (c < *cost) {
+    *cost = c;
+    best = s;
+  }
+  return best;
 }
 
 /* For a guarded piece: the range among the first HC_SCAN that fit `len` bytes (by size, from
@@ -398,10 +423,22 @@ bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, hug
   return hc_take_at(i, at, len, guard, m);
 }
 
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, size_t guard, huge_marks *m) {
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, size_t slack,
+                       huge_marks *m) {
   uint16_t i = hc_lookup(hc_by_start, at);
-  if (!i || hc[i].c.map != map || hc[i].c.len < need) return false;
-  return hc_take_at(i, at, need, guard, m);
+  if (!i || hc[i].c.map != map || hc[i].c.len < *need) return false;
+  if (guard && slack) {
+    uintptr_t e = hc[i].c.ptr + hc[i].c.len, g0 = at + *need - guard;
+    /* a marker within reach becomes the guard page: none goes in */
+    size_t k = hc_mark_at(g0);
+    uintptr_t g = k < hc_nmarks ? hc_marks[k] : UINTPTR_MAX; /* (the take moves the set) */
+    if (g < e && g - g0 <= slack && !(g + guard < e && hc_mark_has(g + guard)) &&
+        hc_take_at(i, at, g + guard - at, guard, m)) {
+      *need = g + guard - at;
+      return true;
+    }
+  }
+  return hc_take_at(i, at, *need, guard, m);
 }
 
 /* Moves entry i's whole range to v (its markers go with the pages). */

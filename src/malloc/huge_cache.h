@@ -67,9 +67,12 @@ size_t huge_cache_total(void); /* bytes */
  * none fits (or the piece would hold more than HUGE_TAKE_MARKS markers, or leave a range that
  * starts with one). */
 bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m);
-/* Takes the first `need` bytes of the range of mapping `map` that starts exactly at `at`,
- * for a block growing in place (`guard`, *m: as huge_cache_take). */
-bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t need, size_t guard, huge_marks *m);
+/* Takes the first *need bytes of the range of mapping `map` that starts exactly at `at`,
+ * for a block growing in place (`guard`, *m: as huge_cache_take). With a guard, up to
+ * `slack` bytes more when that ends the piece on a marker (no madvise to put one in): *need
+ * then says how much was taken. */
+bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, size_t slack,
+                       huge_marks *m);
 /* Whether the marker set has room for one more (huge_cache_put's `mark`). */
 bool huge_cache_mark_room(void);
 /* Moves the ranges expired at `now` (every range with `all`) to v. */
