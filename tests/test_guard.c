@@ -8,6 +8,8 @@
  * run time (obj_secure_rt), the secure build has it always. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -522,6 +524,49 @@ Test(guard_large, growth_ends_on_a_marker) {
   cr_assert_eq(ma_heap_check(), 0);
   ma_free(d);
   ma_free(g);
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* (e5) The guard changes of a resize run outside the large-block lock (the block's record
+ * stays as it was until they are done, then is found again by its address): one thread
+ * grows and shrinks guarded blocks while another makes the block table grow and shrink
+ * (1200 blocks a round) and churns the cache; every block stays guarded and the walk finds
+ * the table, the cache and their accounting consistent. */
+static atomic_bool churn_stop;
+static atomic_int churn_rounds;
+
+static void *churn_large(void *arg) {
+  (void)arg;
+  static char *b[1200];
+  while (!atomic_load(&churn_stop)) {
+    for (size_t i = 0; i < 1200; i++) b[i] = ma_malloc(132 * KiB + (i % 7) * 4 * KiB);
+    for (size_t i = 0; i < 1200; i++) ma_free(b[i]);
+    atomic_fetch_add(&churn_rounds, 1);
+  }
+  return NULL;
+}
+
+Test(guard_large, resizes_beside_another_thread) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  pthread_t t;
+  atomic_store(&churn_stop, false);
+  cr_assert_eq(pthread_create(&t, NULL, churn_large, NULL), 0);
+  for (int round = 0; round < 300 || atomic_load(&churn_rounds) < 3; round++) {
+    char *p = ma_malloc(200 * KiB);
+    cr_assert_not_null(p);
+    for (size_t n = 300 * KiB; n < 4 * MiB; n += n / 2) {
+      p = ma_realloc(p, n);
+      cr_assert_not_null(p);
+    }
+    p = ma_realloc(p, 300 * KiB); /* less than half: it shrinks */
+    cr_assert_not_null(p);
+    if (round % 10 == 0) large_block_guarded(p, ma_usable_size(p));
+    ma_free(p);
+  }
+  atomic_store(&churn_stop, true);
+  pthread_join(t, NULL);
+  cr_log_info("%d rounds of 1200 blocks beside the resizes\n", atomic_load(&churn_rounds));
   cr_assert_eq(ma_heap_check(), 0);
 }
 

@@ -2,8 +2,10 @@
  *
  * Each block is recorded in a side table (open addressing keyed by its address), so a block
  * needs no header (page-aligned requests cost no extra page) and a pointer we did not map
- * is recognised. One mutex guards the table and the cache; the system calls for alloc,
- * free and mremap run outside it (the secure build's guard changes on shrink under it).
+ * is recognised. One mutex guards the table and the cache; no system call runs under it:
+ * mappings, unmaps, mremap and the secure build's guard changes happen with the pages in
+ * neither the table nor the cache (or, for a block being resized, its record unchanged until
+ * the change is done and found again by its address afterwards).
  *
  * Freed blocks go to a cache of faulted-in page ranges (huge_cache.c: at most HUGE_CACHE_N
  * ranges and HUGE_CACHE_MIN_BYTES plus the live large bytes, every operation O(1) in the
@@ -93,21 +95,36 @@ static void huge_put(huge_rec *tab, size_t cap, huge_rec r) {
   tab[i] = r;
 }
 
-/* Grows the table to keep it at most half full; huge_lock held. */
+/* Grows the table to keep it at most half full; huge_lock held, let go while the new table
+ * is mapped and the old one unmapped (no system call under the lock), so the caller holds
+ * no slot index across it. */
 static bool huge_reserve_slot(void) {
-  if ((huge_count + 1) * 2 <= huge_cap) return true;
-  size_t ncap = huge_cap ? huge_cap * 2 : 1024;
-  int saved = errno;
-  huge_rec *nt = os_alloc(ncap * sizeof(huge_rec), 0, false);
-  errno = saved;
-  if (!nt) return false;
-  os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
-  for (size_t i = 0; i < huge_cap; i++)
-    if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
-  if (huge_tab) os_release_owned_rw(huge_tab, huge_cap * sizeof(huge_rec));
-  errno = saved;
-  huge_tab = nt;
-  huge_cap = ncap;
+  while ((huge_count + 1) * 2 > huge_cap) {
+    size_t ncap = huge_cap ? huge_cap * 2 : 1024;
+    int saved = errno;
+    pthread_mutex_unlock(&huge_lock);
+    huge_rec *nt = os_alloc(ncap * sizeof(huge_rec), 0, false);
+    if (nt) os_name(nt, ncap * sizeof(huge_rec), "mapalloc-meta");
+    pthread_mutex_lock(&huge_lock);
+    errno = saved;
+    if (!nt) return false;
+    huge_rec *old = nt;
+    size_t old_cap = ncap;
+    if (huge_cap < ncap) { /* (else another thread grew it meanwhile: nt goes) */
+      for (size_t i = 0; i < huge_cap; i++)
+        if (huge_tab[i].ptr) huge_put(nt, ncap, huge_tab[i]);
+      old = huge_tab;
+      old_cap = huge_cap;
+      huge_tab = nt;
+      huge_cap = ncap;
+    }
+    if (old) {
+      pthread_mutex_unlock(&huge_lock);
+      os_release_owned_rw(old, old_cap * sizeof(huge_rec));
+      pthread_mutex_lock(&huge_lock);
+      errno = saved;
+    }
+  }
   return true;
 }
 
@@ -386,23 +403,28 @@ size_t huge_usable(const void *p) {
   return n;
 }
 
-/* Moves block r (record i) to the front of the roomiest cached range of `nlen` bytes or
- * more by copying, and caches r's pages; huge_lock held, released on success (NULL: none
- * fits, lock still held). Worth it when the copy is not much larger than the growth: the
- * growth then costs no page fault, r's faulted pages stay in use, and the rest of the range
- * lies behind the block for its next growth. */
-static void *huge_grow_by_copy(size_t i, size_t nlen) {
-  huge_rec r = huge_tab[i];
+/* Moves block p to the front of the roomiest cached range of `nlen` bytes or more by
+ * copying, and caches its pages; huge_lock held, released on success (NULL: none fits, lock
+ * still held). Worth it when the copy is not much larger than the growth: the growth then
+ * costs no page fault, the block's faulted pages stay in use, and the rest of the range lies
+ * behind the block for its next growth. A guarded piece's markers change outside the lock
+ * (the piece is in neither the cache nor the table meanwhile; p's record stays and is found
+ * again by its address). */
+static void *huge_grow_by_copy(void *p, size_t nlen) {
+  huge_rec r = huge_tab[huge_find((uintptr_t)p)];
   huge_cached c;
   huge_marks m;
   if (!huge_cacheable(&r) || (nlen - r.len) * 4 < r.len ||
       !huge_cache_take(nlen + r.guard, r.guard, true, &c, &m))
     return NULL;
-  if (!huge_ready_piece(&m, c.ptr + c.len, r.guard)) { /* (failure path, under the lock) */
-    huge_drop_piece(c.ptr, c.len);
-    return NULL;
+  if (m.n || (r.guard && !m.guard_kept)) {
+    pthread_mutex_unlock(&huge_lock);
+    bool ok = huge_ready_piece(&m, c.ptr + c.len, r.guard);
+    if (!ok) huge_drop_piece(c.ptr, c.len); /* (failure path) */
+    pthread_mutex_lock(&huge_lock);
+    if (!ok) return NULL;
   }
-  huge_remove_at(i);
+  huge_remove_at(huge_find((uintptr_t)p));
   huge_bytes -= r.len;
   huge_record((huge_rec){c.ptr, nlen, 0, c.map, r.guard, r.guard != 0});
   huge_allocs--;
@@ -414,32 +436,42 @@ static void *huge_grow_by_copy(size_t i, size_t nlen) {
   return (void *)c.ptr;
 }
 
-/* Grows block i to `nlen` bytes over the cached pages right behind it (already faulted in)
- * when the cache holds them; huge_lock held. A guarded block takes up to a quarter more when
- * that ends it on a marker already in those pages: a marker put in on a faulted-in page zaps
- * it, and the zap flushes the TLB of every CPU the process runs on (an IPI each).
- * A guarded block's marker moves to its new end:
- * the markers inside the absorbed pages and then the old one come out first (if the kernel
- * refuses, those pages are unmapped and the block stays as it was), so that none is ever
- * left inside the block; the new guard page keeps the marker it may hold. */
-static bool huge_grow_in_place(size_t i, size_t nlen) {
-  huge_rec r = huge_tab[i];
+/* Grows block p (record r) to `nlen` bytes over the cached pages right behind it (already
+ * faulted in) when the cache holds them; huge_lock held on entry, released when it grew
+ * (true), still held when not (false). A guarded block takes up to a quarter more when that
+ * ends it on a marker already in those pages: a marker put in on a faulted-in page zaps it,
+ * and the zap flushes the TLB of every CPU the process runs on (an IPI each). A guarded
+ * block's marker moves to its new end, outside the lock (the absorbed pages are in neither
+ * the cache nor the table meanwhile; p's record stays as it was until the end): the markers
+ * inside the absorbed pages and then the old one come out first (if the kernel refuses,
+ * those pages are unmapped and the block stays as it was), so that none is ever left inside
+ * the block; the new guard page keeps the marker it may hold. */
+static bool huge_grow_in_place_unlock(void *p, huge_rec r, size_t nlen) {
   uintptr_t at = r.ptr + r.len + r.guard;
   huge_marks m;
   size_t need = nlen - r.len;
   if (!huge_cacheable(&r) || !huge_cache_absorb(at, r.map, &need, r.guard, nlen / 4, &m))
     return false;
   nlen = r.len + need; /* (more than asked when a marker a little further is the guard) */
-  /* (the markers inside only: the new guard page is made below, with its PROT_NONE
-   * fallback) */
-  if (!huge_ready_piece(&m, 0, 0) || !huge_unguard(&r)) {
-    huge_drop_piece(at, need);
-    return false;
+  bool marker = r.marker;
+  if (r.guard) {
+    pthread_mutex_unlock(&huge_lock);
+    /* (the markers inside only: the new guard page is made below, with its PROT_NONE
+     * fallback) */
+    bool ok = huge_ready_piece(&m, 0, 0) && huge_unguard(&r);
+    if (!ok) {
+      huge_drop_piece(at, need);
+      pthread_mutex_lock(&huge_lock);
+      return false;
+    }
+    marker = m.guard_kept || huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
+    pthread_mutex_lock(&huge_lock);
   }
-  if (r.guard)
-    huge_tab[i].marker = m.guard_kept || huge_guard_put((char *)r.ptr + nlen, r.guard) == 1;
+  size_t i = huge_find((uintptr_t)p);
+  huge_tab[i].marker = marker;
   huge_tab[i].len = nlen;
   huge_bytes += nlen - r.len;
+  pthread_mutex_unlock(&huge_lock);
   return true;
 }
 
@@ -472,13 +504,15 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
   if (nlen < r.len) { /* the tail is cached (or unmapped) as a freed block would be */
     /* A guarded block gets its new guard page first; if that fails it keeps its size. The
      * old guard goes with the tail. */
-    if (r.guard) {
+    if (r.guard) { /* (outside the lock: p's record stays as it is meanwhile) */
+      pthread_mutex_unlock(&huge_lock);
       int kind = huge_guard_put((char *)p + nlen, r.guard);
       if (kind < 0) {
-        pthread_mutex_unlock(&huge_lock);
         errno = saved;
         return p;
       }
+      pthread_mutex_lock(&huge_lock);
+      i = huge_find((uintptr_t)p);
       huge_tab[i].marker = kind == 1;
     }
     huge_tab[i].len = nlen;
@@ -487,17 +521,17 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     errno = saved;
     return p;
   }
-  if (huge_grow_in_place(i, nlen)) {
-    pthread_mutex_unlock(&huge_lock);
+  if (huge_grow_in_place_unlock(p, r, nlen)) {
     errno = saved;
     return p;
   }
-  void *q = huge_grow_by_copy(i, nlen);
+  void *q = huge_grow_by_copy(p, nlen);
   if (q) {
     *moved_out = true;
     errno = saved;
     return q;
   }
+  i = huge_find((uintptr_t)p); /* (the table may have changed while the lock was let go) */
   /* The block leaves the table while its pages move, so that no system call runs under
    * huge_lock: once the kernel has moved them, another thread may map the old address and
    * must not find it recorded. The record stays counted (huge_out) so that putting it back
