@@ -71,6 +71,13 @@ static void child_poke(void *p) {
 }
 
 /* Does touching `p` (a write) kill a child with SIGSEGV? */
+/* secure_on, for a test of guard markers: skipped (with the reason) where the kernel has
+ * none. */
+static void secure_markers_on(void) {
+  secure_on();
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+}
+
 static bool write_faults(volatile char *p) {
   return child_segfaults(child_poke, (void *)p);
 }
@@ -192,8 +199,7 @@ static void overflow_faults_at_slab_end(char *b) {
 /* (a) The growth in mappings is far less than one per slab (it was about two per slab, the
  * slab and its hole, with PROT_NONE holes). */
 Test(guard_heap, many_slabs_few_mappings) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   void **blocks = calloc(NBLOCKS, sizeof *blocks);
   cr_assert_not_null(blocks);
   long slabs, grown = fill_heap(blocks, &slabs);
@@ -322,8 +328,7 @@ static long map_large(char **b) {
  * two: about two per block, and vm.max_map_count was reached at half the blocks), and a
  * write past a block still faults. */
 Test(guard_large, many_blocks_few_mappings) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   static char *b[NLARGE];
   long grown = map_large(b);
   cr_log_info("%d large blocks, %ld more mappings\n", NLARGE, grown);
@@ -367,8 +372,7 @@ Test(guard_large, realloc_moves_the_guard) {
  * longer range, one grown in place and one shrunk keep a guard right after their usable
  * bytes and none inside them. */
 Test(guard_large, freed_blocks_are_reused_guarded) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   char *a = ma_malloc(2 * MiB);
   cr_assert_not_null(a);
   large_block_guarded(a, ma_usable_size(a));
@@ -409,8 +413,7 @@ Test(guard_large, freed_blocks_are_reused_guarded) {
  * build). A block shrunk by one page leaves a tail that is its old marker page alone: the
  * marker comes out before the page is kept. */
 Test(guard_large, neighbouring_freed_blocks_join) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   /* 12 + 12 + 6 MiB from one 32 MiB mapping: the rest of it cannot serve 24 MiB */
   char *x = ma_malloc(12 * MiB), *y = ma_malloc(12 * MiB), *z = ma_malloc(6 * MiB);
   cr_assert(x && y && z);
@@ -458,8 +461,7 @@ static void touch_pages(char *p, size_t u, unsigned char v) {
  * guard pages, the markers taken out of blocks placed over them and the shrink tails that
  * end in one. */
 Test(guard_large, random_traffic_keeps_blocks_guarded) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   enum { SLOTS = 24, STEPS = 600 };
   uint64_t seed = test_seed(), x = seed | 1;
   char *b[SLOTS] = {0};
@@ -509,8 +511,7 @@ Test(guard_large, random_traffic_keeps_blocks_guarded) {
  * neighbour's): the marker put in on a faulted-in page costs a TLB flush on every CPU the
  * process runs on (mstress in a secure build: 17.8k of them). */
 Test(guard_large, growth_ends_on_a_marker) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   char *b = ma_malloc(1 * MiB), *c = ma_malloc(1 * MiB), *d = ma_malloc(1 * MiB);
   cr_assert(b && c && d);
   cr_assert_eq(c, b + 1 * MiB + 4 * KiB, "one mapping: c right after b's guard page");
@@ -547,8 +548,7 @@ static void *churn_large(void *arg) {
 }
 
 Test(guard_large, resizes_beside_another_thread) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   pthread_t t;
   atomic_store(&churn_stop, false);
   cr_assert_eq(pthread_create(&t, NULL, churn_large, NULL), 0);

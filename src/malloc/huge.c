@@ -411,7 +411,8 @@ size_t huge_usable(const void *p) {
  * (the piece is in neither the cache nor the table meanwhile; p's record stays and is found
  * again by its address). */
 static void *huge_grow_by_copy(void *p, size_t nlen) {
-  huge_rec r = huge_tab[huge_find((uintptr_t)p)];
+  size_t i = huge_find((uintptr_t)p);
+  huge_rec r = huge_tab[i];
   huge_cached c;
   huge_marks m;
   if (!huge_cacheable(&r) || (nlen - r.len) * 4 < r.len ||
@@ -423,8 +424,9 @@ static void *huge_grow_by_copy(void *p, size_t nlen) {
     if (!ok) huge_drop_piece(c.ptr, c.len); /* (failure path) */
     pthread_mutex_lock(&huge_lock);
     if (!ok) return NULL;
+    i = huge_find((uintptr_t)p); /* (the table may have changed meanwhile) */
   }
-  huge_remove_at(huge_find((uintptr_t)p));
+  huge_remove_at(i);
   huge_bytes -= r.len;
   huge_record((huge_rec){c.ptr, nlen, 0, c.map, r.guard, r.guard != 0});
   huge_allocs--;

@@ -166,6 +166,12 @@ static bool hc_mark_has(uintptr_t a) {
   return i < hc_nmarks && hc_marks[i] == a;
 }
 
+/* A piece ending at `end` of a range ending at e would leave a rest that starts with a
+ * marker (forbidden: the rest's first page chains it as a victim). */
+static bool hc_rest_marked(uintptr_t end, uintptr_t e) {
+  return end < e && hc_mark_has(end);
+}
+
 static void hc_mark_add(uintptr_t a) {
   size_t i = hc_mark_at(a);
   memmove(&hc_marks[i + 1], &hc_marks[i], (hc_nmarks - i) * sizeof *hc_marks);
@@ -317,7 +323,7 @@ static bool hc_take_at(uint16_t i, uintptr_t at, size_t len, size_t guard, huge_
   uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, end = at + len, inner = end - guard;
   m->n = 0;
   m->guard_kept = false;
-  if (end < e && hc_mark_has(end)) return false;
+  if (hc_rest_marked(end, e)) return false;
   if (hc_marks_in(at, inner) > HUGE_TAKE_MARKS) return false;
   bool split = at > s && end < e;
   if (split && hc_n == HUGE_CACHE_N) return false;
@@ -356,14 +362,14 @@ static bool hc_take_at(uint16_t i, uintptr_t at, size_t len, size_t guard, huge_
  * piece never ends right before a marker (hc_take_at: the rest would start with it). */
 static uintptr_t hc_place(uint16_t i, size_t len, size_t guard, size_t *cost) {
   uintptr_t s = hc[i].c.ptr, e = s + hc[i].c.len, best = s;
-  size_t first = hc_mark_at(s), k = hc_mark_at(s + len - guard), j = first;
+  size_t first = hc_mark_at(s), front_end = hc_mark_at(s + len - guard), k = front_end, j = first;
   *cost = SIZE_MAX;
   /* Ending on marker k: the markers inside are those from the first at or after the piece's
    * start (j, which only moves forward) up to k. */
   for (size_t looked = 0; k < hc_nmarks && hc_marks[k] < e && looked < HC_PLACE_MARKS;
        k++, looked++) {
     uintptr_t g = hc_marks[k], at = g + guard - len;
-    if (g + guard < e && k + 1 < hc_nmarks && hc_marks[k + 1] == g + guard) continue;
+    if (hc_rest_marked(g + guard, e)) continue;
     while (hc_marks[j] < at) j++;
     if (k - j < *cost) {
       *cost = k - j;
@@ -377,11 +383,11 @@ static uintptr_t hc_place(uint16_t i, size_t len, size_t guard, size_t *cost) {
   uintptr_t lo = s;
   for (k = first; k < hc_nmarks && hc_marks[k] < e && hc_marks[k] - lo < len; k++)
     lo = hc_marks[k] + guard;
-  if (e - lo >= len && !(lo + len < e && hc_mark_has(lo + len))) {
+  if (e - lo >= len && !hc_rest_marked(lo + len, e)) {
     *cost = HC_COST_INSTALL;
     return lo;
   }
-  size_t c = HC_COST_INSTALL + hc_mark_at(s + len - guard) - first;
+  size_t c = HC_COST_INSTALL + front_end - first; /* (the markers inside from the front) */
   if (c < *cost) {
     *cost = c;
     best = s;
@@ -432,7 +438,7 @@ bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, s
     /* a marker within reach becomes the guard page: none goes in */
     size_t k = hc_mark_at(g0);
     uintptr_t g = k < hc_nmarks ? hc_marks[k] : UINTPTR_MAX; /* (the take moves the set) */
-    if (g < e && g - g0 <= slack && !(g + guard < e && hc_mark_has(g + guard)) &&
+    if (g < e && g - g0 <= slack && !hc_rest_marked(g + guard, e) &&
         hc_take_at(i, at, g + guard - at, guard, m)) {
       *need = g + guard - at;
       return true;
