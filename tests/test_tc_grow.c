@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
@@ -118,4 +119,42 @@ Test(tc_grow, other_threads_blocks_do_not_grow_the_list) {
     cr_assert_eq(f.bound_after, base, "round %d: the freeing thread's bound %u, base %u", r,
                  f.bound_after, base);
   }
+}
+
+/* A trim gives back runs of blocks of one slab with one relink each (heap_tc_run,
+ * obj_slab_put_run): bursts of frees in allocation order and in reverse (sh6bench's
+ * shape), over many slabs of several classes, interleaved so that runs end at slab and
+ * class boundaries. Every slab's count must match its lists (ma_heap_check), every block
+ * come back (live 0), and the slabs emptied must retire, so that a collection returns
+ * their memory: a run whose count was lost would keep its slab. */
+Test(tc_grow, bursts_go_back_to_their_slabs_in_runs) {
+  enum { N = 24000 };
+  static const size_t sizes[] = {16, 48, 200, 1000, 3000};
+  static void *blocks[N];
+  ma_free(ma_malloc(16));
+  ma_heap_collect(true);
+  ma_heap_stats s0, s1, s2;
+  ma_heap_stats_get(&s0);
+  for (int round = 0; round < 4; round++) {
+    for (int i = 0; i < N; i++) {
+      size_t size = sizes[(i / 37) % 5];
+      cr_assert_not_null(blocks[i] = ma_malloc(size));
+      memset(blocks[i], i & 0xff, size);
+    }
+    ma_heap_stats_get(&s1);
+    cr_assert_gt(s1.committed, s0.committed + ((size_t)4 << 20), "%zu -> %zu", s0.committed,
+                 s1.committed);
+    if (round & 1) {
+      for (int i = N - 1; i >= 0; i--) ma_free(blocks[i]);
+    } else {
+      for (int i = 0; i < N; i++) ma_free(blocks[i]);
+    }
+    cr_assert_eq(ma_heap_check(), 0);
+  }
+  cr_assert_eq(ma_heap_collect(true), 0);
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_heap_stats_get(&s2);
+  cr_assert_eq(s2.allocated, s0.allocated, "allocated %zu -> %zu", s0.allocated, s2.allocated);
+  cr_assert_lt(s2.committed, s0.committed + ((size_t)1 << 20), "committed %zu -> %zu -> %zu",
+               s0.committed, s1.committed, s2.committed);
 }

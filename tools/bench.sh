@@ -22,7 +22,8 @@
 #
 # Generated families (one program, one parameter per point; in a name a lower-case k/m/g is
 # decimal, K/M/G binary): server-<slots per thread>, prodcons-b<batch>, churn-<window>-<largest
-# size>, threads-<count>[-<largest size>], medium-<largest size>, remote-<live bytes per thread>. Our own
+# size>, threads-<count>[-<largest size>], medium-<largest size>, burst-<ring slots>,
+# remote-<live bytes per thread>. Our own
 # workloads get --seed <run - 1>: every run draws another random sequence, the same for every
 # allocator within the run, so no allocator can be tuned to one fixed sequence.
 #
@@ -47,6 +48,7 @@ done
 for n in 1 2 8 32; do workloads+=("threads-$n"); done # 32: oversubscribed on 2 cores
 workloads+=(threads-256-128K)                          # many threads x medium classes
 for n in 2M 8M; do workloads+=("medium-$n"); done     # largest buffer, 2 threads
+for n in 10k 100k 1m; do workloads+=("burst-$n"); done # ring of blocks freed in bursts
 workloads+=(alloctest idle)
 for n in 1M 1G; do workloads+=("remote-$n"); done # live bytes per thread (a pair)
 # --callgrind set (mstress: a few MiB blocks dominate at callgrind sizes)
@@ -148,6 +150,7 @@ cmd_for() {
     cmd=("$wl/wl_threads" --threads "${p%-*}" --max-size "${p#*-}") ;;
   threads-*) [[ $p =~ $num ]] && cmd=("$wl/wl_threads" --threads "$p") ;;
   medium-*) [[ $p =~ $num ]] && cmd=("$wl/wl_medium" --max-size "$p") ;;
+  burst-*) [[ $p =~ $num ]] && cmd=("$wl/wl_burst" --ring "$p") ;;
   remote-*)
     # --quick caps the live heap at 64 MiB per thread (the RESULT line says live_mib).
     quick_live=$p
@@ -172,7 +175,7 @@ sz() { if ((quick)); then echo "$1"; else echo "$2"; fi; } # sz QUICK FULL
 if ((${#only[@]})); then
   for w in "${only[@]}"; do
     [[ $w == memcached || " ${workloads[*]} " == *" $w "* ]] || cmd_for "$w" || {
-      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, threads-N-N, medium-N, remote-N)" >&2
+      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, threads-N-N, medium-N, burst-N, remote-N)" >&2
       exit 2
     }
   done
@@ -303,7 +306,7 @@ if ((callgrind)); then
   done
   {
     echo "Instructions per operation (callgrind, Ir difference between two sizes / op difference)."
-    echo "An op is one malloc+free pair (glibc-simple, churn, churn-W-S, alloctest), one malloc or one free (frag)."
+    echo "An op is one malloc+free pair (glibc-simple, churn, churn-W-S, alloctest, burst-N), one malloc or one free (frag)."
     echo
     printf '| workload |'
     for a in "${allocs[@]}"; do printf ' %s |' "$a"; done

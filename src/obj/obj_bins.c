@@ -356,6 +356,23 @@ void obj_slab_put(obj_slab *s, obj_block *b) {
   if (obj_unlikely(vg)) obj_link_close_vg(b);
 }
 
+void obj_slab_put_run(obj_slab *s, obj_block *first, obj_block *last, uint32_t k) {
+  if (k == 1) {
+    obj_slab_put(s, first);
+    return;
+  }
+  obj_link_open_rt(last);
+  obj_link_set(last, s->free);
+  obj_link_close_rt(last);
+  s->free = first;
+  s->free_zero = 0;
+  s->cnt -= (int32_t)k;
+  /* The checks of a notify hold on the end state as well as after each of k pushes: a count
+   * below zero is a double free, a full slab goes back on its bin's list, an empty one is
+   * retired. */
+  if (s->cnt <= 0) obj_slab_notify(s);
+}
+
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
                             obj_block **head) {
   if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;

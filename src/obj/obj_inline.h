@@ -278,6 +278,9 @@ void obj_bins_file_chain(obj_bins *bs, obj_block *b);
  * returns b to s, a slab of the calling owner; obj_send_remote batches b for its owner in
  * mine's outbox. */
 void obj_slab_put(obj_slab *s, obj_block *b);
+/* As obj_slab_put for k blocks of s already chained first -> ... -> last as a free list
+ * (a run of a thread cache's list): one relink and one count update for the run. */
+void obj_slab_put_run(obj_slab *s, obj_block *first, obj_block *last, uint32_t k);
 void obj_send_remote(obj_bins *mine, obj_segment *seg, obj_block *b);
 /* Owner: detaches up to n (>= 1) blocks of bin's current slab (refilled first if empty) as
  * a chain linked as a free list and tagged free, its last block linked to `end` (the
