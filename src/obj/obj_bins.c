@@ -373,10 +373,37 @@ void obj_slab_put_run(obj_slab *s, obj_block *first, obj_block *last, uint32_t k
   if (s->cnt <= 0) obj_slab_notify(s);
 }
 
+static void bins_housekeep(obj_bins *bs);
+
+/* Carves up to n blocks of s, the current slab, whose lists are empty and which has blocks
+ * never carved, straight into a chain linked to `end` (in address order, tagged free):
+ * what slab_carve and the walk of obj_bin_take_batch would do, in one pass. Returns how
+ * many. Not in secure mode (carves shuffle) nor under valgrind (links are opened). */
+static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_block **head) {
+  uint32_t rem = s->capacity - (uint32_t)s->carved;
+  uint32_t k = n < rem ? n : rem;
+  char *p = s->start + (size_t)s->carved * s->stride;
+  __atomic_store_n(&s->carved, s->carved + k, __ATOMIC_RELAXED);
+  *head = (obj_block *)p;
+  for (uint32_t i = 1; i < k; i++, p += s->stride)
+    obj_link_set((obj_block *)p, (obj_block *)(p + s->stride));
+  obj_link_set((obj_block *)p, end);
+  s->cnt += (int32_t)k;
+  return k;
+}
+
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
                             obj_block **head) {
-  if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
   obj_slab *s = bin->cur;
+  if (s->free == NULL && s->local_free == NULL && s->carved < s->capacity && !obj_tracking &&
+      !obj_secure_on()) {
+    bins_housekeep(bs); /* as a refill would: it may file remote frees into s */
+    // cppcheck-suppress knownConditionTrueFalse ; bins_housekeep may change all three
+    if (bin->cur == s && s->free == NULL && s->local_free == NULL)
+      return slab_carve_chain(s, n, end, head);
+  }
+  if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
+  s = bin->cur;
   obj_block *b = s->free, *last = b;
   uint32_t k = 1;
   for (;;) { /* (every block is tagged free: a free of one still in a cache is caught) */
@@ -570,8 +597,9 @@ static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
   return &seg->slabs[0];
 }
 
-/* Makes bin->cur a slab with a non-empty free list; false on ENOMEM. */
-bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
+/* What the owner does each time a current slab's free list runs dry: a trim another thread
+ * asked for, the purge of expired empty slabs, its outbox sent, its inbox filed. */
+static void bins_housekeep(obj_bins *bs) {
   unsigned epoch = __atomic_load_n(&bs->space->trim_epoch, __ATOMIC_RELAXED);
   if (obj_unlikely(epoch != bs->trim_seen)) {
     bs->trim_seen = epoch;
@@ -580,6 +608,11 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
   if (bs->retained) (void)obj_bins_purge_check(bs);
   if (bs->out_used) obj_outbox_flush(bs);
   obj_bins_file_inbox(bs);
+}
+
+/* Makes bin->cur a slab with a non-empty free list; false on ENOMEM. */
+bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
+  bins_housekeep(bs);
   obj_slab *s = bin->cur;
   MA_CHECK(s == &obj_empty_slab || (s->active && s->notify == -1 && s->bin_idx == bin->idx),
            "refill of bin %u: current slab %p active %u notify %d bin %u", bin->idx, (void *)s,
