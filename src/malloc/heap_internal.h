@@ -108,6 +108,7 @@ typedef struct heap {
   bool orphan;          /* its thread exited (h->lock): the purger may empty its cache */
   uint64_t orphaned_ms; /* obj_now_ms() at the exit */
   prof_thread prof;     /* prof hook: sampling countdown (MAPALLOC_PROF) */
+  uint8_t fills[HEAP_NCLASSES]; /* refills from the slabs so far, while they ramp up */
 } heap;
 
 /* Blocks cached for class c, on both its lists (relaxed reads). */

@@ -197,9 +197,14 @@ static uint32_t carve_count(const obj_slab *s) {
   return n > OBJ_CARVE_MAX ? OBJ_CARVE_MAX : n;
 }
 
-static void slab_carve(obj_slab *s) {
+/* Carves the next blocks of s onto its free list: carve_count's worth, or `want` when fewer
+ * (a secure carve keeps at least its shuffle window). */
+static void slab_carve(obj_slab *s, uint32_t want) {
   uint32_t rem = s->capacity - (uint32_t)s->carved;
   uint32_t n = carve_count(s);
+  uint32_t least = obj_secure_on() ? obj_shuffle_window : 1;
+  if (want < least) want = least;
+  if (n > want) n = want;
   if (n > rem) n = rem;
   char *p = s->start + (size_t)s->carved * s->stride;
   obj_block *head = (obj_block *)p;
@@ -220,8 +225,8 @@ static void slab_carve(obj_slab *s) {
 }
 
 /* Owner: gives s a non-empty free list if it has any block available: its own frees,
- * then remote frees filed from the inbox, then untouched blocks. */
-static bool slab_refill(obj_slab *s) {
+ * then remote frees filed from the inbox, then untouched blocks (at most `want` carved). */
+static bool slab_refill(obj_slab *s, uint32_t want) {
   if (s->free) return true;
   if (s->local_free) {
     s->free = s->local_free;
@@ -230,7 +235,7 @@ static bool slab_refill(obj_slab *s) {
     return true;
   }
   if (s->carved < s->capacity) {
-    slab_carve(s);
+    slab_carve(s, want);
     return true;
   }
   return false;
@@ -380,14 +385,18 @@ static void bins_housekeep(obj_bins *bs);
  * what slab_carve and the walk of obj_bin_take_batch would do, in one pass. Returns how
  * many. Not in secure mode (carves shuffle) nor under valgrind (links are opened). */
 static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_block **head) {
-  uint32_t rem = s->capacity - (uint32_t)s->carved;
-  uint32_t k = n < rem ? n : rem;
+  uint32_t rem = s->capacity - (uint32_t)s->carved, k = carve_count(s);
+  if (k > n) k = n;
+  if (k > rem) k = rem;
   char *p = s->start + (size_t)s->carved * s->stride;
   __atomic_store_n(&s->carved, s->carved + k, __ATOMIC_RELAXED);
   *head = (obj_block *)p;
-  for (uint32_t i = 1; i < k; i++, p += s->stride)
-    obj_link_set((obj_block *)p, (obj_block *)(p + s->stride));
-  obj_link_set((obj_block *)p, end);
+  for (uint32_t i = 1; i <= k; i++, p += s->stride) {
+    obj_block *b = (obj_block *)p;
+    obj_link_open(b); /* ASan: uncarved memory is poisoned, as are free blocks */
+    obj_link_set(b, i < k ? (obj_block *)(p + s->stride) : end);
+    obj_link_close(b);
+  }
   s->cnt += (int32_t)k;
   return k;
 }
@@ -402,7 +411,7 @@ uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *e
     if (bin->cur == s && s->free == NULL && s->local_free == NULL)
       return slab_carve_chain(s, n, end, head);
   }
-  if (bin->cur->free == NULL && !obj_bin_refill(bs, bin)) return 0;
+  if (bin->cur->free == NULL && !obj_bin_refill_n(bs, bin, n)) return 0;
   s = bin->cur;
   obj_block *b = s->free, *last = b;
   uint32_t k = 1;
@@ -610,15 +619,18 @@ static void bins_housekeep(obj_bins *bs) {
   obj_bins_file_inbox(bs);
 }
 
-/* Makes bin->cur a slab with a non-empty free list; false on ENOMEM. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
+  return obj_bin_refill_n(bs, bin, UINT32_MAX);
+}
+
+bool obj_bin_refill_n(obj_bins *bs, obj_bin *bin, uint32_t want) {
   bins_housekeep(bs);
   obj_slab *s = bin->cur;
   MA_CHECK(s == &obj_empty_slab || (s->active && s->notify == -1 && s->bin_idx == bin->idx),
            "refill of bin %u: current slab %p active %u notify %d bin %u", bin->idx, (void *)s,
            s->active, s->notify, s->bin_idx);
   if (s != &obj_empty_slab) {
-    if (slab_refill(s)) return true;
+    if (slab_refill(s, want)) return true;
     obj_slab_set_notify(s, INT32_MAX); /* full: unlisted until a free arrives */
     bin->cur = &obj_empty_slab;
   }
@@ -626,7 +638,7 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
     partial_unlink(bin, s);
     obj_slab_set_notify(s, -1);
     bin->cur = s;
-    if (slab_refill(s)) return true;
+    if (slab_refill(s, want)) return true;
     obj_slab_set_notify(s, INT32_MAX);
     bin->cur = &obj_empty_slab;
   }
@@ -642,7 +654,7 @@ bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
     }
   }
   bin->cur = s;
-  return slab_refill(s);
+  return slab_refill(s, want);
 }
 
 void *obj_bin_alloc_slow(obj_bins *bs, obj_bin *bin) {
