@@ -197,30 +197,50 @@ static uint32_t carve_count(const obj_slab *s) {
   return n > OBJ_CARVE_MAX ? OBJ_CARVE_MAX : n;
 }
 
-/* Carves the next blocks of s onto its free list: carve_count's worth, or `want` when fewer
- * (a secure carve keeps at least its shuffle window). */
-static void slab_carve(obj_slab *s, uint32_t want) {
+/* Takes the next blocks of s to carve: carve_count's worth, or `want` when fewer (a secure
+ * carve keeps at least its shuffle window); publishes them in s->carved (a secure link check
+ * accepts only carved blocks) and returns how many, the first at *first. */
+static uint32_t carve_span(obj_slab *s, uint32_t want, char **first) {
   uint32_t rem = s->capacity - (uint32_t)s->carved;
   uint32_t n = carve_count(s);
   uint32_t least = obj_secure_on() ? obj_shuffle_window : 1;
   if (want < least) want = least;
   if (n > want) n = want;
   if (n > rem) n = rem;
-  char *p = s->start + (size_t)s->carved * s->stride;
-  obj_block *head = (obj_block *)p;
-  /* Published first: a secure link check accepts only carved blocks. */
+  *first = s->start + (size_t)s->carved * s->stride;
   __atomic_store_n(&s->carved, s->carved + n, __ATOMIC_RELAXED);
-  if (obj_secure_on() && obj_shuffle_window > 1) {
-    head = carve_shuffled(s, p, n);
-  } else {
-    for (uint32_t i = 0; i < n; i++, p += s->stride) {
-      obj_block *b = (obj_block *)p;
-      obj_link_open_rt(b);
-      obj_link_set(b, i + 1 < n ? (obj_block *)(p + s->stride) : NULL);
-      obj_link_close_rt(b);
+  return n;
+}
+
+/* Links the n (>= 1) blocks of s from p on in address order, the last one to `end`, each
+ * tagged free. (Two loops: the valgrind test stays out of the common one.) */
+static void carve_in_order(const obj_slab *s, char *p, uint32_t n, obj_block *end) {
+  if (obj_unlikely(obj_tracking)) {
+    for (uint32_t i = 1; i <= n; i++, p += s->stride) {
+      obj_link_open_vg((obj_block *)p);
+      obj_link_set((obj_block *)p, i < n ? (obj_block *)(p + s->stride) : end);
+      obj_link_close_vg((obj_block *)p);
     }
+    return;
   }
-  s->free = head;
+  for (uint32_t i = 1; i <= n; i++, p += s->stride) {
+    obj_block *b = (obj_block *)p;
+    obj_link_open(b); /* ASan: uncarved memory is poisoned, as are free blocks */
+    obj_link_set(b, i < n ? (obj_block *)(p + s->stride) : end);
+    obj_link_close(b);
+  }
+}
+
+/* Carves the next blocks of s (carve_span) onto its free list. */
+static void slab_carve(obj_slab *s, uint32_t want) {
+  char *p;
+  uint32_t n = carve_span(s, want, &p);
+  if (obj_secure_on() && obj_shuffle_window > 1) {
+    s->free = carve_shuffled(s, p, n);
+  } else {
+    carve_in_order(s, p, n, NULL);
+    s->free = (obj_block *)p;
+  }
   s->free_zero = s->fresh;
 }
 
@@ -385,18 +405,10 @@ static void bins_housekeep(obj_bins *bs);
  * what slab_carve and the walk of obj_bin_take_batch would do, in one pass. Returns how
  * many. Not in secure mode (carves shuffle) nor under valgrind (links are opened). */
 static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_block **head) {
-  uint32_t rem = s->capacity - (uint32_t)s->carved, k = carve_count(s);
-  if (k > n) k = n;
-  if (k > rem) k = rem;
-  char *p = s->start + (size_t)s->carved * s->stride;
-  __atomic_store_n(&s->carved, s->carved + k, __ATOMIC_RELAXED);
+  char *p;
+  uint32_t k = carve_span(s, n, &p);
+  carve_in_order(s, p, k, end);
   *head = (obj_block *)p;
-  for (uint32_t i = 1; i <= k; i++, p += s->stride) {
-    obj_block *b = (obj_block *)p;
-    obj_link_open(b); /* ASan: uncarved memory is poisoned, as are free blocks */
-    obj_link_set(b, i < k ? (obj_block *)(p + s->stride) : end);
-    obj_link_close(b);
-  }
   s->cnt += (int32_t)k;
   return k;
 }
