@@ -156,7 +156,7 @@ static uint64_t carve_rand(uint64_t *state) {
  * hardware prefetchers lose the stride), so the window is small, 4 by default, set per run
  * with MAPALLOC_SHUFFLE. docs/hardening.md has the entropy it leaves and the measured
  * cost of each window. */
-static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
+static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n, obj_block *end) {
   uint16_t order[OBJ_CARVE_MAX] = {0}; /* (secure carve only; the analyser can't see n) */
   uint64_t st = obj_link_key ^ (uintptr_t)first ^ __builtin_ia32_rdtsc();
   uint32_t win = obj_shuffle_window;
@@ -170,7 +170,7 @@ static obj_block *carve_shuffled(obj_slab *s, char *first, uint32_t n) {
       order[w + j] = t;
     }
   }
-  obj_block *head = NULL;
+  obj_block *head = end;
   for (uint32_t i = n; i-- > 0;) { /* backwards: order[0] ends up at the head */
     obj_block *b = (obj_block *)(first + (size_t)order[i] * s->stride);
     obj_link_open_rt(b);
@@ -231,16 +231,19 @@ static void carve_in_order(const obj_slab *s, char *p, uint32_t n, obj_block *en
   }
 }
 
+/* Links the n blocks of s from p on, shuffled in a secure run (carve_shuffled), the last
+ * one to `end`; returns the first. */
+static obj_block *carve_blocks(obj_slab *s, char *p, uint32_t n, obj_block *end) {
+  if (obj_secure_on() && obj_shuffle_window > 1) return carve_shuffled(s, p, n, end);
+  carve_in_order(s, p, n, end);
+  return (obj_block *)p;
+}
+
 /* Carves the next blocks of s (carve_span) onto its free list. */
 static void slab_carve(obj_slab *s, uint32_t want) {
   char *p;
   uint32_t n = carve_span(s, want, &p);
-  if (obj_secure_on() && obj_shuffle_window > 1) {
-    s->free = carve_shuffled(s, p, n);
-  } else {
-    carve_in_order(s, p, n, NULL);
-    s->free = (obj_block *)p;
-  }
+  s->free = carve_blocks(s, p, n, NULL);
   s->free_zero = s->fresh;
 }
 
@@ -401,14 +404,14 @@ void obj_slab_put_run(obj_slab *s, obj_block *first, obj_block *last, uint32_t k
 static void bins_housekeep(obj_bins *bs);
 
 /* Carves up to n blocks of s, the current slab, whose lists are empty and which has blocks
- * never carved, straight into a chain linked to `end` (in address order, tagged free):
- * what slab_carve and the walk of obj_bin_take_batch would do, in one pass. Returns how
- * many. Not in secure mode (carves shuffle) nor under valgrind (links are opened). */
+ * never carved, straight into a chain linked to `end` (tagged free, in the order slab_carve
+ * would link them: shuffled in a secure run): what slab_carve and the walk of
+ * obj_bin_take_batch would do, in one pass. Returns how many. (Not under valgrind: the
+ * heap's tracked paths take no batches.) */
 static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_block **head) {
   char *p;
   uint32_t k = carve_span(s, n, &p);
-  carve_in_order(s, p, k, end);
-  *head = (obj_block *)p;
+  *head = carve_blocks(s, p, k, end);
   s->cnt += (int32_t)k;
   return k;
 }
@@ -416,8 +419,10 @@ static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_bl
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
                             obj_block **head) {
   obj_slab *s = bin->cur;
+  /* (A secure carve takes a whole shuffle window: one for fewer blocks goes to s->free.) */
+  bool whole = !obj_secure_on() || n >= obj_shuffle_window;
   if (s->free == NULL && s->local_free == NULL && s->carved < s->capacity && !obj_tracking &&
-      !obj_secure_on()) {
+      whole) {
     bins_housekeep(bs); /* as a refill would: it may file remote frees into s */
     // cppcheck-suppress knownConditionTrueFalse ; bins_housekeep may change all three
     if (bin->cur == s && s->free == NULL && s->local_free == NULL)
