@@ -402,6 +402,7 @@ void obj_slab_put_run(obj_slab *s, obj_block *first, obj_block *last, uint32_t k
 }
 
 static void bins_housekeep(obj_bins *bs);
+static bool bin_refill(obj_bins *bs, obj_bin *bin, uint32_t want);
 
 /* Carves up to n blocks of s, the current slab, whose lists are empty and which has blocks
  * never carved, straight into a chain linked to `end` (tagged free, in the order slab_carve
@@ -419,17 +420,17 @@ static uint32_t slab_carve_chain(obj_slab *s, uint32_t n, obj_block *end, obj_bl
 uint32_t obj_bin_take_batch(obj_bins *bs, obj_bin *bin, uint32_t n, obj_block *end,
                             obj_block **head) {
   obj_slab *s = bin->cur;
-  /* (A secure carve takes a whole shuffle window: one for fewer blocks goes to s->free.) */
-  bool whole = !obj_secure_on() || n >= obj_shuffle_window;
-  if (s->free == NULL && s->local_free == NULL && s->carved < s->capacity && !obj_tracking &&
-      whole) {
-    bins_housekeep(bs); /* as a refill would: it may file remote frees into s */
-    // cppcheck-suppress knownConditionTrueFalse ; bins_housekeep may change all three
-    if (bin->cur == s && s->free == NULL && s->local_free == NULL)
+  if (s->free == NULL) {
+    bins_housekeep(bs); /* as a refill does first: it may file remote frees into s */
+    s = bin->cur;
+    /* (A secure carve takes a whole shuffle window: one for fewer blocks goes to s->free.) */
+    bool whole = !obj_secure_on() || n >= obj_shuffle_window;
+    if (s->free == NULL && s->local_free == NULL && s->carved < s->capacity && !obj_tracking &&
+        whole)
       return slab_carve_chain(s, n, end, head);
+    if (s->free == NULL && !bin_refill(bs, bin, n)) return 0;
+    s = bin->cur;
   }
-  if (bin->cur->free == NULL && !obj_bin_refill_n(bs, bin, n)) return 0;
-  s = bin->cur;
   obj_block *b = s->free, *last = b;
   uint32_t k = 1;
   for (;;) { /* (every block is tagged free: a free of one still in a cache is caught) */
@@ -637,11 +638,14 @@ static void bins_housekeep(obj_bins *bs) {
 }
 
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin) {
-  return obj_bin_refill_n(bs, bin, UINT32_MAX);
+  bins_housekeep(bs);
+  return bin_refill(bs, bin, UINT32_MAX);
 }
 
-bool obj_bin_refill_n(obj_bins *bs, obj_bin *bin, uint32_t want) {
-  bins_housekeep(bs);
+/* obj_bin_refill after its housekeeping; a list carved from untouched blocks holds at most
+ * `want` (>= 1) of them, so that a thread's first blocks of a class touch no more pages than
+ * it asks for. */
+static bool bin_refill(obj_bins *bs, obj_bin *bin, uint32_t want) {
   obj_slab *s = bin->cur;
   MA_CHECK(s == &obj_empty_slab || (s->active && s->notify == -1 && s->bin_idx == bin->idx),
            "refill of bin %u: current slab %p active %u notify %d bin %u", bin->idx, (void *)s,

@@ -36,11 +36,8 @@ static inline uintptr_t obj_slab_tid(const obj_bins *bs) {
   return obj_tracking ? 1 : bs->tid;
 }
 
-/* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none.
- * _n: a list carved from untouched blocks holds at most `want` (>= 1) of them, so that a
- * thread's first blocks of a class touch no more pages than it asks for. */
+/* Owner: makes bin->cur a slab with a non-empty free list; false (errno ENOMEM) if none. */
 bool obj_bin_refill(obj_bins *bs, obj_bin *bin);
-bool obj_bin_refill_n(obj_bins *bs, obj_bin *bin, uint32_t want);
 
 /* Segment lists of a bins (its owner only). */
 static inline void obj_seg_link(obj_segment **head, obj_segment *seg) {
