@@ -654,7 +654,7 @@ static obj_slab *heap_slab_check(obj_segment *seg, const void *p, const char *wh
 
 size_t heap_usable_size(const void *p) {
   if (!p) return 0;
-  obj_segment *seg = heap_segment_of(p);
+  obj_segment *seg = heap_segment_holding(p);
   if (seg) return heap_slab_check(seg, p, "invalid pointer")->stride;
   if (heap_unlikely(prof_on) && prof_owns(p)) return prof_usable(p); /* prof hook (aborts) */
   size_t n = huge_usable(p);
@@ -666,7 +666,7 @@ size_t heap_usable_size(const void *p) {
  * that are not the start of a block of a heap segment (a pool's object among them). */
 void heap_free_generic(void *p) {
   if (p == NULL) return; /* first: programs free NULL often (churn: 1 free in 3) */
-  obj_segment *seg = heap_segment_of(p);
+  obj_segment *seg = heap_segment_holding(p);
   if (!seg) {
     int saved = errno;                            /* free never changes errno (an unmap may fail) */
     if (heap_unlikely(prof_on) && prof_free(p)) { /* prof hook: a sampled small block */

@@ -213,6 +213,17 @@ static inline obj_segment *heap_segment_of(const void *p) {
   return obj_segment_of_tagged(p, OBJ_MAP_HEAP);
 }
 
+/* heap_segment_of for the slow paths, where p may be anything: also NULL when p lies past
+ * the reservation of a segment still growing in its window (another mapping there, say a
+ * large block, is not the segment's). The fast paths need no such test: a slab past the
+ * reservation was never activated, so nothing passes its block check. */
+static inline obj_segment *heap_segment_holding(const void *p) {
+  obj_segment *seg = heap_segment_of(p);
+  if (seg && (uintptr_t)p - (uintptr_t)seg >= __atomic_load_n(&seg->size, __ATOMIC_RELAXED))
+    return NULL;
+  return seg;
+}
+
 /* n, an address inside heap segment seg, is a carved block of one of its slabs. */
 static inline bool heap_carved_in(obj_segment *seg, const obj_block *n) {
   const obj_slab *s = obj_slab_of(seg, n);

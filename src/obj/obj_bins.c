@@ -603,10 +603,13 @@ static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
         }
       }
       obj_slab *s = &seg->slabs[pick];
-      if (s->committed)
+      if (s->committed) {
         retained_sub(bs, slab_len(seg, s));
-      else if (obj_slab_commit(seg, s) != 0)
-        return NULL;
+      } else {
+        int rc = obj_segment_grow(seg, pick); /* (pick is its lowest free slab) */
+        if (rc == -EEXIST) continue;          /* it cannot grow: the next segment */
+        if (rc != 0 || obj_slab_commit(seg, s) != 0) return NULL;
+      }
       slab_activate(bs, bin, seg, pick);
       return s;
     }

@@ -147,11 +147,17 @@ static void segment_check(const obj_bins *bs, int kind, const obj_segment *seg,
             "segment %p kind %d slab_shift %u", g, kind, seg->slab_shift);
   uint32_t nslabs = solo ? 1 : 1u << (OBJ_SEG_SHIFT - seg->slab_shift);
   MA_VERIFY(seg->nslabs == nslabs, "segment %p nslabs %u, expected %u", g, seg->nslabs, nslabs);
-  MA_VERIFY(seg->size >= OBJ_SEG_SIZE && (seg->size & (OBJ_SEG_SIZE - 1)) == 0 &&
-                (solo || seg->size == OBJ_SEG_SIZE),
-            "segment %p size %zu", g, seg->size);
+  /* A one-slab segment is reserved whole; another may be reserved in part, in whole slabs
+   * of its window (obj_segment_grow), and once its growth failed it keeps what it has. */
+  size_t slab = solo ? OBJ_SEG_SIZE : (size_t)1 << seg->slab_shift;
+  MA_VERIFY(seg->size >= slab && (seg->size & (slab - 1)) == 0 &&
+                (solo || seg->size <= OBJ_SEG_SIZE) && seg->area_end <= seg->size,
+            "segment %p size %zu area_end %zu", g, seg->size, seg->area_end);
+  MA_VERIFY(seg->slabs_max == nslabs || (seg->slabs_max < nslabs && !solo &&
+                                         seg->size == (size_t)seg->slabs_max << seg->slab_shift),
+            "segment %p slabs_max %u of %u, size %zu", g, seg->slabs_max, nslabs, seg->size);
   uintptr_t c0 = (uintptr_t)seg >> OBJ_SEG_SHIFT;
-  for (uintptr_t c = c0; c < c0 + (seg->size >> OBJ_SEG_SHIFT); c++) {
+  for (uintptr_t c = c0; c < c0 + obj_seg_chunks(seg->size); c++) {
     uint32_t e = obj_map_entry(c);
     MA_VERIFY(e == ((uint32_t)c0 | seg->space->map_tag),
               "segment map entry of chunk %#lx is %#x, segment %p wants %#x", (unsigned long)c, e,
@@ -161,8 +167,14 @@ static void segment_check(const obj_bins *bs, int kind, const obj_segment *seg,
   for (uint32_t i = 0; i < nslabs; i++) {
     const obj_slab *s = &seg->slabs[i];
     bool in_mask = (seg->free_mask >> i) & 1;
-    MA_VERIFY(in_mask == !s->active, "segment %p slab %u active %u, free_mask %#llx", g, i,
-              s->active, (unsigned long long)seg->free_mask);
+    MA_VERIFY(in_mask == (!s->active && i < seg->slabs_max),
+              "segment %p slab %u active %u, free_mask %#llx, slabs_max %u", g, i, s->active,
+              (unsigned long long)seg->free_mask, seg->slabs_max);
+    MA_VERIFY(solo || ((size_t)i << seg->slab_shift) < seg->size ||
+                  (!s->active && !s->committed && !s->mapped),
+              "segment %p slab %u past its reservation (%zu bytes): active %u committed %u "
+              "mapped %u",
+              g, i, seg->size, s->active, s->committed, s->mapped);
     if (s->active) nactive++;
   }
   if (nslabs < 64)
@@ -180,7 +192,7 @@ void obj_bins_check(const obj_bins *bs, obj_check_totals *t) {
     for (const obj_segment *seg = bs->segs[k]; seg; prev = seg, seg = seg->next) {
       segment_check(bs, k, seg, prev);
       tot.segments++;
-      tot.chunks += seg->size >> OBJ_SEG_SHIFT;
+      tot.chunks += obj_seg_chunks(seg->size);
       tot.reserved += seg->size;
       tot.committed += seg->hdr_size;
       for (uint32_t i = 0; i < seg->nslabs; i++) {
@@ -275,7 +287,7 @@ size_t obj_map_check(const obj_space *sp, uint32_t tag) {
                 (unsigned long)c, (const void *)seg, (unsigned long long)seg->magic);
       MA_VERIFY(seg->space == sp, "segment map entry of chunk %#lx: segment %p of space %p, not %p",
                 (unsigned long)c, (const void *)seg, (void *)seg->space, (const void *)sp);
-      MA_VERIFY(c < c0 + (seg->size >> OBJ_SEG_SHIFT),
+      MA_VERIFY(c < c0 + obj_seg_chunks(seg->size),
                 "segment map entry of chunk %#lx: segment %p ends before it (size %zu)",
                 (unsigned long)c, (const void *)seg, seg->size);
       found++;

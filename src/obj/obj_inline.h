@@ -86,7 +86,9 @@ static inline obj_segment *obj_segment_of(const void *p) {
   uint32_t e = obj_map_entry(a >> OBJ_SEG_SHIFT) & ~OBJ_MAP_TAGS;
   if (obj_unlikely(e == 0)) return NULL;
   obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
-  if (obj_unlikely(a - (uintptr_t)seg >= seg->size)) return NULL;
+  /* (the reservation of a growing segment: what lies past it in its window is not ours) */
+  if (obj_unlikely(a - (uintptr_t)seg >= __atomic_load_n(&seg->size, __ATOMIC_RELAXED)))
+    return NULL;
   return seg;
 }
 

@@ -27,6 +27,17 @@ void obj_account_decommit(obj_space *sp, size_t len);
 void obj_slab_range(const obj_segment *seg, uint32_t i, char **lo, char **hi);
 obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need);
 void obj_segment_release(obj_segment *seg);
+/* Makes sure the segment map has real leaves for chunks [c0, c0 + n). 0 or -ENOMEM. */
+int obj_map_cover(uintptr_t c0, size_t n);
+/* Map chunks a segment of `size` reserved bytes covers (a growing one: its whole window). */
+static inline size_t obj_seg_chunks(size_t size) {
+  return (size + OBJ_SEG_SIZE - 1) >> OBJ_SEG_SHIFT;
+}
+/* Makes sure slab i of seg is inside its reservation, growing it within its window (the
+ * owner, under its lock). Returns 0; -EEXIST when another mapping holds the window past the
+ * reservation (the segment keeps the slabs it has: slabs_max and free_mask shrink to them);
+ * -ENOMEM when the address space is exhausted (RLIMIT_AS). */
+int obj_segment_grow(obj_segment *seg, uint32_t i);
 int obj_slab_commit(obj_segment *seg, obj_slab *s);
 size_t obj_slab_decommit(obj_segment *seg, obj_slab *s);
 

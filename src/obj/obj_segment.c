@@ -57,10 +57,10 @@ int obj_global_init(void) {
   return 0;
 }
 
-/* Makes sure chunks [c0, c0 + n) have real leaves: a leaf (256 KiB, zero) is mapped the
- * first time a segment lands in its 256 GiB region and is never unmapped. Two threads
- * racing for one root entry both map; the loser unmaps its own. */
-static int obj_map_cover(uintptr_t c0, size_t n) {
+/* (obj_internal.h) A leaf is 256 KiB of zeros, mapped the first time a segment lands in its
+ * 256 GiB region and never unmapped. Two threads racing for one root entry both map; the
+ * loser unmaps its own. */
+int obj_map_cover(uintptr_t c0, size_t n) {
   const size_t len = sizeof(uint32_t) << OBJ_MAP_LEAF_BITS;
   for (uintptr_t r = c0 >> OBJ_MAP_LEAF_BITS; r <= (c0 + n - 1) >> OBJ_MAP_LEAF_BITS; r++) {
     uint32_t *cur = __atomic_load_n(&obj_segmap[r], __ATOMIC_ACQUIRE);
@@ -228,6 +228,52 @@ static bool space_resettable(const obj_space *sp) {
   return !(sp->map_flags & (MA_MAP_SHARED | MA_MAP_LOCKED));
 }
 
+/* ---- the segment zone -----------------------------------------------------------------
+ * A segment that starts with its first slab reserved grows into the rest of its 4 MiB
+ * window, so the window must stay free. The kernel places new mappings top-down in the
+ * highest gap that fits, which is just such a window's free tail: next to a segment the
+ * kernel placed, the next thread stack or large block would land in it. So growing segments
+ * live in a zone the kernel never picks by itself (far below its mmap base: it fills the
+ * address space from the top): windows are taken in turn, from a random first one, each with
+ * MAP_FIXED_NOREPLACE, skipping a window still in use (the turn wraps around the zone). Not
+ * under ThreadSanitizer (its shadow and its idea of application memory own fixed ranges);
+ * elsewhere, when the zone cannot be used (a kernel before 4.17 takes NOREPLACE as a hint,
+ * a tool refuses fixed maps) segments are reserved whole where the kernel puts them. */
+#if defined(__x86_64__) && !OBJ_TSAN
+#define OBJ_ZONE_START ((uintptr_t)32 << 40) /* 32 TiB: also above ASan's shadow */
+#define OBJ_ZONE_BITS  18                    /* 2^18 windows of 4 MiB: 1 TiB */
+#else
+#define OBJ_ZONE_START 0
+#define OBJ_ZONE_BITS  0
+#endif
+#define OBJ_ZONE_TRIES 64  /* windows tried before a segment is reserved whole instead */
+static uint64_t zone_turn; /* windows handed out so far, plus the random first (atomic) */
+static bool zone_off;      /* the zone failed OBJ_ZONE_TRIES times in a row: not used again */
+
+/* Reserves `len` bytes at the start of a free window of the zone; NULL when the zone is off
+ * or out of reach (the caller reserves a whole window elsewhere). */
+static char *zone_take(size_t len) {
+  if (OBJ_ZONE_BITS == 0 || __atomic_load_n(&zone_off, __ATOMIC_RELAXED)) return NULL;
+  if (__atomic_load_n(&zone_turn, __ATOMIC_RELAXED) == 0) {
+    uint64_t r = 0;
+    if (os_random(&r, sizeof r) != 0) r = __builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull;
+    uint64_t zero = 0; /* racing threads: the first draw wins */
+    __atomic_compare_exchange_n(&zone_turn, &zero, r | 1, false, __ATOMIC_RELAXED,
+                                __ATOMIC_RELAXED);
+  }
+  for (int i = 0; i < OBJ_ZONE_TRIES; i++) {
+    uint64_t w = __atomic_fetch_add(&zone_turn, 1, __ATOMIC_RELAXED);
+    w &= ((uint64_t)1 << OBJ_ZONE_BITS) - 1;
+    char *a = (char *)(OBJ_ZONE_START + ((uintptr_t)w << OBJ_SEG_SHIFT)), *out;
+    int rc =
+        os_map(a, len, MA_PROT_NONE, MA_MAP_NORESERVE, -1, 0, 0, OS_PLACE_NOREPLACE, (void **)&out);
+    if (rc == 0) return out;
+    if (rc != -EEXIST) return NULL; /* out of address space (RLIMIT_AS) or refused */
+  }
+  __atomic_store_n(&zone_off, true, __ATOMIC_RELAXED);
+  return NULL;
+}
+
 obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) {
   uint32_t nslabs = shift == OBJ_SHIFT_SOLO ? 1 : 1u << (OBJ_SEG_SHIFT - shift);
   size_t hdr = header_size(nslabs);
@@ -242,9 +288,16 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) 
     size = (hdr + solo_need + guard + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
   }
   if (!obj_account_commit(sp, hdr)) goto nomem;
-  char *m = os_reserve(size, OBJ_SEG_SIZE, NULL);
+  /* Several slabs and no guards (a secure segment keeps the kernel's placement and is
+   * reserved whole): the first slab now, the rest as it is needed. */
+  char *m = NULL;
+  if (shift != OBJ_SHIFT_SOLO && nslabs > 1 && !guard) {
+    m = zone_take((size_t)1 << shift);
+    if (m) size = (size_t)1 << shift;
+  }
+  if (!m) m = os_reserve(size, OBJ_SEG_SIZE, NULL);
   if (!m) goto unaccount;
-  uintptr_t chunk0 = (uintptr_t)m >> OBJ_SEG_SHIFT, nchunks = size >> OBJ_SEG_SHIFT;
+  uintptr_t chunk0 = (uintptr_t)m >> OBJ_SEG_SHIFT, nchunks = obj_seg_chunks(size);
   if (chunk0 + nchunks > (uintptr_t)OBJ_MAP_ROOT_LEN << OBJ_MAP_LEAF_BITS) goto unmap;
   if (obj_map_cover(chunk0, nchunks) != 0) goto unmap;
   unsigned hflags = sp->map_flags & (MA_MAP_LOCKED | MA_MAP_DONTDUMP | MA_MAP_DONTFORK);
@@ -255,6 +308,8 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) 
   seg->space = sp;
   seg->size = size;
   seg->hdr_size = hdr;
+  seg->area_end = hdr;
+  seg->slabs_max = nslabs;
   seg->guard = (uint32_t)guard;
   /* Decided once, before any slab is mapped: the two schemes must not meet in a segment. */
   if (guard && shift != OBJ_SHIFT_SOLO && space_resettable(sp) && os_guard_supported())
@@ -297,7 +352,7 @@ void obj_segment_release(obj_segment *seg) {
     }
   }
   size_t size = seg->size;
-  obj_map_set((uintptr_t)seg >> OBJ_SEG_SHIFT, size >> OBJ_SEG_SHIFT, 0);
+  obj_map_set((uintptr_t)seg >> OBJ_SEG_SHIFT, obj_seg_chunks(size), 0);
   obj_account_decommit(sp, committed);
   __atomic_sub_fetch(&sp->reserved, size, __ATOMIC_RELAXED);
   /* ASan: free blocks are poisoned, and the shadow outlives the mapping; a large block or
@@ -311,6 +366,35 @@ void obj_segment_release(obj_segment *seg) {
     os_release_owned(seg, size);
   else
     os_release_owned_rw(seg, size);
+}
+
+int obj_segment_grow(obj_segment *seg, uint32_t i) {
+  size_t need = (size_t)(i + 1) << seg->slab_shift, size = seg->size;
+  if (need <= size) return 0;
+  if (i >= seg->slabs_max) return -EEXIST;
+  /* A quarter more at a time past the slab asked for: a few system calls per window, and
+   * the address space stays within a quarter of what the slabs in use need. */
+  size_t slab = (size_t)1 << seg->slab_shift, want = size + size / 4;
+  want = want < need ? need : (want + slab - 1) & ~(slab - 1);
+  if (want > OBJ_SEG_SIZE) want = OBJ_SEG_SIZE;
+  int rc;
+  for (size_t to = want;; to = need) {
+    char *end = (char *)seg + size, *out;
+    rc = os_map(end, to - size, MA_PROT_NONE, MA_MAP_NORESERVE, -1, 0, 0, OS_PLACE_NOREPLACE,
+                (void **)&out);
+    if (rc == 0) {
+      if (seg->space->name) os_name(end, to - size, seg->space->name);
+      __atomic_add_fetch(&seg->space->reserved, to - size, __ATOMIC_RELAXED);
+      __atomic_store_n(&seg->size, to, __ATOMIC_RELAXED);
+      return 0;
+    }
+    if (to == need) break;
+  }
+  if (rc == -EEXIST) { /* someone's mapping: the slabs reserved are all this one gets */
+    seg->slabs_max = (uint32_t)(size >> seg->slab_shift);
+    seg->free_mask &= ((uint64_t)1 << seg->slabs_max) - 1;
+  }
+  return rc;
 }
 
 /* Secure, first use of a segment's slab area where the kernel has guard pages: the area is
@@ -361,15 +445,17 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
     if (sp->populate) (void)os_populate(lo, len);
   } else if (seg->slab_shift != OBJ_SHIFT_SOLO && !sp->populate && space_resettable(sp) &&
              !seg->guard) {
-    /* First use of a segment's slab area: map all of it read-write in one call; the other
-     * slabs fault in lazily when they are used (no mmap per slab). */
-    char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;
+    /* First use of the slab area reserved since the last such map: all of it read-write
+     * in one call; its other slabs fault in lazily when they are used (no mmap per slab). */
+    char *a = (char *)seg + seg->area_end, *b = (char *)seg + seg->size;
     rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
     if (rc != 0) {
       obj_account_decommit(sp, len);
       return rc;
     }
-    for (uint32_t i = 0; i < seg->nslabs; i++) seg->slabs[i].mapped = 1;
+    seg->area_end = seg->size;
+    for (uint32_t i = 0; i < seg->nslabs; i++)
+      seg->slabs[i].mapped = ((size_t)i << seg->slab_shift) < seg->size;
   } else {
     unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
     rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);

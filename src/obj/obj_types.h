@@ -119,15 +119,19 @@ typedef struct obj_space obj_space;
  * with MADV_GUARD_INSTALL (MADV then; HOLES if the kernel refuses them there). */
 enum { OBJ_GUARD_HOLES, OBJ_GUARD_MADV_PENDING, OBJ_GUARD_MADV };
 
-/* A segment: OBJ_SEG_SIZE aligned (a multiple of it for solo ones); header then slabs. */
+/* A segment: OBJ_SEG_SIZE aligned (a multiple of it for solo ones); header then slabs.
+ * A segment of several slabs may start with only its first slab reserved and grow slab by
+ * slab within its 4 MiB window (obj_segment_grow): address space in proportion to use. */
 typedef struct obj_segment {
   uint64_t magic; /* OBJ_SEG_MAGIC ^ address */
   obj_space *space;
   struct obj_bins *owner;          /* set at creation, never changes (see obj_bins.c) */
   struct obj_segment *next, *prev; /* owner's list, or the abandoned list */
-  size_t size;                     /* bytes reserved */
-  size_t hdr_size;                 /* bytes of header (committed) */
-  uint64_t free_mask;              /* slabs not active */
+  size_t size;        /* bytes reserved from the start (grows; read by any thread: atomic) */
+  size_t hdr_size;    /* bytes of header (committed) */
+  size_t area_end;    /* the slab area is mapped read-write in one go up to here (lazy mode) */
+  uint32_t slabs_max; /* slabs it may use: nslabs, or those reserved once growth failed */
+  uint64_t free_mask; /* slabs not active */
   uint32_t nslabs;
   uint32_t nactive;
   uint8_t slab_shift;
