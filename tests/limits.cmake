@@ -4,7 +4,6 @@
 if(NOT MAPALLOC_SANITIZE)
   add_executable(rlimit_fit ${CMAKE_CURRENT_SOURCE_DIR}/rlimit_fit.c)
   target_link_libraries(rlimit_fit PRIVATE mapalloc_static Threads::Threads)
-  target_compile_definitions(rlimit_fit PRIVATE ${MAPALLOC_DEFS}) # MA_SECURE: see its threads part
   add_test(NAME rlimit_fit COMMAND rlimit_fit 256)
   set_tests_properties(rlimit_fit PROPERTIES TIMEOUT 300)
 endif()

@@ -197,19 +197,9 @@ int main(int argc, char **argv) {
   /* count_in_child's 0 is a failed child, so both counts are blocks missing + 1. */
   size_t th = (size_t)THREADS * THREAD_BUDGET;
   size_t gt = count_in_child(&glibc, 0, th), mt = count_in_child(&ours, 0, th);
-  /* Secure segments keep the kernel's placement and are reserved whole (docs/internals.md,
-   * "Segments that grow"): 4 MiB a thread, printed but not required to fit. */
-#ifdef MA_SECURE
-  const bool required = false;
-#else
-  const bool required = true;
-#endif
-  bool threads_fit = gt != 0 && mt != 0 && (mt == 1 || !required);
+  bool threads_fit = gt != 0 && mt == 1;
   printf("%d threads x %d blocks in %zu MiB: missing glibc %zd, mapalloc %zd %s\n", THREADS,
-         THREAD_BLOCKS, th >> 20, (ssize_t)gt - 1, (ssize_t)mt - 1,
-         !threads_fit ? "FAIL"
-         : mt == 1    ? "ok"
-                      : "(secure: not required)");
+         THREAD_BLOCKS, th >> 20, (ssize_t)gt - 1, (ssize_t)mt - 1, threads_fit ? "ok" : "FAIL");
   ok &= threads_fit;
   fflush(NULL);
   pid_t pid = fork();

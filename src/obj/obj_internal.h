@@ -29,6 +29,9 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need);
 void obj_segment_release(obj_segment *seg);
 /* Makes sure the segment map has real leaves for chunks [c0, c0 + n). 0 or -ENOMEM. */
 int obj_map_cover(uintptr_t c0, size_t n);
+/* Tests: the window of the segment zone the next segment tries first; 0 when the zone is
+ * off, not used yet, or not in this build (src/obj/obj_segment.c, "the segment zone"). */
+uintptr_t obj_zone_next(void);
 /* Map chunks a segment of `size` reserved bytes covers (a growing one: its whole window). */
 static inline size_t obj_seg_chunks(size_t size) {
   return (size + OBJ_SEG_SIZE - 1) >> OBJ_SEG_SHIFT;

@@ -246,32 +246,51 @@ static bool space_resettable(const obj_space *sp) {
 #define OBJ_ZONE_START 0
 #define OBJ_ZONE_BITS  0
 #endif
-#define OBJ_ZONE_TRIES 64  /* windows tried before a segment is reserved whole instead */
+#define OBJ_ZONE_TRIES  64 /* windows tried in turn before the turn jumps elsewhere */
+#define OBJ_ZONE_ROUNDS 4  /* jumps before a segment is reserved whole, and the zone given up */
 static uint64_t zone_turn; /* windows handed out so far, plus the random first (atomic) */
-static bool zone_off;      /* the zone failed OBJ_ZONE_TRIES times in a row: not used again */
+static bool zone_off;      /* OBJ_ZONE_ROUNDS x OBJ_ZONE_TRIES refusals in a row: not used again */
+
+static uint64_t zone_random(void) {
+  uint64_t r = 0;
+  if (os_random(&r, sizeof r) != 0) r = __builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull;
+  return r;
+}
 
 /* Reserves `len` bytes at the start of a free window of the zone; NULL when the zone is off
- * or out of reach (the caller reserves a whole window elsewhere). */
+ * or out of reach (the caller reserves a whole window elsewhere). A run of windows in use
+ * (someone's mapping of 256 MiB or more in the zone, or the zone nearly full) sends the turn
+ * to a random window; a kernel that takes NOREPLACE as a hint refuses every window, and the
+ * zone is given up after OBJ_ZONE_ROUNDS such runs. */
 static char *zone_take(size_t len) {
   if (OBJ_ZONE_BITS == 0 || __atomic_load_n(&zone_off, __ATOMIC_RELAXED)) return NULL;
   if (__atomic_load_n(&zone_turn, __ATOMIC_RELAXED) == 0) {
-    uint64_t r = 0;
-    if (os_random(&r, sizeof r) != 0) r = __builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull;
     uint64_t zero = 0; /* racing threads: the first draw wins */
-    __atomic_compare_exchange_n(&zone_turn, &zero, r | 1, false, __ATOMIC_RELAXED,
+    __atomic_compare_exchange_n(&zone_turn, &zero, zone_random() | 1, false, __ATOMIC_RELAXED,
                                 __ATOMIC_RELAXED);
   }
-  for (int i = 0; i < OBJ_ZONE_TRIES; i++) {
-    uint64_t w = __atomic_fetch_add(&zone_turn, 1, __ATOMIC_RELAXED);
-    w &= ((uint64_t)1 << OBJ_ZONE_BITS) - 1;
-    char *a = (char *)(OBJ_ZONE_START + ((uintptr_t)w << OBJ_SEG_SHIFT)), *out;
-    int rc =
-        os_map(a, len, MA_PROT_NONE, MA_MAP_NORESERVE, -1, 0, 0, OS_PLACE_NOREPLACE, (void **)&out);
-    if (rc == 0) return out;
-    if (rc != -EEXIST) return NULL; /* out of address space (RLIMIT_AS) or refused */
+  for (int round = 0; round < OBJ_ZONE_ROUNDS; round++) {
+    for (int i = 0; i < OBJ_ZONE_TRIES; i++) {
+      uint64_t w = __atomic_fetch_add(&zone_turn, 1, __ATOMIC_RELAXED);
+      w &= ((uint64_t)1 << OBJ_ZONE_BITS) - 1;
+      char *a = (char *)(OBJ_ZONE_START + ((uintptr_t)w << OBJ_SEG_SHIFT)), *out;
+      int rc = os_map(a, len, MA_PROT_NONE, MA_MAP_NORESERVE, -1, 0, 0, OS_PLACE_NOREPLACE,
+                      (void **)&out);
+      if (rc == 0) return out;
+      if (rc != -EEXIST) return NULL; /* out of address space (RLIMIT_AS) or refused */
+    }
+    __atomic_fetch_add(&zone_turn, zone_random() | 1, __ATOMIC_RELAXED);
   }
   __atomic_store_n(&zone_off, true, __ATOMIC_RELAXED);
   return NULL;
+}
+
+uintptr_t obj_zone_next(void) {
+  if (OBJ_ZONE_BITS == 0 || __atomic_load_n(&zone_off, __ATOMIC_RELAXED) ||
+      __atomic_load_n(&zone_turn, __ATOMIC_RELAXED) == 0)
+    return 0;
+  uint64_t w = __atomic_load_n(&zone_turn, __ATOMIC_RELAXED) & (((uint64_t)1 << OBJ_ZONE_BITS) - 1);
+  return OBJ_ZONE_START + ((uintptr_t)w << OBJ_SEG_SHIFT);
 }
 
 obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) {
@@ -288,10 +307,9 @@ obj_segment *obj_segment_create(obj_space *sp, uint8_t shift, size_t solo_need) 
     size = (hdr + solo_need + guard + OBJ_SEG_SIZE - 1) & ~(OBJ_SEG_SIZE - 1);
   }
   if (!obj_account_commit(sp, hdr)) goto nomem;
-  /* Several slabs and no guards (a secure segment keeps the kernel's placement and is
-   * reserved whole): the first slab now, the rest as it is needed. */
+  /* Several slabs: the first slab now, the rest as it is needed (obj_segment_grow). */
   char *m = NULL;
-  if (shift != OBJ_SHIFT_SOLO && nslabs > 1 && !guard) {
+  if (shift != OBJ_SHIFT_SOLO && nslabs > 1) {
     m = zone_take((size_t)1 << shift);
     if (m) size = (size_t)1 << shift;
   }
@@ -368,23 +386,60 @@ void obj_segment_release(obj_segment *seg) {
     os_release_owned_rw(seg, size);
 }
 
+/* Whether seg's slab area is mapped read-write in one go at its first use, its slabs then
+ * faulting in lazily (no mmap per slab). */
+static bool seg_lazy(const obj_segment *seg) {
+  const obj_space *sp = seg->space;
+  return seg->slab_shift != OBJ_SHIFT_SOLO && !sp->populate && space_resettable(sp) && !seg->guard;
+}
+
+/* Secure: guard markers on the last page of slabs [first, end) of seg (MADV_GUARD_INSTALL;
+ * the pages mapped read-write). 0 or the first failure's -errno. */
+static int install_slab_guards(obj_segment *seg, uint32_t first, uint32_t end) {
+  int rc = 0;
+  for (uint32_t i = first; i < end && rc == 0; i++) {
+    char *g = (char *)seg + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
+    rc = os_guard_install(g, seg->guard);
+  }
+  return rc;
+}
+
 int obj_segment_grow(obj_segment *seg, uint32_t i) {
   size_t need = (size_t)(i + 1) << seg->slab_shift, size = seg->size;
   if (need <= size) return 0;
   if (i >= seg->slabs_max) return -EEXIST;
-  /* A quarter more at a time past the slab asked for: a few system calls per window, and
-   * the address space stays within a quarter of what the slabs in use need. */
-  size_t slab = (size_t)1 << seg->slab_shift, want = size + size / 4;
+  /* Half more at a time past the slab asked for: nine steps from a 64 KiB slab to the
+   * window, and the address space within half of what the slabs in use need. */
+  size_t slab = (size_t)1 << seg->slab_shift, want = size + size / 2;
   want = want < need ? need : (want + slab - 1) & ~(slab - 1);
   if (want > OBJ_SEG_SIZE) want = OBJ_SEG_SIZE;
+  /* Where the area reserved so far is mapped read-write already (lazy, or guarded with
+   * markers, after its first use), the new part is mapped so at once: one system call per
+   * step, not two, plus its slabs' guard markers. (Not with flags that take an madvise
+   * after the map: os_map_fixed's path does them.) */
+  obj_space *sp = seg->space;
+  const unsigned advised = MA_MAP_DONTDUMP | MA_MAP_DONTFORK | MA_MAP_HUGE_TRY;
+  bool rw = (seg_lazy(seg) || seg->guard_mode == OBJ_GUARD_MADV) && seg->area_end == size &&
+            !(sp->map_flags & advised);
+  unsigned prot = rw ? sp->prot : MA_PROT_NONE, flags = rw ? sp->map_flags : MA_MAP_NORESERVE;
   int rc;
   for (size_t to = want;; to = need) {
     char *end = (char *)seg + size, *out;
-    rc = os_map(end, to - size, MA_PROT_NONE, MA_MAP_NORESERVE, -1, 0, 0, OS_PLACE_NOREPLACE,
-                (void **)&out);
+    rc = os_map(end, to - size, prot, flags, -1, 0, 0, OS_PLACE_NOREPLACE, (void **)&out);
+    if (rc == 0 && rw && seg->guard &&
+        install_slab_guards(seg, (uint32_t)(size >> seg->slab_shift),
+                            (uint32_t)(to >> seg->slab_shift)) != 0) {
+      (void)os_release_owned_rw(end, to - size); /* (its guards go with it) */
+      return -ENOMEM;
+    }
     if (rc == 0) {
-      if (seg->space->name) os_name(end, to - size, seg->space->name);
-      __atomic_add_fetch(&seg->space->reserved, to - size, __ATOMIC_RELAXED);
+      if (sp->name) os_name(end, to - size, sp->name);
+      if (rw) {
+        seg->area_end = to;
+        for (uint32_t k = (uint32_t)(size >> seg->slab_shift); k < seg->nslabs; k++)
+          seg->slabs[k].mapped = ((size_t)k << seg->slab_shift) < to;
+      }
+      __atomic_add_fetch(&sp->reserved, to - size, __ATOMIC_RELAXED);
       __atomic_store_n(&seg->size, to, __ATOMIC_RELAXED);
       return 0;
     }
@@ -397,33 +452,37 @@ int obj_segment_grow(obj_segment *seg, uint32_t i) {
   return rc;
 }
 
-/* Secure, first use of a segment's slab area where the kernel has guard pages: the area is
- * mapped read-write in one call and the last page of every slab becomes a guard inside the
- * mapping (MADV_GUARD_INSTALL), so the segment costs no mapping per slab. The guards stay
- * through purges (MADV_DONTNEED) and go with the segment's munmap. Returns 0 (every slab
- * mapped and guarded), 1 when the kernel refuses guards here (-EINVAL/-ENOSYS: the area is
- * a PROT_NONE reservation again and the caller maps slabs one by one, PROT_NONE holes for
- * guards), or a negative errno with nothing of the area accessible, or at worst accessible
- * without all its guards on a fresh segment the caller releases at once (its first slab's
- * commit failed; the segment stays MADV_PENDING, no slab mapped, so a retry is safe). */
+/* Secure, first use of a segment's slab area where the kernel has guard pages, or of the
+ * part it grew by since: the part is mapped read-write in one call and the last page of
+ * each of its slabs becomes a guard inside the mapping (MADV_GUARD_INSTALL), so the
+ * segment costs no mapping per slab. The guards stay through purges (MADV_DONTNEED) and go
+ * with the segment's munmap. Returns 0 (every slab of the part mapped and guarded), 1 when
+ * the kernel refuses guards on a segment's first use (-EINVAL/-ENOSYS: the area is a
+ * PROT_NONE reservation again and the caller maps slabs one by one, PROT_NONE holes for
+ * guards; once a segment has guard pages the two schemes must not meet, so a later refusal
+ * is -ENOMEM), or a negative errno with nothing of the part accessible, or at worst
+ * accessible without all its guards on a fresh segment the caller releases at once (its
+ * first slab's commit failed; the segment stays MADV_PENDING, no slab mapped, so a retry is
+ * safe). */
 static int map_guarded_area(obj_segment *seg) {
   obj_space *sp = seg->space;
-  char *a = (char *)seg + seg->hdr_size, *b = (char *)seg + seg->size;
+  char *a = (char *)seg + seg->area_end, *b = (char *)seg + seg->size;
   int rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
   if (rc != 0) return rc;
-  for (uint32_t i = 0; i < seg->nslabs && rc == 0; i++) {
-    char *g = (char *)seg + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
-    rc = os_guard_install(g, seg->guard);
-  }
+  uint32_t first = (uint32_t)(seg->area_end >> seg->slab_shift);
+  uint32_t end = (uint32_t)(seg->size >> seg->slab_shift);
+  rc = install_slab_guards(seg, first, end);
   if (rc == 0) {
     seg->guard_mode = OBJ_GUARD_MADV;
-    for (uint32_t i = 0; i < seg->nslabs; i++) seg->slabs[i].mapped = 1;
+    seg->area_end = seg->size;
+    for (uint32_t i = first; i < end; i++) seg->slabs[i].mapped = 1;
     return 0;
   }
   /* Back to a reservation (this also drops the guards already installed). */
   int undo = os_decommit(a, (size_t)(b - a));
   if (undo != 0) return undo;
-  return rc == -EINVAL || rc == -ENOSYS ? 1 : rc;
+  if (rc != -EINVAL && rc != -ENOSYS) return rc;
+  return seg->guard_mode == OBJ_GUARD_MADV_PENDING ? 1 : -ENOMEM;
 }
 
 int obj_slab_commit(obj_segment *seg, obj_slab *s) {
@@ -433,7 +492,8 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   size_t len = (size_t)(hi - lo);
   if (!obj_account_commit(sp, len)) return -ENOMEM;
   int rc;
-  if (seg->guard_mode == OBJ_GUARD_MADV_PENDING) {
+  if (seg->guard_mode == OBJ_GUARD_MADV_PENDING ||
+      (seg->guard_mode == OBJ_GUARD_MADV && !s->mapped)) { /* (a part grown since) */
     rc = map_guarded_area(seg);
     if (rc < 0) {
       obj_account_decommit(sp, len);
@@ -443,8 +503,7 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
   }
   if (s->mapped) { /* mapped, purged or never touched: zero pages on the next fault */
     if (sp->populate) (void)os_populate(lo, len);
-  } else if (seg->slab_shift != OBJ_SHIFT_SOLO && !sp->populate && space_resettable(sp) &&
-             !seg->guard) {
+  } else if (seg_lazy(seg)) {
     /* First use of the slab area reserved since the last such map: all of it read-write
      * in one call; its other slabs fault in lazily when they are used (no mmap per slab). */
     char *a = (char *)seg + seg->area_end, *b = (char *)seg + seg->size;
