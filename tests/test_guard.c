@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
@@ -116,6 +117,56 @@ Test(guard_os, install_faults_remove_reads_zero) {
   cr_assert_eq(os_release(p, 4 * ps), 0);
 }
 
+/* In-process probe of many pages: a write that faults jumps back here. */
+static sigjmp_buf probe_jmp;
+static void probe_segv(int sig) {
+  (void)sig;
+  siglongjmp(probe_jmp, 1);
+}
+
+static bool write_faults_here(volatile char *p) {
+  struct sigaction sa = {.sa_handler = probe_segv}, old;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &old);
+  bool faulted = true;
+  if (!sigsetjmp(probe_jmp, 1)) {
+    *p = 1;
+    faulted = false;
+  }
+  sigaction(SIGSEGV, &old, NULL);
+  return faulted;
+}
+
+/* Many ranges at once (more than one process_madvise batch of 64): each gets its guard,
+ * no mapping splits, the pages between stay writable; a range that is not mapped stops it
+ * with the kernel's error, the ranges before it guarded. */
+Test(guard_os, install_many_guards_every_range) {
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  size_t ps = os_page_size();
+  enum { N = 150 };
+  char *p = os_alloc(2 * N * ps, 0, false);
+  cr_assert_not_null(p);
+  void *g[N];
+  for (size_t i = 0; i < N; i++) g[i] = p + (2 * i + 1) * ps;
+  long before = maps_count();
+  cr_assert_eq(os_guard_install_many(g, N, ps), 0);
+  cr_assert_eq(maps_count(), before, "guards split no mapping");
+  for (size_t i = 0; i < N; i++) {
+    cr_assert(write_faults_here(g[i]), "range %zu has no guard", i);
+    cr_assert(!write_faults_here(p + 2 * i * ps), "page %zu between guards faults", 2 * i);
+  }
+  cr_assert_eq(os_guard_install_many(g, N, ps + 1), -EINVAL);
+  cr_assert_eq(os_release(p, 2 * N * ps), 0);
+
+  char *q = os_alloc(2 * N * ps, 0, false);
+  cr_assert_not_null(q);
+  for (size_t i = 0; i < N; i++) g[i] = q + (2 * i + 1) * ps;
+  cr_assert_eq(os_release(g[100], ps), 0); /* a hole where range 100 is */
+  cr_assert_eq(os_guard_install_many(g, N, ps), -ENOMEM);
+  for (size_t i = 0; i < 100; i++) cr_assert(write_faults_here(g[i]), "range %zu", i);
+  cr_assert_eq(os_release(q, 2 * N * ps), 0);
+}
+
 Test(guard_os, disabled_is_enosys) {
   size_t ps = os_page_size();
   char *p = os_alloc(2 * ps, 0, false);
@@ -124,6 +175,8 @@ Test(guard_os, disabled_is_enosys) {
   cr_assert(!os_guard_supported());
   cr_assert_eq(os_guard_install(p, ps), -ENOSYS);
   cr_assert_eq(os_guard_remove(p, ps), -ENOSYS);
+  void *one = p;
+  cr_assert_eq(os_guard_install_many(&one, 1, ps), -ENOSYS);
   p[0] = 1; /* nothing installed */
   cr_assert_eq(os_release(p, 2 * ps), 0);
 }

@@ -394,14 +394,14 @@ static bool seg_lazy(const obj_segment *seg) {
 }
 
 /* Secure: guard markers on the last page of slabs [first, end) of seg (MADV_GUARD_INSTALL;
- * the pages mapped read-write). 0 or the first failure's -errno. */
+ * the pages mapped read-write), in one system call where the kernel allows. 0 or the first
+ * failure's -errno. */
 static int install_slab_guards(obj_segment *seg, uint32_t first, uint32_t end) {
-  int rc = 0;
-  for (uint32_t i = first; i < end && rc == 0; i++) {
-    char *g = (char *)seg + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
-    rc = os_guard_install(g, seg->guard);
-  }
-  return rc;
+  void *g[64]; /* (a segment has at most 64 slabs: free_mask) */
+  size_t n = 0;
+  for (uint32_t i = first; i < end; i++)
+    g[n++] = (char *)seg + ((size_t)(i + 1) << seg->slab_shift) - seg->guard;
+  return os_guard_install_many(g, n, seg->guard);
 }
 
 int obj_segment_grow(obj_segment *seg, uint32_t i) {

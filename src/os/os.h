@@ -166,6 +166,12 @@ int os_guard_install(void *addr, size_t len);
  * os_guard_install. */
 int os_guard_remove(void *addr, size_t len);
 
+/* os_guard_install on n ranges of len bytes each, the addresses in pages[]: one system call
+ * for many ranges where the kernel takes process_madvise(2) on its own process for guard
+ * pages (PIDFD_SELF: Linux 6.15 and later), else one madvise each. Returns 0 or the first
+ * failure's negative errno (the ranges before it may have their guards). Thread-safe. */
+int os_guard_install_many(void *const *pages, size_t n, size_t len);
+
 /* Whether os_guard_install can work here: probed once (an empty madvise, which a kernel
  * without guard pages refuses with EINVAL), then cached. False after os_guard_disable.
  * Thread-safe. */

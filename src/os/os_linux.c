@@ -567,3 +567,54 @@ int os_guard_install(void *addr, size_t len) {
 int os_guard_remove(void *addr, size_t len) {
   return guard_advise(addr, len, MADV_GUARD_REMOVE);
 }
+
+/* 1: process_madvise takes MADV_GUARD_INSTALL for PIDFD_SELF, -1: it does not, 0: unknown. */
+static int guard_batch_support;
+#define OS_PIDFD_SELF  (-10000) /* linux/pidfd.h's PIDFD_SELF (6.15): the calling process */
+#define OS_GUARD_BATCH 64       /* ranges per process_madvise (IOV_MAX is 1024) */
+
+/* One process_madvise for pages[0..n): the number of ranges it guarded (all of them, or
+ * those before a range it stopped at), or -errno; -ENOSYS where it cannot be used here. */
+static long guard_install_batch(void *const *pages, size_t n, size_t len) {
+  if (__atomic_load_n(&guard_batch_support, __ATOMIC_RELAXED) < 0) return -ENOSYS;
+  struct iovec iov[OS_GUARD_BATCH];
+  for (size_t i = 0; i < n; i++) iov[i] = (struct iovec){pages[i], len};
+  int saved = errno;
+  long r = sys_process_madvise(OS_PIDFD_SELF, iov, n, MADV_GUARD_INSTALL);
+  int e = errno;
+  errno = saved;
+  if (r >= 0) {
+    __atomic_store_n(&guard_batch_support, 1, __ATOMIC_RELAXED);
+    return r / (long)len;
+  }
+  /* A kernel without PIDFD_SELF (EBADF) or without every advice for its own process
+   * (EINVAL), a tool that does not know the call (ENOSYS), a seccomp filter (EPERM): the
+   * answer is cached (an EINVAL that was a locked range's costs only the batching: the one
+   * by one calls then give the range's own answer). Anything else (ENOMEM, an injected
+   * failure) is this call's. */
+  if (e == EBADF || e == EINVAL || e == ENOSYS || e == EPERM) {
+    __atomic_store_n(&guard_batch_support, -1, __ATOMIC_RELAXED);
+    return -ENOSYS;
+  }
+  return -e;
+}
+
+int os_guard_install_many(void *const *pages, size_t n, size_t len) {
+  size_t ps = os_page_size();
+  if (len == 0 || len & (ps - 1)) return -EINVAL;
+  if (!os_guard_supported()) return -ENOSYS;
+  size_t i = 0;
+  while (i < n) {
+    size_t k = n - i < OS_GUARD_BATCH ? n - i : OS_GUARD_BATCH;
+    long done = guard_install_batch(pages + i, k, len);
+    if (done == -ENOSYS) break; /* one by one from here */
+    if (done < 0) return (int)done;
+    i += (size_t)done;
+    if ((size_t)done < k) break; /* stopped at a range: its own call says why */
+  }
+  for (; i < n; i++) {
+    int rc = os_guard_install(pages[i], len);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}

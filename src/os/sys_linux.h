@@ -20,6 +20,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "os/fault.h"
@@ -73,6 +74,18 @@ static inline int sys_mprotect(void *addr, size_t len, int prot) {
 static inline int sys_madvise(void *addr, size_t len, int advice) {
   SYS_INJECT_OR(-1);
   return madvise(addr, len, advice);
+}
+
+/* process_madvise(2) through syscall(2) (glibc 2.36 has no wrapper); -1 with errno. */
+static inline long sys_process_madvise(int pidfd, const struct iovec *iov, size_t n, int advice) {
+  SYS_INJECT_OR(-1);
+#ifdef SYS_process_madvise
+  return syscall(SYS_process_madvise, pidfd, iov, n, advice, 0u);
+#else
+  (void)pidfd, (void)iov, (void)n, (void)advice;
+  errno = ENOSYS;
+  return -1;
+#endif
 }
 
 /* mlock and munlock through syscall(2): AddressSanitizer replaces the libc functions with
