@@ -54,7 +54,10 @@ static size_t huge_chunk(size_t len, size_t a, size_t g) {
   if (c > HUGE_CACHE_MAX_BLOCK) c = HUGE_CACHE_MAX_BLOCK;
   c &= ~(os_page_size() - 1);
   bool guard_inside = g == 0 || os_guard_supported(); /* a marker splits no mapping */
-  return len + g < c && a == 0 && guard_inside && heap_opt.purge_delay_ms != 0 ? c : len + g;
+  bool chunked = len + g < c && a == 0 && guard_inside && heap_opt.purge_delay_ms != 0;
+  /* (under RLIMIT_AS the rest of a chunk is address space the program may need: a python3
+   * that starts 8 threads under `ulimit -v 200000` could not, for a chunk's 30 MiB) */
+  return chunked && !os_space_limited() ? c : len + g;
 }
 #define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
 

@@ -166,6 +166,12 @@ int os_guard_install(void *addr, size_t len);
  * os_guard_install. */
 int os_guard_remove(void *addr, size_t len);
 
+/* Whether the process has a finite address-space limit (RLIMIT_AS, `ulimit -v`), asked
+ * each time (setrlimit may come at any moment): where it has one, callers reserve no more
+ * than they need (no slack for growth, no chunks cut up later), so that what is left of
+ * the limit stays for the program's own mappings (thread stacks, files). Thread-safe. */
+bool os_space_limited(void);
+
 /* os_guard_install on n ranges of len bytes each, the addresses in pages[]: one system call
  * for many ranges where the kernel takes process_madvise(2) on its own process for guard
  * pages (PIDFD_SELF: Linux 6.15 and later), else one madvise each. Returns 0 or the first

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #if defined(__has_include)
 #if __has_include(<sys/single_threaded.h>)
@@ -515,6 +516,11 @@ int os_random(void *buf, size_t len) {
   ssize_t n = sys_getrandom(buf, len, 0x1 /* GRND_NONBLOCK */);
   if (n < 0) return -errno;
   return (size_t)n == len ? 0 : -EAGAIN;
+}
+
+bool os_space_limited(void) {
+  struct rlimit rl;
+  return getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
 }
 
 /* ---- Guard pages inside a mapping (MADV_GUARD_INSTALL) -------------------------------- */
