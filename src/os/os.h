@@ -166,10 +166,12 @@ int os_guard_install(void *addr, size_t len);
  * os_guard_install. */
 int os_guard_remove(void *addr, size_t len);
 
-/* Whether the process has a finite address-space limit (RLIMIT_AS, `ulimit -v`), asked
- * each time (setrlimit may come at any moment): where it has one, callers reserve no more
- * than they need (no slack for growth, no chunks cut up later), so that what is left of
- * the limit stays for the program's own mappings (thread stacks, files). Thread-safe. */
+/* Whether the process is near a finite address-space limit (RLIMIT_AS, `ulimit -v`): less
+ * than max(1 GiB, an eighth of the limit) left, counting every mapping of the process
+ * (/proc/self/statm; without it, any finite limit). Asked each time (setrlimit may come at
+ * any moment; two system calls, three more under a limit): callers then reserve no more than
+ * they need (no slack for growth, no chunks cut up later), so that what is left stays for
+ * the program's own mappings (thread stacks, files). Thread-safe. */
 bool os_space_limited(void);
 
 /* os_guard_install on n ranges of len bytes each, the addresses in pages[]: one system call

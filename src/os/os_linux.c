@@ -518,9 +518,28 @@ int os_random(void *buf, size_t len) {
   return (size_t)n == len ? 0 : -EAGAIN;
 }
 
+/* The process's mapped bytes (/proc/self/statm's first field), or 0 when unknown. Reads
+ * into a stack buffer: no allocation. */
+static size_t vm_size_now(void) {
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[64];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  size_t pages = 0;
+  for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++)
+    pages = pages * 10 + (size_t)(buf[i] - '0');
+  return pages * os_page_size();
+}
+
 bool os_space_limited(void) {
   struct rlimit rl;
-  return getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return false;
+  size_t limit = (size_t)rl.rlim_cur, used = vm_size_now();
+  if (used == 0 || used >= limit) return true; /* (no /proc: careful) */
+  size_t near = (size_t)1 << 30;
+  if (near < limit / 8) near = limit / 8;
+  return limit - used < near;
 }
 
 /* ---- Guard pages inside a mapping (MADV_GUARD_INSTALL) -------------------------------- */
