@@ -143,10 +143,11 @@ static int child_threads(const allocator *a, size_t size, size_t headroom, int f
 }
 
 /* Room left for the program's own mappings: under the limit, 40 blocks of 1 MiB and 20,000
- * of 100 B are held, then the program maps 8 MiB regions (thread stacks, files) until the
- * limit says no. An allocator that reserves ahead (chunks cut up later, segments grown by
- * more than the slab asked for) takes that room away: python3 starting 8 threads under
- * `ulimit -v 200000` could not. Writes 1 + the regions mapped. */
+ * of 100 B are allocated, the 1 MiB ones freed again, then the program maps 8 MiB regions
+ * (thread stacks, files) until the limit says no. An allocator that reserves ahead (chunks
+ * cut up later, segments grown by more than the slab asked for) or keeps freed pages mapped
+ * for reuse takes that room away: python3 starting 8 threads under `ulimit -v 200000` could
+ * not. Writes 1 + the regions mapped. */
 enum { ROOM_LARGE = 40, ROOM_SMALL = 20000, ROOM_REGION = 8 << 20 };
 
 static int child_room(const allocator *a, size_t size, size_t headroom, int fd) {
@@ -154,13 +155,15 @@ static int child_room(const allocator *a, size_t size, size_t headroom, int fd) 
   size_t base = vm_size();
   struct rlimit rl = {base + headroom, base + headroom};
   if (base == 0 || setrlimit(RLIMIT_AS, &rl) != 0) return 10;
-  void *chain = NULL;
+  void *chain = NULL, *large = NULL;
   for (int i = 0; i < ROOM_LARGE + ROOM_SMALL; i++) {
     void **b = a->alloc(i < ROOM_LARGE ? (size_t)1 << 20 : 100);
     if (!b) return 11;
-    *b = chain;
-    chain = b;
+    void **list = i < ROOM_LARGE ? &large : &chain;
+    *b = *list;
+    *list = b;
   }
+  drain(a, large);
   size_t n = 1;
   while (n < 64 && mmap(NULL, ROOM_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
                         0) != MAP_FAILED)

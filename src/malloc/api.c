@@ -103,6 +103,7 @@ MA_API void *ma_realloc(void *p, size_t size) {
     /* A block that keeps growing at least doubles: a loop of small reallocs then costs a
      * logarithmic number of mremaps (the slack is address space, untouched until used). */
     bool doubles = size > old && size < 2 * old && old <= ((size_t)1 << 40);
+    if (doubles && obj_space_tight()) doubles = false; /* near RLIMIT_AS: no slack */
     bool moved;
     uint32_t prof_token = heap_unlikely(prof_on) ? prof_forget_large(p) : 0; /* prof hook */
     void *q = huge_realloc(p, size, doubles ? 2 * old : size, &moved);

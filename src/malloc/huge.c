@@ -57,7 +57,7 @@ static size_t huge_chunk(size_t len, size_t a, size_t g) {
   bool chunked = len + g < c && a == 0 && guard_inside && heap_opt.purge_delay_ms != 0;
   /* (under RLIMIT_AS the rest of a chunk is address space the program may need: a python3
    * that starts 8 threads under `ulimit -v 200000` could not, for a chunk's 30 MiB) */
-  return chunked && !os_space_limited() ? c : len + g;
+  return chunked && !obj_space_tight() ? c : len + g;
 }
 #define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
 
@@ -71,6 +71,7 @@ static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
 #endif
 
 static uint64_t huge_map_ids; /* last mapping id handed out */
+static bool huge_tight;       /* (atomic) near RLIMIT_AS: freed pages are not cached */
 static huge_rec *huge_tab;
 static size_t huge_cap, huge_count, huge_bytes, huge_allocs, huge_frees;
 static size_t huge_out, huge_out_bytes; /* blocks out of the table during a realloc's mremap
@@ -184,7 +185,8 @@ static void huge_record(huge_rec r) {
  * huge_lock held on entry, released on return (the unmaps run outside it). */
 static void huge_uncommit_unlock(huge_cached c, uintptr_t mark, bool cacheable) {
   huge_victims v = {0};
-  if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0)
+  if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0 &&
+      !__atomic_load_n(&huge_tight, __ATOMIC_RELAXED))
     huge_cache_put(c, mark, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
   else
     huge_victim_add(&v, c.ptr, c.len);
@@ -381,7 +383,18 @@ void *huge_alloc_growing(size_t size) {
   return huge_alloc_at(size, 0, false, true);
 }
 
+/* Near RLIMIT_AS freed pages are not cached (their address space is the program's), and
+ * what the cache held goes when that starts. Asked outside huge_lock (obj_space_tight may
+ * make system calls). */
+static void huge_check_tight(void) {
+  bool t = obj_space_tight();
+  if (t == __atomic_load_n(&huge_tight, __ATOMIC_RELAXED)) return;
+  __atomic_store_n(&huge_tight, t, __ATOMIC_RELAXED);
+  if (t) (void)huge_cache_purge(true);
+}
+
 bool huge_free(void *p) {
+  huge_check_tight();
   pthread_mutex_lock(&huge_lock);
   size_t i = huge_find((uintptr_t)p);
   if (i == SIZE_MAX) {

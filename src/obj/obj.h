@@ -127,6 +127,9 @@ void obj_bins_trim(obj_bins *bs);
 bool obj_bins_purge_check(obj_bins *bs);
 /* CLOCK_MONOTONIC_COARSE in milliseconds (vDSO, no syscall). */
 uint64_t obj_now_ms(void);
+/* os_space_limited (near RLIMIT_AS: reserve nothing ahead), asked of the kernel at most
+ * every 50 ms; the answers in between are the last one. Thread-safe. */
+bool obj_space_tight(void);
 
 /* Fork policy (docs/fork.md): in a fork child the caches of threads the child does not
  * have are left behind: never walked, trimmed, taken over or filed again, since their

@@ -768,6 +768,17 @@ uint64_t obj_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+bool obj_space_tight(void) {
+  static uint64_t asked_ms; /* (atomic) when os_space_limited was last asked, + 1 */
+  static bool tight;        /* (atomic) its answer */
+  uint64_t now = obj_now_ms() + 1, last = __atomic_load_n(&asked_ms, __ATOMIC_RELAXED);
+  if (last && now - last < 50) return __atomic_load_n(&tight, __ATOMIC_RELAXED);
+  bool t = os_space_limited(); /* (racing threads both ask: same answer) */
+  __atomic_store_n(&tight, t, __ATOMIC_RELAXED);
+  __atomic_store_n(&asked_ms, now, __ATOMIC_RELAXED);
+  return t;
+}
+
 /* Returns every retained empty slab to the OS and unmaps empty segments (but the last of
  * each kind); the peak that scales retention restarts from the current footprint. */
 static void bins_purge(obj_bins *bs) {

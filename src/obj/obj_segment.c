@@ -410,9 +410,9 @@ int obj_segment_grow(obj_segment *seg, uint32_t i) {
   if (i >= seg->slabs_max) return -EEXIST;
   /* Half more at a time past the slab asked for: nine steps from a 64 KiB slab to the
    * window, and the address space within half of what the slabs in use need; under
-   * RLIMIT_AS the slab asked for alone (os_space_limited). */
+   * RLIMIT_AS the slab asked for alone (obj_space_tight). */
   size_t slab = (size_t)1 << seg->slab_shift;
-  size_t want = os_space_limited() ? need : size + size / 2;
+  size_t want = obj_space_tight() ? need : size + size / 2;
   want = want < need ? need : (want + slab - 1) & ~(slab - 1);
   if (want > OBJ_SEG_SIZE) want = OBJ_SEG_SIZE;
   /* Where the area reserved so far is mapped read-write already (lazy, or guarded with
