@@ -169,7 +169,7 @@ int os_guard_remove(void *addr, size_t len);
 /* Whether the process is near a finite address-space limit (RLIMIT_AS, `ulimit -v`): less
  * than max(1 GiB, an eighth of the limit) left, counting every mapping of the process
  * (/proc/self/statm; without it, any finite limit). Asked each time (setrlimit may come at
- * any moment; two system calls, three more under a limit): callers then reserve no more than
+ * any moment; one system call, three more under a limit): callers then reserve no more than
  * they need (no slack for growth, no chunks cut up later), so that what is left stays for
  * the program's own mappings (thread stacks, files). Thread-safe. */
 bool os_space_limited(void);
