@@ -219,9 +219,7 @@ static inline obj_segment *heap_segment_of(const void *p) {
  * reservation was never activated, so nothing passes its block check. */
 static inline obj_segment *heap_segment_holding(const void *p) {
   obj_segment *seg = heap_segment_of(p);
-  if (seg && (uintptr_t)p - (uintptr_t)seg >= __atomic_load_n(&seg->size, __ATOMIC_RELAXED))
-    return NULL;
-  return seg;
+  return seg && obj_segment_holds(seg, p) ? seg : NULL;
 }
 
 /* n, an address inside heap segment seg, is a carved block of one of its slabs. */

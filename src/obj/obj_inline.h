@@ -80,16 +80,18 @@ static inline obj_segment *obj_segment_of_tagged(const void *p, uint32_t tag) {
   return (obj_segment *)(c << OBJ_SEG_SHIFT);
 }
 
+/* Whether p lies inside seg's reservation: a growing segment's window past it is not ours
+ * (another mapping may be there). seg->size is read atomically: its owner grows it. */
+static inline bool obj_segment_holds(const obj_segment *seg, const void *p) {
+  return (uintptr_t)p - (uintptr_t)seg < __atomic_load_n(&seg->size, __ATOMIC_RELAXED);
+}
+
 /* The segment holding p, or NULL when p is not inside a live segment of ours. */
 static inline obj_segment *obj_segment_of(const void *p) {
-  uintptr_t a = (uintptr_t)p;
-  uint32_t e = obj_map_entry(a >> OBJ_SEG_SHIFT) & ~OBJ_MAP_TAGS;
+  uint32_t e = obj_map_entry((uintptr_t)p >> OBJ_SEG_SHIFT) & ~OBJ_MAP_TAGS;
   if (obj_unlikely(e == 0)) return NULL;
   obj_segment *seg = (obj_segment *)((uintptr_t)e << OBJ_SEG_SHIFT);
-  /* (the reservation of a growing segment: what lies past it in its window is not ours) */
-  if (obj_unlikely(a - (uintptr_t)seg >= __atomic_load_n(&seg->size, __ATOMIC_RELAXED)))
-    return NULL;
-  return seg;
+  return obj_likely(obj_segment_holds(seg, p)) ? seg : NULL;
 }
 
 static inline obj_slab *obj_slab_of(obj_segment *seg, const void *p) {

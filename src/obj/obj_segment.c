@@ -34,15 +34,20 @@ bool obj_secure_rt;
  * ever): racing threads each draw keys and the first compare-and-swap of each wins. Nothing
  * here can fail: the segment map needs no start-up reservation (obj_map_cover maps a leaf
  * when a segment first needs it). */
+/* 64 random bits (getrandom); with no entropy yet (early boot) the clock mixed with
+ * `salt`: weaker, still varied. */
+static uint64_t random_u64(uint64_t salt) {
+  uint64_t r = 0;
+  if (os_random(&r, sizeof r) == 0) return r;
+  return ((uint64_t)__builtin_ia32_rdtsc() ^ salt) * 0x9e3779b97f4a7c15ull;
+}
+
 int obj_global_init(void) {
   if (__atomic_load_n(&obj_inited, __ATOMIC_ACQUIRE)) return 0;
   obj_options_read(); /* the first use of the library: every option in effect from here */
-  uintptr_t c[2] = {0, 0};
-  if (os_random(c, sizeof c) != 0) { /* no entropy yet (early boot): weaker, still varied */
-    c[0] = (uintptr_t)__builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)&c;
-    c[1] =
-        (c[0] ^ (uintptr_t)&obj_inited) * 0xbf58476d1ce4e5b9ull ^ (uintptr_t)__builtin_ia32_rdtsc();
-  }
+  uintptr_t c[2];
+  c[0] = random_u64((uintptr_t)c);
+  c[1] = random_u64(c[0] ^ (uintptr_t)&obj_inited);
   uintptr_t none = 0; /* acquire on failure: the winner's key happens-before our readers */
   __atomic_compare_exchange_n(&obj_cookie, &none, c[0] | 1, false, __ATOMIC_ACQ_REL,
                               __ATOMIC_ACQUIRE);
@@ -251,12 +256,6 @@ static bool space_resettable(const obj_space *sp) {
 static uint64_t zone_turn; /* windows handed out so far, plus the random first (atomic) */
 static bool zone_off;      /* OBJ_ZONE_ROUNDS x OBJ_ZONE_TRIES refusals in a row: not used again */
 
-static uint64_t zone_random(void) {
-  uint64_t r = 0;
-  if (os_random(&r, sizeof r) != 0) r = __builtin_ia32_rdtsc() * 0x9e3779b97f4a7c15ull;
-  return r;
-}
-
 /* Reserves `len` bytes at the start of a free window of the zone; NULL when the zone is off
  * or out of reach (the caller reserves a whole window elsewhere). A run of windows in use
  * (someone's mapping of 256 MiB or more in the zone, or the zone nearly full) sends the turn
@@ -266,8 +265,8 @@ static char *zone_take(size_t len) {
   if (OBJ_ZONE_BITS == 0 || __atomic_load_n(&zone_off, __ATOMIC_RELAXED)) return NULL;
   if (__atomic_load_n(&zone_turn, __ATOMIC_RELAXED) == 0) {
     uint64_t zero = 0; /* racing threads: the first draw wins */
-    __atomic_compare_exchange_n(&zone_turn, &zero, zone_random() | 1, false, __ATOMIC_RELAXED,
-                                __ATOMIC_RELAXED);
+    __atomic_compare_exchange_n(&zone_turn, &zero, random_u64((uintptr_t)&zone_turn) | 1, false,
+                                __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   }
   for (int round = 0; round < OBJ_ZONE_ROUNDS; round++) {
     for (int i = 0; i < OBJ_ZONE_TRIES; i++) {
@@ -279,7 +278,7 @@ static char *zone_take(size_t len) {
       if (rc == 0) return out;
       if (rc != -EEXIST) return NULL; /* out of address space (RLIMIT_AS) or refused */
     }
-    __atomic_fetch_add(&zone_turn, zone_random() | 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&zone_turn, random_u64((uintptr_t)&zone_turn) | 1, __ATOMIC_RELAXED);
   }
   __atomic_store_n(&zone_off, true, __ATOMIC_RELAXED);
   return NULL;
@@ -404,6 +403,15 @@ static int install_slab_guards(obj_segment *seg, uint32_t first, uint32_t end) {
   return os_guard_install_many(g, n, seg->guard);
 }
 
+/* The slab area is mapped read-write up to `to` now: the slabs from area_end on are marked
+ * mapped (their pages fault in when used). */
+static void area_mapped_to(obj_segment *seg, size_t to) {
+  for (uint32_t i = (uint32_t)(seg->area_end >> seg->slab_shift);
+       ((size_t)i << seg->slab_shift) < to; i++)
+    seg->slabs[i].mapped = 1;
+  seg->area_end = to;
+}
+
 int obj_segment_grow(obj_segment *seg, uint32_t i) {
   size_t need = (size_t)(i + 1) << seg->slab_shift, size = seg->size;
   if (need <= size) return 0;
@@ -436,11 +444,7 @@ int obj_segment_grow(obj_segment *seg, uint32_t i) {
     }
     if (rc == 0) {
       if (sp->name) os_name(end, to - size, sp->name);
-      if (rw) {
-        seg->area_end = to;
-        for (uint32_t k = (uint32_t)(size >> seg->slab_shift); k < seg->nslabs; k++)
-          seg->slabs[k].mapped = ((size_t)k << seg->slab_shift) < to;
-      }
+      if (rw) area_mapped_to(seg, to);
       __atomic_add_fetch(&sp->reserved, to - size, __ATOMIC_RELAXED);
       __atomic_store_n(&seg->size, to, __ATOMIC_RELAXED);
       return 0;
@@ -471,13 +475,11 @@ static int map_guarded_area(obj_segment *seg) {
   char *a = (char *)seg + seg->area_end, *b = (char *)seg + seg->size;
   int rc = os_map_fixed(a, (size_t)(b - a), sp->prot, sp->map_flags, -1, 0);
   if (rc != 0) return rc;
-  uint32_t first = (uint32_t)(seg->area_end >> seg->slab_shift);
-  uint32_t end = (uint32_t)(seg->size >> seg->slab_shift);
-  rc = install_slab_guards(seg, first, end);
+  rc = install_slab_guards(seg, (uint32_t)(seg->area_end >> seg->slab_shift),
+                           (uint32_t)(seg->size >> seg->slab_shift));
   if (rc == 0) {
     seg->guard_mode = OBJ_GUARD_MADV;
-    seg->area_end = seg->size;
-    for (uint32_t i = first; i < end; i++) seg->slabs[i].mapped = 1;
+    area_mapped_to(seg, seg->size);
     return 0;
   }
   /* Back to a reservation (this also drops the guards already installed). */
@@ -514,9 +516,7 @@ int obj_slab_commit(obj_segment *seg, obj_slab *s) {
       obj_account_decommit(sp, len);
       return rc;
     }
-    seg->area_end = seg->size;
-    for (uint32_t i = 0; i < seg->nslabs; i++)
-      seg->slabs[i].mapped = ((size_t)i << seg->slab_shift) < seg->size;
+    area_mapped_to(seg, seg->size);
   } else {
     unsigned f = sp->map_flags | (sp->populate ? MA_MAP_POPULATE : 0);
     rc = os_map_fixed(lo, len, sp->prot, f, -1, 0);
