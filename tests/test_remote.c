@@ -429,6 +429,50 @@ Test(purger, returns_an_idle_workers_memory_without_a_call) {
   free(x.v);
 }
 
+static size_t large_cached(void) {
+  size_t count, bytes, allocs, frees, cached;
+  huge_stats(&count, &bytes, &allocs, &frees, &cached);
+  return cached;
+}
+
+static void *large_idle_worker(void *arg) {
+  idle_t *x = arg;
+  for (size_t i = 0; i < x->n; i++) {
+    x->v[i] = ma_malloc(512u << 10);
+    cr_assert_not_null(x->v[i]);
+    memset(x->v[i], 1, 512u << 10);
+  }
+  for (size_t i = 0; i < x->n; i++) ma_free(x->v[i]);
+  x->n = heap_get()->stash.bytes; /* (read by the test once stage 1 is set) */
+  stage_set(x, 1);
+  stage_wait(x, 2); /* idle: no allocator call until the end */
+  return NULL;
+}
+
+/* Large blocks a worker freed wait in its stash and the cache; the worker goes idle and
+ * nobody calls the allocator: the purger unmaps both after the purge delay. */
+Test(purger, returns_an_idle_workers_stashed_large_blocks_without_a_call) {
+  cr_assert(heap_opt.background != 0, "run without MAPALLOC_BACKGROUND=0");
+  void *small = ma_malloc(64); /* (two threads with heaps: the purger runs) */
+  ma_heap_collect(true);
+  void *v[16];
+  idle_t x = {.v = v, .n = 16, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  pthread_t t;
+  pthread_create(&t, NULL, large_idle_worker, &x);
+  stage_wait(&x, 1);
+  cr_assert_gt(x.n, 0, "the worker stashed none of its blocks");
+  long ms = -1;
+  for (long w = 0; w <= 3000 && ms < 0; w += 20) {
+    if (heap_stash_bytes() == 0 && large_cached() == 0) ms = w;
+    sleep_ms(20);
+  }
+  cr_assert_geq(ms, 0, "%zu bytes still stashed, %zu cached after 3 s", heap_stash_bytes(),
+                large_cached());
+  stage_set(&x, 2);
+  pthread_join(t, NULL);
+  ma_free(small);
+}
+
 static void *alloc_and_exit(void *arg) {
   span *s = arg;
   for (size_t i = 0; i < s->n; i++) cr_assert_not_null(s->v[i] = ma_malloc(200));

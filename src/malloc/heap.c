@@ -264,6 +264,19 @@ static heap *heap_thread_init(void) {
   return h;
 }
 
+heap *heap_thread_heap(void) {
+  heap *h = heap_get();
+  if (heap_unlikely(!h->bs)) h = heap_thread_init();
+  return h && !h->tracking ? h : NULL;
+}
+
+size_t heap_stash_bytes(void) {
+  size_t n = 0;
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all)
+    n += __atomic_load_n(&h->stash.bytes, __ATOMIC_RELAXED);
+  return n;
+}
+
 #ifdef MA_TLS_DYNAMIC
 heap *heap_tls_get_dynamic(void) {
   if (heap_unlikely(atomic_load_explicit(&heap_init_state, memory_order_acquire) != 2))
@@ -735,6 +748,8 @@ static bool heap_trim_all(bool force, bool wait) {
       pthread_mutex_unlock(&h->lock);
     }
   }
+  for (heap *h = __atomic_load_n(&heap_all, __ATOMIC_ACQUIRE); h; h = h->next_all)
+    if (!h->forked) more |= huge_stash_trim(h, force, wait || h == self);
   obj_space_trim(&heap_space); /* caches parked by obj (not the heap's orphans) */
   return more;
 }
@@ -778,6 +793,7 @@ static void heap_thread_done(void *arg) {
   if (!h || h == &heap_empty || !h->bs) return;
   int saved = errno;
   heap_set_tls(&heap_empty);
+  huge_stash_flush(h); /* (an orphan's stash is empty: nobody would expire it soon) */
   pthread_mutex_lock(&h->lock);
   obj_outbox_flush(h->bs);
   h->orphan = true;
@@ -854,6 +870,10 @@ static void heap_atfork_child(void) {
   atomic_store(&heap_live, self->bs ? 1 : 0);
   atomic_store(&heap_threads_seen, false);
   pthread_mutex_unlock(&heap_lock);
+  /* The large blocks the threads left behind had stashed go to the cache (their stash is
+   * consistent: h->lock was held). */
+  for (heap *h = heap_all; h; h = h->next_all)
+    if (h->forked && h->stash.n) huge_stash_flush(h);
   heap_purger_atfork_child();
 }
 
@@ -950,6 +970,7 @@ int ma_heap_check(void) {
               "heap %p: cache %p of space %p, in_use %d, %u bins", (void *)h, (void *)h->bs,
               (void *)h->bs->space, h->bs->in_use, h->bs->nbins);
     obj_bins_check(h->bs, &t);
+    huge_stash_check(h);
     /* Another live thread's cache is its own (no lock): walked only for orphans. */
     if (h == self || h->orphan) heap_tc_check(h);
     heaps++;

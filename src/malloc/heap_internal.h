@@ -92,6 +92,21 @@ static inline unsigned heap_list_cls(unsigned i) {
   return i < HEAP_NCLASSES ? i : i - HEAP_NCLASSES;
 }
 
+/* Large blocks a thread freed lately, for its next large allocations (huge.c: under its
+ * heap's lock; n and bytes also read relaxed, by the purger and statistics). */
+#define HUGE_STASH_N 8
+typedef struct huge_stashed {
+  uintptr_t ptr;
+  size_t len, guard; /* usable bytes, and the guard page after them (a marker) or 0 */
+  uint64_t map;      /* the mapping it is a piece of (huge.c's huge_rec.map) */
+  uint64_t expires;  /* ms */
+} huge_stashed;
+typedef struct huge_stash {
+  huge_stashed e[HUGE_STASH_N]; /* oldest first */
+  uint32_t n;
+  size_t bytes; /* len + guard of the n blocks */
+} huge_stash;
+
 typedef struct heap {
   heap_tc tc[HEAP_NLISTS]; /* the fast paths' only state */
   obj_bins *bs;            /* NULL until the thread's first slow path */
@@ -108,6 +123,7 @@ typedef struct heap {
   bool orphan;          /* its thread exited (h->lock): the purger may empty its cache */
   uint64_t orphaned_ms; /* obj_now_ms() at the exit */
   prof_thread prof;     /* prof hook: sampling countdown (MAPALLOC_PROF) */
+  huge_stash stash;     /* freed large blocks (h->lock) */
   uint8_t fills[HEAP_NCLASSES]; /* refills from the slabs so far, while they ramp up */
 } heap;
 
@@ -185,6 +201,16 @@ void huge_atfork_parent(void);
 void huge_atfork_child(void);
 /* The table and the cache of large blocks (ma_heap_check): aborts on an inconsistency. */
 void huge_check(void);
+/* A thread's stash (h->lock taken inside; no other lock held): its blocks expired at now
+ * (all with `all`) are unmapped; `wait`: else a busy heap is skipped. True when blocks are
+ * left (or the heap was busy). */
+bool huge_stash_trim(heap *h, bool all, bool wait);
+void huge_stash_flush(heap *h); /* every block to the cache: the thread exits */
+void huge_stash_check(heap *h); /* aborts (MA_VERIFY) on an inconsistency; h->lock held */
+/* heap.c: the calling thread's heap, made if it has none (NULL: none can be, or valgrind's
+ * tracking); the bytes all stashes hold (relaxed). */
+heap *heap_thread_heap(void);
+size_t heap_stash_bytes(void);
 
 /* Run-time options: the library's (src/obj/obj_options.c), read once at its first use. */
 #define heap_opt obj_opt

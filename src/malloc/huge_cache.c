@@ -1,5 +1,5 @@
 /* The cache of freed large-block page ranges: size bins, address hashes and an age list,
- * so that every operation is O(1) in the number of ranges (huge_cache.h). huge_lock
+ * so that every operation is O(1) in the number of ranges (huge_cache.h). huge_cache_lock
  * (huge.c) guards everything here but the two published values. */
 #include "malloc/huge_cache.h"
 
@@ -511,7 +511,7 @@ void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay,
 
 /* ---- checks ------------------------------------------------------------------------------ */
 
-/* Heap sort by address, in place (qsort may call malloc: not under huge_lock). */
+/* Heap sort by address, in place (qsort may call malloc: not under huge_cache_lock). */
 static void hc_sift(huge_cached *a, size_t i, size_t n) {
   for (size_t c; (c = 2 * i + 1) < n; i = c) {
     if (c + 1 < n && a[c + 1].ptr > a[c].ptr) c++;
@@ -536,7 +536,7 @@ size_t huge_cache_sorted(huge_cached *out) {
 }
 
 void huge_cache_check_locked(void) {
-  static huge_cached s[HUGE_CACHE_N]; /* huge_lock held */
+  static huge_cached s[HUGE_CACHE_N]; /* huge_cache_lock held */
   size_t ps = os_page_size(), bytes = 0, n = 0, inbins = 0;
   uint64_t last = 0;
   MA_VERIFY(hc_n <= HUGE_CACHE_N, "large-block cache holds %zu ranges", hc_n);

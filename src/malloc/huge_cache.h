@@ -1,4 +1,4 @@
-/* The cache of freed large-block page ranges (huge_cache.c), used by huge.c under its lock.
+/* The cache of freed large-block page ranges (huge_cache.c), used by huge.c under huge_cache_lock.
  *
  * Every operation is O(1) in the number of cached ranges (at most HUGE_CACHE_N):
  * - size bins, one per page count up to 4 MiB, then eight per power of two, with a bitmap
@@ -55,7 +55,7 @@ void huge_victim_add(huge_victims *v, uintptr_t ptr, size_t len);
 /* Unmaps every range of v (no lock held; errno kept). */
 void huge_victims_unmap(huge_victims *v);
 
-/* All of the following: huge_lock held. */
+/* All of the following: huge_cache_lock held. */
 size_t huge_cache_count(void);
 size_t huge_cache_total(void); /* bytes */
 /* Takes a piece of `len` bytes of a range of at least `len` bytes (the rest stays cached): a

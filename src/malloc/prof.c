@@ -27,7 +27,7 @@ int prof_signo;
 _Atomic size_t prof_dropped;
 uintptr_t prof_lo, prof_hi;
 
-/* Adaptive where glibc has it, as huge_lock: its sections are short, and two threads
+/* Adaptive where glibc has it, as huge.c's locks: their sections are short, and two threads
  * sampling large blocks (most blocks of 512 KiB and more are sampled) made a futex call
  * every few samples with a plain mutex. */
 #ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP

@@ -30,6 +30,7 @@ obj_options obj_opt = {.stats = 0,
                        .track = 1,
                        .guard_madvise = 1,
                        .large_chunk = (long)32 << 20,
+                       .large_stash = (long)8 << 20,
                        .prof_sample = 524288,
                        .prof_warmup = 1,
                        .prof_prefix = "mapalloc"};
@@ -69,6 +70,10 @@ static const opt_desc opt_table[] = {
     {"LARGE_CHUNK", &obj_opt.large_chunk, (long)32 << 20,
      "bytes: a large block the cache cannot serve is cut from a new mapping of at least this "
      "much, the rest cached (0: a mapping per block; at most 32 MiB)"},
+    {"LARGE_STASH", &obj_opt.large_stash, (long)8 << 20,
+     "bytes: a thread keeps the large blocks (up to 4 MiB) it freed lately, up to this much, "
+     "for its next large allocations without a shared lock (0: none; the running threads "
+     "share 64 MiB)"},
     {"BACKGROUND", &obj_opt.background, 1,
      "0: no background purger thread (memory of idle threads returns at their next call)"},
     {"TRACK", &obj_opt.track, 1,

@@ -252,7 +252,7 @@ extern OBJ_HIDDEN bool obj_secure_rt;
  * through obj_global_init; the heap calls it first) and never changed afterwards. */
 typedef struct obj_options {
   long stats, verbose, purge_delay_ms, huge_pages, secure, shuffle, background, track,
-      guard_madvise, large_chunk;
+      guard_madvise, large_chunk, large_stash;
   long prof, prof_sample, leaks, prof_warmup; /* the heap profiler's (src/malloc/prof.c) */
   char prof_prefix[200], prof_signal[16];     /* string options: copied, NUL-terminated */
 } obj_options;

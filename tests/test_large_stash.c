@@ -1,0 +1,282 @@
+/* Tests of a thread's stash of freed large blocks (src/malloc/huge.c, "a thread's stash"):
+ * a thread's next large allocations reuse the blocks it freed lately, split and merged
+ * (whole, within a quarter, for a guarded block of the secure mode), without the shared
+ * cache; the stash is bounded, emptied by collections from any thread, and handed to the
+ * cache when the thread exits. Criterion runs each test in a fresh process; ctest runs this
+ * file with a purge delay of a minute (nothing expires during a test: the expiry without a
+ * call is test_remote's purger test). */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "malloc/heap_internal.h"
+#include "mapalloc/heap.h"
+#include "os/os.h"
+
+#define MiB ((size_t)1 << 20)
+#define KiB ((size_t)1 << 10)
+
+static size_t cached_bytes(void) {
+  size_t count, bytes, allocs, frees, cached;
+  huge_stats(&count, &bytes, &allocs, &frees, &cached);
+  return cached;
+}
+
+/* The calling thread's stashed bytes (its heap's, read by its owner). */
+static size_t own_stash(void) {
+  return heap_get()->stash.bytes;
+}
+
+/* Whether freed large blocks can wait in a stash in this run: always, but for the secure
+ * mode on a kernel without guard markers (each guard is then a mapping of its own). */
+static bool stashing(void) {
+  return !obj_secure_on() || os_guard_supported();
+}
+
+static char *touched(size_t n) {
+  char *p = ma_malloc(n);
+  cr_assert_not_null(p);
+  memset(p, 7, n);
+  return p;
+}
+
+Test(large_stash, the_freeing_threads_next_block_is_the_one_it_freed) {
+  cr_assert_eq(ma_heap_collect(true), 0);
+  char *p = touched(1 * MiB);
+  ma_free(p);
+  if (!stashing()) {
+    cr_assert_eq(own_stash(), 0, "a PROT_NONE guard is never stashed");
+    return;
+  }
+  cr_assert_eq(own_stash(), 1 * MiB + (obj_secure_on() ? os_page_size() : 0));
+  char *q = ma_malloc(1 * MiB);
+  cr_assert_eq(q, p, "reused from the stash");
+  cr_assert_eq(own_stash(), 0);
+  cr_assert_eq(ma_usable_size(q), 1 * MiB);
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_free(q);
+}
+
+Test(large_stash, a_larger_block_is_split_and_its_pieces_merge_again) {
+  char *p = touched(2 * MiB);
+  ma_free(p);
+  char *a = ma_malloc(512 * KiB), *b = ma_malloc(512 * KiB);
+  if (obj_secure_on()) { /* a guarded block is reused whole only within a quarter */
+    cr_assert_neq(a, p);
+    cr_assert_neq(b, p);
+    cr_assert_eq(own_stash(), stashing() ? 2 * MiB + os_page_size() : 0);
+    ma_free(a);
+    ma_free(b);
+    return;
+  }
+  cr_assert_eq(a, p, "the front of the stashed block");
+  cr_assert_eq(b, p + 512 * KiB, "the front of what was left");
+  cr_assert_eq(ma_usable_size(a), 512 * KiB, "split, not handed out whole");
+  cr_assert_eq(own_stash(), 1 * MiB);
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_free(b);
+  ma_free(a); /* joins b, which joined the rest: one range of 2 MiB again */
+  cr_assert_eq(own_stash(), 2 * MiB);
+  char *c = ma_malloc(2 * MiB);
+  cr_assert_eq(c, p, "the pieces merged");
+  ma_free(c);
+}
+
+Test(large_stash, a_block_with_little_over_is_handed_out_whole) {
+  char *p = touched(600 * KiB);
+  ma_free(p);
+  char *q = ma_malloc(500 * KiB);
+  if (!stashing()) {
+    cr_assert_eq(own_stash(), 0);
+    ma_free(q);
+    return;
+  }
+  cr_assert_eq(q, p);
+  cr_assert_eq(ma_usable_size(q), 600 * KiB, "100 KiB over is no block of its own");
+  cr_assert_eq(own_stash(), 0);
+  ma_free(q);
+  if (obj_secure_on()) { /* more than a quarter over: not this block */
+    char *r = ma_malloc(400 * KiB);
+    cr_assert_neq(r, p);
+    ma_free(r);
+  }
+}
+
+typedef struct {
+  char *p;
+  char *again;
+  size_t stash_after_free;
+} handoff;
+
+static void *free_then_alloc(void *arg) {
+  handoff *h = arg;
+  void *small = ma_malloc(64); /* a heap (a thread whose first call frees has none) */
+  ma_free(h->p);
+  h->stash_after_free = own_stash();
+  h->again = ma_malloc(1 * MiB);
+  ma_free(small);
+  return NULL;
+}
+
+/* As a freed small block joins the freeing thread's cache, a freed large block joins the
+ * freeing thread's stash (once the thread has a heap: its first call may free a block). */
+Test(large_stash, a_block_freed_by_another_thread_joins_that_threads_stash) {
+  char *small = ma_malloc(64); /* (this thread has a heap of its own) */
+  handoff h = {touched(1 * MiB), NULL, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_alloc, &h);
+  pthread_join(t, NULL);
+  if (stashing()) {
+    cr_assert_gt(h.stash_after_free, 0);
+    cr_assert_eq(h.again, h.p, "the freeing thread reused it");
+  }
+  cr_assert_eq(own_stash(), 0);
+  ma_free(h.again);
+  ma_free(small);
+}
+
+/* Twenty blocks of 1 MiB freed: the stash keeps at most its share (8 MiB, HUGE_STASH_N
+ * ranges); the rest went to the cache; nothing is lost. */
+Test(large_stash, is_bounded_and_what_it_cannot_keep_goes_to_the_cache) {
+  ma_heap_collect(true);
+  char *v[20];
+  for (int i = 0; i < 20; i++) v[i] = touched(1 * MiB);
+  /* every other one first: ranges that cannot merge, then their neighbours */
+  for (int i = 0; i < 20; i += 2) ma_free(v[i]);
+  heap *h = heap_get();
+  cr_assert_leq(h->stash.n, HUGE_STASH_N);
+  cr_assert_leq(own_stash(), 8 * MiB + 8 * os_page_size());
+  for (int i = 1; i < 20; i += 2) ma_free(v[i]);
+  cr_assert_leq(own_stash(), 8 * MiB + 8 * os_page_size());
+  if (stashing())
+    cr_assert_geq(cached_bytes(), 20 * MiB, "stash and cache hold all 20 MiB");
+  else /* PROT_NONE guards: a mapping each, unmapped when freed */
+    cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_heap_collect(true);
+  cr_assert_eq(own_stash(), 0);
+  cr_assert_eq(cached_bytes(), 0);
+}
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int stage;
+  size_t stashed;
+} worker;
+
+static void stage_set(worker *w, int s) {
+  pthread_mutex_lock(&w->mu);
+  w->stage = s;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void stage_wait(worker *w, int s) {
+  pthread_mutex_lock(&w->mu);
+  while (w->stage < s) pthread_cond_wait(&w->cv, &w->mu);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void *free_and_wait(void *arg) {
+  worker *w = arg;
+  char *a = touched(1 * MiB), *b = touched(700 * KiB);
+  ma_free(a);
+  ma_free(b);
+  w->stashed = own_stash();
+  stage_set(w, 1);
+  stage_wait(w, 2); /* idle while another thread collects */
+  char *c = touched(1 * MiB);
+  ma_free(c);
+  return NULL;
+}
+
+/* ma_heap_collect(true) from any thread empties every thread's stash at once. */
+Test(large_stash, a_collection_from_another_thread_empties_it) {
+  worker w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_wait, &w);
+  stage_wait(&w, 1);
+  if (stashing()) cr_assert_gt(w.stashed, 0);
+  cr_assert_eq(heap_stash_bytes(), w.stashed);
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_heap_collect(true);
+  cr_assert_eq(heap_stash_bytes(), 0);
+  cr_assert_eq(cached_bytes(), 0);
+  stage_set(&w, 2);
+  pthread_join(t, NULL);
+}
+
+static void *free_and_exit(void *arg) {
+  size_t *stashed = arg;
+  char *a = touched(1 * MiB);
+  ma_free(a);
+  *stashed = own_stash();
+  return NULL;
+}
+
+/* A thread's stash goes to the cache when it exits (an orphaned heap would keep it until a
+ * new thread took the heap over). */
+Test(large_stash, an_exiting_thread_hands_it_to_the_cache) {
+  ma_heap_collect(true);
+  size_t stashed = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_exit, &stashed);
+  pthread_join(t, NULL);
+  if (stashing()) cr_assert_gt(stashed, 0);
+  cr_assert_eq(heap_stash_bytes(), 0);
+  cr_assert_geq(cached_bytes(), stashed, "in the cache now");
+  cr_assert_eq(ma_heap_check(), 0);
+}
+
+/* A stashed block is free: freeing it again is a double free, as for a cached one. */
+Test(large_stash, freeing_a_stashed_block_again_aborts, .signal = SIGABRT) {
+  char *p = touched(1 * MiB);
+  ma_free(p);
+  ma_free(p);
+}
+
+/* Blocks of random sizes replaced from two threads, each also freeing some of the other's:
+ * contents survive, and the heap checks out with blocks in both stashes. */
+#define SLOTS 16
+static _Atomic(char *) shared_slot;
+
+static void *replace_many(void *arg) {
+  uint64_t x = (uint64_t)(uintptr_t)arg;
+  char *v[SLOTS] = {0};
+  size_t n[SLOTS] = {0};
+  for (int i = 0; i < 4000; i++) {
+    unsigned k = (unsigned)(test_rand(&x) % SLOTS);
+    if (v[k]) {
+      for (size_t o = 0; o < n[k]; o += 4096) cr_assert_eq(v[k][o], (char)k, "block %u", k);
+      if (test_rand(&x) % 8 == 0) {
+        char *o = atomic_exchange(&shared_slot, v[k]);
+        ma_free(o);
+      } else {
+        ma_free(v[k]);
+      }
+    }
+    n[k] = 128 * KiB + test_rand(&x) % (3 * MiB);
+    v[k] = ma_malloc(n[k]);
+    cr_assert_not_null(v[k]);
+    for (size_t o = 0; o < n[k]; o += 4096) v[k][o] = (char)k;
+  }
+  for (int k = 0; k < SLOTS; k++) ma_free(v[k]);
+  return NULL;
+}
+
+Test(large_stash, two_threads_replacing_and_exchanging_blocks) {
+  uint64_t seed = test_seed() | 1;
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    pthread_create(&t[i], NULL, replace_many, (void *)(uintptr_t)(seed + 2 * (uint64_t)i));
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  ma_free(atomic_exchange(&shared_slot, NULL));
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_heap_collect(true);
+  cr_assert_eq(cached_bytes(), 0);
+}
