@@ -47,7 +47,7 @@ for w in 1K 4K 64K; do
 done
 for n in 1 2 8 32; do workloads+=("threads-$n"); done # 32: oversubscribed on 2 cores
 workloads+=(threads-256-128K)                          # many threads x medium classes
-for n in 2M 8M; do workloads+=("medium-$n"); done     # largest buffer, 2 threads
+for n in 512K 2M 8M; do workloads+=("medium-$n"); done # largest buffer, 2 threads
 for n in 10k 100k 1m; do workloads+=("burst-$n"); done # ring of blocks freed in bursts
 workloads+=(alloctest idle)
 for n in 1M 1G; do workloads+=("remote-$n"); done # live bytes per thread (a pair)
