@@ -290,15 +290,20 @@ size_t huge_cache_purge(bool all) {
 }
 
 /* Releases pages no block uses any more: into the cache when they may be reused (not
- * over-aligned), else unmapped. `mark`: 0 or a guard marker inside c that stays (secure).
- * huge_cache_lock held on entry, released on return (the unmaps run outside it). */
-static void huge_uncommit_unlock(huge_cached c, uintptr_t mark, bool cacheable) {
-  huge_victims v = {0};
+ * over-aligned), else to v, to be unmapped once the lock is let go. `mark`: 0 or a guard
+ * marker inside c that stays (secure). huge_cache_lock held. */
+static void huge_uncommit_locked(huge_cached c, uintptr_t mark, bool cacheable, huge_victims *v) {
   if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0 &&
       !__atomic_load_n(&huge_tight, __ATOMIC_RELAXED))
-    huge_cache_put(c, mark, obj_now_ms(), huge_delay(), huge_cache_cap(), &v);
+    huge_cache_put(c, mark, obj_now_ms(), huge_delay(), huge_cache_cap(), v);
   else
-    huge_victim_add(&v, c.ptr, c.len);
+    huge_victim_add(v, c.ptr, c.len);
+}
+
+/* As huge_uncommit_locked; the lock is released on return (the unmaps run outside it). */
+static void huge_uncommit_unlock(huge_cached c, uintptr_t mark, bool cacheable) {
+  huge_victims v = {0};
+  huge_uncommit_locked(c, mark, cacheable, &v);
   pthread_mutex_unlock(&huge_cache_lock);
   huge_victims_unmap(&v);
 }
@@ -399,19 +404,21 @@ static void huge_drop_piece(uintptr_t at, size_t len) {
  * a request at most a quarter smaller. Blocks up to HUGE_STASH_MAX_BLOCK, HUGE_STASH_N
  * ranges, at most MAPALLOC_LARGE_STASH bytes a thread (8 MiB) and HUGE_STASH_TOTAL over
  * the running threads (64 threads stash 1 MiB each, 512 none): the oldest go to the cache
- * to make room. An allocation the stash cannot serve sends all of it to the cache first
+ * to make room. Blocks that realloc made or grew go to the cache when freed; an allocation
+ * the stash cannot serve first sends it the ranges stashed HUGE_STASH_AGE_MS ago or more
  * (every range there is smaller than the request; in the cache they merge with their
- * neighbours and serve growing blocks), and blocks that realloc made or grew go to the
- * cache when freed: with neither rule, mstress (vectors regrown by realloc) ran 2.5x slower
- * with 3x the page faults, the cache's largest ranges (where growing blocks go) being
- * unfaulted ones while the faulted pages sat in the stashes. Stashed blocks expire as
- * cached ranges do (purger, trims, ma_heap_collect); a thread's exit sends them to the
- * cache. Two threads replacing buffers of 128..512 KiB (wl_medium --max-size 512K) took
- * 0.19 s instead of 0.28 s (mimalloc 0.16) at a peak RSS of 27 MB instead of 18 (glibc 21,
- * jemalloc 27, mimalloc 24, tcmalloc 55): the stashed pages are not the cache's to reuse. */
+ * neighbours and serve other sizes), a block growing past it or one that must otherwise
+ * move by mremap all of them. Without these rules mstress (vectors regrown by realloc) ran
+ * 2.5x slower with 3x the page faults: the faulted pages sat in the stashes while growing
+ * blocks went to the cache's largest ranges, unfaulted ones. Sending the whole stash on
+ * every miss cost medium-512K a fifth of its gain (0.185 s instead of 0.15). Stashed
+ * blocks expire as cached ranges do (purger, trims, ma_heap_collect); a thread's exit
+ * sends them to the cache. Two threads replacing buffers of 128..512 KiB (wl_medium
+ * --max-size 512K) took 0.15 s instead of 0.28 s (mimalloc 0.16). */
 #define HUGE_STASH_MAX_BLOCK ((size_t)4 << 20)
 #define HUGE_STASH_MAX       ((size_t)64 << 20)
 #define HUGE_STASH_TOTAL     ((size_t)64 << 20)
+#define HUGE_STASH_AGE_MS    20
 
 static size_t huge_stash_cap(void) {
   size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
@@ -440,10 +447,20 @@ static void huge_stash_remove(huge_stash *s, uint32_t k) {
 
 /* Sends blocks taken out of a stash to the cache (no lock held). */
 static void huge_stash_release(const huge_stashed *out, uint32_t n) {
+  huge_victims v = {0};
+  bool locked = false;
   for (uint32_t k = 0; k < n; k++) {
     huge_rec r = huge_stashed_rec(&out[k]);
-    huge_release_pages(r, r.ptr, r.len + r.guard);
+    if (r.guard) { /* (its marker may have to come out first: huge_release_pages) */
+      huge_release_pages(r, r.ptr, r.len + r.guard);
+      continue;
+    }
+    if (!locked) pthread_mutex_lock(&huge_cache_lock); /* one hold for the unguarded */
+    locked = true;
+    huge_uncommit_locked((huge_cached){r.ptr, r.len, 0, r.map}, 0, true, &v);
   }
+  if (locked) pthread_mutex_unlock(&huge_cache_lock);
+  huge_victims_unmap(&v);
 }
 
 /* Adds an entry as the newest (h->lock held; the caller made room). */
@@ -595,16 +612,34 @@ bool huge_stash_trim(heap *h, bool all, bool wait) {
   return more;
 }
 
-void huge_stash_flush(heap *h) {
+/* Sends h's stashed ranges put there `age` ms ago or more (UINT64_MAX: all) to the cache. */
+static void huge_stash_spill(heap *h, uint64_t age) {
+  if (__atomic_load_n(&h->stash.n, __ATOMIC_RELAXED) == 0) return;
+  uint64_t now = obj_now_ms(), delay = huge_delay();
   huge_stashed out[HUGE_STASH_N];
+  uint32_t n = 0;
   pthread_mutex_lock(&h->lock);
   huge_stash *s = &h->stash;
-  uint32_t n = s->n;
-  memcpy(out, s->e, n * sizeof *out);
-  __atomic_store_n(&s->n, 0, __ATOMIC_RELAXED);
-  __atomic_store_n(&s->bytes, 0, __ATOMIC_RELAXED);
+  for (uint32_t k = 0; k < s->n;) {
+    if (age == UINT64_MAX || s->e[k].expires - delay + age <= now) {
+      out[n++] = s->e[k];
+      huge_stash_remove(s, k);
+    } else {
+      k++;
+    }
+  }
   pthread_mutex_unlock(&h->lock);
   huge_stash_release(out, n);
+}
+
+/* The calling thread's (if it has a heap). */
+static void huge_stash_spill_own(uint64_t age) {
+  heap *h = heap_get();
+  if (h->bs) huge_stash_spill(h, age);
+}
+
+void huge_stash_flush(heap *h) {
+  huge_stash_spill(h, UINT64_MAX);
 }
 
 void huge_stash_check(heap *h) {
@@ -683,10 +718,7 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   size_t g = huge_guard();
   bool reuse = a == 0 && (g == 0 || os_guard_supported());
   void *p = reuse && !roomy ? huge_stash_take(len, g) : NULL;
-  if (!p && reuse) { /* (see "a thread's stash": a miss empties it) */
-    heap *h = heap_get();
-    if (h->bs && __atomic_load_n(&h->stash.n, __ATOMIC_RELAXED)) huge_stash_flush(h);
-  }
+  if (!p && reuse) huge_stash_spill_own(roomy ? UINT64_MAX : HUGE_STASH_AGE_MS);
   if (!p && reuse && huge_cache_count_relaxed()) p = huge_alloc_cached(len, g, roomy);
   if (p) {
     if (zero) memset(p, 0, size);
@@ -771,7 +803,7 @@ static void *huge_grow_by_copy(void *p, const huge_rec *r, size_t nlen) {
     huge_drop_piece(c.ptr, c.len); /* (failure paths) */
     return NULL;
   }
-  memcpy((void *)c.ptr, p, r->len);
+  memcpy((void *)c.ptr, (const void *)r->ptr, r->len);
   huge_rec old;
   MA_VERIFY(huge_unrecord((uintptr_t)p, false, &old),
             "large block %#lx left the table while it grew", (unsigned long)p);
@@ -916,6 +948,11 @@ void *huge_realloc(void *p, size_t size, size_t want, bool *moved_out) {
     return p;
   }
   void *q = huge_grow_in_place(p, &r, nlen) ? p : huge_grow_by_copy(p, &r, nlen);
+  if (!q && __atomic_load_n(&heap_get()->stash.n,
+                            __ATOMIC_RELAXED)) { /* the stash's ranges may hold it, in the cache */
+    huge_stash_spill_own(UINT64_MAX);
+    q = huge_grow_by_copy(p, &r, nlen);
+  }
   if (!q) q = huge_remap(p, &r, wlen);
   errno = saved;
   if (q) {
