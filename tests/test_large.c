@@ -13,15 +13,10 @@
 #include "common.h"
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
+#include "large_common.h"
 
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
-
-static size_t cached_bytes(void) {
-  size_t count, bytes, allocs, frees, cached;
-  huge_stats(&count, &bytes, &allocs, &frees, &cached);
-  return cached;
-}
 
 static void fill(void *p, size_t n, unsigned seed) {
   unsigned char *c = p;
@@ -56,14 +51,14 @@ static char *cached_range(size_t n) {
 
 Test(large_cache, freed_block_is_reused_without_faults) {
   char *p = cached_range(4 * MiB);
-  cr_assert_eq(cached_bytes(), 4 * MiB, "kept for the purge delay");
+  cr_assert_eq(large_cached_bytes(), 4 * MiB, "kept for the purge delay");
   long f0 = minor_faults();
   char *q = ma_malloc(4 * MiB - 100);
   memset(q, 2, 4 * MiB - 100);
   long f1 = minor_faults();
   cr_assert_eq(q, p, "the cached range is reused");
   cr_assert_lt(f1 - f0, 64, "%ld faults to reuse faulted pages", f1 - f0);
-  cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(large_cached_bytes(), 0);
   ma_free(q);
 }
 
@@ -169,7 +164,7 @@ Test(large_cache, shrunk_tail_is_cached) {
   char *q = ma_realloc(p, 1 * MiB);
   cr_assert_eq(q, p);
   cr_assert(check(q, 1 * MiB, 8));
-  cr_assert_eq(cached_bytes(), 7 * MiB, "the tail is kept, not unmapped");
+  cr_assert_eq(large_cached_bytes(), 7 * MiB, "the tail is kept, not unmapped");
   char *r = ma_malloc(4 * MiB);
   cr_assert_eq(r, p + 1 * MiB, "served from the tail");
   ma_free(q);
@@ -178,16 +173,16 @@ Test(large_cache, shrunk_tail_is_cached) {
 
 Test(large_cache, purged_after_the_delay) {
   cached_range(16 * MiB);
-  cr_assert_eq(cached_bytes(), 16 * MiB);
+  cr_assert_eq(large_cached_bytes(), 16 * MiB);
   ma_heap_collect(false); /* within the delay: kept */
-  cr_assert_eq(cached_bytes(), 16 * MiB, "kept within the purge delay");
+  cr_assert_eq(large_cached_bytes(), 16 * MiB, "kept within the purge delay");
   usleep(300 * 1000);        /* the default delay is 100 ms */
   void *w = ma_malloc(7000); /* any slow path after the delay purges */
-  cr_assert_eq(cached_bytes(), 0, "unmapped after the delay");
+  cr_assert_eq(large_cached_bytes(), 0, "unmapped after the delay");
   ma_free(w);
   cached_range(4 * MiB);
   cr_assert_eq(ma_heap_collect(true), 0);
-  cr_assert_eq(cached_bytes(), 0, "collect(true) unmaps at once");
+  cr_assert_eq(large_cached_bytes(), 0, "collect(true) unmaps at once");
 }
 
 Test(large_cache, cache_is_bounded_by_the_live_large_bytes) {
@@ -199,8 +194,9 @@ Test(large_cache, cache_is_bounded_by_the_live_large_bytes) {
   }
   for (int i = 0; i < N; i++) ma_free(v[i]);
   /* 160 MiB freed with nothing live: the cap is 64 MiB. */
-  cr_assert_leq(cached_bytes(), 64 * MiB, "cached %zu", cached_bytes());
-  cr_assert_geq(cached_bytes(), 60 * MiB, "evicts no more than needed: cached %zu", cached_bytes());
+  cr_assert_leq(large_cached_bytes(), 64 * MiB, "cached %zu", large_cached_bytes());
+  cr_assert_geq(large_cached_bytes(), 60 * MiB, "evicts no more than needed: cached %zu",
+                large_cached_bytes());
 }
 
 /* Hundreds of freed blocks, each its own mapping (no merge), are all kept and all served
@@ -217,14 +213,14 @@ Test(large_cache, keeps_hundreds_of_ranges_and_serves_them_all) {
     memset(v[i], 1, n);
   }
   for (int i = 0; i < N; i++) ma_free(v[i]);
-  cr_assert_eq(cached_bytes(), N * n, "every freed block is cached: %zu of %zu bytes",
-               cached_bytes(), N * n);
+  cr_assert_eq(large_cached_bytes(), N * n, "every freed block is cached: %zu of %zu bytes",
+               large_cached_bytes(), N * n);
   long f0 = minor_faults();
   for (int i = 0; i < N; i++) {
     w[i] = ma_malloc(n);
     memset(w[i], 2, n);
   }
-  cr_assert_eq(cached_bytes(), 0, "every block came from the cache");
+  cr_assert_eq(large_cached_bytes(), 0, "every block came from the cache");
   cr_assert_lt(minor_faults() - f0, N, "faulted pages: %ld", minor_faults() - f0);
   for (int i = 0; i < N; i++) ma_free(w[i]);
   cr_assert_eq(ma_heap_check(), 0);
@@ -243,13 +239,13 @@ Test(large_cache, best_fit_among_many_sizes) {
     memset(v[i], 1, n);
   }
   for (int i = 0; i < N; i++) ma_free(v[i]);
-  size_t before = cached_bytes();
+  size_t before = large_cached_bytes();
   for (int i = 0; i < N; i += 7) {
     size_t n = (132 + (size_t)((i * 37) % N) * 4) * KiB;
     char *p = ma_malloc(n);
     cr_assert_eq(p, v[i], "the %zu KiB request got %p, not the %zu KiB range freed at %p", n / KiB,
                  (void *)p, n / KiB, (void *)v[i]);
-    cr_assert_eq(cached_bytes(), before - n);
+    cr_assert_eq(large_cached_bytes(), before - n);
     before -= n;
   }
   cr_assert_eq(ma_heap_check(), 0);
@@ -265,9 +261,9 @@ Test(large_cache, over_aligned_blocks_are_never_cached_or_split) {
   char *b = ma_realloc(a, 6 * MiB);
   cr_assert_not_null(b);
   cr_assert(check(b, 3 * MiB, 9));
-  size_t before = cached_bytes();
+  size_t before = large_cached_bytes();
   ma_free(b);
-  cr_assert_eq(cached_bytes(), before, "an over-aligned mapping is unmapped, not cached");
+  cr_assert_eq(large_cached_bytes(), before, "an over-aligned mapping is unmapped, not cached");
   char *c = ma_aligned_alloc(al, 1 * MiB);
   cr_assert_eq((uintptr_t)c % al, 0, "not served from an unaligned cached range");
   ma_free(c);
@@ -295,14 +291,14 @@ Test(large_secure, freed_block_is_cached_with_markers_else_unmapped) {
   memset(p, 1, 4 * MiB);
   ma_free(p);
   if (os_guard_supported())
-    cr_assert_eq(cached_bytes(), 4 * MiB + g, "the block and its guard page are cached");
-  size_t before = cached_bytes();
+    cr_assert_eq(large_cached_bytes(), 4 * MiB + g, "the block and its guard page are cached");
+  size_t before = large_cached_bytes();
   os_guard_disable();
   p = ma_malloc(8 * MiB); /* larger than anything cached: a new mapping, PROT_NONE guard */
   cr_assert_not_null(p);
   memset(p, 1, 8 * MiB);
   ma_free(p);
-  cr_assert_eq(cached_bytes(), before, "a block with a PROT_NONE guard is never cached");
+  cr_assert_eq(large_cached_bytes(), before, "a block with a PROT_NONE guard is never cached");
 }
 
 static void touch_write(void *p) {

@@ -10,16 +10,11 @@
 
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
+#include "large_common.h"
 
 #define MiB ((size_t)1 << 20)
 
 #if !MA_SECURE /* a secure build's large blocks have guard pages: a mapping each */
-static size_t cached_bytes(void) {
-  size_t count, bytes, allocs, frees, cached;
-  huge_stats(&count, &bytes, &allocs, &frees, &cached);
-  return cached;
-}
-
 Test(large_chunk, blocks_are_cut_one_after_another_from_one_mapping) {
   char *a = ma_malloc(1 * MiB), *b = ma_malloc(2 * MiB), *c = ma_malloc(3 * MiB);
   cr_assert(a && b && c);
@@ -27,7 +22,7 @@ Test(large_chunk, blocks_are_cut_one_after_another_from_one_mapping) {
   cr_assert_eq(b, a + 1 * MiB, "b at %p, right after a (%p)", (void *)b, (void *)a);
   cr_assert_eq(c, b + 2 * MiB, "c at %p, right after b (%p)", (void *)c, (void *)b);
   /* the rest of the chunk is cached: address space, not faulted pages */
-  cr_assert_eq(cached_bytes(), 32 * MiB - 6 * MiB);
+  cr_assert_eq(large_cached_bytes(), 32 * MiB - 6 * MiB);
   memset(a, 1, 1 * MiB);
   memset(b, 2, 2 * MiB);
   memset(c, 3, 3 * MiB);
@@ -45,28 +40,28 @@ Test(large_chunk, freed_neighbours_merge_and_serve_a_larger_block) {
     memset(blk[i], i, 2 * MiB);
   }
   for (int i = 0; i < 8; i++) ma_free(blk[i]);
-  cr_assert_eq(cached_bytes(), 32 * MiB, "the chunk whole again");
+  cr_assert_eq(large_cached_bytes(), 32 * MiB, "the chunk whole again");
   /* 20 MiB: more than any one freed block; the merged chunk serves it from its front */
   char *big = ma_malloc(20 * MiB);
   cr_assert_eq(big, blk[0], "the 20 MiB block at %p, the chunk's front %p", (void *)big,
                (void *)blk[0]);
-  cr_assert_eq(cached_bytes(), 12 * MiB);
+  cr_assert_eq(large_cached_bytes(), 12 * MiB);
   ma_free(big);
 }
 
 Test(large_chunk, a_block_as_large_as_a_chunk_gets_its_own_mapping) {
   char *a = ma_malloc(40 * MiB);
   cr_assert_not_null(a);
-  cr_assert_eq(cached_bytes(), 0, "no rest to cache");
+  cr_assert_eq(large_cached_bytes(), 0, "no rest to cache");
   ma_free(a);
 }
 
 Test(large_chunk, trim_unmaps_the_cached_rest) {
   char *a = ma_malloc(1 * MiB);
   cr_assert_not_null(a);
-  cr_assert_eq(cached_bytes(), 31 * MiB);
+  cr_assert_eq(large_cached_bytes(), 31 * MiB);
   ma_free(a);
   ma_heap_collect(true);
-  cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(large_cached_bytes(), 0);
 }
 #endif

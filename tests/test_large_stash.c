@@ -16,15 +16,10 @@
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 #include "os/os.h"
+#include "large_common.h"
 
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
-
-static size_t cached_bytes(void) {
-  size_t count, bytes, allocs, frees, cached;
-  huge_stats(&count, &bytes, &allocs, &frees, &cached);
-  return cached;
-}
 
 /* The calling thread's stashed bytes (its heap's, read by its owner). */
 static size_t own_stash(void) {
@@ -119,7 +114,7 @@ Test(large_stash, a_miss_sends_its_older_ranges_to_the_cache) {
   char *q = ma_malloc(1 * MiB);
   cr_assert_not_null(q);
   cr_assert_eq(own_stash(), 0, "60 ms old: sent by the miss");
-  cr_assert_geq(cached_bytes(), stashed, "the stashed block is in the cache");
+  cr_assert_geq(large_cached_bytes(), stashed, "the stashed block is in the cache");
   cr_assert_eq(ma_heap_check(), 0);
   ma_free(q);
   cr_assert_eq(own_stash(), stashing() ? 1 * MiB + (obj_secure_on() ? os_page_size() : 0) : 0);
@@ -196,13 +191,13 @@ Test(large_stash, is_bounded_and_what_it_cannot_keep_goes_to_the_cache) {
   for (int i = 1; i < 20; i += 2) ma_free(v[i]);
   cr_assert_leq(own_stash(), 8 * MiB + 8 * os_page_size());
   if (stashing())
-    cr_assert_geq(cached_bytes(), 20 * MiB, "stash and cache hold all 20 MiB");
+    cr_assert_geq(large_cached_bytes(), 20 * MiB, "stash and cache hold all 20 MiB");
   else /* PROT_NONE guards: a mapping each, unmapped when freed */
-    cr_assert_eq(cached_bytes(), 0);
+    cr_assert_eq(large_cached_bytes(), 0);
   cr_assert_eq(ma_heap_check(), 0);
   ma_heap_collect(true);
   cr_assert_eq(own_stash(), 0);
-  cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(large_cached_bytes(), 0);
 }
 
 typedef struct {
@@ -249,7 +244,7 @@ Test(large_stash, a_collection_from_another_thread_empties_it) {
   cr_assert_eq(ma_heap_check(), 0);
   ma_heap_collect(true);
   cr_assert_eq(heap_stash_bytes(), 0);
-  cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(large_cached_bytes(), 0);
   stage_set(&w, 2);
   pthread_join(t, NULL);
 }
@@ -272,7 +267,7 @@ Test(large_stash, an_exiting_thread_hands_it_to_the_cache) {
   pthread_join(t, NULL);
   if (stashing()) cr_assert_gt(stashed, 0);
   cr_assert_eq(heap_stash_bytes(), 0);
-  cr_assert_geq(cached_bytes(), stashed, "in the cache now");
+  cr_assert_geq(large_cached_bytes(), stashed, "in the cache now");
   cr_assert_eq(ma_heap_check(), 0);
 }
 
@@ -321,5 +316,5 @@ Test(large_stash, two_threads_replacing_and_exchanging_blocks) {
   ma_free(atomic_exchange(&shared_slot, NULL));
   cr_assert_eq(ma_heap_check(), 0);
   ma_heap_collect(true);
-  cr_assert_eq(cached_bytes(), 0);
+  cr_assert_eq(large_cached_bytes(), 0);
 }

@@ -18,6 +18,7 @@
 
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
+#include "large_common.h"
 
 #include "common.h"
 
@@ -429,12 +430,6 @@ Test(purger, returns_an_idle_workers_memory_without_a_call) {
   free(x.v);
 }
 
-static size_t large_cached(void) {
-  size_t count, bytes, allocs, frees, cached;
-  huge_stats(&count, &bytes, &allocs, &frees, &cached);
-  return cached;
-}
-
 static void *large_idle_worker(void *arg) {
   idle_t *x = arg;
   for (size_t i = 0; i < x->n; i++) {
@@ -463,11 +458,11 @@ Test(purger, returns_an_idle_workers_stashed_large_blocks_without_a_call) {
   cr_assert_gt(x.n, 0, "the worker stashed none of its blocks");
   long ms = -1;
   for (long w = 0; w <= 3000 && ms < 0; w += 20) {
-    if (heap_stash_bytes() == 0 && large_cached() == 0) ms = w;
+    if (heap_stash_bytes() == 0 && large_cached_bytes() == 0) ms = w;
     sleep_ms(20);
   }
   cr_assert_geq(ms, 0, "%zu bytes still stashed, %zu cached after 3 s", heap_stash_bytes(),
-                large_cached());
+                large_cached_bytes());
   stage_set(&x, 2);
   pthread_join(t, NULL);
   ma_free(small);
