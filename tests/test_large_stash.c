@@ -318,3 +318,27 @@ Test(large_stash, two_threads_replacing_and_exchanging_blocks) {
   ma_heap_collect(true);
   cr_assert_eq(large_cached_bytes(), 0);
 }
+
+/* A fork child does not have the threads whose heaps it copied: their stashes go to the
+ * child's cache (their heaps are never touched again), not lost with them. */
+Test(large_stash, a_fork_child_takes_the_stashes_of_threads_it_does_not_have) {
+  worker w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_wait, &w);
+  stage_wait(&w, 1);
+  size_t stashed = heap_stash_bytes();
+  pid_t pid = fork();
+  if (pid == 0) {
+    int rc = heap_stash_bytes() != 0 ? 1 : large_cached_bytes() < stashed ? 2 : 0;
+    if (rc == 0 && ma_heap_check() != 0) rc = 3;
+    char *p = ma_malloc(1 * MiB); /* the cache serves the child */
+    if (rc == 0 && !p) rc = 4;
+    ma_free(p);
+    _exit(rc);
+  }
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+  stage_set(&w, 2);
+  pthread_join(t, NULL);
+}

@@ -810,7 +810,8 @@ static void heap_thread_done(void *arg) {
  * every heap's slabs consistent: no slow path, trim or adoption is caught half done. Only a
  * thread cache (its owner's, lock-free) may be torn. In the child the heaps of threads it
  * does not have are left behind (forked, obj_bins_forked): never walked, trimmed or reused;
- * their cached blocks, slabs and pending remote frees stay allocated there. Heaps of no
+ * their cached blocks, slabs and pending remote frees stay allocated there (their stashed
+ * large blocks go to the cache: a stash is consistent under the heap's lock). Heaps of no
  * thread (orphans, incl. one caught between its thread's exit and the orphan list, or taken
  * off the list by a thread that had not locked it yet) make the child's orphan list. Heaps
  * a fork already left behind in an ancestor are skipped (nobody touches them). */
@@ -860,6 +861,7 @@ static void heap_atfork_child(void) {
     if (!h->orphan && h->bs) { /* its thread is gone; its cache may be torn */
       h->forked = true;
       obj_bins_forked(h->bs);
+      huge_stash_flush(h); /* (consistent: h->lock was held) to the cache */
     } else { /* no thread's: consistent (h->lock), for the child's threads to take over */
       h->orphan = true;
       h->next_orphan = heap_orphans;
@@ -870,10 +872,6 @@ static void heap_atfork_child(void) {
   atomic_store(&heap_live, self->bs ? 1 : 0);
   atomic_store(&heap_threads_seen, false);
   pthread_mutex_unlock(&heap_lock);
-  /* The large blocks the threads left behind had stashed go to the cache (their stash is
-   * consistent: h->lock was held). */
-  for (heap *h = heap_all; h; h = h->next_all)
-    if (h->forked && h->stash.n) huge_stash_flush(h);
   heap_purger_atfork_child();
 }
 
