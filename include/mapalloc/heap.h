@@ -113,14 +113,16 @@ MA_API void ma_heap_stats_get(ma_heap_stats *out);
  * other thread allocates meanwhile; blocks in thread caches are not live) and a line for
  * the large blocks. Thread-safe (it also takes the heap space's lock for the class walk).
  * It does not allocate and writes with write(2) only, but it is not async-signal-safe in
- * general: it takes the large-block table's mutex, which a thread holds inside a malloc
- * family call for a block over 128 KiB (and its free or realloc), inside a small-block
- * malloc's slow path (a thread's first call, a cache refill: it expires cached large
- * blocks), in ma_heap_collect/malloc_trim, during a pass of the background purger and
- * across fork(). A signal handler may call it only when the thread it interrupted cannot
- * be inside one of those (e.g. the signal is blocked around them, or the handler runs on a
- * thread that makes no such call): otherwise it can deadlock. Other threads holding the
- * mutex only make it wait. The per-thread counters are read without any lock. */
+ * general: it takes the large-block table's mutexes (one per stripe of addresses) and the
+ * large-block cache's, which a thread holds inside a malloc family call for a block over
+ * 128 KiB (and its free or realloc), inside a small-block malloc's slow path (a thread's
+ * first call, a cache refill: it expires cached large blocks), in
+ * ma_heap_collect/malloc_trim, during a pass of the background purger and across fork(). A
+ * signal handler may call it only when the thread it interrupted cannot be inside one of
+ * those (e.g. the signal is blocked around them, or the handler runs on a thread that makes
+ * no such call): otherwise it can deadlock. Other threads holding them only make it wait.
+ * The per-thread counters (and the large blocks each thread keeps for reuse) are read
+ * without any lock. */
 MA_API void ma_heap_stats_print(int fd);
 
 /* Returns unused memory to the OS now: collects frees pending from other threads, releases
