@@ -590,44 +590,44 @@ static bool huge_stash_absorb(const huge_rec *r, size_t need) {
   return ok;
 }
 
-bool huge_stash_trim(heap *h, bool all, bool wait) {
-  if (__atomic_load_n(&h->stash.n, __ATOMIC_RELAXED) == 0) return false;
-  if (!wait && pthread_mutex_trylock(&h->lock) != 0) return true;
-  if (wait) pthread_mutex_lock(&h->lock);
-  huge_stash *s = &h->stash;
-  huge_victims v = {0};
-  uint64_t now = obj_now_ms();
-  for (uint32_t k = 0; k < s->n;) {
-    if (all || s->e[k].expires <= now) {
-      /* (the guard marker, if any, goes with the pages) */
-      huge_victim_add(&v, s->e[k].ptr, s->e[k].len + s->e[k].guard);
-      huge_stash_remove(s, k);
-    } else {
-      k++;
-    }
-  }
-  bool more = s->n != 0;
-  pthread_mutex_unlock(&h->lock);
-  huge_victims_unmap(&v);
-  return more;
-}
-
-/* Sends h's stashed ranges put there `age` ms ago or more (UINT64_MAX: all) to the cache. */
-static void huge_stash_spill(heap *h, uint64_t age) {
-  if (__atomic_load_n(&h->stash.n, __ATOMIC_RELAXED) == 0) return;
-  uint64_t now = obj_now_ms(), delay = huge_delay();
-  huge_stashed out[HUGE_STASH_N];
+/* Moves the stashed ranges that expire at `upto` or before (UINT64_MAX: all) to out
+ * (room for HUGE_STASH_N); returns how many. h->lock held. */
+static uint32_t huge_stash_drain(huge_stash *s, uint64_t upto, huge_stashed *out) {
   uint32_t n = 0;
-  pthread_mutex_lock(&h->lock);
-  huge_stash *s = &h->stash;
   for (uint32_t k = 0; k < s->n;) {
-    if (age == UINT64_MAX || s->e[k].expires - delay + age <= now) {
+    if (s->e[k].expires <= upto) {
       out[n++] = s->e[k];
       huge_stash_remove(s, k);
     } else {
       k++;
     }
   }
+  return n;
+}
+
+bool huge_stash_trim(heap *h, bool all, bool wait) {
+  if (__atomic_load_n(&h->stash.n, __ATOMIC_RELAXED) == 0) return false;
+  if (!wait && pthread_mutex_trylock(&h->lock) != 0) return true;
+  if (wait) pthread_mutex_lock(&h->lock);
+  huge_stashed out[HUGE_STASH_N];
+  uint32_t n = huge_stash_drain(&h->stash, all ? UINT64_MAX : obj_now_ms(), out);
+  bool more = h->stash.n != 0;
+  pthread_mutex_unlock(&h->lock);
+  huge_victims v = {0};
+  for (uint32_t k = 0; k < n; k++) /* (a guard marker, if any, goes with the pages) */
+    huge_victim_add(&v, out[k].ptr, out[k].len + out[k].guard);
+  huge_victims_unmap(&v);
+  return more;
+}
+
+/* Sends h's stashed ranges put there `age` ms ago or more (UINT64_MAX: all) to the cache:
+ * those that expire `age` ms before a range stashed now would. */
+static void huge_stash_spill(heap *h, uint64_t age) {
+  if (__atomic_load_n(&h->stash.n, __ATOMIC_RELAXED) == 0) return;
+  uint64_t upto = age == UINT64_MAX ? UINT64_MAX : obj_now_ms() + huge_delay() - age;
+  huge_stashed out[HUGE_STASH_N];
+  pthread_mutex_lock(&h->lock);
+  uint32_t n = huge_stash_drain(&h->stash, upto, out);
   pthread_mutex_unlock(&h->lock);
   huge_stash_release(out, n);
 }
