@@ -3,6 +3,7 @@
 #define MAPALLOC_TESTS_COMMON_H
 
 #include <criterion/logging.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -100,6 +101,29 @@ static inline int run_in_child(void (*fn)(void *), void *arg) {
 static inline bool child_segfaults(void (*fn)(void *), void *arg) {
   int st = run_in_child(fn, arg);
   return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+}
+
+/* The stages a test and a thread of its step through: each waits until the other has
+ * reached the stage it needs. */
+typedef struct test_stage {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int stage;
+} test_stage;
+#define TEST_STAGE_INIT                                                                            \
+  { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 }
+
+static inline void stage_set(test_stage *t, int s) {
+  pthread_mutex_lock(&t->mu);
+  t->stage = s;
+  pthread_cond_broadcast(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+}
+
+static inline void stage_wait(test_stage *t, int s) {
+  pthread_mutex_lock(&t->mu);
+  while (t->stage < s) pthread_cond_wait(&t->cv, &t->mu);
+  pthread_mutex_unlock(&t->mu);
 }
 
 #endif

@@ -201,24 +201,9 @@ Test(large_stash, is_bounded_and_what_it_cannot_keep_goes_to_the_cache) {
 }
 
 typedef struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int stage;
+  test_stage st;
   size_t stashed;
 } worker;
-
-static void stage_set(worker *w, int s) {
-  pthread_mutex_lock(&w->mu);
-  w->stage = s;
-  pthread_cond_broadcast(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-}
-
-static void stage_wait(worker *w, int s) {
-  pthread_mutex_lock(&w->mu);
-  while (w->stage < s) pthread_cond_wait(&w->cv, &w->mu);
-  pthread_mutex_unlock(&w->mu);
-}
 
 static void *free_and_wait(void *arg) {
   worker *w = arg;
@@ -226,8 +211,8 @@ static void *free_and_wait(void *arg) {
   ma_free(a);
   ma_free(b);
   w->stashed = own_stash();
-  stage_set(w, 1);
-  stage_wait(w, 2); /* idle while another thread collects */
+  stage_set(&w->st, 1);
+  stage_wait(&w->st, 2); /* idle while another thread collects */
   char *c = touched(1 * MiB);
   ma_free(c);
   return NULL;
@@ -235,17 +220,17 @@ static void *free_and_wait(void *arg) {
 
 /* ma_heap_collect(true) from any thread empties every thread's stash at once. */
 Test(large_stash, a_collection_from_another_thread_empties_it) {
-  worker w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  worker w = {TEST_STAGE_INIT, 0};
   pthread_t t;
   pthread_create(&t, NULL, free_and_wait, &w);
-  stage_wait(&w, 1);
+  stage_wait(&w.st, 1);
   if (stashing()) cr_assert_gt(w.stashed, 0);
   cr_assert_eq(heap_stash_bytes(), w.stashed);
   cr_assert_eq(ma_heap_check(), 0);
   ma_heap_collect(true);
   cr_assert_eq(heap_stash_bytes(), 0);
   cr_assert_eq(large_cached_bytes(), 0);
-  stage_set(&w, 2);
+  stage_set(&w.st, 2);
   pthread_join(t, NULL);
 }
 
@@ -322,10 +307,10 @@ Test(large_stash, two_threads_replacing_and_exchanging_blocks) {
 /* A fork child does not have the threads whose heaps it copied: their stashes go to the
  * child's cache (their heaps are never touched again), not lost with them. */
 Test(large_stash, a_fork_child_takes_the_stashes_of_threads_it_does_not_have) {
-  worker w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+  worker w = {TEST_STAGE_INIT, 0};
   pthread_t t;
   pthread_create(&t, NULL, free_and_wait, &w);
-  stage_wait(&w, 1);
+  stage_wait(&w.st, 1);
   size_t stashed = heap_stash_bytes();
   pid_t pid = fork();
   if (pid == 0) {
@@ -339,6 +324,6 @@ Test(large_stash, a_fork_child_takes_the_stashes_of_threads_it_does_not_have) {
   int status = 0;
   cr_assert_eq(waitpid(pid, &status, 0), pid);
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
-  stage_set(&w, 2);
+  stage_set(&w.st, 2);
   pthread_join(t, NULL);
 }

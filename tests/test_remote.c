@@ -371,23 +371,8 @@ Test(remote, fork_while_batches_are_sent) {
 typedef struct {
   void **v;
   size_t n;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int stage;
+  test_stage st;
 } idle_t;
-
-static void stage_wait(idle_t *x, int s) {
-  pthread_mutex_lock(&x->mu);
-  while (x->stage < s) pthread_cond_wait(&x->cv, &x->mu);
-  pthread_mutex_unlock(&x->mu);
-}
-
-static void stage_set(idle_t *x, int s) {
-  pthread_mutex_lock(&x->mu);
-  x->stage = s;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
-}
 
 static void *idle_worker(void *arg) {
   idle_t *x = arg;
@@ -396,11 +381,11 @@ static void *idle_worker(void *arg) {
     cr_assert_not_null(x->v[i]);
     memset(x->v[i], 1, 256);
   }
-  stage_set(x, 1);
-  stage_wait(x, 2);
+  stage_set(&x->st, 1);
+  stage_wait(&x->st, 2);
   for (size_t i = 1; i < x->n; i += 2) ma_free(x->v[i]);
-  stage_set(x, 3);
-  stage_wait(x, 4); /* idle: no allocator call until the end */
+  stage_set(&x->st, 3);
+  stage_wait(&x->st, 4); /* idle: no allocator call until the end */
   return NULL;
 }
 
@@ -411,21 +396,20 @@ Test(purger, returns_an_idle_workers_memory_without_a_call) {
   cr_assert(heap_opt.background != 0, "run without MAPALLOC_BACKGROUND=0");
   ma_heap_collect(true);
   size_t c0 = committed();
-  idle_t x = {
-      .n = (64u << 20) / 256, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  idle_t x = {.n = (64u << 20) / 256, .st = TEST_STAGE_INIT};
   x.v = calloc(x.n, sizeof(void *));
   pthread_t t;
   pthread_create(&t, NULL, idle_worker, &x);
-  stage_wait(&x, 1);
+  stage_wait(&x.st, 1);
   cr_assert_gt(committed(), c0 + (size_t)(60 << 20));
   for (size_t i = 0; i < x.n; i += 2) ma_free(x.v[i]);
-  stage_set(&x, 2);
-  stage_wait(&x, 3);
+  stage_set(&x.st, 2);
+  stage_wait(&x.st, 3);
   long ms = wait_committed_below(c0 + (size_t)(10 << 20), 3000);
   cr_assert_geq(ms, 0, "committed still %zu MiB over the start after 3 s",
                 (committed() - c0) >> 20);
   cr_assert(heap_purger_running());
-  stage_set(&x, 4);
+  stage_set(&x.st, 4);
   pthread_join(t, NULL);
   free(x.v);
 }
@@ -439,8 +423,8 @@ static void *large_idle_worker(void *arg) {
   }
   for (size_t i = 0; i < x->n; i++) ma_free(x->v[i]);
   x->n = heap_get()->stash.bytes; /* (read by the test once stage 1 is set) */
-  stage_set(x, 1);
-  stage_wait(x, 2); /* idle: no allocator call until the end */
+  stage_set(&x->st, 1);
+  stage_wait(&x->st, 2); /* idle: no allocator call until the end */
   return NULL;
 }
 
@@ -451,10 +435,10 @@ Test(purger, returns_an_idle_workers_stashed_large_blocks_without_a_call) {
   void *small = ma_malloc(64); /* (two threads with heaps: the purger runs) */
   ma_heap_collect(true);
   void *v[16];
-  idle_t x = {.v = v, .n = 16, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  idle_t x = {.v = v, .n = 16, .st = TEST_STAGE_INIT};
   pthread_t t;
   pthread_create(&t, NULL, large_idle_worker, &x);
-  stage_wait(&x, 1);
+  stage_wait(&x.st, 1);
   cr_assert_gt(x.n, 0, "the worker stashed none of its blocks");
   long ms = -1;
   for (long w = 0; w <= 3000 && ms < 0; w += 20) {
@@ -463,7 +447,7 @@ Test(purger, returns_an_idle_workers_stashed_large_blocks_without_a_call) {
   }
   cr_assert_geq(ms, 0, "%zu bytes still stashed, %zu cached after 3 s", heap_stash_bytes(),
                 large_cached_bytes());
-  stage_set(&x, 2);
+  stage_set(&x.st, 2);
   pthread_join(t, NULL);
   ma_free(small);
 }
