@@ -1,6 +1,6 @@
 /* Tests of a thread's stash of freed large blocks (src/malloc/huge.c, "a thread's stash"):
  * a thread's next large allocations reuse the blocks it freed lately, split and merged
- * (whole, within a quarter, for a guarded block of the secure mode), without the shared
+ * (a guarded range of the secure mode split from its back), without the shared
  * cache; the stash is bounded, emptied by collections from any thread, and handed to the
  * cache when the thread exits. Criterion runs each test in a fresh process; ctest runs this
  * file with a purge delay of a minute (nothing expires during a test: the expiry without a
@@ -60,10 +60,10 @@ Test(large_stash, a_larger_block_is_split_and_its_pieces_merge_again) {
   char *p = touched(2 * MiB);
   ma_free(p);
   char *a = ma_malloc(512 * KiB), *b = ma_malloc(512 * KiB);
-  if (obj_secure_on()) { /* a guarded block is reused whole, only within a quarter */
-    if (own_stash()) {   /* (not yet 20 ms old: still stashed, whole) */
-      cr_assert_eq(own_stash(), 2 * MiB + os_page_size());
-      cr_assert(a != p && b != p, "a guarded block is not split");
+  if (obj_secure_on()) { /* split from the back: guarded_ranges_split_from_their_back */
+    if (stashing()) {
+      cr_assert_eq(a, p + 2 * MiB - 512 * KiB);
+      cr_assert_eq(b, a - os_page_size() - 512 * KiB);
     }
     ma_free(a);
     ma_free(b);
@@ -95,11 +95,51 @@ Test(large_stash, a_block_with_little_over_is_handed_out_whole) {
   cr_assert_eq(ma_usable_size(q), 600 * KiB, "100 KiB over is no block of its own");
   cr_assert_eq(own_stash(), 0);
   ma_free(q);
-  if (obj_secure_on()) { /* more than a quarter over: not this block */
-    char *r = ma_malloc(400 * KiB);
-    cr_assert_neq(r, p);
-    ma_free(r);
-  }
+  char *r = ma_malloc(400 * KiB); /* 200 KiB over: split */
+  cr_assert_eq(r, obj_secure_on() ? p + 200 * KiB : p,
+               "the back of a guarded range, else its front");
+  cr_assert_eq(ma_usable_size(r), 400 * KiB);
+  ma_free(r);
+}
+
+static void poke_dies(void *p) {
+  signal(SIGSEGV, SIG_DFL);
+  *(volatile char *)p = 1;
+}
+
+/* Secure mode (guard markers): a guarded range is split from its back, so the block keeps
+ * the range's guard page and marker; the front's guard page, the page before the block,
+ * gets its marker when the front is handed out, and a freed block merges with the front
+ * before it (no marker between them). */
+Test(large_stash, guarded_ranges_split_from_their_back) {
+  obj_options_read();
+#if !OBJ_SECURE
+  obj_secure_rt = true; /* (large blocks read it at each allocation) */
+#endif
+  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  size_t ps = os_page_size();
+  char *p = touched(2 * MiB);
+  ma_free(p);
+  cr_assert_eq(own_stash(), 2 * MiB + ps);
+  char *a = touched(512 * KiB);
+  cr_assert_eq(a, p + 2 * MiB - 512 * KiB, "the back of the stashed range");
+  cr_assert_eq(ma_usable_size(a), 512 * KiB);
+  cr_assert_eq(own_stash(), 1536 * KiB, "the front and its guard page");
+  cr_assert(child_segfaults(poke_dies, a + 512 * KiB), "the range's guard page guards the block");
+  char *b = touched(512 * KiB);
+  cr_assert_eq(b, a - ps - 512 * KiB, "the back of the front");
+  cr_assert(child_segfaults(poke_dies, b + 512 * KiB), "the front's guard page got its marker");
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_free(b); /* joins the front before it: that front's guard page had no marker */
+  cr_assert_eq(own_stash(), 1536 * KiB);
+  cr_assert_eq(heap_get()->stash.n, 1, "one range");
+  char *c = ma_malloc(1536 * KiB - ps);
+  cr_assert_eq(c, p, "the merged range, whole");
+  cr_assert(child_segfaults(poke_dies, c + 1536 * KiB - ps), "b's guard page guards it");
+  cr_assert_eq(ma_heap_check(), 0);
+  ma_free(c);
+  ma_free(a);
+  cr_assert_eq(own_stash(), 2 * MiB + ps, "all of it back, in two ranges (a marker between)");
 }
 
 /* An allocation the stash cannot serve sends the cache the ranges stashed 20 ms ago or

@@ -97,9 +97,10 @@ static inline unsigned heap_list_cls(unsigned i) {
 #define HUGE_STASH_N 8
 typedef struct huge_stashed {
   uintptr_t ptr;
-  size_t len, guard; /* usable bytes, and the guard page after them (a marker) or 0 */
+  size_t len, guard; /* usable bytes, and the guard page after them or 0 */
   uint64_t map;      /* the mapping it is a piece of (huge.c's huge_rec.map) */
   uint64_t expires;  /* ms */
+  bool marked;       /* the guard page holds its guard marker (else it is a plain page) */
 } huge_stashed;
 typedef struct huge_stash {
   huge_stashed e[HUGE_STASH_N]; /* oldest first */

@@ -399,9 +399,14 @@ static void huge_drop_piece(uintptr_t at, size_t len) {
  * allocations come from them without a shared lock: the smallest that holds the request,
  * whole when less than HEAP_MAX_SMALL would be left over (the usable size is then larger;
  * the pages were the old block's and are faulted in), else split, the rest staying; a freed
- * block merges with the stashed pieces of its mapping next to it. A guarded block (secure)
- * is neither split nor merged (its guard marker stays where it is) and is reused whole for
- * a request at most a quarter smaller. Blocks up to HUGE_STASH_MAX_BLOCK, HUGE_STASH_N
+ * block merges with the stashed pieces of its mapping next to it. A guarded range (secure)
+ * is split from its back: the block keeps the range's guard page and its marker (no
+ * madvise); the front keeps the page before the block as its own guard page, a plain page
+ * that gets its marker only if that front is handed out (one madvise, deferred: a freed
+ * block behind it merges with it first, its marker then covering both); a range over
+ * HUGE_STASH_SPLIT_GUARDED is reused whole (at most a quarter over) or not at all. Reused
+ * only whole, secure wl_medium --max-size 512K spent 18% of its samples in the cache's
+ * lock (0.56 s; 0.31 s now, 2M 0.80 -> 0.66 s). Blocks up to HUGE_STASH_MAX_BLOCK, HUGE_STASH_N
  * ranges, at most MAPALLOC_LARGE_STASH bytes a thread (8 MiB) and HUGE_STASH_TOTAL over
  * the running threads (64 threads stash 1 MiB each, 512 none): the oldest go to the cache
  * to make room. Blocks that realloc made or grew go to the cache when freed; an allocation
@@ -419,6 +424,11 @@ static void huge_drop_piece(uintptr_t at, size_t len) {
 #define HUGE_STASH_MAX       ((size_t)64 << 20)
 #define HUGE_STASH_TOTAL     ((size_t)64 << 20)
 #define HUGE_STASH_AGE_MS    20
+/* Guarded ranges (secure) larger than this are taken whole or not at all: splitting any
+ * size made secure medium-8M 1.5x slower (fresh 32 MiB chunks mapped 23 -> 39 a run,
+ * page faults 150k -> 270k; why the larger ranges split in the stash starve the cache's
+ * large requests was not pinned down), at 1 MiB medium-2M gained half as much. */
+#define HUGE_STASH_SPLIT_GUARDED ((size_t)2 << 20)
 
 static size_t huge_stash_cap(void) {
   size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
@@ -428,7 +438,11 @@ static size_t huge_stash_cap(void) {
   return c < opt ? c : opt;
 }
 
+/* The record of stashed range e, to send it to the cache: a range whose guard page has no
+ * marker yet is plain pages. */
 static huge_rec huge_stashed_rec(const huge_stashed *e) {
+  if (e->guard && !e->marked)
+    return (huge_rec){e->ptr, e->len + e->guard, 0, e->map, 0, false, false};
   return (huge_rec){e->ptr, e->len, 0, e->map, e->guard, e->guard != 0, false};
 }
 
@@ -449,12 +463,13 @@ static void huge_stash_remove(huge_stash *s, uint32_t k) {
 static void huge_stash_release(const huge_stashed *out, uint32_t n) {
   huge_victims v = {0};
   bool locked = false;
+  for (uint32_t k = 0; k < n; k++) {        /* the guarded first: their markers may have to come */
+    huge_rec r = huge_stashed_rec(&out[k]); /* out before the lock (huge_release_pages) */
+    if (r.guard) huge_release_pages(r, r.ptr, r.len + r.guard);
+  }
   for (uint32_t k = 0; k < n; k++) {
     huge_rec r = huge_stashed_rec(&out[k]);
-    if (r.guard) { /* (its marker may have to come out first: huge_release_pages) */
-      huge_release_pages(r, r.ptr, r.len + r.guard);
-      continue;
-    }
+    if (r.guard) continue;
     if (!locked) pthread_mutex_lock(&huge_cache_lock); /* one hold for the unguarded */
     locked = true;
     huge_uncommit_locked((huge_cached){r.ptr, r.len, 0, r.map}, 0, true, &v);
@@ -470,19 +485,32 @@ static void huge_stash_add(huge_stash *s, huge_stashed e) {
   __atomic_store_n(&s->bytes, s->bytes + e.len + e.guard, __ATOMIC_RELAXED);
 }
 
-/* An unguarded freed block merges with a stashed piece of its mapping right before or
- * after it (the merged range is the newest): a block split off a stashed one comes back
- * whole. Returns the range to stash (h->lock held). */
+/* Stashed pieces a and b of one mapping, a right before b, as one range, if they make one:
+ * unguarded both, or guarded both with no marker on a's guard page, which then lies inside
+ * (b's guard stays the range's). */
+static bool huge_stash_join(const huge_stashed *a, const huge_stashed *b, huge_stashed *out) {
+  if (a->map != b->map || a->guard != b->guard || (a->guard && a->marked) ||
+      a->ptr + a->len + a->guard != b->ptr || a->len + a->guard + b->len > HUGE_STASH_MAX)
+    return false;
+  *out = *b;
+  out->ptr = a->ptr;
+  out->len = a->len + a->guard + b->len;
+  out->expires = a->expires > b->expires ? a->expires : b->expires;
+  return true;
+}
+
+/* A freed block merges with a stashed piece of its mapping right before or after it (the
+ * merged range is the newest): a block split off a stashed one comes back whole. Returns
+ * the range to stash (h->lock held). */
 static huge_stashed huge_stash_merge(huge_stash *s, huge_stashed c) {
-  for (uint32_t k = 0; c.guard == 0 && k < s->n;) {
+  for (uint32_t k = 0; k < s->n;) {
     const huge_stashed *e = &s->e[k];
-    if (e->map != c.map || e->guard || c.len + e->len > HUGE_STASH_MAX ||
-        (e->ptr + e->len != c.ptr && c.ptr + c.len != e->ptr)) {
+    huge_stashed m;
+    if (!huge_stash_join(e, &c, &m) && !huge_stash_join(&c, e, &m)) {
       k++;
       continue;
     }
-    c.ptr = e->ptr < c.ptr ? e->ptr : c.ptr;
-    c.len += e->len;
+    c = m;
     huge_stash_remove(s, k); /* (then look again: a piece on the other side) */
   }
   return c;
@@ -498,7 +526,7 @@ static bool huge_stash_put(const huge_rec *r) {
   uint32_t nout = 0;
   pthread_mutex_lock(&h->lock);
   huge_stash *s = &h->stash;
-  huge_stashed c = {r->ptr, r->len, r->guard, r->map, obj_now_ms() + huge_delay()};
+  huge_stashed c = {r->ptr, r->len, r->guard, r->map, obj_now_ms() + huge_delay(), r->marker};
   c = huge_stash_merge(s, c);
   while (s->n == HUGE_STASH_N || s->bytes + c.len + c.guard > cap) {
     if (!s->n) { /* merged past the share: the whole range goes to the cache */
@@ -516,32 +544,51 @@ static bool huge_stash_put(const huge_rec *r) {
   return true;
 }
 
+/* Whether a block of `len` bytes takes all of stashed range e (what would be left is less
+ * than a small block's largest class and, if guarded, its guard page; or for a guarded
+ * one, at most a quarter of the block), else is split off. */
+static bool huge_stash_whole(const huge_stashed *e, size_t len) {
+  return e->len - len < HEAP_MAX_SMALL + e->guard || (e->guard && e->len - len <= len / 4);
+}
+
 /* Which stashed range a block of `len` bytes (guard `g`) comes from: the smallest that
- * holds it, taken whole when what it has over is less than a small block's largest class
- * (or for a guarded block, whose guard page stays where it is, at most a quarter more),
- * else split. HUGE_STASH_N if none. */
+ * holds it, a guarded one with its marker in before one without (that needs a madvise),
+ * a guarded one split only when it is at most HUGE_STASH_SPLIT_GUARDED. HUGE_STASH_N if
+ * none. */
 static uint32_t huge_stash_pick(const huge_stash *s, size_t len, size_t g) {
   uint32_t best = HUGE_STASH_N;
   for (uint32_t k = 0; k < s->n; k++) {
     const huge_stashed *e = &s->e[k];
-    if (e->guard != g || e->len < len || (g && e->len - len > len / 4)) continue;
-    if (best == HUGE_STASH_N || e->len < s->e[best].len) best = k;
+    if (e->guard != g || e->len < len) continue;
+    if (g && e->len > HUGE_STASH_SPLIT_GUARDED && !huge_stash_whole(e, len)) continue;
+    const huge_stashed *b = &s->e[best];
+    if (best == HUGE_STASH_N || e->marked > b->marked ||
+        (e->marked == b->marked && e->len < b->len))
+      best = k;
   }
   return best;
 }
 
-/* Takes the first `len` bytes of stashed range k (all of it when less than HEAP_MAX_SMALL
- * would be left, or when it is guarded): the rest stays, as old as it was. h->lock held. */
+/* Takes a block of `len` bytes from stashed range k: all of it (huge_stash_whole), else its
+ * front, or its back when guarded (the block keeps the range's guard page; the front's
+ * guard page is the one before the block, no marker in yet); the rest stays, as old as it
+ * was. h->lock held. */
 static huge_stashed huge_stash_cut(huge_stash *s, uint32_t k, size_t len) {
-  huge_stashed e = s->e[k];
-  if (e.guard || e.len - len < HEAP_MAX_SMALL) {
+  huge_stashed e = s->e[k], *rest = &s->e[k];
+  if (huge_stash_whole(&e, len)) {
     huge_stash_remove(s, k);
     return e;
   }
+  if (e.guard) {
+    e.ptr += e.len - len;
+    rest->len -= len + e.guard;
+    rest->marked = false;
+  } else {
+    rest->ptr += len;
+    rest->len -= len;
+  }
   e.len = len;
-  s->e[k].ptr += len;
-  s->e[k].len -= len;
-  __atomic_store_n(&s->bytes, s->bytes - len, __ATOMIC_RELAXED);
+  __atomic_store_n(&s->bytes, s->bytes - len - e.guard, __ATOMIC_RELAXED);
   return e;
 }
 
@@ -557,8 +604,13 @@ static void *huge_stash_take(size_t len, size_t g) {
   if (k < HUGE_STASH_N) e = huge_stash_cut(s, k, len);
   pthread_mutex_unlock(&h->lock);
   if (!e.ptr) return NULL;
+  if (e.guard && !e.marked) { /* a front piece: its guard page gets its marker now */
+    int saved = errno;
+    e.marked = os_guard_install((void *)(e.ptr + e.len), e.guard) == 0;
+    errno = saved;
+  }
   huge_rec r = huge_stashed_rec(&e);
-  if (!huge_record_new(r, true)) { /* (no table slot: ENOMEM) */
+  if (r.guard != g || !huge_record_new(r, true)) { /* (no marker, or no table slot: ENOMEM) */
     huge_release_pages(r, r.ptr, r.len + r.guard);
     return NULL;
   }
@@ -653,6 +705,8 @@ void huge_stash_check(heap *h) {
                   e->len + e->guard <= HUGE_STASH_MAX,
               "stashed block %#lx + %zu", (unsigned long)e->ptr, e->len);
     MA_VERIFY(!huge_lookup(e->ptr, &r), "stashed block %#lx is live", (unsigned long)e->ptr);
+    MA_VERIFY(e->guard || !e->marked, "unguarded stashed block %#lx is marked",
+              (unsigned long)e->ptr);
     bytes += e->len + e->guard;
   }
   MA_VERIFY(bytes == s->bytes, "stashed blocks hold %zu bytes, the stash says %zu", bytes,
