@@ -490,7 +490,8 @@ static void huge_stash_add(huge_stash *s, huge_stashed e) {
  * (b's guard stays the range's). */
 static bool huge_stash_join(const huge_stashed *a, const huge_stashed *b, huge_stashed *out) {
   if (a->map != b->map || a->guard != b->guard || (a->guard && a->marked) ||
-      a->ptr + a->len + a->guard != b->ptr || a->len + a->guard + b->len > HUGE_STASH_MAX)
+      a->ptr + a->len + a->guard != b->ptr ||
+      a->len + a->guard + b->len + b->guard > HUGE_STASH_MAX)
     return false;
   *out = *b;
   out->ptr = a->ptr;
