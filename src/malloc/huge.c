@@ -406,8 +406,9 @@ static void huge_drop_piece(uintptr_t at, size_t len) {
  * block behind it merges with it first, its marker then covering both); a range over
  * HUGE_STASH_SPLIT_GUARDED is reused whole (at most a quarter over) or not at all. Reused
  * only whole, secure wl_medium --max-size 512K spent 18% of its samples in the cache's
- * lock (0.56 s; 0.31 s now, 2M 0.80 -> 0.66 s). Blocks up to HUGE_STASH_MAX_BLOCK, HUGE_STASH_N
- * ranges, at most MAPALLOC_LARGE_STASH bytes a thread (8 MiB) and HUGE_STASH_TOTAL over
+ * lock (docs/benchmarks.md: 0.73 -> 0.44 s, 2M 0.98 -> 0.78 s). Blocks up to
+ * HUGE_STASH_MAX_BLOCK, HUGE_STASH_N ranges, at most MAPALLOC_LARGE_STASH bytes a thread
+ * (8 MiB) and HUGE_STASH_TOTAL over
  * the running threads (64 threads stash 1 MiB each, 512 none): the oldest go to the cache
  * to make room. Blocks that realloc made or grew go to the cache when freed; an allocation
  * the stash cannot serve first sends it the ranges stashed HUGE_STASH_AGE_MS ago or more
