@@ -25,6 +25,7 @@
 #include "mapalloc/heap.h"
 #include "mapalloc/pool.h"
 #include "os/os.h"
+#include "guard_common.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 /* Under AddressSanitizer: a fault must kill the process as the probes expect. */
@@ -33,12 +34,6 @@ const char *__asan_default_options(void) {
   return "handle_segv=0";
 }
 #endif
-
-/* One byte written past a block, unseen by AddressSanitizer (the bytes after a block are
- * free blocks, poisoned): the test wants the hardware fault at the guard page. */
-__attribute__((no_sanitize_address)) static void poke(volatile char *c) {
-  *c = 1;
-}
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -54,33 +49,6 @@ static long maps_count(void) {
   while ((c = fgetc(f)) != EOF) n += c == '\n';
   fclose(f);
   return n;
-}
-
-/* Secure mode for the heap of this process, before its first segment (a default build's
- * segments made before keep no guards, and small classes share segments). The options are
- * read first: reading them sets obj_secure_rt from MAPALLOC_SECURE. */
-static void secure_on(void) {
-  obj_options_read();
-#if !OBJ_SECURE
-  obj_secure_rt = true;
-#endif
-}
-
-static void child_poke(void *p) {
-  signal(SIGSEGV, SIG_DFL);
-  poke(p);
-}
-
-/* Does touching `p` (a write) kill a child with SIGSEGV? */
-/* secure_on, for a test of guard markers: skipped (with the reason) where the kernel has
- * none. */
-static void secure_markers_on(void) {
-  secure_on();
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
-}
-
-static bool write_faults(volatile char *p) {
-  return child_segfaults(child_poke, (void *)p);
 }
 
 /* ---- page layer ---------------------------------------------------------------------------- */

@@ -279,6 +279,7 @@ Test(large_cache, calloc_from_the_cache_is_zeroed) {
 #else /* MA_SECURE */
 
 #include "os/os.h"
+#include "guard_common.h"
 
 /* A freed guarded block is cached, its guard marker kept in its page, when the kernel has
  * guard markers (guard_large/freed_blocks_are_reused_guarded checks the reuse); with PROT_NONE
@@ -301,10 +302,6 @@ Test(large_secure, freed_block_is_cached_with_markers_else_unmapped) {
   cr_assert_eq(large_cached_bytes(), before, "a block with a PROT_NONE guard is never cached");
 }
 
-static void touch_write(void *p) {
-  *(volatile char *)p = 1;
-}
-
 /* A write one byte past the usable size of a large block faults at once, also after the
  * block shrank and after it grew (the guard page follows it). */
 static void overflow_faults(size_t n, size_t resize) {
@@ -315,7 +312,7 @@ static void overflow_faults(size_t n, size_t resize) {
   size_t u = ma_usable_size(p);
   fill(p, u, 3);
   cr_assert(check(p, u, 3), "the whole usable size is writable");
-  cr_assert(child_segfaults(touch_write, p + u), "a write past the usable size did not fault");
+  cr_assert(write_faults(p + u), "a write past the usable size did not fault");
   ma_free(p);
 }
 

@@ -7,7 +7,6 @@
  * call is test_remote's purger test). */
 #include <criterion/criterion.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 #include "mapalloc/heap.h"
 #include "os/os.h"
 #include "large_common.h"
+#include "guard_common.h"
 
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
@@ -102,21 +102,12 @@ Test(large_stash, a_block_with_little_over_is_handed_out_whole) {
   ma_free(r);
 }
 
-static void poke_dies(void *p) {
-  signal(SIGSEGV, SIG_DFL);
-  *(volatile char *)p = 1;
-}
-
 /* Secure mode (guard markers): a guarded range is split from its back, so the block keeps
  * the range's guard page and marker; the front's guard page, the page before the block,
  * gets its marker when the front is handed out, and a freed block merges with the front
  * before it (no marker between them). */
 Test(large_stash, guarded_ranges_split_from_their_back) {
-  obj_options_read();
-#if !OBJ_SECURE
-  obj_secure_rt = true; /* (large blocks read it at each allocation) */
-#endif
-  if (!os_guard_supported()) cr_skip_test("this kernel has no MADV_GUARD_INSTALL");
+  secure_markers_on();
   size_t ps = os_page_size();
   char *p = touched(2 * MiB);
   ma_free(p);
@@ -125,17 +116,17 @@ Test(large_stash, guarded_ranges_split_from_their_back) {
   cr_assert_eq(a, p + 2 * MiB - 512 * KiB, "the back of the stashed range");
   cr_assert_eq(ma_usable_size(a), 512 * KiB);
   cr_assert_eq(own_stash(), 1536 * KiB, "the front and its guard page");
-  cr_assert(child_segfaults(poke_dies, a + 512 * KiB), "the range's guard page guards the block");
+  cr_assert(write_faults(a + 512 * KiB), "the range's guard page guards the block");
   char *b = touched(512 * KiB);
   cr_assert_eq(b, a - ps - 512 * KiB, "the back of the front");
-  cr_assert(child_segfaults(poke_dies, b + 512 * KiB), "the front's guard page got its marker");
+  cr_assert(write_faults(b + 512 * KiB), "the front's guard page got its marker");
   cr_assert_eq(ma_heap_check(), 0);
   ma_free(b); /* joins the front before it: that front's guard page had no marker */
   cr_assert_eq(own_stash(), 1536 * KiB);
   cr_assert_eq(heap_get()->stash.n, 1, "one range");
   char *c = ma_malloc(1536 * KiB - ps);
   cr_assert_eq(c, p, "the merged range, whole");
-  cr_assert(child_segfaults(poke_dies, c + 1536 * KiB - ps), "b's guard page guards it");
+  cr_assert(write_faults(c + 1536 * KiB - ps), "b's guard page guards it");
   cr_assert_eq(ma_heap_check(), 0);
   ma_free(c);
   ma_free(a);

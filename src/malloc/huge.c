@@ -408,14 +408,13 @@ static void huge_drop_piece(uintptr_t at, size_t len) {
  * only whole, secure wl_medium --max-size 512K spent 18% of its samples in the cache's
  * lock (docs/benchmarks.md: 0.73 -> 0.44 s, 2M 0.98 -> 0.78 s). Blocks up to
  * HUGE_STASH_MAX_BLOCK, HUGE_STASH_N ranges, at most MAPALLOC_LARGE_STASH bytes a thread
- * (8 MiB) and HUGE_STASH_TOTAL over
- * the running threads (64 threads stash 1 MiB each, 512 none): the oldest go to the cache
- * to make room. Blocks that realloc made or grew go to the cache when freed; an allocation
- * the stash cannot serve first sends it the ranges stashed HUGE_STASH_AGE_MS ago or more
- * (every range there is smaller than the request; in the cache they merge with their
- * neighbours and serve other sizes), a block growing past it or one that must otherwise
- * move by mremap all of them. Without these rules mstress (vectors regrown by realloc) ran
- * 2.5x slower with 3x the page faults: the faulted pages sat in the stashes while growing
+ * (8 MiB) and HUGE_STASH_TOTAL over the running threads (64 threads stash 1 MiB each, 512
+ * none): the oldest go to the cache to make room. Blocks that realloc made or grew go to the cache
+ * when freed; an allocation the stash cannot serve first sends it the ranges stashed
+ * HUGE_STASH_AGE_MS ago or more (every range there is smaller than the request; in the cache they
+ * merge with their neighbours and serve other sizes), a block growing past it or one that must
+ * otherwise move by mremap all of them. Without these rules mstress (vectors regrown by realloc)
+ * ran 2.5x slower with 3x the page faults: the faulted pages sat in the stashes while growing
  * blocks went to the cache's largest ranges, unfaulted ones. Sending the whole stash on
  * every miss cost medium-512K a fifth of its gain (0.185 s instead of 0.15). Stashed
  * blocks expire as cached ranges do (purger, trims, ma_heap_collect); a thread's exit
