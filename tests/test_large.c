@@ -14,6 +14,8 @@
 #include "malloc/heap_internal.h"
 #include "mapalloc/heap.h"
 #include "large_common.h"
+#include "malloc/huge_cache.h"
+#include "os/os.h"
 
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
@@ -183,6 +185,34 @@ Test(large_cache, purged_after_the_delay) {
   cached_range(4 * MiB);
   cr_assert_eq(ma_heap_collect(true), 0);
   cr_assert_eq(large_cached_bytes(), 0, "collect(true) unmaps at once");
+}
+
+/* The expiry keeps up to `keep` bytes of expired ranges, each for another delay (huge.c's
+ * huge_cache_keep passes what the program asked of the cache lately), and takes the oldest
+ * first; with `keep` 0 every expired range goes. The cache alone, driven with made-up times
+ * (no ma_* call in this test: no other thread uses it). */
+Test(large_cache, expiry_keeps_up_to_keep_bytes_oldest_first) {
+  size_t ps = os_page_size();
+  char *m = os_alloc(5 * ps, 0, false);
+  cr_assert_not_null(m);
+  huge_victims v = {0};
+  /* two ranges of two pages, of different mappings (they never merge), cached at 0 and 10 */
+  huge_cache_put((huge_cached){(uintptr_t)m, 2 * ps, 0, 1}, 0, 0, 100, 64 * MiB, 0, &v);
+  huge_cache_put((huge_cached){(uintptr_t)m + 3 * ps, 2 * ps, 0, 2}, 0, 10, 100, 64 * MiB, 0, &v);
+  cr_assert_eq(huge_cache_total(), 4 * ps);
+  cr_assert_eq(huge_cache_next_expiry(), 100);
+  huge_cache_expire(false, 200, 100, 2 * ps, &v); /* both expired, room for one */
+  cr_assert_eq(v.n, 1, "one range goes");
+  cr_assert_eq(v.head, (uintptr_t)m, "the oldest");
+  cr_assert_eq(huge_cache_total(), 2 * ps, "the other is kept");
+  cr_assert_eq(huge_cache_next_expiry(), 300, "for another delay");
+  huge_cache_expire(false, 299, 100, 0, &v);
+  cr_assert_eq(huge_cache_total(), 2 * ps, "not expired again yet");
+  huge_cache_expire(false, 300, 100, 0, &v);
+  cr_assert_eq(huge_cache_total(), 0, "expired, nothing kept");
+  cr_assert_eq(v.n, 2);
+  huge_victims_unmap(&v);
+  os_release_owned(m + 2 * ps, ps); /* the page between them */
 }
 
 Test(large_cache, cache_is_bounded_by_the_live_large_bytes) {

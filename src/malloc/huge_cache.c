@@ -36,6 +36,8 @@ static uint16_t hc_free, hc_made; /* free entries; entries ever used */
 static uint16_t hc_bins[HC_NBINS];
 static uint64_t hc_binmap[HC_NBINS / 64];
 static uint16_t hc_oldest, hc_newest;
+static size_t hc_demand;      /* bytes asked of the cache so far (takes, absorbs; served or not) */
+static uint64_t hc_demand_ms; /* when last asked (obj_now_ms) */
 static hc_slot hc_by_start[HC_TAB], hc_by_end[HC_TAB];
 static size_t hc_n, hc_bytes;
 static uintptr_t hc_marks[HUGE_CACHE_MARKS]; /* guard markers inside cached ranges, sorted */
@@ -417,7 +419,19 @@ static uint16_t hc_pick_placed(uint16_t i, size_t len, size_t guard, uintptr_t *
   return i;
 }
 
+size_t huge_cache_demand(uint64_t *last_ms) {
+  *last_ms = hc_demand_ms;
+  return hc_demand;
+}
+
+/* Counts a request of len bytes in the cache's demand. */
+static void hc_asked(size_t len) {
+  hc_demand += len;
+  hc_demand_ms = obj_now_ms();
+}
+
 bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m) {
+  hc_asked(len);
   uint16_t i = hc_pick(len, roomy);
   if (!i) return false;
   uintptr_t at = hc[i].c.ptr;
@@ -431,6 +445,7 @@ bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, hug
 
 bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, size_t slack,
                        huge_marks *m) {
+  hc_asked(*need);
   uint16_t i = hc_lookup(hc_by_start, at);
   if (!i || hc[i].c.map != map || hc[i].c.len < *need) return false;
   if (guard && slack) {
@@ -454,8 +469,30 @@ static void hc_evict(uint16_t i, huge_victims *v) {
   hc_remove(i);
 }
 
-void huge_cache_expire(bool all, uint64_t now, huge_victims *v) {
-  while (hc_oldest && (all || hc[hc_oldest].c.expires <= now)) hc_evict(hc_oldest, v);
+/* Makes entry i the newest, expiring at `expires` (no earlier than any other's). */
+static void hc_rearm(uint16_t i, uint64_t expires) {
+  hc[i].c.expires = expires;
+  if (i == hc_newest) return;
+  hc_ent *e = &hc[i];
+  if (e->age_prev)
+    hc[e->age_prev].age_next = e->age_next;
+  else
+    hc_oldest = e->age_next;
+  hc[e->age_next].age_prev = e->age_prev; /* (i is not the newest) */
+  e->age_prev = hc_newest;
+  e->age_next = HC_NONE;
+  hc[hc_newest].age_next = i;
+  hc_newest = i;
+}
+
+void huge_cache_expire(bool all, uint64_t now, uint64_t delay, size_t keep, huge_victims *v) {
+  while (hc_oldest && (all || hc[hc_oldest].c.expires <= now)) {
+    if (!all && hc_bytes <= keep) {
+      hc_rearm(hc_oldest, now + (delay ? delay : 1));
+      continue;
+    }
+    hc_evict(hc_oldest, v);
+  }
   hc_publish();
 }
 
@@ -476,8 +513,9 @@ static huge_cached hc_merge(huge_cached c) {
 }
 
 void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay, size_t cap,
-                    huge_victims *v) {
-  huge_cache_expire(false, now, v);
+                    size_t keep, huge_victims *v) {
+  huge_cache_expire(false, now, delay, keep, v);
+  MA_CHECK((cap & (os_page_size() - 1)) == 0, "cache cap %zu: not a multiple of pages", cap);
   MA_CHECK(!mark || (mark > c.ptr && mark < c.ptr + c.len && hc_nmarks < HUGE_CACHE_MARKS),
            "marker %#lx of range %#lx + %zu (%zu markers)", (unsigned long)mark,
            (unsigned long)c.ptr, c.len, hc_nmarks);

@@ -73,17 +73,23 @@ bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, hug
  * then says how much was taken. */
 bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, size_t slack,
                        huge_marks *m);
+/* Bytes asked of huge_cache_take and huge_cache_absorb so far, served or not, and in
+ * *last_ms when they were last asked (obj_now_ms; 0: never). */
+size_t huge_cache_demand(uint64_t *last_ms);
 /* Whether the marker set has room for one more (huge_cache_put's `mark`). */
 bool huge_cache_mark_room(void);
-/* Moves the ranges expired at `now` (every range with `all`) to v. */
-void huge_cache_expire(bool all, uint64_t now, huge_victims *v);
+/* Moves the ranges expired at `now` (every range with `all`) to v, oldest first, while the
+ * cache holds more than `keep` bytes; the expired ranges it keeps expire again `delay` ms
+ * after `now`. */
+void huge_cache_expire(bool all, uint64_t now, uint64_t delay, size_t keep, huge_victims *v);
 /* Caches c, merged with the ranges of its mapping around it, expiring `delay` ms after
- * `now`; evicts the oldest ranges (or only the tail of the oldest) to keep at most
- * HUGE_CACHE_N ranges and `cap` bytes; c itself goes to v when it is over `cap` alone.
+ * `now` (first the expired ranges go, as huge_cache_expire says with `keep`); evicts the
+ * oldest ranges (or only the tail of the oldest) to keep at most HUGE_CACHE_N ranges and
+ * `cap` bytes (a multiple of pages); c itself goes to v when it is over `cap` alone.
  * `mark`: 0, or the address of a guard marker in c (not its first page), which joins the
  * marker set (the caller checked huge_cache_mark_room). */
 void huge_cache_put(huge_cached c, uintptr_t mark, uint64_t now, uint64_t delay, size_t cap,
-                    huge_victims *v);
+                    size_t keep, huge_victims *v);
 /* The cache's size and earliest expiry (UINT64_MAX when empty), readable without the lock:
  * updated by every change above. */
 size_t huge_cache_count_relaxed(void);
