@@ -270,41 +270,47 @@ static uint64_t huge_delay(void) {
 
 /* The cache's demand (huge_cache_demand) when the current purge window began, and over the
  * window before; a window lasts a purge delay (huge_cache_lock). */
-static size_t huge_window_demand, huge_window_prev;
+static huge_demand huge_window_start, huge_window_prev;
 static uint64_t huge_window_since;
 
-/* Cached bytes the expiry keeps: as many as the program asked of the cache over the current
- * or the last purge window (the larger), while it keeps asking; none once a purge delay has
- * passed without a request. A delay alone drops the oldest ranges however soon they would
- * be asked for again: 16 threads running mstress on 2 cores (a working set 8 times larger,
- * each range asked for again 8 times later) had their faulted pages unmapped and faulted in
- * again (docs/benchmarks.md). huge_cache_lock held. */
-static size_t huge_cache_keep(void) {
-  uint64_t now = obj_now_ms(), last, delay = huge_delay();
-  size_t demand = huge_cache_demand(&last);
+/* What the cache was asked for over the current or the last purge window (the larger of
+ * each); nothing once a purge delay has passed without a request. huge_cache_lock held. */
+static huge_demand huge_cache_recent(void) {
+  uint64_t now = obj_now_ms(), delay = huge_delay();
+  huge_demand d = huge_cache_demand();
   if (now - huge_window_since >= delay) {
-    huge_window_prev = demand - huge_window_demand;
-    huge_window_demand = demand;
+    huge_window_prev =
+        (huge_demand){d.asked - huge_window_start.asked, d.missed - huge_window_start.missed, 0};
+    huge_window_start = d;
     huge_window_since = now;
   }
-  if (now - last >= delay) return 0;
-  size_t cur = demand - huge_window_demand;
-  return cur > huge_window_prev ? cur : huge_window_prev;
+  if (now - d.last_ms >= delay) return (huge_demand){0, 0, 0};
+  huge_demand cur = {d.asked - huge_window_start.asked, d.missed - huge_window_start.missed, 0};
+  if (cur.asked < huge_window_prev.asked) cur.asked = huge_window_prev.asked;
+  if (cur.missed < huge_window_prev.missed) cur.missed = huge_window_prev.missed;
+  return cur;
 }
 
-/* The most cached bytes, given what the expiry keeps: HUGE_CACHE_MIN_BYTES plus as much as
- * the live large blocks, or a quarter of `keep` when that is more. A program that replaces
- * or regrows its large blocks needs about as many free pages as it has live ones to keep
- * reusing faulted pages (mstress: 64 MiB live, a 64 MiB cap evicted 1.2 GiB that was
- * faulted in again), and more when it asks for them faster than that: mstress asks 300-700
- * MiB of the cache per 100 ms with 200 MiB live (16 threads on 2 cores). A half of `keep`
- * was as fast with 2 threads and 1.3x the peak RSS of a quarter; `keep` whole held 1.5x
- * that of a half (docs/benchmarks.md). The expiry still empties the cache once the program
- * stops asking. */
-static size_t huge_cache_cap(size_t keep) {
-  /* (the cap cuts ranges: a multiple of pages) */
-  size_t live = huge_live_bytes(), part = keep / 4 & ~(os_page_size() - 1);
-  return HUGE_CACHE_MIN_BYTES + (part > live ? part : live);
+/* How the cache is bounded now (huge_cache_lock held): `keep`, the expired bytes the expiry
+ * keeps, is what the program asked of the cache lately: a delay alone drops the oldest
+ * ranges however soon they would be asked for again, and 16 threads running mstress on 2
+ * cores (a working set 8 times larger, each range asked for again 8 times later) had their
+ * faulted pages unmapped and faulted in again. The cap is HUGE_CACHE_MIN_BYTES plus as much
+ * as the live large blocks, or as the takes that found nothing to fit lately when that is
+ * more (pages the program had to map afresh, which a larger cache would have served): a
+ * program that replaces or regrows its large blocks needs about as many free pages as it
+ * has live ones (mstress: 64 MiB live, a 64 MiB cap evicted 1.2 GiB that was faulted in
+ * again), and more when it asks for them faster than it frees them in order (mstress asks
+ * 300-700 MiB a window with 200 MiB live at 16 threads). A quarter of `keep` instead made
+ * mstress as fast with 1.3x the peak RSS. A multiple of pages: the cap cuts ranges. The
+ * expiry still empties the cache once the program stops asking (docs/internals.md). */
+typedef struct huge_bounds {
+  size_t keep, cap;
+} huge_bounds;
+static huge_bounds huge_cache_bounds(void) {
+  huge_demand d = huge_cache_recent();
+  size_t live = huge_live_bytes(), more = d.missed & ~(os_page_size() - 1);
+  return (huge_bounds){d.asked, HUGE_CACHE_MIN_BYTES + (more > live ? more : live)};
 }
 
 size_t huge_cache_purge(bool all) {
@@ -313,7 +319,7 @@ size_t huge_cache_purge(bool all) {
   if (!all && now < huge_cache_next_expiry()) return 0;
   huge_victims v = {0};
   pthread_mutex_lock(&huge_cache_lock);
-  huge_cache_expire(all, now, huge_delay(), huge_cache_keep(), &v);
+  huge_cache_expire(all, now, huge_delay(), huge_cache_bounds().keep, &v);
   pthread_mutex_unlock(&huge_cache_lock);
   huge_victims_unmap(&v);
   return v.bytes;
@@ -325,8 +331,8 @@ size_t huge_cache_purge(bool all) {
 static void huge_uncommit_locked(huge_cached c, uintptr_t mark, bool cacheable, huge_victims *v) {
   if (cacheable && c.len <= HUGE_CACHE_MAX_BLOCK && heap_opt.purge_delay_ms != 0 &&
       !__atomic_load_n(&huge_tight, __ATOMIC_RELAXED)) {
-    size_t keep = huge_cache_keep();
-    huge_cache_put(c, mark, obj_now_ms(), huge_delay(), huge_cache_cap(keep), keep, v);
+    huge_bounds b = huge_cache_bounds();
+    huge_cache_put(c, mark, obj_now_ms(), huge_delay(), b.cap, b.keep, v);
   } else {
     huge_victim_add(v, c.ptr, c.len);
   }
@@ -830,9 +836,9 @@ static void *huge_alloc_at(size_t size, size_t align, bool zero, bool roomy) {
   if (chunk == len + g) return p;
   huge_victims v = {0}; /* the rest of the chunk, cached (or unmapped when over the cap) */
   pthread_mutex_lock(&huge_cache_lock);
-  size_t keep = huge_cache_keep();
+  huge_bounds b = huge_cache_bounds();
   huge_cache_put((huge_cached){(uintptr_t)p + len + g, chunk - len - g, 0, map}, 0, obj_now_ms(),
-                 huge_delay(), huge_cache_cap(keep), keep, &v);
+                 huge_delay(), b.cap, b.keep, &v);
   pthread_mutex_unlock(&huge_cache_lock);
   huge_victims_unmap(&v);
   return p;

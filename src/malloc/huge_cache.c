@@ -36,8 +36,7 @@ static uint16_t hc_free, hc_made; /* free entries; entries ever used */
 static uint16_t hc_bins[HC_NBINS];
 static uint64_t hc_binmap[HC_NBINS / 64];
 static uint16_t hc_oldest, hc_newest;
-static size_t hc_demand;      /* bytes asked of the cache so far (takes, absorbs; served or not) */
-static uint64_t hc_demand_ms; /* when last asked (obj_now_ms) */
+static huge_demand hc_demand; /* what the cache was asked for so far */
 static hc_slot hc_by_start[HC_TAB], hc_by_end[HC_TAB];
 static size_t hc_n, hc_bytes;
 static uintptr_t hc_marks[HUGE_CACHE_MARKS]; /* guard markers inside cached ranges, sorted */
@@ -419,21 +418,23 @@ static uint16_t hc_pick_placed(uint16_t i, size_t len, size_t guard, uintptr_t *
   return i;
 }
 
-size_t huge_cache_demand(uint64_t *last_ms) {
-  *last_ms = hc_demand_ms;
+huge_demand huge_cache_demand(void) {
   return hc_demand;
 }
 
 /* Counts a request of len bytes in the cache's demand. */
 static void hc_asked(size_t len) {
-  hc_demand += len;
-  hc_demand_ms = obj_now_ms();
+  hc_demand.asked += len;
+  hc_demand.last_ms = obj_now_ms();
 }
 
 bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, huge_marks *m) {
   hc_asked(len);
   uint16_t i = hc_pick(len, roomy);
-  if (!i) return false;
+  if (!i) {
+    hc_demand.missed += len;
+    return false;
+  }
   uintptr_t at = hc[i].c.ptr;
   /* (a roomy piece, for a block that grows, stays at the front: the rest lies behind it) */
   if (guard && hc_nmarks && !roomy) i = hc_pick_placed(i, len, guard, &at);

@@ -73,9 +73,14 @@ bool huge_cache_take(size_t len, size_t guard, bool roomy, huge_cached *out, hug
  * then says how much was taken. */
 bool huge_cache_absorb(uintptr_t at, uint64_t map, size_t *need, size_t guard, size_t slack,
                        huge_marks *m);
-/* Bytes asked of huge_cache_take and huge_cache_absorb so far, served or not, and in
- * *last_ms when they were last asked (obj_now_ms; 0: never). */
-size_t huge_cache_demand(uint64_t *last_ms);
+/* What the cache was asked for so far: bytes asked of huge_cache_take and huge_cache_absorb
+ * (served or not), bytes of takes that found no range that fits, and when it was last asked
+ * (obj_now_ms; 0: never). */
+typedef struct huge_demand {
+  size_t asked, missed;
+  uint64_t last_ms;
+} huge_demand;
+huge_demand huge_cache_demand(void);
 /* Whether the marker set has room for one more (huge_cache_put's `mark`). */
 bool huge_cache_mark_room(void);
 /* Moves the ranges expired at `now` (every range with `all`) to v, oldest first, while the
