@@ -23,7 +23,8 @@
 # Generated families (one program, one parameter per point; in a name a lower-case k/m/g is
 # decimal, K/M/G binary): server-<slots per thread>, prodcons-b<batch>, churn-<window>-<largest
 # size>, threads-<count>[-<largest size>], medium-<largest size>, burst-<ring slots>,
-# remote-<live bytes per thread>. Our own
+# remote-<live bytes per thread>, mstress-t<threads>, prodcons-t<threads> (oversubscribed:
+# the same work on more threads than cores). Our own
 # workloads get --seed <run - 1>: every run draws another random sequence, the same for every
 # allocator within the run, so no allocator can be tuned to one fixed sequence.
 #
@@ -42,6 +43,9 @@ workloads=(larson xmalloc cache-scratch cache-thrash churn glibc-simple glibc-th
 # The generated families' default points (issue 10's "suite that cannot be tuned to").
 for n in 1k 10k 100k; do workloads+=("server-$n"); done # slots per thread, 2 threads
 for n in 16 1K; do workloads+=("prodcons-b$n"); done    # blocks per hand-over
+# 8 and 32 threads a core: each thread's reuse of what it freed comes 8-32 times later in
+# wall time, past a purge delay counted in wall time
+workloads+=(mstress-t16 prodcons-t64)
 for w in 1K 4K 64K; do
   for m in 128 512 4K; do workloads+=("churn-$w-$m"); done # live window x largest size
 done
@@ -144,6 +148,8 @@ cmd_for() {
     ;;
   server-*) [[ $p =~ $num ]] && cmd=("$wl/wl_server" --slots "$p") ;;
   prodcons-b*) [[ ${p#b} =~ $num ]] && cmd=("$wl/wl_prodcons" --batch "${p#b}") ;;
+  prodcons-t*) [[ ${p#t} =~ $num ]] && cmd=("$wl/wl_prodcons" --threads "${p#t}") ;;
+  mstress-t*) [[ ${p#t} =~ $num ]] && cmd=("$wl/wl_mstress" --threads "${p#t}") ;;
   churn-*-*) [[ ${p%-*} =~ $num && ${p#*-} =~ $num ]] &&
     cmd=("$wl/wl_window" --window "${p%-*}" --max-size "${p#*-}") ;;
   threads-*-*) [[ ${p%-*} =~ $num && ${p#*-} =~ $num ]] &&
@@ -175,7 +181,7 @@ sz() { if ((quick)); then echo "$1"; else echo "$2"; fi; } # sz QUICK FULL
 if ((${#only[@]})); then
   for w in "${only[@]}"; do
     [[ $w == memcached || " ${workloads[*]} " == *" $w "* ]] || cmd_for "$w" || {
-      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, churn-N-N, threads-N, threads-N-N, medium-N, burst-N, remote-N)" >&2
+      echo "bench.sh: unknown workload '$w' (see --list; families: server-N, prodcons-bN, prodcons-tN, mstress-tN, churn-N-N, threads-N, threads-N-N, medium-N, burst-N, remote-N)" >&2
       exit 2
     }
   done
