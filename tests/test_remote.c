@@ -422,7 +422,8 @@ static void *large_idle_worker(void *arg) {
     memset(x->v[i], 1, 512u << 10);
   }
   for (size_t i = 0; i < x->n; i++) ma_free(x->v[i]);
-  x->n = heap_get()->stash.bytes; /* (read by the test once stage 1 is set) */
+  /* (read by the test once stage 1 is set; relaxed: the purger may be trimming it) */
+  x->n = __atomic_load_n(&heap_get()->stash.bytes, __ATOMIC_RELAXED);
   stage_set(&x->st, 1);
   stage_wait(&x->st, 2); /* idle: no allocator call until the end */
   return NULL;
