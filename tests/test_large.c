@@ -188,7 +188,7 @@ Test(large_cache, purged_after_the_delay) {
 }
 
 /* The expiry keeps up to `keep` bytes of expired ranges, each for another delay (huge.c's
- * huge_cache_keep passes what the program asked of the cache lately), and takes the oldest
+ * huge_cache_bounds passes what the program asked of the cache lately), and takes the oldest
  * first; with `keep` 0 every expired range goes. The cache alone, driven with made-up times
  * (no ma_* call in this test: no other thread uses it). */
 Test(large_cache, expiry_keeps_up_to_keep_bytes_oldest_first) {
@@ -308,7 +308,6 @@ Test(large_cache, calloc_from_the_cache_is_zeroed) {
 }
 #else /* MA_SECURE */
 
-#include "os/os.h"
 #include "guard_common.h"
 
 /* A freed guarded block is cached, its guard marker kept in its page, when the kernel has

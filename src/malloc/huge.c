@@ -319,7 +319,7 @@ size_t huge_cache_purge(bool all) {
   if (!all && now < huge_cache_next_expiry()) return 0;
   huge_victims v = {0};
   pthread_mutex_lock(&huge_cache_lock);
-  huge_cache_expire(all, now, huge_delay(), huge_cache_bounds().keep, &v);
+  huge_cache_expire(all, now, huge_delay(), huge_cache_recent().asked, &v);
   pthread_mutex_unlock(&huge_cache_lock);
   huge_victims_unmap(&v);
   return v.bytes;

@@ -220,14 +220,8 @@ static void hc_publish(void) {
   if (MA_DEBUG_ON) huge_cache_check_locked();
 }
 
-/* Adds c as the newest range (the caller made room: hc_n < HUGE_CACHE_N). */
-static void hc_insert(huge_cached c) {
-  uint16_t i = hc_free;
-  if (i)
-    hc_free = hc[i].bin_next;
-  else
-    i = ++hc_made;
-  hc[i].c = c;
+/* Entry i joins the age list as its newest. */
+static void hc_age_push(uint16_t i) {
   hc[i].age_next = HC_NONE;
   hc[i].age_prev = hc_newest;
   if (hc_newest)
@@ -235,14 +229,11 @@ static void hc_insert(huge_cached c) {
   else
     hc_oldest = i;
   hc_newest = i;
-  hc_index(i);
-  hc_n++;
-  hc_bytes += c.len;
 }
 
-static void hc_remove(uint16_t i) {
+/* Entry i leaves the age list. */
+static void hc_age_unlink(uint16_t i) {
   hc_ent *e = &hc[i];
-  hc_unindex(i);
   if (e->age_prev)
     hc[e->age_prev].age_next = e->age_next;
   else
@@ -251,6 +242,26 @@ static void hc_remove(uint16_t i) {
     hc[e->age_next].age_prev = e->age_prev;
   else
     hc_newest = e->age_prev;
+}
+
+/* Adds c as the newest range (the caller made room: hc_n < HUGE_CACHE_N). */
+static void hc_insert(huge_cached c) {
+  uint16_t i = hc_free;
+  if (i)
+    hc_free = hc[i].bin_next;
+  else
+    i = ++hc_made;
+  hc[i].c = c;
+  hc_age_push(i);
+  hc_index(i);
+  hc_n++;
+  hc_bytes += c.len;
+}
+
+static void hc_remove(uint16_t i) {
+  hc_ent *e = &hc[i];
+  hc_unindex(i);
+  hc_age_unlink(i);
   hc_n--;
   hc_bytes -= e->c.len;
   e->c = (huge_cached){0};
@@ -473,17 +484,8 @@ static void hc_evict(uint16_t i, huge_victims *v) {
 /* Makes entry i the newest, expiring at `expires` (no earlier than any other's). */
 static void hc_rearm(uint16_t i, uint64_t expires) {
   hc[i].c.expires = expires;
-  if (i == hc_newest) return;
-  hc_ent *e = &hc[i];
-  if (e->age_prev)
-    hc[e->age_prev].age_next = e->age_next;
-  else
-    hc_oldest = e->age_next;
-  hc[e->age_next].age_prev = e->age_prev; /* (i is not the newest) */
-  e->age_prev = hc_newest;
-  e->age_next = HC_NONE;
-  hc[hc_newest].age_next = i;
-  hc_newest = i;
+  hc_age_unlink(i);
+  hc_age_push(i);
 }
 
 void huge_cache_expire(bool all, uint64_t now, uint64_t delay, size_t keep, huge_victims *v) {
