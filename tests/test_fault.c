@@ -583,6 +583,13 @@ static void child_setup(void) {
   void *w = os_reserve(OBJ_SEG_SIZE, OBJ_SEG_SIZE, NULL);
   CHECK(w && obj_map_cover((uintptr_t)w >> OBJ_SEG_SHIFT, 1) == 0, "segment map leaf");
   os_release(w, OBJ_SEG_SIZE);
+  /* Likewise the zone's leaves: its turn starts at a random window and crosses into the next
+   * leaf's 256 GiB region after some thousands of segments (a leaf mapped mid-sweep: a CI
+   * run of c66438d failed on it). */
+#if OBJ_ZONE_BITS
+  CHECK(obj_map_cover(OBJ_ZONE_START >> OBJ_SEG_SHIFT, (size_t)1 << OBJ_ZONE_BITS) == 0,
+        "the zone's segment map leaves");
+#endif
   memfd = memfd_create("mapalloc-fault", 0);
   CHECK(memfd >= 0 && ftruncate(memfd, 1 << 20) == 0, "memfd");
 }

@@ -243,14 +243,8 @@ static bool space_resettable(const obj_space *sp) {
  * MAP_FIXED_NOREPLACE, skipping a window still in use (the turn wraps around the zone). Not
  * under ThreadSanitizer (its shadow and its idea of application memory own fixed ranges);
  * elsewhere, when the zone cannot be used (a kernel before 4.17 takes NOREPLACE as a hint,
- * a tool refuses fixed maps) segments are reserved whole where the kernel puts them. */
-#if defined(__x86_64__) && !OBJ_TSAN
-#define OBJ_ZONE_START ((uintptr_t)32 << 40) /* 32 TiB: also above ASan's shadow */
-#define OBJ_ZONE_BITS  18                    /* 2^18 windows of 4 MiB: 1 TiB */
-#else
-#define OBJ_ZONE_START 0
-#define OBJ_ZONE_BITS  0
-#endif
+ * a tool refuses fixed maps) segments are reserved whole where the kernel puts them. The
+ * zone's place: OBJ_ZONE_START, OBJ_ZONE_BITS (obj_types.h). */
 #define OBJ_ZONE_TRIES  64 /* windows tried in turn before the turn jumps elsewhere */
 #define OBJ_ZONE_ROUNDS 4  /* jumps before a segment is reserved whole, and the zone given up */
 static uint64_t zone_turn; /* windows handed out so far, plus the random first (atomic) */

@@ -224,6 +224,15 @@ extern OBJ_HIDDEN obj_slab obj_empty_slab;
 #define OBJ_MAP_LEAF_BITS 16   /* chunks per leaf: 2^16 x 4 MiB = 256 GiB */
 #define OBJ_MAP_ROOT_LEN  1024 /* leaves: 1024 x 256 GiB = 2^48 bytes of address space */
 extern OBJ_HIDDEN uint32_t *obj_segmap[OBJ_MAP_ROOT_LEN];
+/* The zone of growing segments' windows (obj_segment.c). It spans four leaves: the turn
+ * through its windows maps each leaf the first time it crosses into that leaf's region. */
+#if defined(__x86_64__) && !OBJ_TSAN
+#define OBJ_ZONE_START ((uintptr_t)32 << 40) /* 32 TiB: also above ASan's shadow */
+#define OBJ_ZONE_BITS  18                    /* 2^18 windows of 4 MiB: 1 TiB */
+#else
+#define OBJ_ZONE_START 0
+#define OBJ_ZONE_BITS  0
+#endif
 extern OBJ_HIDDEN bool obj_tracking; /* running under valgrind */
 /* A segment map entry is the number of the segment's first 4 MiB chunk (< 2^26) or'ed with
  * its space's tag: the heap's free tells its own segments from pools' in the one compare
