@@ -101,6 +101,38 @@ Test(retention, committed_falls_after_the_delay_and_one_slow_path) {
   obj_space_destroy(&sp);
 }
 
+/* Each slab is purged once it has been empty for the delay, not all of them a delay after
+ * the first: slabs emptied again since stay. Margins of 80 ms: only a stall that long could
+ * fail it. */
+Test(retention, a_purge_takes_only_the_slabs_empty_for_the_delay) {
+  enum { M = 1000 }; /* about 4 slabs of 256 blocks */
+  static obj_space sp;
+  static void *v[N];
+  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret4"), 0);
+  sp.purge_delay_ms = 200;
+  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
+  cr_assert_not_null(bs);
+  alloc_all(bs, v, N);
+  free_all(v, N);
+  size_t all = bs->retained, purges = sp.purges;
+  cr_assert_gt(all, 16 * 64 * 1024);
+  usleep(120 * 1000);
+  alloc_all(bs, v, M); /* reuses a few retained slabs, emptied again below */
+  free_all(v, M);
+  cr_assert_eq(sp.purges, purges, "no pass before the delay");
+  usleep(120 * 1000);
+  cr_assert_eq(obj_bins_purge_check(bs), true, "the first slabs were empty 240 ms > 200");
+  size_t kept = bs->retained;
+  cr_assert_gt(kept, 0, "the slabs emptied 120 ms ago stay");
+  cr_assert_leq(kept, (M / 256 + 2) * 64 * 1024, "only those: %zu of %zu", kept, all);
+  cr_assert_eq(obj_bins_purge_check(bs), false, "the next pass waits for the oldest kept");
+  usleep(120 * 1000);
+  cr_assert_eq(obj_bins_purge_check(bs), true, "then they go too");
+  cr_assert_eq(bs->retained, 0);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&sp);
+}
+
 Test(retention, delay_zero_purges_at_once) {
   static obj_space sp;
   static void *v[N];

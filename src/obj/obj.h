@@ -47,13 +47,15 @@
  *    the thread retains at most max(OBJ_RETAIN_BYTES, its recent peak of active slab bytes
  *    >> OBJ_RETAIN_SHIFT) of empty slabs; past that it is purged at once. The time bound is
  *    what returns memory; the byte cap only stops a runaway (a smaller cap purged and
- *    refaulted slabs over and over in batch workloads: docs/internals.md). space->purge_delay_ms
- * after the retention started (default OBJ_PURGE_DELAY_DEFAULT; the heap sets its
- *    MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next slow
- *    path (a refill, or a free that empties a slab) purges every retained slab and unmaps its
- *    empty segments but the last of each kind (obj_bins_purge_check; coarse clock, read only
- *    when something is retained). A purge is MADV_DONTNEED (os_reset): the slab stays mapped
- *    read-write, so reuse costs page faults but no mmap; spaces with MA_MAP_SHARED or
+ *    refaulted slabs over and over in batch workloads: docs/internals.md). Once a slab has
+ *    been empty for space->purge_delay_ms (default OBJ_PURGE_DELAY_DEFAULT; the heap sets
+ *    its MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next
+ *    slow path (a refill, or a free that empties a slab) purges it, with every other slab
+ *    empty that long (each keeps the time it was last emptied: one emptied and refilled all
+ *    the time stays), and unmaps the empty segments that leaves but the last of each kind;
+ *    the next pass comes when the oldest slab kept expires (obj_bins_purge_check; coarse
+ *    clock, read only when something is retained). A purge is MADV_DONTNEED (os_reset): the slab
+ * stays mapped read-write, so reuse costs page faults but no mmap; spaces with MA_MAP_SHARED or
  *    MA_MAP_LOCKED, and solo segments, still remap PROT_NONE (os_decommit). A segment's slab
  *    area is mapped read-write in one call on first use (pages fault in lazily); committed
  *    still counts slabs in use or retained, not the mapping. space->purges counts purge
@@ -120,10 +122,11 @@ void obj_bins_abandon(obj_bins *bs);
 /* Owner thread: sends its pending remote frees, files its inbox, decommits every retained
  * empty slab and unmaps empty segments. */
 void obj_bins_trim(obj_bins *bs);
-/* Owner thread, slow paths only: when empty slabs have been retained for at least
- * space->purge_delay_ms, returns them to the OS (MADV_DONTNEED: the range stays mapped, so
- * reuse costs page faults but no mmap) and unmaps empty segments. Returns true if it
- * purged. Reads the coarse clock only when something is retained. */
+/* Owner thread, slow paths only: returns the slabs empty for at least
+ * space->purge_delay_ms to the OS (MADV_DONTNEED: the range stays mapped, so
+ * reuse costs page faults but no mmap) and unmaps empty segments. Returns true if it made
+ * a purge pass (due a delay after the oldest retained slab was emptied). Reads the coarse
+ * clock only when something is retained. */
 bool obj_bins_purge_check(obj_bins *bs);
 /* CLOCK_MONOTONIC_COARSE in milliseconds (vDSO, no syscall). */
 uint64_t obj_now_ms(void);

@@ -95,6 +95,7 @@ typedef struct __attribute__((aligned(64))) obj_slab {
   uint8_t fresh;                /* the slab's pages are untouched since commit (zero) */
   uint8_t committed;            /* pages accessible and counted in space->committed */
   uint8_t mapped;               /* pages mapped with the space's prot (maybe purged) */
+  uint32_t retired_ms;          /* obj_now_ms() (low bits) when last retained empty */
   void *spare_;                 /* (unused; keeps the descriptor at 128 bytes) */
   struct obj_slab *next, *prev; /* bin partial list */
 } obj_slab;
@@ -180,7 +181,8 @@ typedef struct obj_bins {
   size_t retained;         /* committed bytes of empty slabs in own segments */
   size_t active_bytes;     /* bytes of slabs this bins activated and has not retired */
   size_t peak_bytes;       /* most active_bytes since the last purge pass */
-  uint64_t retained_since; /* obj_now_ms() when retained last became non-zero */
+  uint64_t retained_since; /* obj_now_ms() when the oldest retained slab was emptied, or
+                              earlier: the next purge pass is due a delay after it */
   uint64_t allocs, frees;  /* stats, written by the owner only (obj_stat_inc) */
   struct obj_bins *next_all;
   size_t alloc_size;
