@@ -826,9 +826,12 @@ bool obj_bins_purge_check(obj_bins *bs) {
   if (bs->retained_since == 0) bs->retained_since = now;
   if (now - bs->retained_since < (uint64_t)delay) return false;
   uint64_t kept_idle = bins_purge(bs, now, (uint64_t)delay);
-  /* The next pass when the oldest slab kept expires; a failed purge is retried a delay
-   * later. */
-  bs->retained_since = bs->retained ? now - kept_idle : 0;
+  /* The next pass when the oldest slab kept expires, but a quarter delay from now at the
+   * soonest: a pass walks every slab of the thread's segments, and slabs emptied a ms apart
+   * would call one every ms (a slab may stay 1.25 delays). A failed purge is retried a
+   * delay later. */
+  uint64_t most = (uint64_t)delay - (uint64_t)delay / 4;
+  bs->retained_since = bs->retained ? now - (kept_idle < most ? kept_idle : most) : 0;
   return true;
 }
 
