@@ -781,6 +781,63 @@ Test(heap_stats, print_table) {
     cr_assert(strstr(buf, rows[i]) != NULL, "row %s missing in:\n%s", rows[i], buf);
 }
 
+/* A thread that frees other threads' blocks of a class and allocates none (a consumer)
+ * narrows that class's cache bound when many threads run (heap.c, heap_tc_narrow): what it
+ * keeps is not reused there. With few threads the bound stays. */
+enum { NARROW_BLOCKS = 20000, NARROW_IDLE = 30 }; /* 32 running: bound to 8/32 of base */
+static void *narrow_blocks[NARROW_BLOCKS];
+static pthread_barrier_t narrow_in, narrow_out;
+
+static void *narrow_idle(void *arg) {
+  (void)arg;
+  ma_free(ma_malloc(64)); /* a heap: a running thread */
+  pthread_barrier_wait(&narrow_in);
+  pthread_barrier_wait(&narrow_out);
+  return NULL;
+}
+
+/* Frees the main thread's blocks; returns the class's bound before and after, packed. */
+static void *narrow_consumer(void *arg) {
+  (void)arg;
+  ma_free(ma_malloc(4000)); /* its heap, from another class */
+  heap *h = heap_get();
+  unsigned cls = heap_size_class(64);
+  uintptr_t before = __atomic_load_n(&h->tc[cls].max, __ATOMIC_RELAXED);
+  for (int i = 0; i < NARROW_BLOCKS; i++) ma_free(narrow_blocks[i]);
+  uintptr_t after = __atomic_load_n(&h->tc[cls].max, __ATOMIC_RELAXED);
+  return (void *)(before << 32 | after);
+}
+
+static void narrow_run(unsigned idle, uint32_t *before, uint32_t *after) {
+  pthread_t t[NARROW_IDLE], c;
+  cr_assert_eq(pthread_barrier_init(&narrow_in, NULL, idle + 1), 0);
+  cr_assert_eq(pthread_barrier_init(&narrow_out, NULL, idle + 1), 0);
+  for (unsigned i = 0; i < idle; i++)
+    cr_assert_eq(pthread_create(&t[i], NULL, narrow_idle, NULL), 0);
+  pthread_barrier_wait(&narrow_in);
+  for (int i = 0; i < NARROW_BLOCKS; i++) cr_assert_not_null(narrow_blocks[i] = ma_malloc(64));
+  void *r;
+  cr_assert_eq(pthread_create(&c, NULL, narrow_consumer, NULL), 0);
+  pthread_join(c, &r);
+  pthread_barrier_wait(&narrow_out);
+  for (unsigned i = 0; i < idle; i++) pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&narrow_in);
+  pthread_barrier_destroy(&narrow_out);
+  *before = (uint32_t)((uintptr_t)r >> 32);
+  *after = (uint32_t)(uintptr_t)r;
+}
+
+Test(heap_memory, a_consumer_narrows_its_cache_when_many_threads_run) {
+  uint32_t before, after;
+  narrow_run(NARROW_IDLE, &before, &after);
+  cr_assert_gt(before, 32, "the class's base bound: %u", before);
+  cr_assert_lt(after, before, "narrowed with %d threads running: %u -> %u", NARROW_IDLE + 2, before,
+               after);
+  cr_assert_geq(after, 16, "not below HEAP_TC_FOREIGN_MIN: %u", after);
+  narrow_run(0, &before, &after);
+  cr_assert_eq(after, before, "kept with 2 threads running: %u -> %u", before, after);
+}
+
 Test(heap_memory, large_blocks_are_cached_then_purged) {
   size_t n = 6 << 20;
   char *p = ma_malloc(n);
