@@ -43,13 +43,20 @@ static void alloc_all(obj_bins *bs, void **v, size_t n) {
   }
 }
 
+/* A space named `name` whose empty slabs are purged `delay_ms` after they were emptied, and
+ * this thread's bins in it. */
+static obj_bins *space_bins(obj_space *sp, const char *name, int delay_ms) {
+  cr_assert_eq(obj_space_init(sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, name), 0);
+  sp->purge_delay_ms = delay_ms;
+  obj_bins *bs = obj_bins_get(sp, NB, strides, NULL);
+  cr_assert_not_null(bs);
+  return bs;
+}
+
 Test(retention, reuse_within_the_delay_maps_nothing_and_purges_nothing) {
   static obj_space sp;
   static void *v[N];
-  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret1"), 0);
-  sp.purge_delay_ms = 60000; /* nothing expires during the test */
-  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
-  cr_assert_not_null(bs);
+  obj_bins *bs = space_bins(&sp, "ret1", 60000); /* nothing expires during the test */
   alloc_all(bs, v, N);
   size_t peak = sp.committed;
   free_all(v, N);
@@ -76,10 +83,7 @@ Test(retention, reuse_within_the_delay_maps_nothing_and_purges_nothing) {
 Test(retention, committed_falls_after_the_delay_and_one_slow_path) {
   static obj_space sp;
   static void *v[N];
-  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret2"), 0);
-  sp.purge_delay_ms = 30;
-  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
-  cr_assert_not_null(bs);
+  obj_bins *bs = space_bins(&sp, "ret2", 30);
   alloc_all(bs, v, N);
   free_all(v, N);
   size_t kept = sp.committed, purges = sp.purges;
@@ -108,10 +112,7 @@ Test(retention, a_purge_takes_only_the_slabs_empty_for_the_delay) {
   enum { M = 1000 }; /* about 4 slabs of 256 blocks */
   static obj_space sp;
   static void *v[N];
-  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret4"), 0);
-  sp.purge_delay_ms = 200;
-  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
-  cr_assert_not_null(bs);
+  obj_bins *bs = space_bins(&sp, "ret4", 200);
   alloc_all(bs, v, N);
   free_all(v, N);
   size_t all = bs->retained, purges = sp.purges;
@@ -136,10 +137,7 @@ Test(retention, a_purge_takes_only_the_slabs_empty_for_the_delay) {
 Test(retention, delay_zero_purges_at_once) {
   static obj_space sp;
   static void *v[N];
-  cr_assert_eq(obj_space_init(&sp, MA_PROT_READ | MA_PROT_WRITE, 0, false, 0, "ret3"), 0);
-  sp.purge_delay_ms = 0;
-  obj_bins *bs = obj_bins_get(&sp, NB, strides, NULL);
-  cr_assert_not_null(bs);
+  obj_bins *bs = space_bins(&sp, "ret3", 0);
   alloc_all(bs, v, N);
   size_t purged = sp.purged_bytes;
   free_all(v, N);

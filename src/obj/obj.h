@@ -54,14 +54,14 @@
  *    empty that long (each keeps the time it was last emptied: one emptied and refilled all
  *    the time stays), and unmaps the empty segments that leaves but the last of each kind;
  *    the next pass comes when the oldest slab kept expires (obj_bins_purge_check; coarse
- *    clock, read only when something is retained). A purge is MADV_DONTNEED (os_reset): the slab
- * stays mapped read-write, so reuse costs page faults but no mmap; spaces with MA_MAP_SHARED or
- *    MA_MAP_LOCKED, and solo segments, still remap PROT_NONE (os_decommit). A segment's slab
- *    area is mapped read-write in one call on first use (pages fault in lazily); committed
- *    still counts slabs in use or retained, not the mapping. space->purges counts purge
- *    passes, space->purged_bytes the bytes given back. obj_bins_trim(bs) (owner) purges
- *    every retained slab now (malloc_trim); a bump of sp->trim_epoch makes every thread do
- *    that at its next slow path.
+ *    clock, read only when something is retained). A purge is MADV_DONTNEED (os_reset):
+ *    the slab stays mapped read-write, so reuse costs page faults but no mmap; spaces with
+ *    MA_MAP_SHARED or MA_MAP_LOCKED, and solo segments, still remap PROT_NONE
+ *    (os_decommit). A segment's slab area is mapped read-write in one call on first use
+ *    (pages fault in lazily); committed still counts slabs in use or retained, not the
+ *    mapping. space->purges counts purge passes, space->purged_bytes the bytes given back.
+ *    obj_bins_trim(bs) (owner) purges every retained slab now (malloc_trim); a bump of
+ *    sp->trim_epoch makes every thread do that at its next slow path.
  * 6. Valgrind: when obj_tracking (valgrind detected at run time; MAPALLOC_TRACK=0 turns it
  *    off) slabs get owner_tid 1, so every free misses the inline local path; route such
  *    frees to obj_free_tracked and allocs to obj_bin_alloc_tracked (memcheck client
@@ -122,11 +122,11 @@ void obj_bins_abandon(obj_bins *bs);
 /* Owner thread: sends its pending remote frees, files its inbox, decommits every retained
  * empty slab and unmaps empty segments. */
 void obj_bins_trim(obj_bins *bs);
-/* Owner thread, slow paths only: returns the slabs empty for at least
- * space->purge_delay_ms to the OS (MADV_DONTNEED: the range stays mapped, so
- * reuse costs page faults but no mmap) and unmaps empty segments. Returns true if it made
- * a purge pass (due a delay after the oldest retained slab was emptied). Reads the coarse
- * clock only when something is retained. */
+/* Owner thread, slow paths only: returns the slabs empty for at least space->purge_delay_ms
+ * to the OS (MADV_DONTNEED: the range stays mapped, so reuse costs page faults but no mmap)
+ * and unmaps empty segments. Returns true if it made a purge pass (due a delay after the
+ * oldest retained slab was emptied). Reads the coarse clock only when something is
+ * retained. */
 bool obj_bins_purge_check(obj_bins *bs);
 /* CLOCK_MONOTONIC_COARSE in milliseconds (vDSO, no syscall). */
 uint64_t obj_now_ms(void);
