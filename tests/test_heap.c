@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -836,6 +837,38 @@ Test(heap_memory, a_consumer_narrows_its_cache_when_many_threads_run) {
   cr_assert_geq(after, 16, "not below HEAP_TC_FOREIGN_MIN: %u", after);
   narrow_run(0, &before, &after);
   cr_assert_eq(after, before, "kept with 2 threads running: %u -> %u", before, after);
+}
+
+/* heap_crowding: running threads per usable core, rounded down, within 1..max (the large-
+ * block cache's demand window lasts that many purge delays). */
+static void expect_crowding(size_t cores) {
+  size_t live, c;
+  do {
+    live = atomic_load(&heap_live);
+    c = heap_crowding(8);
+  } while (live != atomic_load(&heap_live)); /* the purger's heap may come meanwhile */
+  size_t want = live / cores < 1 ? 1 : live / cores > 8 ? 8 : live / cores;
+  cr_assert_eq(c, want, "%zu threads on %zu cores: crowding %zu, not %zu", live, cores, c, want);
+}
+
+Test(heap_memory, crowding_counts_running_threads_per_core) {
+  cpu_set_t set;
+  cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+  size_t cores = (size_t)CPU_COUNT(&set), n = 4 * cores > 40 ? 40 : 4 * cores;
+  pthread_t t[40];
+  ma_free(ma_malloc(64));
+  expect_crowding(cores);
+  cr_assert_eq(pthread_barrier_init(&narrow_in, NULL, (unsigned)n + 1), 0);
+  cr_assert_eq(pthread_barrier_init(&narrow_out, NULL, (unsigned)n + 1), 0);
+  for (size_t i = 0; i < n; i++) cr_assert_eq(pthread_create(&t[i], NULL, narrow_idle, NULL), 0);
+  pthread_barrier_wait(&narrow_in);
+  expect_crowding(cores);
+  cr_assert_geq(heap_crowding(8), n / cores < 8 ? n / cores : 8);
+  pthread_barrier_wait(&narrow_out);
+  for (size_t i = 0; i < n; i++) pthread_join(t[i], NULL);
+  expect_crowding(cores);
+  pthread_barrier_destroy(&narrow_in);
+  pthread_barrier_destroy(&narrow_out);
 }
 
 Test(heap_memory, large_blocks_are_cached_then_purged) {

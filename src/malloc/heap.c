@@ -99,6 +99,21 @@ _Atomic size_t heap_live;       /* heaps of running threads */
 _Atomic bool heap_threads_seen; /* two threads had heaps at once, or one exited */
 /* frees by threads that never allocated (no heap to count them on) */
 static _Atomic size_t heap_stat_stray_frees, heap_stat_stray_bytes;
+static size_t heap_cores = 1; /* CPUs this process may run on, counted at start-up */
+
+static size_t cores_usable(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return (size_t)CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (size_t)n : 1;
+}
+
+size_t heap_crowding(size_t max) {
+  size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
+  size_t c = live / heap_cores;
+  return c < 1 ? 1 : c > max ? max : c;
+}
 
 /* heap_lock guards the heap registry, the orphan list and the metadata bump allocator. */
 static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -154,6 +169,7 @@ void heap_global_init(void) {
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
     heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;
+    heap_cores = cores_usable();
     if (rc == 0 && !heap_key_made)
       heap_key_made = pthread_key_create(&heap_key, heap_thread_done) == 0;
     /* A failure (no address space for the segment map yet) does not stick: the next malloc

@@ -220,6 +220,10 @@ size_t heap_stash_bytes(void);
 extern _Atomic size_t heap_stat_purges, heap_stat_heaps;
 extern _Atomic size_t heap_live;
 extern _Atomic bool heap_threads_seen;
+/* Running threads (heaps) per usable core, rounded down, 1..max: how much longer than the
+ * wall's clock each thread takes to come back for what it freed. (Down: a main thread that
+ * waits for two workers on two cores does not make them take longer.) */
+size_t heap_crowding(size_t max);
 
 /* ---- size classes ---- */
 

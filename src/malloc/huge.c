@@ -64,6 +64,7 @@ static size_t huge_chunk(size_t len, size_t a, size_t g) {
   return chunked && !obj_space_tight() ? c : len + g;
 }
 #define HUGE_CACHE_MIN_BYTES ((size_t)64 << 20)
+#define HUGE_WINDOW_CROWDING 8 /* most purge delays a window of the cache's demand lasts */
 
 /* Adaptive where glibc has it: the sections under these locks are short (no system call),
  * so a waiter spins a little before it sleeps; with a plain mutex two threads using medium
@@ -274,11 +275,16 @@ static huge_demand huge_window_start, huge_window_prev;
 static uint64_t huge_window_since;
 
 /* What the cache was asked for over the current or the last purge window (the larger of
- * each); nothing once a purge delay has passed without a request. huge_cache_lock held. */
+ * each); nothing once a purge delay has passed without a request. A window lasts a purge
+ * delay times the running threads per core (at most HUGE_WINDOW_CROWDING): each thread runs
+ * that much less of a delay, and its requests, which the window's sums stand for, come that
+ * much more slowly (16 threads on 2 cores: mstress's misses over 100 ms kept a cap that
+ * evicted what the threads asked for again a turn later). huge_cache_lock held. */
 static huge_demand huge_cache_recent(void) {
   uint64_t now = obj_now_ms(), delay = huge_delay();
   huge_demand d = huge_cache_demand();
-  if (now - huge_window_since >= delay) {
+  uint64_t window = delay > UINT32_MAX ? delay : delay * heap_crowding(HUGE_WINDOW_CROWDING);
+  if (now - huge_window_since >= window) {
     huge_window_prev =
         (huge_demand){d.asked - huge_window_start.asked, d.missed - huge_window_start.missed, 0};
     huge_window_start = d;
