@@ -797,6 +797,22 @@ static void *narrow_idle(void *arg) {
   return NULL;
 }
 
+/* Starts n threads that each take a heap and wait; they run (count in heap_live) until
+ * idle_threads_stop. */
+static void idle_threads_start(pthread_t *t, size_t n) {
+  cr_assert_eq(pthread_barrier_init(&narrow_in, NULL, (unsigned)n + 1), 0);
+  cr_assert_eq(pthread_barrier_init(&narrow_out, NULL, (unsigned)n + 1), 0);
+  for (size_t i = 0; i < n; i++) cr_assert_eq(pthread_create(&t[i], NULL, narrow_idle, NULL), 0);
+  pthread_barrier_wait(&narrow_in);
+}
+
+static void idle_threads_stop(pthread_t *t, size_t n) {
+  pthread_barrier_wait(&narrow_out);
+  for (size_t i = 0; i < n; i++) pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&narrow_in);
+  pthread_barrier_destroy(&narrow_out);
+}
+
 /* Frees the main thread's blocks; returns the class's bound before and after, packed. */
 static void *narrow_consumer(void *arg) {
   (void)arg;
@@ -811,19 +827,12 @@ static void *narrow_consumer(void *arg) {
 
 static void narrow_run(unsigned idle, uint32_t *before, uint32_t *after) {
   pthread_t t[NARROW_IDLE], c;
-  cr_assert_eq(pthread_barrier_init(&narrow_in, NULL, idle + 1), 0);
-  cr_assert_eq(pthread_barrier_init(&narrow_out, NULL, idle + 1), 0);
-  for (unsigned i = 0; i < idle; i++)
-    cr_assert_eq(pthread_create(&t[i], NULL, narrow_idle, NULL), 0);
-  pthread_barrier_wait(&narrow_in);
+  idle_threads_start(t, idle);
   for (int i = 0; i < NARROW_BLOCKS; i++) cr_assert_not_null(narrow_blocks[i] = ma_malloc(64));
   void *r;
   cr_assert_eq(pthread_create(&c, NULL, narrow_consumer, NULL), 0);
   pthread_join(c, &r);
-  pthread_barrier_wait(&narrow_out);
-  for (unsigned i = 0; i < idle; i++) pthread_join(t[i], NULL);
-  pthread_barrier_destroy(&narrow_in);
-  pthread_barrier_destroy(&narrow_out);
+  idle_threads_stop(t, idle);
   *before = (uint32_t)((uintptr_t)r >> 32);
   *after = (uint32_t)(uintptr_t)r;
 }
@@ -858,17 +867,11 @@ Test(heap_memory, crowding_counts_running_threads_per_core) {
   pthread_t t[40];
   ma_free(ma_malloc(64));
   expect_crowding(cores);
-  cr_assert_eq(pthread_barrier_init(&narrow_in, NULL, (unsigned)n + 1), 0);
-  cr_assert_eq(pthread_barrier_init(&narrow_out, NULL, (unsigned)n + 1), 0);
-  for (size_t i = 0; i < n; i++) cr_assert_eq(pthread_create(&t[i], NULL, narrow_idle, NULL), 0);
-  pthread_barrier_wait(&narrow_in);
+  idle_threads_start(t, n);
   expect_crowding(cores);
   cr_assert_geq(heap_crowding(8), n / cores < 8 ? n / cores : 8);
-  pthread_barrier_wait(&narrow_out);
-  for (size_t i = 0; i < n; i++) pthread_join(t[i], NULL);
+  idle_threads_stop(t, n);
   expect_crowding(cores);
-  pthread_barrier_destroy(&narrow_in);
-  pthread_barrier_destroy(&narrow_out);
 }
 
 Test(heap_memory, large_blocks_are_cached_then_purged) {

@@ -54,28 +54,82 @@ Test(tc_grow, bursts_longer_than_the_bound_stay_in_the_cache) {
   cr_assert_geq(cached_blocks(cls), BURST);
 }
 
+/* Rounds of n blocks of `size` allocated, then freed in the same order: each round the
+ * class's list runs empty and then overflows. */
+static void cycles(size_t size, int n, int rounds) {
+  enum { MAXN = 8000 };
+  static void *blocks[MAXN];
+  cr_assert_leq(n, MAXN);
+  for (int r = 0; r < rounds; r++) {
+    for (int i = 0; i < n; i++) cr_assert_not_null(blocks[i] = ma_malloc(size));
+    for (int i = 0; i < n; i++) ma_free(blocks[i]);
+  }
+}
+
+static size_t cached_bytes(size_t size) {
+  unsigned cls = heap_size_class(size);
+  return cached_blocks(cls) * heap_cls_size[cls];
+}
+
+/* Run in a thread of its own: the growth budget is per thread. */
+static void *grow_one_class(void *arg) {
+  (void)arg;
+  cycles(16000, 400, 10); /* 6.4 MB a round: past HEAP_TC_GROW_CLASS */
+  unsigned cls = heap_size_class(16000);
+  cr_assert_leq((size_t)bound_of(cls) * heap_cls_size[cls], HEAP_TC_GROW_CLASS, "bound %u",
+                bound_of(cls));
+  cr_assert_gt(cached_bytes(16000), (size_t)64 << 10, "the class grew");
+  cycles(16, 8000, 14); /* 8000 blocks: past HEAP_TC_GROW_BLOCKS / 8 */
+  cr_assert_leq(bound_of(heap_size_class(16)), HEAP_TC_GROW_BLOCKS);
+  cr_assert_geq(bound_of(heap_size_class(16)), 8000, "bursts of 8000 fit");
+  return NULL;
+}
+
+static void *grow_many_classes(void *arg) {
+  static const size_t sizes[] = {256, 1000, 4000, 8000, 16000};
+  size_t *total = arg;
+  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) cycles(sizes[s], 2000, 8);
+  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) *total += cached_bytes(sizes[s]);
+  return NULL;
+}
+
 Test(tc_grow, growth_is_bounded_per_class_and_per_thread) {
-  static const size_t sizes[] = {64, 256, 1000, 4000, 16000};
-  enum { N = 3000 };
-  static void *blocks[N];
-  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-    for (int r = 0; r < 4; r++) {
-      for (int i = 0; i < N; i++) cr_assert_not_null(blocks[i] = ma_malloc(sizes[s]));
-      for (int i = 0; i < N; i++) ma_free(blocks[i]);
-    }
-  }
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, grow_one_class, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
   size_t total = 0;
-  for (unsigned s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-    unsigned cls = heap_size_class(sizes[s]);
-    size_t bytes = cached_blocks(cls) * heap_cls_size[cls];
-    cr_assert_leq(bound_of(cls), 1024, "class of %zu: bound %u", sizes[s], bound_of(cls));
-    cr_assert_leq(bytes, (size_t)512 << 10, "class of %zu: %zu bytes cached", sizes[s], bytes);
-    total += bytes;
-  }
-  /* Each class's base bound holds at most 64 KiB; growth past it is 1 MiB a thread. */
-  size_t limit = 5 * ((size_t)64 << 10) + ((size_t)1 << 20);
+  cr_assert_eq(pthread_create(&t, NULL, grow_many_classes, &total), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  /* Each class's base bound holds at most 64 KiB; growth past it is HEAP_TC_GROW_THREAD
+   * (2000 blocks of each class would be 58 MB). */
+  size_t limit = 5 * ((size_t)64 << 10) + HEAP_TC_GROW_THREAD;
   cr_assert_leq(total, limit, "%zu bytes cached in 5 classes (limit %zu)", total, limit);
-  cr_assert_gt(total, 5 * ((size_t)64 << 10), "no class grew (%zu bytes cached)", total);
+  cr_assert_gt(total, HEAP_TC_GROW_THREAD / 2, "the classes grew (%zu bytes cached)", total);
+}
+
+/* A list that overflows without running empty in between (a thread frees a structure it
+ * built, and then waits) grows at most once, at its first trim: what it would keep is not
+ * reused, and an idle thread's cache is its own to give back. */
+static void *build_then_free(void *arg) {
+  enum { N = 20000 };
+  static void *blocks[N];
+  uint32_t *bounds = arg;
+  unsigned cls = heap_size_class(256);
+  ma_free(ma_malloc(256));
+  bounds[0] = bound_of(cls);
+  for (int i = 0; i < N; i++) cr_assert_not_null(blocks[i] = ma_malloc(256));
+  for (int i = 0; i < N; i++) ma_free(blocks[i]);
+  bounds[1] = bound_of(cls);
+  return NULL;
+}
+
+Test(tc_grow, a_list_that_only_fills_does_not_keep_growing) {
+  uint32_t bounds[2];
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, build_then_free, bounds), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_leq(bounds[1], 2 * bounds[0], "bound %u -> %u after one build and free", bounds[0],
+                bounds[1]);
 }
 
 Test(tc_grow, a_forced_collection_puts_the_bounds_back) {

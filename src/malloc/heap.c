@@ -66,15 +66,6 @@ heap heap_empty = {.tc = {[0 ... HEAP_NLISTS - 1] = {.head = HEAP_TC_END}},
 #define HEAP_TC_MAX_SIZE        ((size_t)32 << 10)
 #define HEAP_TC_FOREIGN_MIN     16 /* least bound a list of other threads' blocks narrows to */
 #define HEAP_TC_FOREIGN_THREADS 8  /* threads running before such a list narrows at all */
-/* A list that overflows with the thread's own blocks doubles its bound (a program that
- * allocates and frees in bursts longer than the bound: glibc's bench-malloc-simple frees
- * 400 at a time), up to HEAP_TC_GROW_CLASS bytes and HEAP_TC_GROW_BLOCKS blocks, within
- * the thread's share of HEAP_TC_GROW_ALL (at most HEAP_TC_GROW_THREAD). A forced trim of
- * the thread's own heap, and the trim of an orphan, put the bounds back. */
-#define HEAP_TC_GROW_CLASS  ((size_t)512 << 10)
-#define HEAP_TC_GROW_BLOCKS 1024
-#define HEAP_TC_GROW_THREAD ((size_t)1 << 20)
-#define HEAP_TC_GROW_ALL    ((size_t)8 << 20)
 /* A thread's first refill of a class from the slabs takes (and carves, when the slab's
  * blocks are untouched) this many bytes of blocks (at least one block), the next ones twice
  * as many each: a thread that uses a block or two of many classes touches about a page of
@@ -99,7 +90,8 @@ _Atomic size_t heap_live;       /* heaps of running threads */
 _Atomic bool heap_threads_seen; /* two threads had heaps at once, or one exited */
 /* frees by threads that never allocated (no heap to count them on) */
 static _Atomic size_t heap_stat_stray_frees, heap_stat_stray_bytes;
-static size_t heap_cores = 1; /* CPUs this process may run on, counted at start-up */
+/* CPUs this process may run on, counted at heap_crowding's first call (0: not yet) */
+static _Atomic size_t heap_cores;
 
 static size_t cores_usable(void) {
   cpu_set_t set;
@@ -110,8 +102,13 @@ static size_t cores_usable(void) {
 }
 
 size_t heap_crowding(size_t max) {
+  size_t cores = atomic_load_explicit(&heap_cores, memory_order_relaxed);
+  if (heap_unlikely(cores == 0)) { /* a race counts twice, the same number */
+    cores = cores_usable();
+    atomic_store_explicit(&heap_cores, cores, memory_order_relaxed);
+  }
   size_t live = atomic_load_explicit(&heap_live, memory_order_relaxed);
-  size_t c = live / heap_cores;
+  size_t c = live / cores;
   return c < 1 ? 1 : c > max ? max : c;
 }
 
@@ -169,7 +166,6 @@ void heap_global_init(void) {
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */
     long delay = heap_opt.purge_delay_ms; /* parsed as a long: clamp, never truncate */
     heap_space.purge_delay_ms = delay > INT_MAX ? INT_MAX : delay < -1 ? -1 : (int)delay;
-    heap_cores = cores_usable();
     if (rc == 0 && !heap_key_made)
       heap_key_made = pthread_key_create(&heap_key, heap_thread_done) == 0;
     /* A failure (no address space for the segment map yet) does not stick: the next malloc
@@ -328,6 +324,12 @@ static void heap_count_give(heap *h, size_t k, size_t bytes) {
 static void heap_tc_take_mail(heap *h);
 static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want);
 
+/* Class cls's first list ran empty and takes blocks again: both its lists cycled. */
+static void heap_tc_refilled(heap *h, unsigned cls) {
+  h->refilled[cls] = true;
+  h->refilled[cls + HEAP_NCLASSES] = true;
+}
+
 /* Refills class cls's empty first list with up to `want` blocks from the current slab: the
  * thread's first refills of a class HEAP_FILL_FIRST bytes of blocks, then twice as many each
  * time, up to half the class's base bound (a grown bound holds the blocks a burst of frees gives
@@ -375,6 +377,7 @@ static void *heap_malloc_slow_once(heap *h, unsigned cls) {
     p = obj_bin_alloc(h->bs, bin);
     if (p) heap_count_take(h, 1, heap_cls_size[cls]);
   } else if (heap_tc_empty(tc)) {
+    heap_tc_refilled(h, cls);
     heap_tc_take_mail(h); /* batches other threads gave back, first */
     /* (the second list: a profiled run's after its profiler failed to start) */
     if (heap_tc_empty(tc)) heap_tc_take_freed(h, cls, (uint32_t)tc->room);
@@ -431,6 +434,7 @@ static uint32_t heap_tc_take_freed(heap *h, unsigned cls, uint32_t want) {
 uint32_t heap_tc_refill_counted(heap *h, unsigned cls, uint32_t want) {
   heap_tc *tc = &h->tc[cls];
   if (want == 0 || !heap_tc_empty(tc) || tc->max != 0 || heap_tc_max[cls] == 0) return 0;
+  heap_tc_refilled(h, cls);
   uint32_t k = heap_tc_take_freed(h, cls, want);
   if (k) return k;
   pthread_mutex_lock(&h->lock);
@@ -595,12 +599,18 @@ static void heap_tc_narrow(heap *h, unsigned list) {
   (void)heap_tc_trim(h, list, max / 2);
 }
 
-/* A full list: its colder half goes back, and its bound follows whose blocks they were. */
+/* A full list: its colder half goes back, and its bound follows whose blocks they were. It
+ * grows only when it also ran empty since its last trim: a larger bound would have saved a
+ * refill as well as this trim. A thread that frees a large structure it built and then
+ * waits (no refill between its trims) keeps its bound: what a grown list holds only an
+ * exit or a forced trim of the thread's own heap gives back. */
 static void heap_tc_full(heap *h, unsigned list) {
   heap_tc *tc = &h->tc[list];
   uint32_t keep = tc->max / 2, given = heap_tc_count(tc) - keep;
   uint32_t foreign = heap_tc_trim(h, list, keep);
-  if (foreign == 0)
+  bool cycled = h->refilled[list];
+  h->refilled[list] = false;
+  if (foreign == 0 && cycled)
     heap_tc_grow(h, list);
   else if (foreign == given)
     heap_tc_narrow(h, list);

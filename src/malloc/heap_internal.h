@@ -126,7 +126,21 @@ typedef struct heap {
   prof_thread prof;     /* prof hook: sampling countdown (MAPALLOC_PROF) */
   huge_stash stash;     /* freed large blocks (h->lock) */
   uint8_t fills[HEAP_NCLASSES]; /* refills from the slabs so far, while they ramp up */
+  /* List i ran empty and was refilled since its last trim (heap_tc_grow: only a list that
+   * cycles between empty and full grows). h->lock held, or the owner with no lock taken. */
+  bool refilled[HEAP_NLISTS];
 } heap;
+
+/* A list that overflows with the thread's own blocks, and ran empty since its last trim,
+ * doubles its bound (heap_tc_full: a program that allocates and frees in bursts longer than
+ * the bound, glibc's bench-malloc-simple 400 at a time, sh6bench tens of thousands over
+ * many classes), up to HEAP_TC_GROW_CLASS bytes and HEAP_TC_GROW_BLOCKS blocks, within the
+ * thread's share of HEAP_TC_GROW_ALL (at most HEAP_TC_GROW_THREAD). A forced trim of the
+ * thread's own heap, and the trim of an orphan, put the bounds back. */
+#define HEAP_TC_GROW_CLASS  ((size_t)2 << 20)
+#define HEAP_TC_GROW_BLOCKS 65536
+#define HEAP_TC_GROW_THREAD ((size_t)4 << 20)
+#define HEAP_TC_GROW_ALL    ((size_t)32 << 20)
 
 /* Blocks cached for class c, on both its lists (relaxed reads). */
 static inline uint32_t heap_tc_cached(const heap *h, unsigned c) {
