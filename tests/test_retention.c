@@ -80,6 +80,43 @@ Test(retention, reuse_within_the_delay_maps_nothing_and_purges_nothing) {
   obj_space_destroy(&sp);
 }
 
+/* A space that keeps segments (the heap's) keeps a segment emptied whole while it retains
+ * slabs: a burst that empties segments and fills them again maps and commits nothing; the
+ * purge after the delay unmaps them. A pool's space unmaps it as it empties. */
+Test(retention, emptied_segments_stay_for_the_delay_where_the_space_keeps_them) {
+  static obj_space sp, pool;
+  static void *v[N];
+  obj_bins *bs = space_bins(&sp, "ret-keep", 60);
+  sp.keep_segments = true;
+  alloc_all(bs, v, N);
+  size_t reserved = sp.reserved, committed = sp.committed;
+  cr_assert_gt(reserved, (size_t)2 * OBJ_SEG_SIZE, "the burst spans segments: %zu", reserved);
+  free_all(v, N);
+  cr_assert_eq(sp.reserved, reserved, "emptied segments stay");
+  size_t maps = map_count();
+  alloc_all(bs, v, N);
+  cr_assert_eq(sp.reserved, reserved, "refilled in place: %zu -> %zu", reserved, sp.reserved);
+  cr_assert_eq(sp.committed, committed, "nothing committed anew: %zu -> %zu", committed, sp.committed);
+  cr_assert_leq(map_count(), maps + 2, "no new mapping");
+  free_all(v, N);
+  usleep(150 * 1000);
+  cr_assert(obj_bins_purge_check(bs), "a purge pass after the delay");
+  cr_assert_eq(bs->retained, 0);
+  cr_assert_leq(sp.reserved, (size_t)OBJ_SEG_SIZE, "the purge unmapped the empty segments: %zu",
+                sp.reserved);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&sp);
+
+  bs = space_bins(&pool, "ret-pool", 60000);
+  alloc_all(bs, v, N);
+  reserved = pool.reserved;
+  free_all(v, N);
+  cr_assert_leq(pool.reserved, (size_t)OBJ_SEG_SIZE,
+                "a pool's empty segments go at once: %zu of %zu", pool.reserved, reserved);
+  obj_bins_abandon(bs);
+  obj_space_destroy(&pool);
+}
+
 Test(retention, committed_falls_after_the_delay_and_one_slow_path) {
   static obj_space sp;
   static void *v[N];

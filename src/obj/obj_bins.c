@@ -95,6 +95,13 @@ static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
   obj_segment_release(seg);
 }
 
+/* Whether seg holds a retained slab: empty, still committed. */
+static bool seg_retains(const obj_segment *seg) {
+  for (uint32_t i = 0; i < seg->nslabs; i++)
+    if (!seg->slabs[i].active && seg->slabs[i].committed) return true;
+  return false;
+}
+
 /* An active slab of bs with no block out goes back to its segment. Returns true when
  * that emptied and released the whole segment. */
 static bool slab_retire(obj_bins *bs, obj_slab *s) {
@@ -134,8 +141,12 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
   } else {
     obj_slab_decommit(seg, s);
   }
-  /* An empty segment goes back unless it is the only one of its kind. */
-  if (seg->nactive == 0 && (seg->next || seg->prev)) {
+  /* An empty segment goes back unless it is the only one of its kind or, in a space that
+   * keeps segments (the heap), retains a slab: then the purge that decommits its last
+   * retained slab unmaps it (bins_purge). A burst that empties whole segments and fills
+   * them again soon (sh6bench's) would otherwise unmap and fault back all it freed. */
+  if (seg->nactive == 0 && (seg->next || seg->prev) &&
+      !(bs->space->keep_segments && seg_retains(seg))) {
     bins_release_segment(bs, seg);
     return true;
   }
@@ -590,20 +601,31 @@ obj_block *obj_batch_file(obj_bins *bs, obj_block *head, const obj_batch *m) {
 
 /* ---- the allocation slow path ------------------------------------------------------- */
 
+/* The first free slab of seg that is still committed (retained), or -1. */
+static int seg_committed_free(const obj_segment *seg) {
+  for (uint64_t c = seg->free_mask; c; c &= c - 1) {
+    uint32_t i = (uint32_t)__builtin_ctzll(c);
+    if (seg->slabs[i].committed) return (int)i;
+  }
+  return -1;
+}
+
 static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
   obj_segment *seg;
   if (bin->kind != OBJ_NSHIFTS - 1) {
+    /* A retained slab of any segment first (no fault, no mapping): a burst that emptied
+     * whole segments refills them, not a new slab of the first segment with room. */
+    for (seg = bs->retained ? bs->segs[bin->kind] : NULL; seg; seg = seg->next) {
+      int i = seg->free_mask ? seg_committed_free(seg) : -1;
+      if (i < 0) continue;
+      retained_sub(bs, slab_len(seg, &seg->slabs[i]));
+      slab_activate(bs, bin, seg, (uint32_t)i);
+      return &seg->slabs[i];
+    }
     for (seg = bs->segs[bin->kind]; seg; seg = seg->next) {
       if (!seg->free_mask) continue;
-      uint64_t m = seg->free_mask;
-      uint32_t pick = (uint32_t)__builtin_ctzll(m);
-      for (uint64_t c = m; c; c &= c - 1) { /* prefer a retained, committed slab */
-        uint32_t i = (uint32_t)__builtin_ctzll(c);
-        if (seg->slabs[i].committed) {
-          pick = i;
-          break;
-        }
-      }
+      int c = seg_committed_free(seg);
+      uint32_t pick = c >= 0 ? (uint32_t)c : (uint32_t)__builtin_ctzll(seg->free_mask);
       obj_slab *s = &seg->slabs[pick];
       if (s->committed) {
         retained_sub(bs, slab_len(seg, s));
