@@ -575,3 +575,56 @@ Test(purger, stops_at_exit) {
     expect_child_ok(pid, what);
   }
 }
+
+static size_t reserved(void) {
+  ma_heap_stats st;
+  ma_heap_stats_get(&st);
+  return st.reserved;
+}
+
+/* 256k blocks of 64 B (16 MiB: several segments) allocated and then freed by this thread;
+ * *before* = reserved bytes with all of them live. Returns reserved bytes right after. */
+static size_t empty_segments_whole(size_t *before) {
+  enum { N = 256 << 10 };
+  void **v = calloc(N, sizeof *v);
+  cr_assert_not_null(v);
+  for (int i = 0; i < N; i++) cr_assert_not_null(v[i] = ma_malloc(64));
+  *before = reserved();
+  for (int i = 0; i < N; i++) ma_free(v[i]);
+  free(v);
+  return reserved();
+}
+
+/* While the purger runs, a heap segment emptied whole stays (a burst that empties segments
+ * and fills them again faults nothing back) and goes once its slabs' purge delay passed,
+ * with no call. Without the purger (a single-threaded program: nothing would return them
+ * if the thread then waits) it goes at once. */
+Test(purger, segments_emptied_whole_stay_for_the_delay_while_it_runs) {
+  cr_assert(heap_opt.background != 0, "run without MAPALLOC_BACKGROUND=0");
+  pthread_t t;
+  pthread_create(&t, NULL, touch_heap, NULL);
+  pthread_join(t, NULL);
+  ma_free(ma_malloc(70000)); /* a slow path: starts the purger */
+  for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
+  cr_assert(heap_purger_running());
+  ma_heap_collect(true);
+  size_t c0 = committed(), r0 = reserved(), before;
+  size_t after = empty_segments_whole(&before);
+  cr_assert_gt(before, r0 + ((size_t)12 << 20), "%zu -> %zu", r0, before);
+  cr_assert_gt(after, before - ((size_t)4 << 20), "kept: %zu -> %zu", before, after);
+  long ms = wait_committed_below(c0 + ((size_t)2 << 20), 3000);
+  cr_assert_geq(ms, 0, "committed still %zu MiB over the start after 3 s",
+                (committed() - c0) >> 20);
+  cr_assert_lt(reserved(), r0 + ((size_t)8 << 20), "unmapped: %zu, %zu at the start", reserved(),
+               r0);
+}
+
+Test(purger, segments_emptied_whole_go_at_once_without_it) {
+  ma_free(ma_malloc(70000));
+  cr_assert_not(heap_purger_running(), "one thread: no purger");
+  size_t r0 = reserved(), before;
+  size_t after = empty_segments_whole(&before);
+  cr_assert_gt(before, r0 + ((size_t)12 << 20), "%zu -> %zu", r0, before);
+  cr_assert_lt(after, r0 + ((size_t)8 << 20), "unmapped at once: %zu -> %zu, %zu at the start",
+               before, after, r0);
+}

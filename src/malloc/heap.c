@@ -161,7 +161,6 @@ void heap_global_init(void) {
     unsigned flags = heap_opt.huge_pages > 0 ? MA_MAP_HUGE_TRY : 0;
     int rc = obj_space_init(&heap_space, MA_PROT_READ | MA_PROT_WRITE, flags, false, 0, "mapalloc");
     heap_space.map_tag = OBJ_MAP_HEAP; /* heap_segment_of: one compare names the heap's */
-    heap_space.keep_segments = true;   /* bursts that empty segments refill them soon */
     /* prof hook: frees push onto the second lists (HEAP_NLISTS), for good: slabs keep it */
     heap_space.bin_off_base = prof_on ? (uint32_t)HEAP_NCLASSES << OBJ_BIN_OFF_SHIFT : 0;
     /* obj retains empty slabs for the purge delay and purges them at a slow path after it. */

@@ -60,6 +60,10 @@ static void *purger_main(void *arg) {
   }
 }
 
+static void purger_keep_segments(bool on) {
+  __atomic_store_n(&heap_space.keep_segments, on, __ATOMIC_RELAXED);
+}
+
 void heap_purger_poke(void) {
   if (heap_likely(atomic_load_explicit(&purger_state, memory_order_relaxed) != PURGER_OFF)) return;
   if (heap_opt.background == 0 || heap_opt.purge_delay_ms < 0 ||
@@ -83,6 +87,10 @@ void heap_purger_poke(void) {
     pthread_attr_destroy(&attr);
   }
   if (rc != 0) atomic_store(&purger_state, PURGER_FAILED); /* not tried again */
+  /* Segments emptied whole may stay for the purge delay now: something returns them with
+   * no call from their thread (in a single-threaded program a thread that frees all and
+   * waits would keep them). */
+  if (rc == 0) purger_keep_segments(true);
   errno = saved;
 }
 
@@ -104,11 +112,13 @@ void heap_purger_atfork_child(void) {
   /* No purger thread in the child; one starts there again with its second thread. */
   int st = atomic_load(&purger_state);
   if (st == PURGER_RUNNING || st == PURGER_STARTING) atomic_store(&purger_state, PURGER_OFF);
+  purger_keep_segments(false);
   pthread_mutex_unlock(&purger_lock);
 }
 
 __attribute__((destructor)) static void heap_purger_stop(void) {
   pthread_mutex_lock(&purger_lock);
   atomic_store(&purger_state, PURGER_STOPPED);
+  purger_keep_segments(false);
   pthread_mutex_unlock(&purger_lock);
 }

@@ -142,11 +142,12 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
     obj_slab_decommit(seg, s);
   }
   /* An empty segment goes back unless it is the only one of its kind or, in a space that
-   * keeps segments (the heap), retains a slab: then the purge that decommits its last
-   * retained slab unmaps it (bins_purge). A burst that empties whole segments and fills
-   * them again soon (sh6bench's) would otherwise unmap and fault back all it freed. */
+   * keeps segments (the heap while its background purger runs), retains a slab: then the
+   * purge that decommits its last retained slab unmaps it (bins_purge). A burst that empties
+   * whole segments and fills them again soon (sh6bench's) would otherwise unmap and fault
+   * back all it freed. */
   if (seg->nactive == 0 && (seg->next || seg->prev) &&
-      !(bs->space->keep_segments && seg_retains(seg))) {
+      !(__atomic_load_n(&bs->space->keep_segments, __ATOMIC_RELAXED) && seg_retains(seg))) {
     bins_release_segment(bs, seg);
     return true;
   }

@@ -212,7 +212,8 @@ struct obj_space {
   int purge_delay_ms;    /* empty slabs kept this long (< 0: until a trim; 0: none) */
   uint32_t map_tag;      /* or'ed into its segments' map entries: OBJ_MAP_POOL or _HEAP */
   bool keep_segments;    /* an empty segment that retains slabs stays until they are purged
-                            (the heap); else it goes as it empties (pools: pool.h's promise) */
+                            (the heap while its purger runs; atomic); else it goes as it
+                            empties (pools: pool.h's promise) */
   uint32_t bin_off_base; /* added to each slab's bin_off (the heap's free-side lists while
                             profiling: src/malloc/heap_internal.h) */
   size_t purges;         /* purge passes (time-based and trims), atomic */
