@@ -528,16 +528,21 @@ static void *touch_heap(void *arg) {
   return NULL;
 }
 
+/* A second thread that had a heap, then a slow path: the purger starts. */
+static void start_purger(void) {
+  pthread_t t;
+  pthread_create(&t, NULL, touch_heap, NULL);
+  pthread_join(t, NULL);
+  ma_free(ma_malloc(70000));
+  for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
+  cr_assert(heap_purger_running());
+}
+
 /* The purger thread does not exist in a fork child (fork's prepare handler keeps it out of
  * every heap) and does not start while the child has one thread; a child that runs a
  * second thread gets one of its own. */
 Test(purger, absent_in_fork_children) {
-  pthread_t t;
-  pthread_create(&t, NULL, touch_heap, NULL);
-  pthread_join(t, NULL);
-  ma_free(ma_malloc(70000)); /* a slow path: starts the purger */
-  for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
-  cr_assert(heap_purger_running());
+  start_purger();
   wait_purger_settled();
   cr_assert_geq(task_count(), 2);
   pid_t pid = fork();
@@ -604,12 +609,7 @@ static size_t empty_segments_whole(size_t *before) {
  * if the thread then waits) it goes at once. */
 Test(purger, segments_emptied_whole_stay_for_the_delay_while_it_runs) {
   cr_assert(heap_opt.background != 0, "run without MAPALLOC_BACKGROUND=0");
-  pthread_t t;
-  pthread_create(&t, NULL, touch_heap, NULL);
-  pthread_join(t, NULL);
-  ma_free(ma_malloc(70000)); /* a slow path: starts the purger */
-  for (int i = 0; i < 100 && !heap_purger_running(); i++) sleep_ms(10);
-  cr_assert(heap_purger_running());
+  start_purger();
   ma_heap_collect(true);
   size_t c0 = committed(), r0 = reserved(), before;
   size_t after = empty_segments_whole(&before);
