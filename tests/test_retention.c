@@ -96,7 +96,8 @@ Test(retention, emptied_segments_stay_for_the_delay_where_the_space_keeps_them) 
   size_t maps = map_count();
   alloc_all(bs, v, N);
   cr_assert_eq(sp.reserved, reserved, "refilled in place: %zu -> %zu", reserved, sp.reserved);
-  cr_assert_eq(sp.committed, committed, "nothing committed anew: %zu -> %zu", committed, sp.committed);
+  cr_assert_eq(sp.committed, committed, "nothing committed anew: %zu -> %zu", committed,
+               sp.committed);
   cr_assert_leq(map_count(), maps + 2, "no new mapping");
   free_all(v, N);
   usleep(150 * 1000);
