@@ -79,7 +79,7 @@ static void *grow_one_class(void *arg) {
   cr_assert_leq((size_t)bound_of(cls) * heap_cls_size[cls], HEAP_TC_GROW_CLASS, "bound %u",
                 bound_of(cls));
   cr_assert_gt(cached_bytes(16000), (size_t)64 << 10, "the class grew");
-  cycles(16, 8000, 14); /* 8000 blocks: past HEAP_TC_GROW_BLOCKS / 8 */
+  cycles(16, 8000, 14); /* 8000 blocks of 16 B: a bound of 8192 holds them */
   cr_assert_leq(bound_of(heap_size_class(16)), HEAP_TC_GROW_BLOCKS);
   cr_assert_geq(bound_of(heap_size_class(16)), 8000, "bursts of 8000 fit");
   return NULL;
