@@ -52,7 +52,9 @@
  *    its MAPALLOC_PURGE_DELAY_MS; 0 = purge at once, < 0 = only on trim), the thread's next
  *    slow path (a refill, or a free that empties a slab) purges it, with every other slab
  *    empty that long (each keeps the time it was last emptied: one emptied and refilled all
- *    the time stays), and unmaps the empty segments that leaves but the last of each kind;
+ *    the time stays), and unmaps the empty segments that leaves but the last of each kind
+ *    (a segment emptied whole goes at once, unless space->keep_segments: the heap's while
+ *    its purger runs keep it until its last retained slab is purged);
  *    the next pass comes when the oldest slab kept expires (obj_bins_purge_check; coarse
  *    clock, read only when something is retained). A purge is MADV_DONTNEED (os_reset):
  *    the slab stays mapped read-write, so reuse costs page faults but no mmap; spaces with

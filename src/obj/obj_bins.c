@@ -95,11 +95,13 @@ static void bins_release_segment(obj_bins *bs, obj_segment *seg) {
   obj_segment_release(seg);
 }
 
-/* Whether seg holds a retained slab: empty, still committed. */
-static bool seg_retains(const obj_segment *seg) {
-  for (uint32_t i = 0; i < seg->nslabs; i++)
-    if (!seg->slabs[i].active && seg->slabs[i].committed) return true;
-  return false;
+/* The first free slab of seg that is still committed (retained), or -1. */
+static int seg_committed_free(const obj_segment *seg) {
+  for (uint64_t c = seg->free_mask; c; c &= c - 1) {
+    uint32_t i = (uint32_t)__builtin_ctzll(c);
+    if (seg->slabs[i].committed) return (int)i;
+  }
+  return -1;
 }
 
 /* An active slab of bs with no block out goes back to its segment. Returns true when
@@ -147,7 +149,8 @@ static bool slab_retire(obj_bins *bs, obj_slab *s) {
    * whole segments and fills them again soon (sh6bench's) would otherwise unmap and fault
    * back all it freed. */
   if (seg->nactive == 0 && (seg->next || seg->prev) &&
-      !(__atomic_load_n(&bs->space->keep_segments, __ATOMIC_RELAXED) && seg_retains(seg))) {
+      !(__atomic_load_n(&bs->space->keep_segments, __ATOMIC_RELAXED) &&
+        seg_committed_free(seg) >= 0)) {
     bins_release_segment(bs, seg);
     return true;
   }
@@ -602,39 +605,29 @@ obj_block *obj_batch_file(obj_bins *bs, obj_block *head, const obj_batch *m) {
 
 /* ---- the allocation slow path ------------------------------------------------------- */
 
-/* The first free slab of seg that is still committed (retained), or -1. */
-static int seg_committed_free(const obj_segment *seg) {
-  for (uint64_t c = seg->free_mask; c; c &= c - 1) {
-    uint32_t i = (uint32_t)__builtin_ctzll(c);
-    if (seg->slabs[i].committed) return (int)i;
-  }
-  return -1;
-}
-
 static obj_slab *slab_acquire(obj_bins *bs, obj_bin *bin) {
   obj_segment *seg;
   if (bin->kind != OBJ_NSHIFTS - 1) {
     /* A retained slab of any segment first (no fault, no mapping): a burst that emptied
      * whole segments refills them, not a new slab of the first segment with room. */
     for (seg = bs->retained ? bs->segs[bin->kind] : NULL; seg; seg = seg->next) {
-      int i = seg->free_mask ? seg_committed_free(seg) : -1;
+      int i = seg_committed_free(seg);
       if (i < 0) continue;
       retained_sub(bs, slab_len(seg, &seg->slabs[i]));
       slab_activate(bs, bin, seg, (uint32_t)i);
       return &seg->slabs[i];
     }
+    /* Else a fresh slab: every committed free slab is counted in bs->retained, so none is
+     * left here (obj_bins_check verifies the count). */
     for (seg = bs->segs[bin->kind]; seg; seg = seg->next) {
       if (!seg->free_mask) continue;
-      int c = seg_committed_free(seg);
-      uint32_t pick = c >= 0 ? (uint32_t)c : (uint32_t)__builtin_ctzll(seg->free_mask);
+      uint32_t pick = (uint32_t)__builtin_ctzll(seg->free_mask);
       obj_slab *s = &seg->slabs[pick];
-      if (s->committed) {
-        retained_sub(bs, slab_len(seg, s));
-      } else {
-        int rc = obj_segment_grow(seg, pick); /* (pick is its lowest free slab) */
-        if (rc == -EEXIST) continue;          /* it cannot grow: the next segment */
-        if (rc != 0 || obj_slab_commit(seg, s) != 0) return NULL;
-      }
+      MA_CHECK(!s->committed, "free slab %u of segment %p committed, retained %zu", pick,
+               (void *)seg, bs->retained);
+      int rc = obj_segment_grow(seg, pick); /* (pick is its lowest free slab) */
+      if (rc == -EEXIST) continue;          /* it cannot grow: the next segment */
+      if (rc != 0 || obj_slab_commit(seg, s) != 0) return NULL;
       slab_activate(bs, bin, seg, pick);
       return s;
     }
